@@ -1,0 +1,282 @@
+//! The agent: the only file that knows every part. It binds every socket first (so a
+//! taken port is an error naming its setting, before anything runs), starts the parts in
+//! data-flow order (gossip → registry → health, DNS, API), and owns shutdown:
+//! mark draining → drain period → cancel → bounded wait for tasks → leave → done.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use murmur_protocol::{encode_value, keys, NodeRecord};
+use thiserror::Error;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, info_span, Instrument};
+
+use crate::api::{serve_api, types::AgentJson, ApiState};
+use crate::config::Config;
+use crate::dns::{serve_dns, DnsSockets};
+use crate::gossip::{spawn_gossip, Gossip};
+use crate::health::run_health;
+use crate::local::Publisher;
+use crate::metrics::Metrics;
+use crate::registry::{spawn_registry, RegistryReader};
+
+/// How long stopped parts get to finish before they are abandoned.
+const TASK_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a leaving agent waits for its "left" message to be exchanged with peers.
+const LEAVE_SETTLE: Duration = Duration::from_millis(300);
+
+/// Why the agent could not start.
+#[derive(Debug, Error)]
+pub enum StartError {
+    /// A socket could not be bound.
+    #[error("{setting}: {source} (got {addr})")]
+    Bind {
+        /// The setting that names the address.
+        setting: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Gossip would not start.
+    #[error("gossip: {0}")]
+    Gossip(String),
+    /// A service from the config could not be registered.
+    #[error("service: {0}")]
+    Register(String),
+}
+
+/// A running agent.
+pub struct Agent {
+    name: String,
+    cancel: CancellationToken,
+    gossip: Gossip,
+    publisher: Publisher,
+    registry: RegistryReader,
+    metrics: Arc<Metrics>,
+    tasks: JoinSet<(&'static str, anyhow::Result<()>)>,
+    draining: Arc<AtomicBool>,
+    drain: Duration,
+    gossip_addr: SocketAddr,
+    dns_addr: SocketAddr,
+    api_addr: SocketAddr,
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Agent {
+    /// Binds every socket, then starts every part.
+    pub async fn start(config: Config) -> Result<Agent, StartError> {
+        let bind_err = |setting, addr| {
+            move |source| StartError::Bind {
+                setting,
+                addr,
+                source,
+            }
+        };
+        let gossip_socket = UdpSocket::bind(config.gossip.bind)
+            .await
+            .map_err(bind_err("--bind", config.gossip.bind))?;
+        let dns_sockets = DnsSockets::bind(config.dns.listen)
+            .await
+            .map_err(bind_err("--dns-listen", config.dns.listen))?;
+        let api_listener = TcpListener::bind(config.api.listen)
+            .await
+            .map_err(bind_err("--api-listen", config.api.listen))?;
+        let local =
+            |r: std::io::Result<SocketAddr>, setting, addr| r.map_err(bind_err(setting, addr));
+        let dns_addr = local(dns_sockets.local_addr(), "--dns-listen", config.dns.listen)?;
+        let api_addr = local(api_listener.local_addr(), "--api-listen", config.api.listen)?;
+
+        let metrics = Arc::new(Metrics::default());
+        let generation = unix_ms();
+        let name = config.node.name.to_string();
+        let record = NodeRecord {
+            name: config.node.name.clone(),
+            zone: config.node.zone.clone(),
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            advertise: config.node.advertise,
+            proxy: None,
+            started_unix_ms: generation,
+        };
+        let initial = vec![(keys::NODE.to_owned(), encode_value(&record))];
+        let gossip = spawn_gossip(
+            &config.gossip,
+            &name,
+            generation,
+            gossip_socket,
+            initial,
+            metrics.clone(),
+        )
+        .instrument(info_span!("gossip", node = %name))
+        .await
+        .map_err(|e| StartError::Gossip(e.to_string()))?;
+        let gossip_addr = gossip.advertise_addr();
+        let publisher = Publisher::new(
+            gossip.writer(),
+            config.node.name.clone(),
+            config.node.advertise,
+        );
+        for spec in &config.services {
+            publisher
+                .register(spec)
+                .await
+                .map_err(|e| StartError::Register(e.to_string()))?;
+        }
+
+        let cancel = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let (registry, registry_task) =
+            spawn_registry(gossip.view(), metrics.clone(), cancel.clone());
+        tasks.spawn(async move {
+            (
+                "registry",
+                registry_task.await.unwrap_or_else(|e| Err(e.into())),
+            )
+        });
+        let died = gossip.died();
+        let gossip_cancel = cancel.clone();
+        tasks.spawn(async move {
+            tokio::select! {
+                r = died => ("gossip", r.and_then(|_| Err(anyhow::anyhow!("gossip stopped")))),
+                _ = gossip_cancel.cancelled() => ("gossip", Ok(())),
+            }
+        });
+        let health = run_health(publisher.clone(), metrics.clone(), cancel.clone())
+            .instrument(info_span!("health"));
+        tasks.spawn(async move { ("health", health.await) });
+        let dns = serve_dns(
+            dns_sockets,
+            config.dns.clone(),
+            registry.clone(),
+            metrics.clone(),
+            cancel.clone(),
+        )
+        .instrument(info_span!("dns", listen = %dns_addr));
+        tasks.spawn(async move { ("dns", dns.await) });
+        let draining = Arc::new(AtomicBool::new(false));
+        let agent_json = AgentJson {
+            name: name.clone(),
+            cluster: config.gossip.cluster.clone(),
+            namespace: config.dns.namespace.clone(),
+            address: config.node.advertise.to_string(),
+            gossip_address: gossip_addr.to_string(),
+            dns_address: dns_addr.to_string(),
+            api_address: api_addr.to_string(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            generation,
+            encrypted: config.gossip.keyring.is_some(),
+            draining: false,
+            instances: Vec::new(),
+        };
+        let state = ApiState {
+            registry: registry.clone(),
+            publisher: publisher.clone(),
+            metrics: metrics.clone(),
+            agent: Arc::new(agent_json),
+            draining: draining.clone(),
+        };
+        let api = serve_api(api_listener, state, cancel.clone())
+            .instrument(info_span!("api", listen = %api_addr));
+        tasks.spawn(async move { ("api", api.await) });
+        info!(node = %name, gossip = %gossip_addr, dns = %dns_addr, api = %api_addr, "agent started");
+        Ok(Agent {
+            name,
+            cancel,
+            gossip,
+            publisher,
+            registry,
+            metrics,
+            tasks,
+            draining,
+            drain: config.gossip.drain,
+            gossip_addr,
+            dns_addr,
+            api_addr,
+        })
+    }
+
+    /// Node name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// The replica.
+    pub fn registry(&self) -> RegistryReader {
+        self.registry.clone()
+    }
+    /// The write path (run-time registration).
+    pub fn publisher(&self) -> Publisher {
+        self.publisher.clone()
+    }
+    /// Metrics.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+    /// Advertised gossip address (use it as another agent's seed).
+    pub fn gossip_addr(&self) -> SocketAddr {
+        self.gossip_addr
+    }
+    /// Bound DNS address.
+    pub fn dns_addr(&self) -> SocketAddr {
+        self.dns_addr
+    }
+    /// Bound API address.
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api_addr
+    }
+
+    /// Runs until SIGTERM or SIGINT (then leaves gracefully) or until a part dies (then
+    /// returns its error).
+    pub async fn run_until_signal(mut self) -> anyhow::Result<()> {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM: leaving"),
+            _ = tokio::signal::ctrl_c() => info!("SIGINT: leaving"),
+            Some(done) = self.tasks.join_next() => {
+                let (part, result) = done.unwrap_or(("task", Err(anyhow::anyhow!("a task panicked"))));
+                let err = result.err().unwrap_or_else(|| anyhow::anyhow!("stopped unexpectedly"));
+                error!(part, error = %err, "a part of the agent died");
+                self.kill().await;
+                return Err(err.context(format!("{part} died")));
+            }
+        }
+        self.shutdown().await;
+        Ok(())
+    }
+
+    /// Leaves gracefully: instances draining, drain period, parts stopped, then leave.
+    pub async fn shutdown(mut self) {
+        self.draining.store(true, Ordering::Relaxed);
+        self.publisher.mark_draining().await;
+        info!(drain = ?self.drain, "draining");
+        tokio::time::sleep(self.drain).await;
+        self.cancel.cancel();
+        self.wait_tasks().await;
+        self.gossip.leave(LEAVE_SETTLE).await;
+        info!("left the cluster");
+    }
+
+    /// Stops at once without telling peers, as a crash looks to them (tests, demo).
+    pub async fn kill(mut self) {
+        self.cancel.cancel();
+        self.tasks.abort_all();
+        self.wait_tasks().await;
+        self.gossip.stop().await;
+    }
+
+    async fn wait_tasks(&mut self) {
+        let all = async { while self.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(TASK_STOP_TIMEOUT, all).await.is_err() {
+            self.tasks.abort_all();
+        }
+    }
+}

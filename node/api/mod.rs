@@ -1,0 +1,354 @@
+//! The admin API: JSON over HTTP/1.1 (axum) on loopback by default. Reads come from the
+//! registry snapshot; run-time registration goes through the [`Publisher`]. Every bad
+//! request gets a 4xx with a JSON `{"error": ...}` that says what to fix.
+
+pub mod types;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::extract::{Path, Query as QueryParams, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::spec::{parse_check_kind, parse_duration};
+use crate::config::ServiceSpec;
+use crate::local::{PublishError, Publisher};
+use crate::metrics::{render_prometheus, Metrics};
+use crate::registry::{HealthFilter, Instance, MemberStatus, Query, RegistryReader};
+use murmur_protocol::{AttrKey, InstanceId, ServiceName, Tag};
+use types::{AgentJson, ErrorJson, InstanceJson, MemberJson, RegisterJson, ServiceSummaryJson};
+
+/// What the API serves from.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The replica.
+    pub registry: RegistryReader,
+    /// The write path.
+    pub publisher: Publisher,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Static facts about this agent (instances are filled per request).
+    pub agent: Arc<AgentJson>,
+    /// Set when the agent starts draining: `/health` turns 503.
+    pub draining: Arc<AtomicBool>,
+}
+
+/// An API error: a status and a message.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(ErrorJson { error: self.1 })).into_response()
+    }
+}
+
+fn bad_request(msg: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, msg.into())
+}
+
+/// Builds the router.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/v1/members", get(members))
+        .route("/v1/services", get(services))
+        .route("/v1/services/{name}", get(service))
+        .route(
+            "/v1/services/{name}/{instance}",
+            axum::routing::put(register).delete(deregister),
+        )
+        .route("/v1/agent/self", get(agent_self))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .fallback(|| async {
+            ApiError(
+                StatusCode::NOT_FOUND,
+                "no such endpoint; see README for the API".into(),
+            )
+        })
+        .layer(middleware::from_fn_with_state(state.clone(), count_status))
+        .with_state(state)
+}
+
+async fn count_status(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let m = &state.metrics.api;
+    match resp.status().as_u16() {
+        200..=399 => m.ok.inc(),
+        400..=499 => m.client_errors.inc(),
+        _ => m.server_errors.inc(),
+    }
+    resp
+}
+
+fn status_text(s: MemberStatus) -> &'static str {
+    match s {
+        MemberStatus::Alive => "alive",
+        MemberStatus::Dead => "dead",
+        MemberStatus::Left => "left",
+    }
+}
+
+async fn members(State(state): State<ApiState>) -> Json<Vec<MemberJson>> {
+    let snap = state.registry.snapshot();
+    Json(
+        snap.members
+            .iter()
+            .map(|m| MemberJson {
+                name: m.name.clone(),
+                address: m.advertise.unwrap_or(m.gossip_addr.ip()).to_string(),
+                gossip_address: m.gossip_addr.to_string(),
+                status: status_text(m.status).into(),
+                generation: m.generation,
+                zone: m.zone.clone(),
+                version: m.agent_version.clone(),
+                instances: m.instances,
+            })
+            .collect(),
+    )
+}
+
+async fn services(State(state): State<ApiState>) -> Json<Vec<ServiceSummaryJson>> {
+    let snap = state.registry.snapshot();
+    Json(
+        snap.services
+            .iter()
+            .map(|(name, list)| ServiceSummaryJson {
+                name: name.to_string(),
+                instances: list.len(),
+                healthy: list.iter().filter(|i| i.health.is_healthy()).count(),
+            })
+            .collect(),
+    )
+}
+
+fn instance_json(i: &Instance) -> InstanceJson {
+    InstanceJson {
+        service: i.service.to_string(),
+        instance: i.id.to_string(),
+        node: i.node.to_string(),
+        zone: i.zone.clone(),
+        address: i.address.to_string(),
+        port: i.port,
+        tags: i.tags.iter().map(ToString::to_string).collect(),
+        attributes: i
+            .attributes
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
+        weight: i.weight,
+        health: i.health.as_str().into(),
+        health_since_unix_ms: i.health_since_unix_ms,
+        health_output: i.health_output.clone(),
+    }
+}
+
+/// Query parameters of `GET /v1/services/{name}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LookupParams {
+    all: Option<bool>,
+    healthy_or_else_all: Option<bool>,
+    tag: Option<String>,
+    /// `key=value`.
+    attr: Option<String>,
+    zone: Option<String>,
+}
+
+async fn service(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    params: Result<QueryParams<LookupParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<InstanceJson>>, ApiError> {
+    let QueryParams(p) = params.map_err(|e| {
+        bad_request(format!(
+            "{e}; known parameters: all, healthy_or_else_all, tag, attr, zone"
+        ))
+    })?;
+    let name = ServiceName::new(&name).map_err(|e| bad_request(e.to_string()))?;
+    let health = match (p.all, p.healthy_or_else_all) {
+        (Some(true), _) => HealthFilter::All,
+        (_, Some(true)) => HealthFilter::HealthyOrElseAll,
+        _ => HealthFilter::Healthy,
+    };
+    let tag = p
+        .tag
+        .map(|t| Tag::new(&t))
+        .transpose()
+        .map_err(|e| bad_request(e.to_string()))?;
+    let attribute = match p.attr {
+        Some(a) => {
+            let (k, v) = a
+                .split_once('=')
+                .ok_or_else(|| bad_request("attr must be key=value"))?;
+            Some((
+                AttrKey::new(k).map_err(|e| bad_request(e.to_string()))?,
+                v.to_owned(),
+            ))
+        }
+        None => None,
+    };
+    let query = Query {
+        health,
+        tag,
+        attribute,
+        prefer_zone: p.zone,
+    };
+    let snap = state.registry.snapshot();
+    Ok(Json(
+        snap.lookup(&name, &query)
+            .iter()
+            .map(|i| instance_json(i))
+            .collect(),
+    ))
+}
+
+fn spec_from_json(name: &str, instance: &str, body: RegisterJson) -> Result<ServiceSpec, ApiError> {
+    let name = ServiceName::new(name).map_err(|e| bad_request(e.to_string()))?;
+    let mut spec = ServiceSpec::new(name, body.port);
+    spec.id = Some(InstanceId::new(instance).map_err(|e| bad_request(e.to_string()))?);
+    spec.address = body
+        .address
+        .map(|a| {
+            a.parse()
+                .map_err(|_| bad_request(format!("address `{a}` is not an IP address")))
+        })
+        .transpose()?;
+    spec.tags = body
+        .tags
+        .iter()
+        .map(|t| Tag::new(t))
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad_request(e.to_string()))?;
+    for (k, v) in body.attributes {
+        spec.attributes
+            .insert(AttrKey::new(&k).map_err(|e| bad_request(e.to_string()))?, v);
+    }
+    if let Some(w) = body.weight {
+        spec.weight = w;
+    }
+    if let Some(c) = body.check {
+        spec.check.kind = parse_check_kind(&c).map_err(bad_request)?;
+    }
+    if let Some(i) = body.interval {
+        spec.check.interval = parse_duration(&i).map_err(bad_request)?;
+    }
+    if let Some(t) = body.timeout {
+        spec.check.timeout = parse_duration(&t).map_err(bad_request)?;
+    }
+    if let Some(n) = body.failures {
+        spec.check.failures_before_critical = n;
+    }
+    if let Some(n) = body.successes {
+        spec.check.successes_before_passing = n;
+    }
+    spec.validate().map_err(bad_request)?;
+    Ok(spec)
+}
+
+fn publish_error(e: PublishError) -> ApiError {
+    let status = match e {
+        PublishError::NotFound(_) => StatusCode::NOT_FOUND,
+        PublishError::Draining => StatusCode::SERVICE_UNAVAILABLE,
+        PublishError::IdTaken(..) => StatusCode::CONFLICT,
+    };
+    ApiError(status, e.to_string())
+}
+
+async fn register(
+    State(state): State<ApiState>,
+    Path((name, instance)): Path<(String, String)>,
+    body: Result<Json<RegisterJson>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Json(body) = body.map_err(|e| bad_request(e.body_text()))?;
+    let spec = spec_from_json(&name, &instance, body)?;
+    let id = state
+        .publisher
+        .register(&spec)
+        .await
+        .map_err(publish_error)?;
+    Ok(Json(
+        serde_json::json!({ "service": spec.name.to_string(), "instance": id.to_string() }),
+    ))
+}
+
+async fn deregister(
+    State(state): State<ApiState>,
+    Path((name, instance)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let name = ServiceName::new(&name).map_err(|e| bad_request(e.to_string()))?;
+    let id = InstanceId::new(&instance).map_err(|e| bad_request(e.to_string()))?;
+    let owned = state
+        .publisher
+        .local()
+        .borrow()
+        .iter()
+        .any(|i| i.record.instance == id && i.record.service == name);
+    if !owned {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("instance `{id}` of `{name}` is not registered on this agent"),
+        ));
+    }
+    state
+        .publisher
+        .deregister(&id)
+        .await
+        .map_err(publish_error)?;
+    Ok(Json(
+        serde_json::json!({ "service": name.to_string(), "instance": id.to_string() }),
+    ))
+}
+
+async fn agent_self(State(state): State<ApiState>) -> Json<AgentJson> {
+    let mut agent = (*state.agent).clone();
+    agent.instances = state
+        .publisher
+        .local()
+        .borrow()
+        .iter()
+        .map(|i| i.record.instance.to_string())
+        .collect();
+    agent.draining = state.draining.load(Ordering::Relaxed);
+    Json(agent)
+}
+
+async fn health(State(state): State<ApiState>) -> Response {
+    if state.draining.load(Ordering::Relaxed) {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else {
+        (StatusCode::OK, "ok\n").into_response()
+    }
+}
+
+async fn metrics(State(state): State<ApiState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        render_prometheus(&state.metrics),
+    )
+        .into_response()
+}
+
+/// Serves the API on an already-bound listener until `cancel`.
+pub async fn serve_api(
+    listener: TcpListener,
+    state: ApiState,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let addr: SocketAddr = listener.local_addr()?;
+    tracing::info!(%addr, "api listening");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move { cancel.cancelled().await })
+        .await
+        .map_err(|e| anyhow::anyhow!("api server failed: {e}"))
+}

@@ -1,0 +1,138 @@
+//! The JSON the admin API speaks, shared with the CLI so both sides agree by
+//! construction. Field names are the public contract (see README).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// One member of `GET /v1/members`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MemberJson {
+    /// Node name.
+    pub name: String,
+    /// Advertised address of the node (what DNS answers use).
+    pub address: String,
+    /// Gossip address, IP:PORT.
+    pub gossip_address: String,
+    /// `alive`, `dead` or `left`.
+    pub status: String,
+    /// Incarnation (start time, unix ms).
+    pub generation: u64,
+    /// Zone, if set.
+    pub zone: Option<String>,
+    /// Agent version.
+    pub version: Option<String>,
+    /// Instances it registers.
+    pub instances: usize,
+}
+
+/// One service of `GET /v1/services`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ServiceSummaryJson {
+    /// Service name.
+    pub name: String,
+    /// Instances on live nodes.
+    pub instances: usize,
+    /// Of which healthy (passing or warning).
+    pub healthy: usize,
+}
+
+/// One instance of `GET /v1/services/{name}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InstanceJson {
+    /// Service name.
+    pub service: String,
+    /// Instance id.
+    pub instance: String,
+    /// Node that registers it.
+    pub node: String,
+    /// Zone of the node.
+    pub zone: Option<String>,
+    /// Address.
+    pub address: String,
+    /// Port.
+    pub port: u16,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Attributes.
+    pub attributes: BTreeMap<String, String>,
+    /// Weight.
+    pub weight: u16,
+    /// `passing`, `warning`, `critical` or `draining`.
+    pub health: String,
+    /// Since when, unix ms.
+    pub health_since_unix_ms: u64,
+    /// Last check output.
+    pub health_output: String,
+}
+
+/// Body of `PUT /v1/services/{name}/{instance}`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterJson {
+    /// Port the app listens on.
+    pub port: u16,
+    /// Address, when not the agent's advertised one.
+    #[serde(default)]
+    pub address: Option<String>,
+    /// Tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Attributes.
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+    /// Weight (default 1).
+    #[serde(default)]
+    pub weight: Option<u16>,
+    /// `tcp` (default), `http:/path`, `exec:CMD` or `none`.
+    #[serde(default)]
+    pub check: Option<String>,
+    /// Check interval, e.g. `2s`.
+    #[serde(default)]
+    pub interval: Option<String>,
+    /// Check timeout, e.g. `1s`.
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// Failures before critical.
+    #[serde(default)]
+    pub failures: Option<u32>,
+    /// Successes before passing.
+    #[serde(default)]
+    pub successes: Option<u32>,
+}
+
+/// `GET /v1/agent/self`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AgentJson {
+    /// Node name.
+    pub name: String,
+    /// Cluster id.
+    pub cluster: String,
+    /// DNS namespace.
+    pub namespace: String,
+    /// Advertised address.
+    pub address: String,
+    /// Gossip address.
+    pub gossip_address: String,
+    /// DNS stub address.
+    pub dns_address: String,
+    /// API address.
+    pub api_address: String,
+    /// Agent version.
+    pub version: String,
+    /// Incarnation.
+    pub generation: u64,
+    /// Whether gossip is sealed.
+    pub encrypted: bool,
+    /// Whether the agent is draining.
+    pub draining: bool,
+    /// Instances registered here.
+    pub instances: Vec<String>,
+}
+
+/// An error body.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorJson {
+    /// What was wrong and what to do.
+    pub error: String,
+}

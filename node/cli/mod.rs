@@ -1,0 +1,159 @@
+//! The command line: clap types and the commands that talk to a local agent's API
+//! (`members`, `services`, `resolve`), print tables for people or, with `--json`,
+//! exactly what the API returned.
+
+mod client;
+mod table;
+
+use std::net::SocketAddr;
+
+use clap::{Parser, Subcommand};
+
+pub use client::{ApiClient, ClientError};
+pub use table::Table;
+
+use crate::api::types::{InstanceJson, MemberJson, ServiceSummaryJson};
+use crate::config::AgentArgs;
+
+/// murmur: service discovery with no central server.
+#[derive(Debug, Parser)]
+#[command(name = "murmur", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options of the commands that read a local agent.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ApiArgs {
+    /// The agent's admin API.
+    #[arg(long, default_value = "127.0.0.1:8500", env = "MURMUR_API")]
+    pub api: SocketAddr,
+    /// Print the API's JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run an agent.
+    Agent(Box<AgentArgs>),
+    /// List the cluster's members.
+    Members(ApiArgs),
+    /// List services, or the instances of one.
+    Services {
+        /// A service to list instances of.
+        name: Option<String>,
+        /// With NAME: include critical and draining instances.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Resolve a service to its healthy instances (as the DNS stub would).
+    Resolve {
+        /// Service name, or TAG.SERVICE.
+        name: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Print a new random gossip key (base64).
+    Keygen,
+    /// Start a local mesh, show discovery and failure detection, and exit.
+    Demo,
+}
+
+fn print_json_or<T: serde::de::DeserializeOwned>(
+    raw: &str,
+    json: bool,
+    table: impl FnOnce(T) -> Table,
+) -> Result<(), ClientError> {
+    if json {
+        println!("{raw}");
+        return Ok(());
+    }
+    let value: T = serde_json::from_str(raw).map_err(|e| ClientError::BadReply(e.to_string()))?;
+    print!("{}", table(value).render());
+    Ok(())
+}
+
+fn instances_table(list: Vec<InstanceJson>) -> Table {
+    let mut t = Table::new(&[
+        "INSTANCE", "SERVICE", "NODE", "ADDRESS", "PORT", "HEALTH", "TAGS",
+    ]);
+    for i in list {
+        t.row(vec![
+            i.instance,
+            i.service,
+            i.node,
+            i.address,
+            i.port.to_string(),
+            i.health,
+            i.tags.join(","),
+        ]);
+    }
+    t
+}
+
+/// Runs `members`.
+pub async fn members(api: &ApiArgs) -> Result<(), ClientError> {
+    let raw = ApiClient::new(api.api).get("/v1/members").await?;
+    print_json_or(&raw, api.json, |list: Vec<MemberJson>| {
+        let mut t = Table::new(&["NAME", "ADDRESS", "GOSSIP", "STATUS", "ZONE", "INSTANCES"]);
+        for m in list {
+            t.row(vec![
+                m.name,
+                m.address,
+                m.gossip_address,
+                m.status,
+                m.zone.unwrap_or_default(),
+                m.instances.to_string(),
+            ]);
+        }
+        t
+    })
+}
+
+/// Runs `services [NAME]`.
+pub async fn services(name: Option<&str>, all: bool, api: &ApiArgs) -> Result<(), ClientError> {
+    let client = ApiClient::new(api.api);
+    match name {
+        None => {
+            let raw = client.get("/v1/services").await?;
+            print_json_or(&raw, api.json, |list: Vec<ServiceSummaryJson>| {
+                let mut t = Table::new(&["SERVICE", "INSTANCES", "HEALTHY"]);
+                for s in list {
+                    t.row(vec![s.name, s.instances.to_string(), s.healthy.to_string()]);
+                }
+                t
+            })
+        }
+        Some(name) => {
+            let path = format!(
+                "/v1/services/{}{}",
+                name,
+                if all { "?all=true" } else { "" }
+            );
+            let raw = client.get(&path).await?;
+            print_json_or(&raw, api.json, instances_table)
+        }
+    }
+}
+
+/// Runs `resolve NAME`: `svc` or `tag.svc`.
+pub async fn resolve(name: &str, api: &ApiArgs) -> Result<(), ClientError> {
+    let path = match name.split_once('.') {
+        Some((tag, svc)) => format!("/v1/services/{svc}?tag={tag}"),
+        None => format!("/v1/services/{name}"),
+    };
+    let raw = ApiClient::new(api.api).get(&path).await?;
+    print_json_or(&raw, api.json, |list: Vec<InstanceJson>| {
+        let mut t = Table::new(&["ADDRESS", "PORT", "INSTANCE", "NODE"]);
+        for i in list {
+            t.row(vec![i.address, i.port.to_string(), i.instance, i.node]);
+        }
+        t
+    })
+}

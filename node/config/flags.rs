@@ -1,0 +1,131 @@
+//! The flags of `murmur agent`, as clap types, and their reading into a [`Layer`].
+//! The flag names are a public contract (see README); they mirror `MURMUR_*` variables
+//! and TOML keys.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::error::ConfigError;
+use super::layer::{parse_field, Advertise, Layer};
+use super::spec::{parse_duration, parse_service_spec};
+
+/// Flags of `murmur agent`. Every flag overrides its `MURMUR_*` variable, which
+/// overrides the config file.
+#[derive(Debug, Default, Clone, Args)]
+pub struct AgentArgs {
+    /// TOML config file (lowest precedence: env and flags override it).
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Node name, unique in the cluster (default: the hostname).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Cluster id; agents of another cluster are refused.
+    #[arg(long)]
+    pub cluster: Option<String>,
+    /// DNS namespace served by the stub, such as myapp.local.
+    #[arg(long, value_name = "DOMAIN")]
+    pub namespace: Option<String>,
+    /// Zone (rack, availability zone) of this node.
+    #[arg(long)]
+    pub zone: Option<String>,
+    /// Gossip UDP address to bind (default 0.0.0.0:7946).
+    #[arg(long, value_name = "IP:PORT")]
+    pub bind: Option<SocketAddr>,
+    /// Address peers and DNS answers use for this node.
+    #[arg(long, value_name = "IP[:PORT]")]
+    pub advertise: Option<String>,
+    /// Seed to join through, HOST:PORT; repeatable; DNS names allowed.
+    #[arg(long = "seed", value_name = "HOST:PORT")]
+    pub seeds: Vec<String>,
+    /// Gossip key, base64 of 32 bytes (`murmur keygen`); repeatable: the first seals,
+    /// all open (rotation).
+    #[arg(long = "gossip-key", value_name = "BASE64")]
+    pub gossip_keys: Vec<String>,
+    /// Run without a gossip key (anyone who can reach the port can join). Tests only.
+    #[arg(long)]
+    pub insecure: bool,
+    /// Time between gossip rounds (default 200ms).
+    #[arg(long, value_name = "DURATION")]
+    pub gossip_interval: Option<String>,
+    /// How long a dead node is remembered before it is forgotten (default 5m).
+    #[arg(long, value_name = "DURATION")]
+    pub dead_grace: Option<String>,
+    /// Drain period on SIGTERM between "draining" and leaving (default 2s).
+    #[arg(long, value_name = "DURATION")]
+    pub drain: Option<String>,
+    /// DNS stub address, UDP and TCP (default 127.0.0.1:8600).
+    #[arg(long, value_name = "IP:PORT")]
+    pub dns_listen: Option<SocketAddr>,
+    /// Resolver for names outside the namespace; repeatable (default: /etc/resolv.conf).
+    #[arg(long = "dns-upstream", value_name = "IP:PORT")]
+    pub dns_upstreams: Vec<SocketAddr>,
+    /// TTL of DNS answers (default 1s).
+    #[arg(long, value_name = "DURATION")]
+    pub dns_ttl: Option<String>,
+    /// Admin API address (default 127.0.0.1:8500).
+    #[arg(long, value_name = "IP:PORT")]
+    pub api_listen: Option<SocketAddr>,
+    /// A service instance: NAME:PORT[,tags=a+b][,check=tcp|http:/path|exec:CMD|none]
+    /// [,interval=2s][,timeout=1s][,failures=2][,successes=1][,weight=N][,id=ID]
+    /// [,addr=IP][,attr.KEY=VALUE]; repeatable; exec must come last.
+    #[arg(long = "service", value_name = "SPEC")]
+    pub services: Vec<String>,
+    /// Log as JSON lines.
+    #[arg(long)]
+    pub log_json: bool,
+}
+
+fn duration_flag(
+    flag: &str,
+    v: &Option<String>,
+) -> Result<Option<std::time::Duration>, ConfigError> {
+    v.as_deref()
+        .map(|t| parse_duration(t).map_err(|m| ConfigError::new(flag, m)))
+        .transpose()
+}
+
+impl AgentArgs {
+    /// Reads the flags that were given into a layer.
+    pub fn to_layer(&self) -> Result<Layer, ConfigError> {
+        let nonempty = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
+        let services = if self.services.is_empty() {
+            None
+        } else {
+            Some(
+                self.services
+                    .iter()
+                    .map(|s| parse_service_spec(s).map_err(|m| ConfigError::new("--service", m)))
+                    .collect::<Result<_, _>>()?,
+            )
+        };
+        Ok(Layer {
+            name: self.name.clone(),
+            cluster: self.cluster.clone(),
+            namespace: self.namespace.clone(),
+            zone: self.zone.clone(),
+            insecure: self.insecure.then_some(true),
+            bind: self.bind,
+            advertise: self
+                .advertise
+                .as_deref()
+                .map(|a| parse_field::<Advertise>("--advertise", a))
+                .transpose()?,
+            seeds: nonempty(&self.seeds),
+            gossip_keys: nonempty(&self.gossip_keys),
+            gossip_interval: duration_flag("--gossip-interval", &self.gossip_interval)?,
+            phi_threshold: None,
+            dead_grace: duration_flag("--dead-grace", &self.dead_grace)?,
+            drain: duration_flag("--drain", &self.drain)?,
+            dns_listen: self.dns_listen,
+            dns_upstreams: (!self.dns_upstreams.is_empty()).then(|| self.dns_upstreams.clone()),
+            dns_ttl: duration_flag("--dns-ttl", &self.dns_ttl)?.map(|d| d.as_secs() as u32),
+            dns_max_answers: None,
+            api_listen: self.api_listen,
+            services,
+            log_json: self.log_json.then_some(true),
+            log_filter: None,
+        })
+    }
+}

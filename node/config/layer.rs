@@ -1,0 +1,403 @@
+//! One source of settings (file, environment or flags) as a partial config. Sources are
+//! read into `Layer`s and stacked (file < env < flags) before validation; each value
+//! remembers nothing of where it came from except through the field names in errors,
+//! which are produced while reading each source.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::error::ConfigError;
+use super::spec::{parse_check_kind, parse_duration, parse_service_spec, ServiceSpec};
+use murmur_protocol::{AttrKey, InstanceId, ServiceName, Tag};
+
+/// Where peers reach this node: an IP and, optionally, a port other than the bind port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Advertise {
+    /// The advertised IP.
+    pub ip: IpAddr,
+    /// The advertised gossip port, when it differs from the bound one (NAT).
+    pub port: Option<u16>,
+}
+
+impl FromStr for Advertise {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Ok(addr) = s.parse::<SocketAddr>() {
+            return Ok(Self {
+                ip: addr.ip(),
+                port: Some(addr.port()),
+            });
+        }
+        s.parse::<IpAddr>()
+            .map(|ip| Self { ip, port: None })
+            .map_err(|_| format!("`{s}` is not IP or IP:PORT"))
+    }
+}
+
+/// A partial configuration from one source. `None` (or an empty list) means "not set
+/// here"; a set list replaces the list of a lower layer rather than extending it.
+#[derive(Debug, Default, Clone)]
+pub struct Layer {
+    pub name: Option<String>,
+    pub cluster: Option<String>,
+    pub namespace: Option<String>,
+    pub zone: Option<String>,
+    pub insecure: Option<bool>,
+    pub bind: Option<SocketAddr>,
+    pub advertise: Option<Advertise>,
+    pub seeds: Option<Vec<String>>,
+    pub gossip_keys: Option<Vec<String>>,
+    pub gossip_interval: Option<Duration>,
+    pub phi_threshold: Option<f64>,
+    pub dead_grace: Option<Duration>,
+    pub drain: Option<Duration>,
+    pub dns_listen: Option<SocketAddr>,
+    pub dns_upstreams: Option<Vec<SocketAddr>>,
+    pub dns_ttl: Option<u32>,
+    pub dns_max_answers: Option<usize>,
+    pub api_listen: Option<SocketAddr>,
+    pub services: Option<Vec<ServiceSpec>>,
+    pub log_json: Option<bool>,
+    pub log_filter: Option<String>,
+}
+
+macro_rules! stack_fields {
+    ($low:ident, $high:ident, $($f:ident),*) => {
+        $( if $high.$f.is_some() { $low.$f = $high.$f; } )*
+    };
+}
+
+impl Layer {
+    /// Puts `high` on top of `self`: every field `high` sets wins.
+    pub fn stack(mut self, high: Layer) -> Layer {
+        let low = &mut self;
+        stack_fields!(
+            low,
+            high,
+            name,
+            cluster,
+            namespace,
+            zone,
+            insecure,
+            bind,
+            advertise,
+            seeds,
+            gossip_keys,
+            gossip_interval,
+            phi_threshold,
+            dead_grace,
+            drain,
+            dns_listen,
+            dns_upstreams,
+            dns_ttl,
+            dns_max_answers,
+            api_listen,
+            services,
+            log_json,
+            log_filter
+        );
+        self
+    }
+}
+
+/// Reads environment variables; tests give a map instead of the process environment.
+pub trait Env {
+    /// The value of `key`, if set.
+    fn var(&self, key: &str) -> Option<String>;
+}
+
+/// The real process environment.
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok()
+    }
+}
+
+impl Env for BTreeMap<String, String> {
+    fn var(&self, key: &str) -> Option<String> {
+        self.get(key).cloned()
+    }
+}
+
+/// Parses one value, naming the field on failure.
+pub(crate) fn parse_field<T: FromStr>(field: &str, text: &str) -> Result<T, ConfigError> {
+    text.trim()
+        .parse()
+        .map_err(|_| ConfigError::new(field, format!("`{text}` is not a valid value")))
+}
+
+fn parse_list<T: FromStr>(field: &str, text: &str, sep: char) -> Result<Vec<T>, ConfigError> {
+    text.split(sep)
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| parse_field(field, s))
+        .collect()
+}
+
+fn parse_bool(field: &str, text: &str) -> Result<bool, ConfigError> {
+    match text.trim() {
+        "1" | "true" | "yes" => Ok(true),
+        "0" | "false" | "no" | "" => Ok(false),
+        _ => Err(ConfigError::new(
+            field,
+            format!("`{text}` is not true or false"),
+        )),
+    }
+}
+
+fn duration_field(field: &str, text: &str) -> Result<Duration, ConfigError> {
+    parse_duration(text).map_err(|m| ConfigError::new(field, m))
+}
+
+/// Reads the `MURMUR_*` variables. Lists are comma-separated; `MURMUR_SERVICES` is
+/// separated by `;` because a service spec holds commas.
+pub fn from_env(env: &dyn Env) -> Result<Layer, ConfigError> {
+    let get = |k: &str| {
+        env.var(k)
+            .filter(|v| !v.is_empty())
+            .map(|v| (k.to_owned(), v))
+    };
+    let text = |k: &str| get(k).map(|(_, v)| v);
+    let mut l = Layer {
+        name: text("MURMUR_NAME"),
+        cluster: text("MURMUR_CLUSTER"),
+        namespace: text("MURMUR_NAMESPACE"),
+        zone: text("MURMUR_ZONE"),
+        log_filter: text("MURMUR_LOG"),
+        ..Default::default()
+    };
+    if let Some((k, v)) = get("MURMUR_INSECURE") {
+        l.insecure = Some(parse_bool(&k, &v)?);
+    }
+    if let Some((k, v)) = get("MURMUR_LOG_JSON") {
+        l.log_json = Some(parse_bool(&k, &v)?);
+    }
+    if let Some((k, v)) = get("MURMUR_BIND") {
+        l.bind = Some(parse_field(&k, &v)?);
+    }
+    if let Some((k, v)) = get("MURMUR_ADVERTISE") {
+        l.advertise = Some(parse_field(&k, &v)?);
+    }
+    if let Some((k, v)) = get("MURMUR_SEEDS") {
+        l.seeds = Some(parse_list(&k, &v, ',')?);
+    }
+    if let Some((k, v)) = get("MURMUR_GOSSIP_KEYS") {
+        l.gossip_keys = Some(parse_list(&k, &v, ',')?);
+    }
+    if let Some((k, v)) = get("MURMUR_GOSSIP_INTERVAL") {
+        l.gossip_interval = Some(duration_field(&k, &v)?);
+    }
+    if let Some((k, v)) = get("MURMUR_DEAD_GRACE") {
+        l.dead_grace = Some(duration_field(&k, &v)?);
+    }
+    if let Some((k, v)) = get("MURMUR_DRAIN") {
+        l.drain = Some(duration_field(&k, &v)?);
+    }
+    if let Some((k, v)) = get("MURMUR_DNS_LISTEN") {
+        l.dns_listen = Some(parse_field(&k, &v)?);
+    }
+    if let Some((k, v)) = get("MURMUR_DNS_UPSTREAMS") {
+        l.dns_upstreams = Some(parse_list(&k, &v, ',')?);
+    }
+    if let Some((k, v)) = get("MURMUR_DNS_TTL") {
+        l.dns_ttl = Some(duration_field(&k, &v)?.as_secs() as u32);
+    }
+    if let Some((k, v)) = get("MURMUR_API_LISTEN") {
+        l.api_listen = Some(parse_field(&k, &v)?);
+    }
+    if let Some((k, v)) = get("MURMUR_SERVICES") {
+        let specs = v
+            .split(';')
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| parse_service_spec(s.trim()).map_err(|m| ConfigError::new(&k, m)))
+            .collect::<Result<_, _>>()?;
+        l.services = Some(specs);
+    }
+    Ok(l)
+}
+
+/// The TOML file. Unknown fields are refused so that a typo is an error, not a silently
+/// ignored setting.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    name: Option<String>,
+    cluster: Option<String>,
+    namespace: Option<String>,
+    zone: Option<String>,
+    insecure: Option<bool>,
+    #[serde(default)]
+    gossip: FileGossip,
+    #[serde(default)]
+    dns: FileDns,
+    #[serde(default)]
+    api: FileApi,
+    #[serde(default)]
+    log: FileLog,
+    service: Option<Vec<FileService>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileGossip {
+    bind: Option<String>,
+    advertise: Option<String>,
+    seeds: Option<Vec<String>>,
+    keys: Option<Vec<String>>,
+    interval: Option<String>,
+    phi_threshold: Option<f64>,
+    dead_grace: Option<String>,
+    drain: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileDns {
+    listen: Option<String>,
+    upstreams: Option<Vec<String>>,
+    ttl: Option<String>,
+    max_answers: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileApi {
+    listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLog {
+    json: Option<bool>,
+    filter: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileService {
+    name: String,
+    port: u16,
+    id: Option<String>,
+    address: Option<String>,
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default)]
+    attributes: BTreeMap<String, String>,
+    weight: Option<u16>,
+    check: Option<String>,
+    interval: Option<String>,
+    timeout: Option<String>,
+    failures: Option<u32>,
+    successes: Option<u32>,
+}
+
+fn opt<T>(
+    field: &str,
+    v: Option<String>,
+    f: impl Fn(&str, &str) -> Result<T, ConfigError>,
+) -> Result<Option<T>, ConfigError> {
+    v.map(|v| f(field, &v)).transpose()
+}
+
+fn file_service(i: usize, s: FileService) -> Result<ServiceSpec, ConfigError> {
+    let field = |k: &str| format!("service[{i}].{k}");
+    let name =
+        ServiceName::new(&s.name).map_err(|e| ConfigError::new(field("name"), e.to_string()))?;
+    let mut spec = ServiceSpec::new(name, s.port);
+    if let Some(id) = s.id {
+        spec.id =
+            Some(InstanceId::new(&id).map_err(|e| ConfigError::new(field("id"), e.to_string()))?);
+    }
+    spec.address = opt(&field("address"), s.address, parse_field)?;
+    spec.tags = s
+        .tags
+        .iter()
+        .map(|t| Tag::new(t).map_err(|e| ConfigError::new(field("tags"), e.to_string())))
+        .collect::<Result<_, _>>()?;
+    for (k, v) in s.attributes {
+        let key =
+            AttrKey::new(&k).map_err(|e| ConfigError::new(field("attributes"), e.to_string()))?;
+        spec.attributes.insert(key, v);
+    }
+    if let Some(w) = s.weight {
+        spec.weight = w;
+    }
+    if let Some(c) = s.check {
+        spec.check.kind = parse_check_kind(&c).map_err(|m| ConfigError::new(field("check"), m))?;
+    }
+    if let Some(d) = opt(&field("interval"), s.interval, duration_field)? {
+        spec.check.interval = d;
+    }
+    if let Some(d) = opt(&field("timeout"), s.timeout, duration_field)? {
+        spec.check.timeout = d;
+    }
+    if let Some(n) = s.failures {
+        spec.check.failures_before_critical = n;
+    }
+    if let Some(n) = s.successes {
+        spec.check.successes_before_passing = n;
+    }
+    spec.validate()
+        .map_err(|m| ConfigError::new(format!("service[{i}]"), m))?;
+    Ok(spec)
+}
+
+/// Parses the TOML text of a config file.
+pub fn from_toml(text: &str) -> Result<Layer, ConfigError> {
+    let f: File = toml::from_str(text).map_err(|e| {
+        ConfigError::new("config file", e.to_string().trim_end().replace('\n', " "))
+    })?;
+    let g = f.gossip;
+    let list =
+        |field: &str, v: Option<Vec<String>>| -> Result<Option<Vec<SocketAddr>>, ConfigError> {
+            v.map(|v| v.iter().map(|s| parse_field(field, s)).collect())
+                .transpose()
+        };
+    Ok(Layer {
+        name: f.name,
+        cluster: f.cluster,
+        namespace: f.namespace,
+        zone: f.zone,
+        insecure: f.insecure,
+        bind: opt("gossip.bind", g.bind, parse_field)?,
+        advertise: opt("gossip.advertise", g.advertise, parse_field)?,
+        seeds: g.seeds,
+        gossip_keys: g.keys,
+        gossip_interval: opt("gossip.interval", g.interval, duration_field)?,
+        phi_threshold: g.phi_threshold,
+        dead_grace: opt("gossip.dead_grace", g.dead_grace, duration_field)?,
+        drain: opt("gossip.drain", g.drain, duration_field)?,
+        dns_listen: opt("dns.listen", f.dns.listen, parse_field)?,
+        dns_upstreams: list("dns.upstreams", f.dns.upstreams)?,
+        dns_ttl: opt("dns.ttl", f.dns.ttl, duration_field)?.map(|d| d.as_secs() as u32),
+        dns_max_answers: f.dns.max_answers,
+        api_listen: opt("api.listen", f.api.listen, parse_field)?,
+        services: f
+            .service
+            .map(|v| {
+                v.into_iter()
+                    .enumerate()
+                    .map(|(i, s)| file_service(i, s))
+                    .collect()
+            })
+            .transpose()?,
+        log_json: f.log.json,
+        log_filter: f.log.filter,
+    })
+}
+
+/// Reads and parses a config file.
+pub fn from_file(path: &Path) -> Result<Layer, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::new("--config", format!("cannot read {}: {e}", path.display()))
+    })?;
+    from_toml(&text)
+        .map_err(|e| ConfigError::new(format!("{} ({})", e.field, path.display()), e.message))
+}

@@ -1,0 +1,480 @@
+//! Configuration: TOML file < `MURMUR_*` environment < flags, merged into one validated
+//! [`Config`] made of per-part configs, each part receiving only its own.
+//!
+//! Loading config binds nothing and starts nothing; a bad value fails here, naming its
+//! field, so that `main` can exit with status 2 before anything runs.
+
+mod error;
+mod flags;
+mod layer;
+pub mod spec;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+pub use error::ConfigError;
+pub use flags::AgentArgs;
+pub use layer::{from_env, from_toml, Advertise, Env, Layer, ProcessEnv};
+pub use spec::{CheckKind, CheckSpec, ServiceSpec};
+
+use murmur_protocol::limits::MAX_ZONE_LEN;
+use murmur_protocol::NodeName;
+
+use crate::gossip::Keyring;
+
+/// Default gossip bind address: every interface, the port Serf and Consul use.
+pub const DEFAULT_GOSSIP_BIND: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 7946);
+/// Default time between gossip rounds. Each round sends one digest to three peers; the
+/// failure detector sees a heartbeat about this often, so detection time scales with it
+/// (see [`DEFAULT_PHI_THRESHOLD`]).
+pub const DEFAULT_GOSSIP_INTERVAL: Duration = Duration::from_millis(200);
+/// Default failure-detector threshold: chitchat's phi is "time since the last heartbeat
+/// divided by the mean heartbeat interval", so 6 declares a node dead after about six
+/// silent gossip intervals (1.2 s at 200 ms): fast, yet several lost rounds in a row are
+/// needed for a false verdict.
+pub const DEFAULT_PHI_THRESHOLD: f64 = 6.0;
+/// Default time a dead node is remembered (listed as dead) before it is forgotten.
+/// Minutes, not chitchat's 24 h: tasks churn all the time.
+pub const DEFAULT_DEAD_GRACE: Duration = Duration::from_secs(300);
+/// Default drain period: instances are marked draining this long before the agent
+/// leaves, three DNS TTLs so that clients stop picking them.
+pub const DEFAULT_DRAIN: Duration = Duration::from_secs(3);
+/// Default DNS stub address (Consul's DNS port, on loopback only).
+pub const DEFAULT_DNS_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8600);
+/// Default DNS TTL in seconds: the replica is live, short TTLs keep client caches fresh.
+pub const DEFAULT_DNS_TTL: u32 = 1;
+/// Default cap on A/AAAA/SRV records per answer (as Cloud Map's multivalue answers).
+pub const DEFAULT_DNS_MAX_ANSWERS: usize = 8;
+/// Default admin API address (Consul's HTTP port, on loopback only).
+pub const DEFAULT_API_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8500);
+/// Default DNS namespace.
+pub const DEFAULT_NAMESPACE: &str = "murmur.local";
+/// Default cluster id.
+pub const DEFAULT_CLUSTER: &str = "murmur";
+
+/// Who this node is.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Node name, unique in the cluster.
+    pub name: NodeName,
+    /// Zone, if any.
+    pub zone: Option<String>,
+    /// The address peers and DNS answers use.
+    pub advertise: IpAddr,
+}
+
+/// Gossip settings.
+#[derive(Debug, Clone)]
+pub struct GossipConfig {
+    /// Cluster id.
+    pub cluster: String,
+    /// UDP address to bind.
+    pub bind: SocketAddr,
+    /// Gossip address announced to peers.
+    pub advertise: SocketAddr,
+    /// Seeds, `HOST:PORT`.
+    pub seeds: Vec<String>,
+    /// Keys; `None` only with `insecure`.
+    pub keyring: Option<Keyring>,
+    /// Time between rounds.
+    pub interval: Duration,
+    /// Failure-detector threshold.
+    pub phi_threshold: f64,
+    /// How long dead nodes are remembered.
+    pub dead_grace: Duration,
+    /// Drain period before leaving.
+    pub drain: Duration,
+}
+
+/// DNS stub settings.
+#[derive(Debug, Clone)]
+pub struct DnsConfig {
+    /// Address for UDP and TCP.
+    pub listen: SocketAddr,
+    /// Namespace served, lowercase, without a trailing dot.
+    pub namespace: String,
+    /// Where other names are forwarded.
+    pub upstreams: Vec<SocketAddr>,
+    /// TTL of answers, seconds.
+    pub ttl: u32,
+    /// Cap on records per answer.
+    pub max_answers: usize,
+}
+
+/// Admin API settings.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+}
+
+/// Log settings.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// JSON lines instead of text.
+    pub json: bool,
+    /// `RUST_LOG`-style filter.
+    pub filter: String,
+}
+
+/// The whole validated configuration of one agent.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Who this node is.
+    pub node: NodeConfig,
+    /// Gossip.
+    pub gossip: GossipConfig,
+    /// DNS stub.
+    pub dns: DnsConfig,
+    /// Admin API.
+    pub api: ApiConfig,
+    /// Instances registered at start.
+    pub services: Vec<ServiceSpec>,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+impl Config {
+    /// Loads the full stack: the file named by `--config` (or `MURMUR_CONFIG`), then
+    /// the environment, then the flags.
+    pub fn load(args: &AgentArgs, env: &dyn Env) -> Result<Config, ConfigError> {
+        let path = args
+            .config
+            .clone()
+            .or_else(|| env.var("MURMUR_CONFIG").map(Into::into));
+        let file = match path {
+            Some(p) => layer::from_file(&p)?,
+            None => Layer::default(),
+        };
+        let merged = file.stack(from_env(env)?).stack(args.to_layer()?);
+        let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        Config::from_layer(merged, &resolv)
+    }
+
+    /// Validates a merged layer. `resolv_conf` is the text of /etc/resolv.conf, used
+    /// when no upstream resolver is configured.
+    pub fn from_layer(l: Layer, resolv_conf: &str) -> Result<Config, ConfigError> {
+        let name_text = l.name.clone().unwrap_or_else(hostname);
+        let name = NodeName::new(&name_text).map_err(|e| {
+            ConfigError::new(
+                "--name",
+                format!("{e}; set a node name that is a DNS label"),
+            )
+        })?;
+        if let Some(z) = &l.zone {
+            if z.is_empty() || z.len() > MAX_ZONE_LEN {
+                return Err(ConfigError::new(
+                    "--zone",
+                    format!("must be 1-{MAX_ZONE_LEN} bytes"),
+                ));
+            }
+        }
+        let cluster = l.cluster.unwrap_or_else(|| DEFAULT_CLUSTER.to_owned());
+        if cluster.is_empty() || cluster.len() > 64 {
+            return Err(ConfigError::new("--cluster", "must be 1-64 bytes"));
+        }
+        let namespace = parse_namespace(l.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE))?;
+        let bind = l.bind.unwrap_or(DEFAULT_GOSSIP_BIND);
+        let advertise_ip = match l.advertise {
+            Some(a) => a.ip,
+            None if !bind.ip().is_unspecified() => bind.ip(),
+            None => guess_advertise_ip(),
+        };
+        if advertise_ip.is_unspecified() {
+            return Err(ConfigError::new(
+                "--advertise",
+                "must be a reachable address, not 0.0.0.0",
+            ));
+        }
+        let advertise_port = l.advertise.and_then(|a| a.port).unwrap_or(bind.port());
+        let insecure = l.insecure.unwrap_or(false);
+        let keys = l.gossip_keys.unwrap_or_default();
+        let keyring = if keys.is_empty() {
+            if !insecure {
+                return Err(ConfigError::new(
+                    "--gossip-key",
+                    "no gossip key: make one with `murmur keygen` and give it to every agent, \
+                     or pass --insecure to run an open cluster",
+                ));
+            }
+            None
+        } else {
+            Some(Keyring::from_base64(&keys).map_err(|m| ConfigError::new("--gossip-key", m))?)
+        };
+        let interval = l.gossip_interval.unwrap_or(DEFAULT_GOSSIP_INTERVAL);
+        if interval < Duration::from_millis(10) || interval > Duration::from_secs(10) {
+            return Err(ConfigError::new(
+                "--gossip-interval",
+                "must be between 10ms and 10s",
+            ));
+        }
+        let phi_threshold = l.phi_threshold.unwrap_or(DEFAULT_PHI_THRESHOLD);
+        if !(1.0..=100.0).contains(&phi_threshold) {
+            return Err(ConfigError::new(
+                "gossip.phi_threshold",
+                "must be between 1 and 100",
+            ));
+        }
+        let dead_grace = l.dead_grace.unwrap_or(DEFAULT_DEAD_GRACE);
+        if dead_grace < Duration::from_secs(1) {
+            return Err(ConfigError::new("--dead-grace", "must be at least 1s"));
+        }
+        let dns_listen = l.dns_listen.unwrap_or(DEFAULT_DNS_LISTEN);
+        let upstreams = match l.dns_upstreams {
+            Some(u) => u,
+            None => parse_resolv_conf(resolv_conf),
+        };
+        let upstreams: Vec<SocketAddr> = upstreams
+            .into_iter()
+            .filter(|u| !same_endpoint(*u, dns_listen))
+            .collect();
+        let max_answers = l.dns_max_answers.unwrap_or(DEFAULT_DNS_MAX_ANSWERS);
+        if max_answers == 0 || max_answers > 64 {
+            return Err(ConfigError::new(
+                "dns.max_answers",
+                "must be between 1 and 64",
+            ));
+        }
+        let services = l.services.unwrap_or_default();
+        let mut ids = std::collections::BTreeSet::new();
+        for (i, s) in services.iter().enumerate() {
+            let id =
+                s.id.as_ref()
+                    .map(|i| i.to_string())
+                    .unwrap_or_else(|| format!("{name}-{}", s.port));
+            if !ids.insert(id.clone()) {
+                return Err(ConfigError::new(
+                    format!("service[{i}]"),
+                    format!("instance id `{id}` is used twice; give one an id="),
+                ));
+            }
+        }
+        Ok(Config {
+            node: NodeConfig {
+                name,
+                zone: l.zone,
+                advertise: advertise_ip,
+            },
+            gossip: GossipConfig {
+                cluster,
+                bind,
+                advertise: SocketAddr::new(advertise_ip, advertise_port),
+                seeds: l.seeds.unwrap_or_default(),
+                keyring,
+                interval,
+                phi_threshold,
+                dead_grace,
+                drain: l.drain.unwrap_or(DEFAULT_DRAIN),
+            },
+            dns: DnsConfig {
+                listen: dns_listen,
+                namespace,
+                upstreams,
+                ttl: l.dns_ttl.unwrap_or(DEFAULT_DNS_TTL),
+                max_answers,
+            },
+            api: ApiConfig {
+                listen: l.api_listen.unwrap_or(DEFAULT_API_LISTEN),
+            },
+            services,
+            log: LogConfig {
+                json: l.log_json.unwrap_or(false),
+                filter: l.log_filter.unwrap_or_else(|| "info".to_owned()),
+            },
+        })
+    }
+}
+
+/// A resolver listed as 127.0.0.1:53 is the agent itself when the agent listens on
+/// 0.0.0.0:53 or 127.0.0.1:53; forwarding to it would loop.
+fn same_endpoint(a: SocketAddr, listen: SocketAddr) -> bool {
+    a.port() == listen.port() && (a.ip() == listen.ip() || listen.ip().is_unspecified())
+}
+
+fn parse_namespace(ns: &str) -> Result<String, ConfigError> {
+    let ns = ns.trim_end_matches('.').to_ascii_lowercase();
+    let ok = !ns.is_empty()
+        && ns.len() <= 200
+        && ns
+            .split('.')
+            .all(|label| murmur_protocol::Tag::new(label).is_ok());
+    if !ok {
+        return Err(ConfigError::new(
+            "--namespace",
+            format!("`{ns}` is not a domain name such as myapp.local"),
+        ));
+    }
+    Ok(ns)
+}
+
+/// The `nameserver` lines of a resolv.conf, on port 53.
+pub fn parse_resolv_conf(text: &str) -> Vec<SocketAddr> {
+    text.lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            (words.next() == Some("nameserver"))
+                .then(|| words.next())
+                .flatten()
+        })
+        .filter_map(|ip| ip.split('%').next()?.parse::<IpAddr>().ok())
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect()
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().split('.').next().unwrap_or_default().to_owned())
+        .unwrap_or_default()
+}
+
+/// With gossip bound to every interface and no `--advertise`, the address the hostname
+/// resolves to (as /etc/hosts gives it in most containers), else loopback.
+fn guess_advertise_ip() -> IpAddr {
+    (hostname().as_str(), 0)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.find(|a| !a.ip().is_loopback()))
+        .map(|a| a.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn key() -> String {
+        crate::gossip::Keyring::generate_base64()
+    }
+
+    #[test]
+    fn flags_beat_env_beat_file() {
+        let file = from_toml(
+            "name = \"from-file\"\nnamespace = \"file.local\"\ninsecure = true\n[dns]\nlisten = \"127.0.0.1:1\"\nttl = \"5s\"\n",
+        )
+        .expect("valid toml");
+        let env = from_env(&env(&[
+            ("MURMUR_NAME", "from-env"),
+            ("MURMUR_DNS_LISTEN", "127.0.0.1:2"),
+        ]))
+        .expect("valid env");
+        let flags = AgentArgs {
+            name: Some("from-flag".into()),
+            ..Default::default()
+        };
+        let merged = file
+            .stack(env)
+            .stack(flags.to_layer().expect("valid flags"));
+        let c = Config::from_layer(merged, "").expect("valid config");
+        assert_eq!(c.node.name.as_str(), "from-flag");
+        assert_eq!(c.dns.listen.port(), 2);
+        assert_eq!(c.dns.namespace, "file.local");
+        assert_eq!(c.dns.ttl, 5);
+    }
+
+    #[test]
+    fn errors_name_their_field() {
+        let cases: Vec<(Layer, &str)> = vec![
+            (
+                Layer {
+                    name: Some("Bad Name".into()),
+                    insecure: Some(true),
+                    ..Default::default()
+                },
+                "--name",
+            ),
+            (
+                Layer {
+                    name: Some("a".into()),
+                    ..Default::default()
+                },
+                "--gossip-key",
+            ),
+            (
+                Layer {
+                    name: Some("a".into()),
+                    gossip_keys: Some(vec!["short".into()]),
+                    ..Default::default()
+                },
+                "--gossip-key",
+            ),
+            (
+                Layer {
+                    name: Some("a".into()),
+                    insecure: Some(true),
+                    namespace: Some("a..b".into()),
+                    ..Default::default()
+                },
+                "--namespace",
+            ),
+        ];
+        for (layer, field) in cases {
+            let err = Config::from_layer(layer, "").expect_err(field);
+            assert_eq!(err.field, field, "{err}");
+        }
+        let err = from_toml("[dns]\nlisten = \"nope\"").expect_err("bad listen");
+        assert_eq!(err.field, "dns.listen");
+        let err = from_toml("bogus = 1").expect_err("unknown key");
+        assert!(err.message.contains("bogus"), "{err}");
+        let err = from_env(&env(&[("MURMUR_BIND", "x")])).expect_err("bad env");
+        assert_eq!(err.field, "MURMUR_BIND");
+        let err = from_toml("[[service]]\nname = \"a\"\nport = 1\ncheck = \"ftp\"")
+            .expect_err("bad check");
+        assert_eq!(err.field, "service[0].check");
+    }
+
+    #[test]
+    fn keys_and_services_from_every_source() {
+        let k = key();
+        let c = Config::from_layer(
+            from_env(&env(&[
+                ("MURMUR_NAME", "n1"),
+                ("MURMUR_GOSSIP_KEYS", &format!("{k},{k}")),
+                ("MURMUR_SERVICES", "web:80,tags=a;db:5432,check=none"),
+            ]))
+            .expect("valid env"),
+            "",
+        )
+        .expect("valid");
+        assert_eq!(c.services.len(), 2);
+        assert!(c.gossip.keyring.is_some());
+        let dup = Layer {
+            name: Some("n1".into()),
+            insecure: Some(true),
+            services: Some(vec![
+                spec::parse_service_spec("a:80").expect("valid"),
+                spec::parse_service_spec("b:80").expect("valid"),
+            ]),
+            ..Default::default()
+        };
+        assert_eq!(
+            Config::from_layer(dup, "").expect_err("dup").field,
+            "service[1]"
+        );
+    }
+
+    #[test]
+    fn resolv_conf_upstreams_skip_the_agent_itself() {
+        let text =
+            "# x\nnameserver 10.0.0.2\nnameserver 127.0.0.1\nnameserver fe80::1%eth0\nsearch a\n";
+        assert_eq!(parse_resolv_conf(text).len(), 3);
+        let layer = Layer {
+            name: Some("n".into()),
+            insecure: Some(true),
+            dns_listen: Some("127.0.0.1:53".parse().expect("valid")),
+            ..Default::default()
+        };
+        let c = Config::from_layer(layer, text).expect("valid");
+        assert_eq!(c.dns.upstreams.len(), 2);
+    }
+}

@@ -1,0 +1,322 @@
+//! Parsers for the compact specs people type on a command line:
+//! `--service NAME:PORT[,tags=a+b][,check=...][,interval=2s]...` and durations (`2s`).
+//! Pure: text in, typed value or a message out.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use murmur_protocol::limits::{MAX_ATTRIBUTES, MAX_TAGS};
+use murmur_protocol::{AttrKey, InstanceId, ServiceName, Tag};
+
+/// Default time between two health checks of one instance.
+pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+/// Default time one check may take before it counts as failed.
+pub const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default consecutive failures before an instance turns critical.
+pub const DEFAULT_FAILURES_BEFORE_CRITICAL: u32 = 2;
+/// Default consecutive successes before a critical instance passes again.
+pub const DEFAULT_SUCCESSES_BEFORE_PASSING: u32 = 1;
+/// Default balancing weight of an instance.
+pub const DEFAULT_WEIGHT: u16 = 1;
+/// Shortest check interval accepted: faster checks load the app more than they help.
+pub const MIN_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How an instance's health is checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckKind {
+    /// TCP connect to the instance's address and port.
+    Tcp,
+    /// HTTP GET of this path on the instance's address and port; 2xx and 3xx pass.
+    Http {
+        /// The request path, starting with `/`.
+        path: String,
+    },
+    /// Run this command through `sh -c`; exit status 0 passes.
+    Exec {
+        /// The command line.
+        command: String,
+    },
+    /// No check: the instance is passing while its agent lives.
+    None,
+}
+
+/// A health check with its timing and thresholds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckSpec {
+    /// What to probe.
+    pub kind: CheckKind,
+    /// Time between probes.
+    pub interval: Duration,
+    /// Time one probe may take.
+    pub timeout: Duration,
+    /// Consecutive failures before critical.
+    pub failures_before_critical: u32,
+    /// Consecutive successes before passing.
+    pub successes_before_passing: u32,
+}
+
+impl Default for CheckSpec {
+    fn default() -> Self {
+        Self {
+            kind: CheckKind::Tcp,
+            interval: DEFAULT_CHECK_INTERVAL,
+            timeout: DEFAULT_CHECK_TIMEOUT,
+            failures_before_critical: DEFAULT_FAILURES_BEFORE_CRITICAL,
+            successes_before_passing: DEFAULT_SUCCESSES_BEFORE_PASSING,
+        }
+    }
+}
+
+/// One service instance this agent registers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceSpec {
+    /// The service name.
+    pub name: ServiceName,
+    /// The port the app listens on.
+    pub port: u16,
+    /// The instance id; `None` means `<node>-<port>`, filled in by the agent.
+    pub id: Option<InstanceId>,
+    /// The address the app listens on; `None` means the advertised address.
+    pub address: Option<IpAddr>,
+    /// Tags.
+    pub tags: Vec<Tag>,
+    /// Attributes.
+    pub attributes: BTreeMap<AttrKey, String>,
+    /// Balancing weight.
+    pub weight: u16,
+    /// The health check.
+    pub check: CheckSpec,
+}
+
+impl ServiceSpec {
+    /// A spec with defaults for everything but name and port.
+    pub fn new(name: ServiceName, port: u16) -> Self {
+        Self {
+            name,
+            port,
+            id: None,
+            address: None,
+            tags: Vec::new(),
+            attributes: BTreeMap::new(),
+            weight: DEFAULT_WEIGHT,
+            check: CheckSpec::default(),
+        }
+    }
+
+    /// Checks the cross-field rules (timeout below interval, limits).
+    pub fn validate(&self) -> Result<(), String> {
+        let c = &self.check;
+        if c.interval < MIN_CHECK_INTERVAL {
+            return Err(format!("interval must be at least {MIN_CHECK_INTERVAL:?}"));
+        }
+        if c.timeout.is_zero() || c.timeout > c.interval {
+            return Err("timeout must be above zero and at most the interval".into());
+        }
+        if c.failures_before_critical == 0 || c.successes_before_passing == 0 {
+            return Err("failures and successes thresholds must be at least 1".into());
+        }
+        if self.tags.len() > MAX_TAGS {
+            return Err(format!("at most {MAX_TAGS} tags"));
+        }
+        if self.attributes.len() > MAX_ATTRIBUTES {
+            return Err(format!("at most {MAX_ATTRIBUTES} attributes"));
+        }
+        if self.port == 0 {
+            return Err("port must be 1-65535".into());
+        }
+        Ok(())
+    }
+}
+
+/// Parses a duration such as `250ms`, `2s`, `5m`, `1h` (a bare number is seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (num, unit) = text.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration (use 250ms, 2s, 5m or 1h)"))?;
+    let secs = match unit {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("`{text}` has an unknown unit (use ms, s, m or h)")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("`{text}` is out of range"))
+}
+
+/// Parses a check: `tcp`, `http:/path`, `exec:CMD` or `none`.
+pub fn parse_check_kind(text: &str) -> Result<CheckKind, String> {
+    if text == "tcp" {
+        Ok(CheckKind::Tcp)
+    } else if text == "none" {
+        Ok(CheckKind::None)
+    } else if let Some(path) = text.strip_prefix("http:") {
+        if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!(
+                "http check path `{path}` must start with '/' and hold no spaces"
+            ));
+        }
+        Ok(CheckKind::Http {
+            path: path.to_owned(),
+        })
+    } else if let Some(command) = text.strip_prefix("exec:") {
+        if command.trim().is_empty() {
+            return Err("exec check needs a command".into());
+        }
+        Ok(CheckKind::Exec {
+            command: command.to_owned(),
+        })
+    } else {
+        Err(format!(
+            "unknown check `{text}` (use tcp, http:/path, exec:CMD or none)"
+        ))
+    }
+}
+
+/// Parses `--service NAME:PORT[,key=value]...`. Keys: `id`, `addr`, `tags` (`a+b`),
+/// `check`, `interval`, `timeout`, `failures`, `successes`, `weight`, `attr.KEY`.
+/// An `exec:` check takes the rest of the spec, so it must come last.
+pub fn parse_service_spec(text: &str) -> Result<ServiceSpec, String> {
+    let (head, mut rest) = match text.split_once(',') {
+        Some((h, r)) => (h, r),
+        None => (text, ""),
+    };
+    let (name, port) = head
+        .split_once(':')
+        .ok_or_else(|| format!("`{head}` must be NAME:PORT"))?;
+    let name = ServiceName::new(name).map_err(|e| e.to_string())?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("port `{port}` is not a number 1-65535"))?;
+    let mut spec = ServiceSpec::new(name, port);
+    while !rest.is_empty() {
+        let (item, tail) = if rest.starts_with("check=exec:") {
+            (rest, "")
+        } else {
+            match rest.split_once(',') {
+                Some((i, t)) => (i, t),
+                None => (rest, ""),
+            }
+        };
+        rest = tail;
+        let (key, value) = item
+            .split_once('=')
+            .ok_or_else(|| format!("`{item}` must be key=value"))?;
+        apply_service_option(&mut spec, key, value)?;
+    }
+    spec.validate()?;
+    Ok(spec)
+}
+
+fn parse_count(key: &str, value: &str) -> Result<u32, String> {
+    value
+        .parse()
+        .map_err(|_| format!("{key} `{value}` is not a whole number"))
+}
+
+fn apply_service_option(spec: &mut ServiceSpec, key: &str, value: &str) -> Result<(), String> {
+    match key {
+        "id" => spec.id = Some(InstanceId::new(value).map_err(|e| e.to_string())?),
+        "addr" => {
+            spec.address = Some(
+                value
+                    .parse()
+                    .map_err(|_| format!("addr `{value}` is not an IP address"))?,
+            )
+        }
+        "tags" => {
+            spec.tags = value
+                .split('+')
+                .filter(|t| !t.is_empty())
+                .map(|t| Tag::new(t).map_err(|e| e.to_string()))
+                .collect::<Result<_, _>>()?
+        }
+        "check" => spec.check.kind = parse_check_kind(value)?,
+        "interval" => spec.check.interval = parse_duration(value)?,
+        "timeout" => spec.check.timeout = parse_duration(value)?,
+        "failures" => spec.check.failures_before_critical = parse_count(key, value)?,
+        "successes" => spec.check.successes_before_passing = parse_count(key, value)?,
+        "weight" => {
+            spec.weight = value
+                .parse()
+                .map_err(|_| format!("weight `{value}` is not 0-65535"))?
+        }
+        _ => {
+            let attr = key.strip_prefix("attr.").ok_or_else(|| {
+                format!("unknown service option `{key}` (see `murmur agent --help`)")
+            })?;
+            let attr = AttrKey::new(attr).map_err(|e| e.to_string())?;
+            spec.attributes.insert(attr, value.to_owned());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_spec_takes_defaults() {
+        let s = parse_service_spec("orders:8080").expect("valid");
+        assert_eq!(s.name.as_str(), "orders");
+        assert_eq!(s.port, 8080);
+        assert_eq!(s.check, CheckSpec::default());
+    }
+
+    #[test]
+    fn full_spec_parses_every_option() {
+        let s = parse_service_spec(
+            "web:80,id=web-a,addr=127.0.0.9,tags=canary+v2,interval=500ms,timeout=200ms,failures=3,successes=2,weight=5,attr.version=1.2,check=exec:test -f /tmp/x, y",
+        )
+        .expect("valid");
+        assert_eq!(s.id.as_ref().map(|i| i.as_str()), Some("web-a"));
+        assert_eq!(s.address, Some("127.0.0.9".parse().expect("ip")));
+        assert_eq!(s.tags.len(), 2);
+        assert_eq!(s.check.interval, Duration::from_millis(500));
+        assert_eq!(s.check.failures_before_critical, 3);
+        assert_eq!(s.weight, 5);
+        assert_eq!(
+            s.check.kind,
+            CheckKind::Exec {
+                command: "test -f /tmp/x, y".into()
+            }
+        );
+        assert_eq!(s.attributes.len(), 1);
+    }
+
+    #[test]
+    fn bad_specs_say_what_is_wrong() {
+        for (spec, needle) in [
+            ("orders", "NAME:PORT"),
+            ("orders:x", "port"),
+            ("orders:0", "port"),
+            ("Bad_Name:1", "service name"),
+            ("o:1,check=ftp", "unknown check"),
+            ("o:1,interval=2x", "unit"),
+            ("o:1,timeout=5s", "timeout"),
+            ("o:1,frobnicate=1", "unknown service option"),
+            ("o:1,check=http:nopath", "start with '/'"),
+            ("o:1,tags", "key=value"),
+        ] {
+            let err = parse_service_spec(spec).expect_err(spec);
+            assert!(err.contains(needle), "{spec}: {err}");
+        }
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("1e999").is_err());
+    }
+}

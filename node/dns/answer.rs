@@ -1,0 +1,430 @@
+//! What the stub answers for a name, computed from one registry snapshot. Pure: a
+//! snapshot, a question and a random source in, records out; no socket, no clock.
+//!
+//! Inside namespace `ns`:
+//! - `svc.ns` A/AAAA: healthy instances' addresses, shuffled and capped; SRV: port and
+//!   target `<instance>.svc.ns`, with the target's address in the additional section;
+//! - `_svc._tcp.ns` SRV: the same SRV answer, in RFC 2782 form;
+//! - `tag.svc.ns`: as `svc.ns`, filtered by tag; `<instance>.svc.ns`: that instance;
+//! - `ns` SOA: our SOA; unknown names: NXDOMAIN with the SOA for negative caching.
+//!
+//! Everything outside the namespace is [`Outcome::Forward`]: the caller forwards it.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use hickory_proto::rr::rdata::{A, AAAA, SOA, SRV};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use rand::seq::SliceRandom;
+use rand::Rng;
+
+use crate::registry::{Instance, Query, Snapshot};
+use murmur_protocol::{InstanceId, ServiceName, Tag};
+
+/// The answer to one question.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// NOERROR with records.
+    Answer {
+        /// Answer section.
+        answers: Vec<Record>,
+        /// Additional section (addresses of SRV targets).
+        additionals: Vec<Record>,
+    },
+    /// NOERROR without records (the name exists, not with this type); SOA in authority.
+    NoData(Record),
+    /// NXDOMAIN; SOA in authority.
+    NxDomain(Record),
+    /// Not ours: forward to the upstream resolvers.
+    Forward,
+}
+
+/// The namespace the stub is authoritative for, and how it answers.
+#[derive(Debug, Clone)]
+pub struct Zone {
+    origin: Name,
+    origin_text: String,
+    ttl: u32,
+    max_answers: usize,
+}
+
+impl Zone {
+    /// A zone for `namespace` (already validated by config).
+    pub fn new(namespace: &str, ttl: u32, max_answers: usize) -> Result<Zone, String> {
+        let origin = Name::from_ascii(format!("{namespace}."))
+            .map_err(|e| format!("namespace `{namespace}` is not a DNS name: {e}"))?;
+        Ok(Zone {
+            origin,
+            origin_text: namespace.to_ascii_lowercase(),
+            ttl,
+            max_answers,
+        })
+    }
+
+    fn soa(&self, snapshot: &Snapshot) -> Record {
+        let mname = Name::from_ascii(format!("ns.{}.", self.origin_text))
+            .unwrap_or_else(|_| self.origin.clone());
+        let rname = Name::from_ascii(format!("hostmaster.{}.", self.origin_text))
+            .unwrap_or_else(|_| self.origin.clone());
+        // The serial follows the snapshot so secondaries (and people) can see change;
+        // the minimum is the negative-caching TTL (RFC 2308), kept as short as answers.
+        let soa = SOA::new(
+            mname,
+            rname,
+            snapshot.version as u32,
+            3600,
+            600,
+            86400,
+            self.ttl,
+        );
+        Record::from_rdata(self.origin.clone(), self.ttl, RData::SOA(soa))
+    }
+
+    fn name(&self, relative: &str) -> Option<Name> {
+        Name::from_ascii(format!("{relative}.{}.", self.origin_text)).ok()
+    }
+
+    /// Answers `qname`/`qtype` from `snapshot`.
+    pub fn answer(
+        &self,
+        snapshot: &Snapshot,
+        qname: &Name,
+        qtype: RecordType,
+        rng: &mut impl Rng,
+    ) -> Outcome {
+        let full = qname.to_lowercase().to_ascii();
+        let full = full.trim_end_matches('.');
+        let relative = if full == self.origin_text {
+            ""
+        } else if let Some(r) = full
+            .strip_suffix(&self.origin_text)
+            .and_then(|r| r.strip_suffix('.'))
+        {
+            r
+        } else {
+            return Outcome::Forward;
+        };
+        let labels: Vec<&str> = if relative.is_empty() {
+            Vec::new()
+        } else {
+            relative.split('.').collect()
+        };
+        let nx = || Outcome::NxDomain(self.soa(snapshot));
+        let nodata = || Outcome::NoData(self.soa(snapshot));
+        match labels.as_slice() {
+            [] => match qtype {
+                RecordType::SOA => Outcome::Answer {
+                    answers: vec![self.soa(snapshot)],
+                    additionals: vec![],
+                },
+                _ => nodata(),
+            },
+            [svc_label, "_tcp"] => {
+                let Some(svc) = svc_label
+                    .strip_prefix('_')
+                    .and_then(|s| ServiceName::new(s).ok())
+                else {
+                    return nx();
+                };
+                if !snapshot.knows_service(&svc) {
+                    return nx();
+                }
+                if qtype != RecordType::SRV && qtype != RecordType::ANY {
+                    return nodata();
+                }
+                let instances = snapshot.lookup(&svc, &Query::default());
+                self.records(snapshot, qname, &svc, instances, RecordType::SRV, rng)
+            }
+            [svc_label] => {
+                let Ok(svc) = ServiceName::new(svc_label) else {
+                    return nx();
+                };
+                if !snapshot.knows_service(&svc) {
+                    return nx();
+                }
+                let instances = snapshot.lookup(&svc, &Query::default());
+                self.records(snapshot, qname, &svc, instances, qtype, rng)
+            }
+            [filter, svc_label] => {
+                let Ok(svc) = ServiceName::new(svc_label) else {
+                    return nx();
+                };
+                if !snapshot.knows_service(&svc) {
+                    return nx();
+                }
+                if let Some(inst) = InstanceId::new(filter)
+                    .ok()
+                    .and_then(|id| snapshot.instance(&svc, &id))
+                {
+                    return self.records(snapshot, qname, &svc, vec![inst], qtype, rng);
+                }
+                let Ok(tag) = Tag::new(filter) else {
+                    return nx();
+                };
+                let all = Query {
+                    health: crate::registry::HealthFilter::All,
+                    tag: Some(tag.clone()),
+                    ..Default::default()
+                };
+                if snapshot.lookup(&svc, &all).is_empty() {
+                    return nx();
+                }
+                let healthy = snapshot.lookup(
+                    &svc,
+                    &Query {
+                        tag: Some(tag),
+                        ..Default::default()
+                    },
+                );
+                self.records(snapshot, qname, &svc, healthy, qtype, rng)
+            }
+            _ => nx(),
+        }
+    }
+
+    fn records(
+        &self,
+        snapshot: &Snapshot,
+        qname: &Name,
+        svc: &ServiceName,
+        mut instances: Vec<Arc<Instance>>,
+        qtype: RecordType,
+        rng: &mut impl Rng,
+    ) -> Outcome {
+        instances.shuffle(rng);
+        let owner = qname.clone();
+        let mut answers = Vec::new();
+        let mut additionals = Vec::new();
+        let want_a = matches!(qtype, RecordType::A | RecordType::ANY);
+        let want_aaaa = matches!(qtype, RecordType::AAAA | RecordType::ANY);
+        if want_a || want_aaaa {
+            // Several instances may share an address (different ports): one record each.
+            let mut seen = BTreeSet::new();
+            for inst in &instances {
+                if answers.len() >= self.max_answers {
+                    break;
+                }
+                if !seen.insert(inst.address) {
+                    continue;
+                }
+                if let Some(rdata) = address_rdata(inst.address, want_a, want_aaaa) {
+                    answers.push(Record::from_rdata(owner.clone(), self.ttl, rdata));
+                }
+            }
+        } else if qtype == RecordType::SRV {
+            for inst in instances.iter().take(self.max_answers) {
+                let Some(target) = self.name(&format!("{}.{svc}", inst.id)) else {
+                    continue;
+                };
+                let srv = SRV::new(1, inst.weight, inst.port, target.clone());
+                answers.push(Record::from_rdata(owner.clone(), self.ttl, RData::SRV(srv)));
+                if let Some(rdata) = address_rdata(inst.address, true, true) {
+                    additionals.push(Record::from_rdata(target, self.ttl, rdata));
+                }
+            }
+        }
+        if answers.is_empty() {
+            return Outcome::NoData(self.soa(snapshot));
+        }
+        Outcome::Answer {
+            answers,
+            additionals,
+        }
+    }
+}
+
+fn address_rdata(ip: IpAddr, v4: bool, v6: bool) -> Option<RData> {
+    match ip {
+        IpAddr::V4(a) if v4 => Some(RData::A(A(a))),
+        IpAddr::V6(a) if v6 => Some(RData::AAAA(AAAA(a))),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use murmur_protocol::{Health, NodeName};
+    use rand::SeedableRng;
+
+    use super::*;
+
+    fn inst(svc: &str, id: &str, ip: &str, health: Health, tags: &[&str]) -> Arc<Instance> {
+        Arc::new(Instance {
+            service: ServiceName::new(svc).expect("valid"),
+            id: InstanceId::new(id).expect("valid"),
+            node: NodeName::new("n").expect("valid"),
+            zone: None,
+            address: ip.parse().expect("valid"),
+            port: 8080,
+            sidecar: false,
+            tags: tags.iter().map(|t| Tag::new(t).expect("valid")).collect(),
+            attributes: BTreeMap::new(),
+            weight: 3,
+            health,
+            health_since_unix_ms: 0,
+            health_output: String::new(),
+        })
+    }
+
+    fn snapshot() -> Snapshot {
+        let mut s = Snapshot {
+            version: 7,
+            ..Default::default()
+        };
+        let mut web: Vec<Arc<Instance>> = (0..12)
+            .map(|i| {
+                inst(
+                    "web",
+                    &format!("w{i}"),
+                    &format!("10.0.0.{i}"),
+                    Health::Passing,
+                    &[],
+                )
+            })
+            .collect();
+        web.push(inst(
+            "web",
+            "w-sick",
+            "10.0.1.1",
+            Health::Critical,
+            &["canary"],
+        ));
+        web.push(inst(
+            "web",
+            "w-six",
+            "fd00::1",
+            Health::Passing,
+            &["canary"],
+        ));
+        s.services
+            .insert(ServiceName::new("web").expect("valid"), web);
+        s.services.insert(
+            ServiceName::new("db").expect("valid"),
+            vec![inst("db", "d1", "10.0.2.1", Health::Critical, &[])],
+        );
+        s
+    }
+
+    fn ask(name: &str, qtype: RecordType) -> Outcome {
+        let zone = Zone::new("myapp.local", 1, 8).expect("valid");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        zone.answer(
+            &snapshot(),
+            &Name::from_ascii(name).expect("valid"),
+            qtype,
+            &mut rng,
+        )
+    }
+
+    fn answers(o: &Outcome) -> &[Record] {
+        match o {
+            Outcome::Answer { answers, .. } => answers,
+            other => panic!("expected an answer, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_records_are_healthy_capped_and_ttl_bound() {
+        let o = ask("WEB.myapp.local.", RecordType::A);
+        let a = answers(&o);
+        assert_eq!(a.len(), 8);
+        assert!(a.iter().all(|r| r.ttl == 1));
+        assert!(
+            !a.iter()
+                .any(|r| r.data == RData::A(A("10.0.1.1".parse().expect("ip")))),
+            "critical instance answered"
+        );
+        assert_eq!(answers(&ask("web.myapp.local.", RecordType::AAAA)).len(), 1);
+    }
+
+    #[test]
+    fn srv_answers_carry_targets_and_their_addresses() {
+        for name in ["web.myapp.local.", "_web._tcp.myapp.local."] {
+            match ask(name, RecordType::SRV) {
+                Outcome::Answer {
+                    answers,
+                    additionals,
+                } => {
+                    assert_eq!(answers.len(), 8);
+                    assert_eq!(additionals.len(), 8);
+                    let RData::SRV(srv) = &answers[0].data else {
+                        panic!("not SRV")
+                    };
+                    assert_eq!(srv.port, 8080);
+                    assert!(srv.target.to_ascii().ends_with(".web.myapp.local."));
+                    assert_eq!(
+                        additionals.iter().filter(|r| r.name == srv.target).count(),
+                        1
+                    );
+                }
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn tags_instances_and_misses() {
+        // Only the healthy canary (IPv6) is answered; the critical one is filtered.
+        assert!(matches!(
+            ask("canary.web.myapp.local.", RecordType::A),
+            Outcome::NoData(_)
+        ));
+        assert_eq!(
+            answers(&ask("canary.web.myapp.local.", RecordType::AAAA)).len(),
+            1
+        );
+        assert_eq!(answers(&ask("w3.web.myapp.local.", RecordType::A)).len(), 1);
+        assert!(matches!(
+            ask("nope.myapp.local.", RecordType::A),
+            Outcome::NxDomain(_)
+        ));
+        assert!(matches!(
+            ask("nosuchtag.web.myapp.local.", RecordType::A),
+            Outcome::NxDomain(_)
+        ));
+        assert!(matches!(
+            ask("a.b.c.myapp.local.", RecordType::A),
+            Outcome::NxDomain(_)
+        ));
+        assert!(matches!(
+            ask("_nope._tcp.myapp.local.", RecordType::SRV),
+            Outcome::NxDomain(_)
+        ));
+        // A known service with nothing healthy is NODATA, not NXDOMAIN.
+        assert!(matches!(
+            ask("db.myapp.local.", RecordType::A),
+            Outcome::NoData(_)
+        ));
+        assert!(matches!(
+            ask("web.myapp.local.", RecordType::TXT),
+            Outcome::NoData(_)
+        ));
+        assert!(matches!(
+            ask("myapp.local.", RecordType::SOA),
+            Outcome::Answer { .. }
+        ));
+        assert!(matches!(
+            ask("example.com.", RecordType::A),
+            Outcome::Forward
+        ));
+        assert!(matches!(
+            ask("xmyapp.local.", RecordType::A),
+            Outcome::Forward
+        ));
+    }
+
+    #[test]
+    fn negative_answers_carry_the_soa() {
+        let Outcome::NxDomain(soa) = ask("nope.myapp.local.", RecordType::A) else {
+            panic!("not NXDOMAIN")
+        };
+        let RData::SOA(s) = &soa.data else {
+            panic!("not SOA")
+        };
+        assert_eq!(s.serial, 7);
+        assert_eq!(s.minimum, 1);
+    }
+}

@@ -1,0 +1,255 @@
+//! The DNS stub: hickory-server on UDP and TCP, answering the namespace from the
+//! registry snapshot ([`answer`]) and forwarding every other name ([`forward`]).
+//! Truncation follows the client's EDNS size (512 bytes without EDNS); TCP carries the
+//! rest.
+
+pub mod answer;
+pub mod client;
+mod forward;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hickory_proto::op::{Edns, MessageType, Metadata, OpCode, ResponseCode};
+use hickory_proto::rr::{Record, RecordType};
+use hickory_server::net::runtime::Time;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponseBuilder;
+use hickory_server::Server;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+pub use answer::{Outcome, Zone};
+
+use crate::config::DnsConfig;
+use crate::metrics::{Metrics, QType, Rcode};
+use crate::registry::RegistryReader;
+
+/// How long a TCP client may stay silent before the connection is closed.
+const TCP_IDLE: Duration = Duration::from_secs(5);
+/// Largest UDP reply we send, whatever the client offers (RFC 9715's safe size).
+const MAX_UDP_PAYLOAD: u16 = 1232;
+
+struct Handler {
+    zone: Zone,
+    registry: RegistryReader,
+    upstreams: Vec<SocketAddr>,
+    metrics: Arc<Metrics>,
+}
+
+fn qtype_label(t: RecordType) -> QType {
+    match t {
+        RecordType::A => QType::A,
+        RecordType::AAAA => QType::Aaaa,
+        RecordType::SRV => QType::Srv,
+        RecordType::SOA => QType::Soa,
+        RecordType::ANY => QType::Any,
+        _ => QType::Other,
+    }
+}
+
+fn rcode_label(c: ResponseCode) -> Rcode {
+    match c {
+        ResponseCode::NoError => Rcode::NoError,
+        ResponseCode::NXDomain => Rcode::NxDomain,
+        ResponseCode::ServFail => Rcode::ServFail,
+        ResponseCode::Refused => Rcode::Refused,
+        ResponseCode::FormErr => Rcode::FormErr,
+        _ => Rcode::Other,
+    }
+}
+
+impl Handler {
+    async fn respond<R: ResponseHandler>(
+        &self,
+        request: &Request,
+        mut response: R,
+    ) -> Result<ResponseInfo, String> {
+        let edns = request.edns.as_ref().map(|req| {
+            let mut e = Edns::new();
+            e.set_max_payload(req.max_payload().clamp(512, MAX_UDP_PAYLOAD));
+            e
+        });
+        let builder = || {
+            let mut b = MessageResponseBuilder::from_message_request(request);
+            if let Some(e) = &edns {
+                b.edns(e);
+            }
+            b
+        };
+        let info = match request.request_info() {
+            Ok(info) => info,
+            Err(_) => {
+                let msg = builder().error_msg(&request.metadata, ResponseCode::FormErr);
+                return response.send_response(msg).await.map_err(|e| e.to_string());
+            }
+        };
+        let qtype = info.query.query_type();
+        if request.metadata.op_code != OpCode::Query
+            || request.metadata.message_type != MessageType::Query
+        {
+            self.metrics.dns.query(qtype_label(qtype), Rcode::Other);
+            let msg = builder().error_msg(&request.metadata, ResponseCode::NotImp);
+            return response.send_response(msg).await.map_err(|e| e.to_string());
+        }
+        let qname = info.query.name().clone().into();
+        let snapshot = self.registry.snapshot();
+        let outcome = self.zone.answer(&snapshot, &qname, qtype, &mut rand::rng());
+        drop(snapshot);
+        let mut meta = Metadata::response_from_request(&request.metadata);
+        meta.recursion_available = true;
+        let empty: [Record; 0] = [];
+        let result = match outcome {
+            Outcome::Answer {
+                answers,
+                additionals,
+            } => {
+                meta.authoritative = true;
+                let msg = builder().build(
+                    meta,
+                    answers.iter(),
+                    empty.iter(),
+                    empty.iter(),
+                    additionals.iter(),
+                );
+                response.send_response(msg).await
+            }
+            Outcome::NoData(soa) => {
+                meta.authoritative = true;
+                let msg = builder().build(
+                    meta,
+                    empty.iter(),
+                    empty.iter(),
+                    std::iter::once(&soa),
+                    empty.iter(),
+                );
+                response.send_response(msg).await
+            }
+            Outcome::NxDomain(soa) => {
+                meta.authoritative = true;
+                meta.response_code = ResponseCode::NXDomain;
+                let msg = builder().build(
+                    meta,
+                    empty.iter(),
+                    empty.iter(),
+                    std::iter::once(&soa),
+                    empty.iter(),
+                );
+                response.send_response(msg).await
+            }
+            Outcome::Forward => {
+                self.metrics.dns.forwarded.inc();
+                match forward::forward(&self.upstreams, request.as_slice(), request.metadata.id)
+                    .await
+                {
+                    Some(reply) => {
+                        meta.response_code = reply.metadata.response_code;
+                        meta.authoritative = false;
+                        meta.authentic_data = reply.metadata.authentic_data;
+                        let msg = builder().build(
+                            meta,
+                            reply.answers.iter(),
+                            reply.authorities.iter(),
+                            empty.iter(),
+                            reply.additionals.iter(),
+                        );
+                        response.send_response(msg).await
+                    }
+                    None => {
+                        self.metrics.dns.forward_failures.inc();
+                        debug!(name = %info.query.name(), "no upstream answered");
+                        let msg = builder().error_msg(&request.metadata, ResponseCode::ServFail);
+                        response.send_response(msg).await
+                    }
+                }
+            }
+        };
+        result.map_err(|e| e.to_string())
+    }
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for Handler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        response: R,
+    ) -> ResponseInfo {
+        let qtype = request
+            .request_info()
+            .map(|i| qtype_label(i.query.query_type()))
+            .unwrap_or(QType::Other);
+        match self.respond(request, response).await {
+            Ok(info) => {
+                self.metrics
+                    .dns
+                    .query(qtype, rcode_label(info.response_code));
+                info
+            }
+            Err(e) => {
+                debug!(error = %e, "could not send a DNS response");
+                self.metrics.dns.query(qtype, Rcode::ServFail);
+                let mut meta = Metadata::response_from_request(&request.metadata);
+                meta.response_code = ResponseCode::ServFail;
+                ResponseInfo::from(hickory_proto::op::Header {
+                    metadata: meta,
+                    counts: Default::default(),
+                })
+            }
+        }
+    }
+}
+
+/// The bound sockets of the stub, so start-up can fail on "address in use" before
+/// anything runs.
+pub struct DnsSockets {
+    udp: UdpSocket,
+    tcp: TcpListener,
+}
+
+impl DnsSockets {
+    /// Binds UDP and TCP on `listen`. With port 0, TCP takes the port UDP got.
+    pub async fn bind(listen: SocketAddr) -> std::io::Result<DnsSockets> {
+        let udp = UdpSocket::bind(listen).await?;
+        let tcp = TcpListener::bind(udp.local_addr()?).await?;
+        Ok(DnsSockets { udp, tcp })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.udp.local_addr()
+    }
+}
+
+/// Serves DNS until `cancel`.
+pub async fn serve_dns(
+    sockets: DnsSockets,
+    config: DnsConfig,
+    registry: RegistryReader,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let zone =
+        Zone::new(&config.namespace, config.ttl, config.max_answers).map_err(anyhow::Error::msg)?;
+    let handler = Handler {
+        zone,
+        registry,
+        upstreams: config.upstreams,
+        metrics,
+    };
+    let mut server = Server::new(handler);
+    server.register_socket(sockets.udp);
+    server.register_listener(sockets.tcp, TCP_IDLE, 64);
+    tokio::select! {
+        _ = cancel.cancelled() => {
+            server.shutdown_gracefully().await.map_err(|e| anyhow::anyhow!("dns shutdown: {e}"))?;
+            Ok(())
+        }
+        r = server.block_until_done() => {
+            r.map_err(|e| anyhow::anyhow!("dns server stopped: {e}"))?;
+            if cancel.is_cancelled() { Ok(()) } else { Err(anyhow::anyhow!("dns server stopped unexpectedly")) }
+        }
+    }
+}

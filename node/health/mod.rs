@@ -1,0 +1,111 @@
+//! Health checks of the local apps. The supervisor follows the publisher's list of local
+//! instances and runs one probe loop per instance; results go through the thresholds
+//! and, when the status flips, back into gossip through the [`Publisher`].
+
+mod probe;
+mod threshold;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{info, info_span, Instrument};
+
+pub use probe::{probe, ProbeResult};
+pub use threshold::Thresholds;
+
+use crate::config::{CheckKind, CheckSpec};
+use crate::local::{LocalInstance, Publisher};
+use crate::metrics::Metrics;
+use murmur_protocol::InstanceId;
+
+/// Runs the checks until `cancel`. Returns `Ok(())` when cancelled.
+pub async fn run_health(
+    publisher: Publisher,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut local_rx = publisher.local();
+    // One loop per instance, keyed by id; replaced when its check or address changes.
+    let mut loops: BTreeMap<InstanceId, (CheckSpec, SocketAddr, CancellationToken)> =
+        BTreeMap::new();
+    loop {
+        let instances: Arc<Vec<LocalInstance>> = local_rx.borrow_and_update().clone();
+        let wanted: BTreeMap<InstanceId, &LocalInstance> = instances
+            .iter()
+            .filter(|i| i.check.kind != CheckKind::None)
+            .map(|i| (i.record.instance.clone(), i))
+            .collect();
+        loops.retain(|id, (check, target, token)| {
+            let keep = wanted.get(id).is_some_and(|i| {
+                &i.check == check && SocketAddr::new(i.record.address, i.record.port) == *target
+            });
+            if !keep {
+                token.cancel();
+            }
+            keep
+        });
+        for (id, inst) in wanted {
+            if loops.contains_key(&id) {
+                continue;
+            }
+            let target = SocketAddr::new(inst.record.address, inst.record.port);
+            let token = cancel.child_token();
+            let span = info_span!("health", instance = %id, %target);
+            tokio::spawn(
+                check_loop(
+                    id.clone(),
+                    inst.check.clone(),
+                    target,
+                    publisher.clone(),
+                    metrics.clone(),
+                    token.clone(),
+                )
+                .instrument(span),
+            );
+            loops.insert(id, (inst.check.clone(), target, token));
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            changed = local_rx.changed() => if changed.is_err() { return Ok(()) },
+        }
+    }
+}
+
+async fn check_loop(
+    id: InstanceId,
+    check: CheckSpec,
+    target: SocketAddr,
+    publisher: Publisher,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) {
+    let mut thresholds = Thresholds::new(
+        check.failures_before_critical,
+        check.successes_before_passing,
+    );
+    // The first probe runs at once, so a new instance appears as soon as it answers.
+    let mut tick = tokio::time::interval(check.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let result = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = probe(&check.kind, target, check.timeout) => r,
+        };
+        if result.passed {
+            metrics.health.passed.inc();
+        } else {
+            metrics.health.failed.inc();
+        }
+        if let Some(status) = thresholds.record(result.passed) {
+            metrics.health.transitions.inc();
+            info!(status = status.as_str(), output = %result.output, "health changed");
+            publisher.set_health(&id, status, &result.output).await;
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! The probes: TCP connect, HTTP GET (2xx/3xx passes), and a command (exit 0 passes).
+//! Each is bounded by the check's timeout and returns a short output for gossip.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::config::CheckKind;
+
+/// The result of one probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeResult {
+    /// Whether it passed.
+    pub passed: bool,
+    /// A short description (status code, error).
+    pub output: String,
+}
+
+impl ProbeResult {
+    fn pass(output: impl Into<String>) -> Self {
+        Self {
+            passed: true,
+            output: output.into(),
+        }
+    }
+    fn fail(output: impl Into<String>) -> Self {
+        Self {
+            passed: false,
+            output: output.into(),
+        }
+    }
+}
+
+/// Runs one probe of `kind` against `target`, giving up after `timeout`.
+pub async fn probe(kind: &CheckKind, target: SocketAddr, timeout: Duration) -> ProbeResult {
+    match tokio::time::timeout(timeout, run(kind, target)).await {
+        Ok(r) => r,
+        Err(_) => ProbeResult::fail(format!("timed out after {timeout:?}")),
+    }
+}
+
+async fn run(kind: &CheckKind, target: SocketAddr) -> ProbeResult {
+    match kind {
+        CheckKind::None => ProbeResult::pass("no check"),
+        CheckKind::Tcp => match TcpStream::connect(target).await {
+            Ok(_) => ProbeResult::pass(format!("tcp connect to {target} ok")),
+            Err(e) => ProbeResult::fail(format!("tcp connect to {target}: {e}")),
+        },
+        CheckKind::Http { path } => http_get(target, path).await,
+        CheckKind::Exec { command } => {
+            let mut cmd = tokio::process::Command::new("sh");
+            cmd.arg("-c")
+                .arg(command)
+                .kill_on_drop(true)
+                .stdin(std::process::Stdio::null());
+            match cmd.output().await {
+                Ok(out) if out.status.success() => ProbeResult::pass("exit 0"),
+                Ok(out) => ProbeResult::fail(format!(
+                    "{}: {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )),
+                Err(e) => ProbeResult::fail(format!("cannot run `{command}`: {e}")),
+            }
+        }
+    }
+}
+
+/// A bare HTTP/1.1 GET that reads only the status line: a health probe needs the code,
+/// not a client stack.
+async fn http_get(target: SocketAddr, path: &str) -> ProbeResult {
+    let mut stream = match TcpStream::connect(target).await {
+        Ok(s) => s,
+        Err(e) => return ProbeResult::fail(format!("http connect to {target}: {e}")),
+    };
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {target}\r\nUser-Agent: murmur-health\r\nConnection: close\r\n\r\n");
+    if let Err(e) = stream.write_all(request.as_bytes()).await {
+        return ProbeResult::fail(format!("http write: {e}"));
+    }
+    let mut buf = [0u8; 64];
+    let mut len = 0;
+    while len < buf.len() {
+        match stream.read(&mut buf[len..]).await {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) => return ProbeResult::fail(format!("http read: {e}")),
+        }
+        if buf[..len].contains(&b'\n') {
+            break;
+        }
+    }
+    let line = String::from_utf8_lossy(&buf[..len]);
+    let code = line
+        .strip_prefix("HTTP/1.")
+        .and_then(|rest| rest.get(2..5))
+        .and_then(|c| c.parse::<u16>().ok());
+    match code {
+        Some(c) if (200..400).contains(&c) => ProbeResult::pass(format!("HTTP {c}")),
+        Some(c) => ProbeResult::fail(format!("HTTP {c}")),
+        None => ProbeResult::fail("not an HTTP response"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    async fn http_server(status: &'static str) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = [0u8; 512];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes())
+                    .await;
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn probes_pass_and_fail_for_the_right_reasons() {
+        let t = Duration::from_secs(2);
+        let ok = http_server("204 No Content").await;
+        let bad = http_server("503 Unavailable").await;
+        let http = CheckKind::Http {
+            path: "/health".into(),
+        };
+        assert!(probe(&http, ok, t).await.passed);
+        let r = probe(&http, bad, t).await;
+        assert!(!r.passed && r.output.contains("503"), "{r:?}");
+        assert!(probe(&CheckKind::Tcp, ok, t).await.passed);
+        let closed = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind")
+            .local_addr()
+            .expect("addr");
+        assert!(!probe(&CheckKind::Tcp, closed, t).await.passed);
+        assert!(
+            probe(
+                &CheckKind::Exec {
+                    command: "true".into()
+                },
+                ok,
+                t
+            )
+            .await
+            .passed
+        );
+        assert!(
+            !probe(
+                &CheckKind::Exec {
+                    command: "exit 3".into()
+                },
+                ok,
+                t
+            )
+            .await
+            .passed
+        );
+        let slow = probe(
+            &CheckKind::Exec {
+                command: "sleep 5".into(),
+            },
+            ok,
+            Duration::from_millis(100),
+        )
+        .await;
+        assert!(!slow.passed && slow.output.contains("timed out"));
+    }
+}

@@ -1,0 +1,30 @@
+//! murmur: a service-discovery mesh with no central server.
+//!
+//! Every task runs one agent. Agents find each other by gossip ([`gossip`]: chitchat over
+//! a UDP transport sealed with the cluster keyring), each keeps a full replica of the
+//! registry ([`registry`]: one immutable snapshot swapped on every change), and apps look
+//! names up through a DNS stub on localhost ([`dns`]). Health checks ([`health`]) and the
+//! admin API ([`api`]) write only through one narrow [`local::Publisher`].
+//!
+//! Data flows one way: [`config`] → [`gossip`] → [`registry`] → readers ([`dns`],
+//! [`api`]). [`agent`] is the only module that knows every part; it owns start-up and
+//! the shutdown order. [`metrics`] is a leaf everyone writes and the API reads.
+//!
+//! Embedding: build a [`config::Config`], start an [`agent::Agent`], read its
+//! [`registry::RegistryReader`], register through its [`local::Publisher`]; see
+//! `examples/embedded.rs`.
+
+pub mod agent;
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod dns;
+pub mod gossip;
+pub mod health;
+pub mod local;
+pub mod metrics;
+pub mod registry;
+
+pub use agent::{Agent, StartError};
+pub use config::Config;

@@ -1,0 +1,228 @@
+//! The [`Publisher`]: the one narrow write path into gossip. Registration, deregistration,
+//! health and draining of this node's instances all pass through here; DNS, the API and
+//! health checks never touch gossip directly.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use murmur_protocol::{
+    encode_value, Health, HealthRecord, InstanceId, InstanceRecord, Key, NodeName,
+};
+use thiserror::Error;
+use tokio::sync::watch;
+
+use crate::config::{CheckKind, CheckSpec, ServiceSpec};
+use crate::gossip::StateWriter;
+
+/// One instance this agent registers, with its check and current health.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalInstance {
+    /// What is gossiped.
+    pub record: InstanceRecord,
+    /// How it is checked.
+    pub check: CheckSpec,
+    /// Current health.
+    pub health: Health,
+}
+
+/// Why a registration change was refused.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum PublishError {
+    /// The instance is not registered here.
+    #[error("instance `{0}` is not registered on this agent")]
+    NotFound(String),
+    /// The agent is draining and takes no new instances.
+    #[error("the agent is draining and accepts no new instances")]
+    Draining,
+    /// The id is taken by an instance of another service.
+    #[error("instance id `{0}` is already used by service `{1}`; choose another id")]
+    IdTaken(String, String),
+}
+
+#[derive(Default)]
+struct State {
+    instances: BTreeMap<InstanceId, LocalInstance>,
+    draining: bool,
+}
+
+/// The write handle. Cheap to clone.
+#[derive(Clone)]
+pub struct Publisher {
+    writer: StateWriter,
+    node: NodeName,
+    advertise: IpAddr,
+    // A std mutex: held only to read or update the table, never across an await.
+    state: Arc<Mutex<State>>,
+    local_tx: Arc<watch::Sender<Arc<Vec<LocalInstance>>>>,
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Publisher {
+    /// A publisher for node `node`, whose instances default to address `advertise`.
+    pub fn new(writer: StateWriter, node: NodeName, advertise: IpAddr) -> Self {
+        let (local_tx, _) = watch::channel(Arc::new(Vec::new()));
+        Self {
+            writer,
+            node,
+            advertise,
+            state: Arc::default(),
+            local_tx: Arc::new(local_tx),
+        }
+    }
+
+    /// This agent's instances, updated on every change (the health supervisor follows it).
+    pub fn local(&self) -> watch::Receiver<Arc<Vec<LocalInstance>>> {
+        self.local_tx.subscribe()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A poisoned lock means a panic while updating a plain table; the table itself
+        // is still consistent (every update is a single insert or remove).
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn announce(&self, state: &State) {
+        self.local_tx
+            .send_replace(Arc::new(state.instances.values().cloned().collect()));
+    }
+
+    /// The instance id a spec gets: its own, or `<node>-<port>`.
+    pub fn instance_id(&self, spec: &ServiceSpec) -> InstanceId {
+        spec.id.clone().unwrap_or_else(|| {
+            // A node name is a label of at most 63 bytes; with "-65535" it may be too
+            // long, so the node part is cut to keep the id a valid label.
+            let port = spec.port.to_string();
+            let node: String = self.node.as_str().chars().take(62 - port.len()).collect();
+            let node = node.trim_end_matches('-');
+            InstanceId::new(&format!("{node}-{port}")).unwrap_or_else(|_| spec_fallback_id(spec))
+        })
+    }
+
+    /// Registers (or replaces) an instance. A new instance starts critical until its
+    /// first check passes, unless it has no check.
+    pub async fn register(&self, spec: &ServiceSpec) -> Result<InstanceId, PublishError> {
+        let id = self.instance_id(spec);
+        let record = InstanceRecord {
+            service: spec.name.clone(),
+            instance: id.clone(),
+            address: spec.address.unwrap_or(self.advertise),
+            port: spec.port,
+            sidecar: false,
+            tags: spec.tags.clone(),
+            attributes: spec.attributes.clone(),
+            weight: spec.weight,
+        };
+        let health = if spec.check.kind == CheckKind::None {
+            HealthRecord::new(Health::Passing, unix_ms(), "no check")
+        } else {
+            HealthRecord::new(Health::Critical, unix_ms(), "waiting for the first check")
+        };
+        {
+            let mut state = self.lock();
+            if state.draining {
+                return Err(PublishError::Draining);
+            }
+            if let Some(other) = state.instances.get(&id) {
+                if other.record.service != spec.name {
+                    return Err(PublishError::IdTaken(
+                        id.to_string(),
+                        other.record.service.to_string(),
+                    ));
+                }
+            }
+            state.instances.insert(
+                id.clone(),
+                LocalInstance {
+                    record: record.clone(),
+                    check: spec.check.clone(),
+                    health: health.status,
+                },
+            );
+            self.announce(&state);
+        }
+        // Health first, so that no peer ever sees the instance without its health.
+        self.writer
+            .set(&Key::Health(id.clone()).render(), encode_value(&health))
+            .await;
+        self.writer
+            .set(&Key::Instance(id.clone()).render(), encode_value(&record))
+            .await;
+        Ok(id)
+    }
+
+    /// Removes an instance.
+    pub async fn deregister(&self, id: &InstanceId) -> Result<(), PublishError> {
+        {
+            let mut state = self.lock();
+            if state.instances.remove(id).is_none() {
+                return Err(PublishError::NotFound(id.to_string()));
+            }
+            self.announce(&state);
+        }
+        self.writer
+            .delete(&Key::Instance(id.clone()).render())
+            .await;
+        self.writer.delete(&Key::Health(id.clone()).render()).await;
+        Ok(())
+    }
+
+    /// Publishes a health change from the checks. Ignored once the agent is draining
+    /// (draining wins over anything a check says) or when the instance is gone.
+    pub async fn set_health(&self, id: &InstanceId, status: Health, output: &str) {
+        {
+            let mut state = self.lock();
+            if state.draining {
+                return;
+            }
+            let Some(inst) = state.instances.get_mut(id) else {
+                return;
+            };
+            inst.health = status;
+            self.announce(&state);
+        }
+        let rec = HealthRecord::new(status, unix_ms(), output);
+        self.writer
+            .set(&Key::Health(id.clone()).render(), encode_value(&rec))
+            .await;
+    }
+
+    /// Marks every instance draining: peers take them out of answers at once.
+    pub async fn mark_draining(&self) {
+        let ids: Vec<InstanceId> = {
+            let mut state = self.lock();
+            state.draining = true;
+            for inst in state.instances.values_mut() {
+                inst.health = Health::Draining;
+            }
+            self.announce(&state);
+            state.instances.keys().cloned().collect()
+        };
+        let rec = encode_value(&HealthRecord::new(
+            Health::Draining,
+            unix_ms(),
+            "agent is leaving",
+        ));
+        for id in ids {
+            self.writer
+                .set(&Key::Health(id).render(), rec.clone())
+                .await;
+        }
+    }
+}
+
+/// An id from the service name and port, for the rare node name that cannot prefix one.
+fn spec_fallback_id(spec: &ServiceSpec) -> InstanceId {
+    InstanceId::new(&format!("{}-{}", spec.name, spec.port)).unwrap_or_else(|_| {
+        spec.name
+            .as_str()
+            .parse()
+            .expect("a service name is a valid instance id")
+    })
+}

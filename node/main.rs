@@ -1,0 +1,65 @@
+//! The `murmur` binary: command-line dispatch only. Config errors exit with status 2,
+//! other failures with 1.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use murmur::cli::{self, Cli, Command};
+use murmur::config::{Config, ProcessEnv};
+use murmur::gossip::Keyring;
+use murmur::Agent;
+use tracing_subscriber::EnvFilter;
+
+fn init_logs(json: bool, default_filter: &str) {
+    let filter =
+        EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Agent(args) => {
+            let config = match Config::load(&args, &ProcessEnv) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("murmur: config error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_logs(config.log.json, &config.log.filter);
+            match Agent::start(config).await {
+                Ok(agent) => agent.run_until_signal().await,
+                Err(e) => Err(anyhow::anyhow!(e)),
+            }
+        }
+        Command::Members(api) => cli::members(&api).await.map_err(Into::into),
+        Command::Services { name, all, api } => cli::services(name.as_deref(), all, &api)
+            .await
+            .map_err(Into::into),
+        Command::Resolve { name, api } => cli::resolve(&name, &api).await.map_err(Into::into),
+        Command::Keygen => {
+            println!("{}", Keyring::generate_base64());
+            Ok(())
+        }
+        Command::Demo => {
+            init_logs(false, "warn");
+            murmur::demo::run().await
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("murmur: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

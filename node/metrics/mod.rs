@@ -1,0 +1,206 @@
+//! Counters and gauges that every part writes and the API reads. A leaf: it imports
+//! nothing of ours. Label sets are closed enums, never free text, so a hostile query
+//! cannot grow the metric set.
+
+mod render;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub use render::render_prometheus;
+
+/// A monotonically increasing counter.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds `n`.
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    /// Adds one.
+    pub fn inc(&self) {
+        self.add(1);
+    }
+    /// The current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A value that goes up and down.
+#[derive(Debug, Default)]
+pub struct Gauge(AtomicU64);
+
+impl Gauge {
+    /// Sets the value.
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+    /// The current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Gossip transport counters.
+#[derive(Debug, Default)]
+pub struct GossipMetrics {
+    /// Datagrams sent.
+    pub packets_sent: Counter,
+    /// Datagrams received (before opening).
+    pub packets_received: Counter,
+    /// Bytes sent.
+    pub bytes_sent: Counter,
+    /// Bytes received.
+    pub bytes_received: Counter,
+    /// Datagrams that did not open under the keyring (wrong key, forged, plain).
+    pub undecryptable: Counter,
+    /// Datagrams that opened but were not well-formed.
+    pub malformed: Counter,
+    /// Datagrams refused for a timestamp outside the replay window.
+    pub stale: Counter,
+    /// Gossip values skipped because they did not decode.
+    pub bad_values: Counter,
+}
+
+/// Membership gauges, set by the registry builder.
+#[derive(Debug, Default)]
+pub struct MemberMetrics {
+    /// Members alive.
+    pub alive: Gauge,
+    /// Members dead, not yet forgotten.
+    pub dead: Gauge,
+    /// Members that left.
+    pub left: Gauge,
+    /// Service instances in the replica.
+    pub instances: Gauge,
+    /// Snapshots built.
+    pub snapshots: Counter,
+}
+
+/// DNS query types we count; everything else is `Other`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QType {
+    A,
+    Aaaa,
+    Srv,
+    Soa,
+    Any,
+    Other,
+}
+
+impl QType {
+    const ALL: [QType; 6] = [
+        QType::A,
+        QType::Aaaa,
+        QType::Srv,
+        QType::Soa,
+        QType::Any,
+        QType::Other,
+    ];
+    fn label(self) -> &'static str {
+        match self {
+            QType::A => "A",
+            QType::Aaaa => "AAAA",
+            QType::Srv => "SRV",
+            QType::Soa => "SOA",
+            QType::Any => "ANY",
+            QType::Other => "other",
+        }
+    }
+}
+
+/// DNS response codes we count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rcode {
+    NoError,
+    NxDomain,
+    ServFail,
+    Refused,
+    FormErr,
+    Other,
+}
+
+impl Rcode {
+    const ALL: [Rcode; 6] = [
+        Rcode::NoError,
+        Rcode::NxDomain,
+        Rcode::ServFail,
+        Rcode::Refused,
+        Rcode::FormErr,
+        Rcode::Other,
+    ];
+    fn label(self) -> &'static str {
+        match self {
+            Rcode::NoError => "NOERROR",
+            Rcode::NxDomain => "NXDOMAIN",
+            Rcode::ServFail => "SERVFAIL",
+            Rcode::Refused => "REFUSED",
+            Rcode::FormErr => "FORMERR",
+            Rcode::Other => "other",
+        }
+    }
+}
+
+/// DNS counters.
+#[derive(Debug, Default)]
+pub struct DnsMetrics {
+    queries: [[Counter; 6]; 6],
+    /// Queries forwarded to an upstream resolver.
+    pub forwarded: Counter,
+    /// Forwarded queries no upstream answered.
+    pub forward_failures: Counter,
+}
+
+impl DnsMetrics {
+    /// Counts one answered query.
+    pub fn query(&self, qtype: QType, rcode: Rcode) {
+        let q = QType::ALL.iter().position(|&t| t == qtype).unwrap_or(5);
+        let r = Rcode::ALL.iter().position(|&c| c == rcode).unwrap_or(5);
+        self.queries[q][r].inc();
+    }
+
+    /// Queries of one type answered with one code.
+    pub fn queries(&self, qtype: QType, rcode: Rcode) -> u64 {
+        let q = QType::ALL.iter().position(|&t| t == qtype).unwrap_or(5);
+        let r = Rcode::ALL.iter().position(|&c| c == rcode).unwrap_or(5);
+        self.queries[q][r].get()
+    }
+}
+
+/// Health-check counters.
+#[derive(Debug, Default)]
+pub struct HealthMetrics {
+    /// Checks that passed.
+    pub passed: Counter,
+    /// Checks that failed.
+    pub failed: Counter,
+    /// Health state changes published.
+    pub transitions: Counter,
+}
+
+/// API counters.
+#[derive(Debug, Default)]
+pub struct ApiMetrics {
+    /// Requests answered with 2xx.
+    pub ok: Counter,
+    /// Requests answered with 4xx.
+    pub client_errors: Counter,
+    /// Requests answered with 5xx.
+    pub server_errors: Counter,
+}
+
+/// Every metric of one agent.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Gossip transport.
+    pub gossip: GossipMetrics,
+    /// Membership and replica.
+    pub members: MemberMetrics,
+    /// DNS stub.
+    pub dns: DnsMetrics,
+    /// Health checks.
+    pub health: HealthMetrics,
+    /// Admin API.
+    pub api: ApiMetrics,
+}

@@ -1,0 +1,157 @@
+//! The registry replica: one immutable snapshot of every member and every instance,
+//! with the pure queries DNS, the API and (later) the proxy ask of it. Building a
+//! snapshot is done elsewhere ([`super::build`]); reading one takes no lock and no I/O.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use murmur_protocol::{AttrKey, Health, InstanceId, NodeName, ServiceName, Tag};
+
+pub use crate::gossip::MemberStatus;
+
+/// One agent of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Node name.
+    pub name: String,
+    /// Gossip address.
+    pub gossip_addr: SocketAddr,
+    /// Address from its node record (what DNS answers use).
+    pub advertise: Option<IpAddr>,
+    /// Alive, dead or left.
+    pub status: MemberStatus,
+    /// Incarnation (start time, unix ms).
+    pub generation: u64,
+    /// Zone.
+    pub zone: Option<String>,
+    /// Agent version.
+    pub agent_version: Option<String>,
+    /// Instances it registers.
+    pub instances: usize,
+    /// Whether this is the local agent.
+    pub is_self: bool,
+}
+
+/// One service instance with its health.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    /// Service.
+    pub service: ServiceName,
+    /// Instance id.
+    pub id: InstanceId,
+    /// Node that registers it.
+    pub node: NodeName,
+    /// Zone of that node.
+    pub zone: Option<String>,
+    /// Address.
+    pub address: IpAddr,
+    /// Port.
+    pub port: u16,
+    /// Whether a sidecar fronts it.
+    pub sidecar: bool,
+    /// Tags.
+    pub tags: Vec<Tag>,
+    /// Attributes.
+    pub attributes: BTreeMap<AttrKey, String>,
+    /// Weight.
+    pub weight: u16,
+    /// Health.
+    pub health: Health,
+    /// Since when, unix ms.
+    pub health_since_unix_ms: u64,
+    /// Last check output.
+    pub health_output: String,
+}
+
+/// Which instances a query wants by health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HealthFilter {
+    /// Passing and warning only (the default).
+    #[default]
+    Healthy,
+    /// Every instance of a live node.
+    All,
+    /// Healthy ones, or every one when none is healthy (Cloud Map's HEALTHY_OR_ELSE_ALL).
+    HealthyOrElseAll,
+}
+
+/// A lookup of one service.
+#[derive(Debug, Clone, Default)]
+pub struct Query {
+    /// Health filter.
+    pub health: HealthFilter,
+    /// Only instances with this tag.
+    pub tag: Option<Tag>,
+    /// Only instances with this attribute value.
+    pub attribute: Option<(AttrKey, String)>,
+    /// Put instances of this zone first.
+    pub prefer_zone: Option<String>,
+}
+
+/// An immutable picture of the cluster. Shared as `Arc<Snapshot>`.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Increases with every rebuild; used as the DNS SOA serial.
+    pub version: u64,
+    /// Every known member, by name.
+    pub members: Vec<Member>,
+    /// Instances of live nodes, by service, in instance-id order.
+    pub services: BTreeMap<ServiceName, Vec<Arc<Instance>>>,
+}
+
+impl Snapshot {
+    /// Instances of `service` that match `query`; same-zone first when asked.
+    pub fn lookup(&self, service: &ServiceName, query: &Query) -> Vec<Arc<Instance>> {
+        let Some(all) = self.services.get(service) else {
+            return Vec::new();
+        };
+        let matching: Vec<&Arc<Instance>> = all
+            .iter()
+            .filter(|i| query.tag.as_ref().is_none_or(|t| i.tags.contains(t)))
+            .filter(|i| {
+                query
+                    .attribute
+                    .as_ref()
+                    .is_none_or(|(k, v)| i.attributes.get(k) == Some(v))
+            })
+            .collect();
+        let healthy: Vec<&Arc<Instance>> = matching
+            .iter()
+            .copied()
+            .filter(|i| i.health.is_healthy())
+            .collect();
+        let mut out: Vec<Arc<Instance>> = match query.health {
+            HealthFilter::Healthy => healthy,
+            HealthFilter::All => matching,
+            HealthFilter::HealthyOrElseAll if healthy.is_empty() => matching,
+            HealthFilter::HealthyOrElseAll => healthy,
+        }
+        .into_iter()
+        .cloned()
+        .collect();
+        if let Some(zone) = &query.prefer_zone {
+            out.sort_by_key(|i| i.zone.as_deref() != Some(zone.as_str()));
+        }
+        out
+    }
+
+    /// Whether any live node registers `service`, healthy or not.
+    pub fn knows_service(&self, service: &ServiceName) -> bool {
+        self.services.contains_key(service)
+    }
+
+    /// One instance by id.
+    pub fn instance(&self, service: &ServiceName, id: &InstanceId) -> Option<Arc<Instance>> {
+        self.services
+            .get(service)?
+            .iter()
+            .find(|i| &i.id == id)
+            .cloned()
+    }
+
+    /// The member that is this agent.
+    pub fn local_member(&self) -> Option<&Member> {
+        self.members.iter().find(|m| m.is_self)
+    }
+}

@@ -1,0 +1,181 @@
+//! The records stored under the gossip keys of [`crate::keys`]. Each one checks its own
+//! limits in [`Record::check`], which the decoder runs before a record is handed out.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+
+use serde::{Deserialize, Serialize};
+
+use crate::limits::{
+    MAX_AGENT_VERSION_LEN, MAX_ATTRIBUTES, MAX_ATTR_VALUE_LEN, MAX_HEALTH_OUTPUT_LEN, MAX_TAGS,
+    MAX_ZONE_LEN,
+};
+use crate::names::{AttrKey, InstanceId, NodeName, ServiceName, Tag};
+
+/// A record that can be checked against the protocol limits after decoding.
+pub trait Record {
+    /// Returns a description of the first limit the record breaks, if any.
+    fn check(&self) -> Result<(), String>;
+}
+
+/// What a node says about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// The node's name, unique in the cluster.
+    pub name: NodeName,
+    /// The zone (rack, availability zone) the node runs in, if configured.
+    pub zone: Option<String>,
+    /// The agent's version.
+    pub agent_version: String,
+    /// The address peers and DNS answers use for this node.
+    pub advertise: IpAddr,
+    /// Where this node's sidecar accepts proxied streams, when it runs one.
+    pub proxy: Option<SocketAddr>,
+    /// When this generation of the agent started, unix milliseconds.
+    pub started_unix_ms: u64,
+}
+
+impl Record for NodeRecord {
+    fn check(&self) -> Result<(), String> {
+        if self.zone.as_ref().is_some_and(|z| z.len() > MAX_ZONE_LEN) {
+            return Err(format!("zone longer than {MAX_ZONE_LEN} bytes"));
+        }
+        if self.agent_version.len() > MAX_AGENT_VERSION_LEN {
+            return Err(format!(
+                "agent version longer than {MAX_AGENT_VERSION_LEN} bytes"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One instance of a service, registered by the node that gossips it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceRecord {
+    /// The service this is an instance of.
+    pub service: ServiceName,
+    /// The instance id, unique in the cluster.
+    pub instance: InstanceId,
+    /// Where the instance listens.
+    pub address: IpAddr,
+    /// The port it listens on.
+    pub port: u16,
+    /// Whether this node's sidecar fronts the instance (proxy mode reaches it over QUIC).
+    pub sidecar: bool,
+    /// Tags, for filtering (`canary.orders.myapp.local`).
+    pub tags: Vec<Tag>,
+    /// Free-form attributes, for filtering by attribute.
+    pub attributes: BTreeMap<AttrKey, String>,
+    /// Relative weight for balancing; 0 means "never pick unless nothing else".
+    pub weight: u16,
+}
+
+impl Record for InstanceRecord {
+    fn check(&self) -> Result<(), String> {
+        if self.tags.len() > MAX_TAGS {
+            return Err(format!("more than {MAX_TAGS} tags"));
+        }
+        if self.attributes.len() > MAX_ATTRIBUTES {
+            return Err(format!("more than {MAX_ATTRIBUTES} attributes"));
+        }
+        if let Some((k, _)) = self
+            .attributes
+            .iter()
+            .find(|(_, v)| v.len() > MAX_ATTR_VALUE_LEN)
+        {
+            return Err(format!(
+                "attribute {k} longer than {MAX_ATTR_VALUE_LEN} bytes"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The health of an instance, as its own node's checks see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Health {
+    /// Checks pass: the instance is in answers.
+    Passing,
+    /// Checks warn: still in answers (as Consul treats warning).
+    Warning,
+    /// Checks fail: out of answers.
+    Critical,
+    /// The instance is going away on purpose: out of answers, open work may finish.
+    Draining,
+}
+
+impl Health {
+    /// Whether an instance in this state belongs in "healthy" answers.
+    pub fn is_healthy(self) -> bool {
+        matches!(self, Health::Passing | Health::Warning)
+    }
+
+    /// The lowercase name used in JSON, tables and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Passing => "passing",
+            Health::Warning => "warning",
+            Health::Critical => "critical",
+            Health::Draining => "draining",
+        }
+    }
+}
+
+/// The health of one instance and since when it has been so.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthRecord {
+    /// The current state.
+    pub status: Health,
+    /// When the state began, unix milliseconds.
+    pub since_unix_ms: u64,
+    /// Short output of the last check (an error message, a status code).
+    pub output: String,
+}
+
+impl HealthRecord {
+    /// Builds a record, cutting `output` to [`MAX_HEALTH_OUTPUT_LEN`] on a character
+    /// boundary so that a chatty check cannot produce an undecodable value.
+    pub fn new(status: Health, since_unix_ms: u64, output: &str) -> Self {
+        let mut end = output.len().min(MAX_HEALTH_OUTPUT_LEN);
+        while !output.is_char_boundary(end) {
+            end -= 1;
+        }
+        Self {
+            status,
+            since_unix_ms,
+            output: output[..end].to_owned(),
+        }
+    }
+}
+
+impl Record for HealthRecord {
+    fn check(&self) -> Result<(), String> {
+        if self.output.len() > MAX_HEALTH_OUTPUT_LEN {
+            return Err(format!(
+                "health output longer than {MAX_HEALTH_OUTPUT_LEN} bytes"
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_output_is_cut_on_a_char_boundary() {
+        let long = "é".repeat(MAX_HEALTH_OUTPUT_LEN);
+        let rec = HealthRecord::new(Health::Critical, 1, &long);
+        assert!(rec.output.len() <= MAX_HEALTH_OUTPUT_LEN);
+        assert!(rec.check().is_ok());
+    }
+
+    #[test]
+    fn only_passing_and_warning_are_healthy() {
+        assert!(Health::Passing.is_healthy());
+        assert!(Health::Warning.is_healthy());
+        assert!(!Health::Critical.is_healthy());
+        assert!(!Health::Draining.is_healthy());
+    }
+}
