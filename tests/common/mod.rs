@@ -1,0 +1,124 @@
+//! An in-process mesh for integration tests, built only on murmur's public API. Each
+//! agent gets its own 127.x.y.z address and port 0 everywhere, so tests never share a
+//! port; every wait is bounded.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use murmur::config::{spec::parse_service_spec, Config, Layer};
+use murmur::gossip::Keyring;
+use murmur::Agent;
+
+/// Every wait in the tests is bounded by this.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// A mesh of agents in this process.
+pub struct TestMesh {
+    /// The agents; `None` once killed or shut down.
+    pub agents: Vec<Option<Agent>>,
+    /// The cluster key.
+    pub key: String,
+    /// The address block: agent i lives on `127.<block>.<i / 200>.<10 + i % 200>`.
+    pub block: u8,
+}
+
+/// Agent `i`'s address in block `block`.
+pub fn ip(block: u8, i: usize) -> IpAddr {
+    IpAddr::from([127, block, (i / 200) as u8, 10 + (i % 200) as u8])
+}
+
+/// A config for one test agent.
+pub fn config(block: u8, i: usize, key: Option<&str>, seeds: &[SocketAddr], services: &[String]) -> Config {
+    let ip = ip(block, i);
+    let layer = Layer {
+        name: Some(format!("agent-{i}")),
+        namespace: Some("test.local".into()),
+        bind: Some(SocketAddr::new(ip, 0)),
+        seeds: Some(seeds.iter().map(ToString::to_string).collect()),
+        gossip_keys: key.map(|k| vec![k.to_owned()]),
+        insecure: Some(key.is_none()),
+        drain: Some(Duration::from_millis(200)),
+        dns_listen: Some(SocketAddr::new(ip, 0)),
+        dns_upstreams: Some(vec![]),
+        api_listen: Some(SocketAddr::new(ip, 0)),
+        services: Some(services.iter().map(|s| parse_service_spec(s).expect("valid test spec")).collect()),
+        ..Default::default()
+    };
+    Config::from_layer(layer, "").expect("valid test config")
+}
+
+impl TestMesh {
+    /// Starts `n` agents in address block `block`; agent i registers `services(i)`.
+    pub async fn start(block: u8, n: usize, services: impl Fn(usize) -> Vec<String>) -> TestMesh {
+        let key = Keyring::generate_base64();
+        let mut agents = Vec::new();
+        let mut seeds = Vec::new();
+        for i in 0..n {
+            let agent = Agent::start(config(block, i, Some(&key), &seeds, &services(i))).await.expect("agent starts");
+            if seeds.is_empty() {
+                seeds.push(agent.gossip_addr());
+            }
+            agents.push(Some(agent));
+        }
+        TestMesh { agents, key, block }
+    }
+
+    /// Agent `i`, which must be running.
+    pub fn agent(&self, i: usize) -> &Agent {
+        self.agents[i].as_ref().expect("agent is running")
+    }
+
+    /// The first agent's gossip address.
+    pub fn seed(&self) -> SocketAddr {
+        self.agents.iter().flatten().next().expect("an agent runs").gossip_addr()
+    }
+
+    /// Waits until every running agent sees `alive` alive members.
+    pub async fn converge(&self, alive: usize) {
+        for agent in self.agents.iter().flatten() {
+            let (snap, ok) = agent
+                .registry()
+                .wait_for(WAIT, |s| s.members.iter().filter(|m| m.status == murmur::registry::MemberStatus::Alive).count() == alive)
+                .await;
+            assert!(ok, "{} sees {:?}", agent.name(), snap.members);
+        }
+    }
+
+    /// Shuts every running agent down.
+    pub async fn stop(self) {
+        for agent in self.agents.into_iter().flatten() {
+            agent.kill().await;
+        }
+    }
+}
+
+/// Polls `cond` every 10 ms until it holds; panics after [`WAIT`]. Returns the time it took.
+pub async fn eventually<F, Fut>(what: &str, mut cond: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < WAIT {
+        if cond().await {
+            return start.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out after {WAIT:?} waiting for {what}");
+}
+
+/// A TCP app that accepts and closes connections; abort the handle to "crash" it.
+pub async fn tcp_app(ip: IpAddr) -> (u16, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.expect("bind app");
+    let port = listener.local_addr().expect("addr").port();
+    let task = tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            drop(s);
+        }
+    });
+    (port, task)
+}
