@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use murmur_protocol::limits::{MAX_ATTRIBUTES, MAX_TAGS};
+use murmur_protocol::limits::{MAX_ATTRIBUTES, MAX_ATTR_VALUE_LEN, MAX_TAGS};
 use murmur_protocol::{AttrKey, InstanceId, ServiceName, Tag};
 
 /// Default time between two health checks of one instance.
@@ -121,6 +121,9 @@ impl ServiceSpec {
         }
         if self.attributes.len() > MAX_ATTRIBUTES {
             return Err(format!("at most {MAX_ATTRIBUTES} attributes"));
+        }
+        if let Some((k, _)) = self.attributes.iter().find(|(_, v)| v.len() > MAX_ATTR_VALUE_LEN) {
+            return Err(format!("attribute {k} is longer than {MAX_ATTR_VALUE_LEN} bytes"));
         }
         if self.port == 0 {
             return Err("port must be 1-65535".into());
@@ -303,6 +306,7 @@ mod tests {
             ("o:1,frobnicate=1", "unknown service option"),
             ("o:1,check=http:nopath", "start with '/'"),
             ("o:1,tags", "key=value"),
+            (&format!("o:1,attr.x={}", "v".repeat(300)), "longer than"),
         ] {
             let err = parse_service_spec(spec).expect_err(spec);
             assert!(err.contains(needle), "{spec}: {err}");

@@ -101,6 +101,12 @@ impl Socket for SealedSocket {
                 return Err(e);
             }
         };
+        // A seed name may resolve to both families; the other family is unreachable from
+        // this socket and is skipped quietly rather than logged every round.
+        let local_v4 = self.socket.local_addr().map(|a| a.is_ipv4()).unwrap_or(true);
+        if local_v4 != to.is_ipv4() {
+            return Ok(SendOutcome { num_bytes_sent: 0 });
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut sent = 0;
         for datagram in self.codec.seal(&message, id, unix_ms()) {
