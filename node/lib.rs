@@ -28,3 +28,5 @@ pub mod registry;
 
 pub use agent::{Agent, StartError};
 pub use config::Config;
+pub mod proxy;
+pub mod tls;

@@ -8,6 +8,7 @@
 
 pub mod codec;
 pub mod error;
+pub mod frame;
 pub mod keys;
 pub mod limits;
 pub mod names;
@@ -15,6 +16,7 @@ pub mod record;
 
 pub use codec::{decode_value, encode_value};
 pub use error::{DecodeError, NameError};
+pub use frame::{Frame, FrameError, Open, Refuse, RefuseCode, Transport};
 pub use keys::Key;
 pub use names::{AttrKey, InstanceId, NodeName, ServiceName, Tag};
 pub use record::{Health, HealthRecord, InstanceRecord, NodeRecord};

@@ -1,0 +1,232 @@
+//! Outlier detection from real traffic (Envoy's model): consecutive local-origin
+//! failures, or a failure percentage over an interval with a minimum volume, eject an
+//! endpoint for `base × times ejected` (capped); never more than a maximum share of the
+//! endpoints at once. Pure: outcomes and `now` in, ejections out.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::time::{Duration, Instant};
+
+/// Settings of outlier detection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutlierConfig {
+    /// Consecutive failures that eject (0 turns this rule off).
+    pub consecutive_failures: u32,
+    /// Failure percentage over `interval` that ejects (0 turns this rule off).
+    pub failure_percent: u32,
+    /// Requests needed in an interval before the percentage rule applies.
+    pub min_requests: u32,
+    /// Length of the percentage window.
+    pub interval: Duration,
+    /// Base ejection time, multiplied by the times ejected.
+    pub base_ejection: Duration,
+    /// Longest ejection.
+    pub max_ejection: Duration,
+    /// Largest share of endpoints ejected at once, percent.
+    pub max_ejected_percent: u32,
+}
+
+impl Default for OutlierConfig {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 5,
+            failure_percent: 50,
+            min_requests: 20,
+            interval: Duration::from_secs(10),
+            base_ejection: Duration::from_secs(30),
+            max_ejection: Duration::from_secs(300),
+            max_ejected_percent: 50,
+        }
+    }
+}
+
+/// One connection outcome as the outlier detector counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Connected and acknowledged.
+    Success,
+    /// Failed before the ack for a reason local to the endpoint.
+    Failure,
+}
+
+/// An ejection the detector decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ejection<E> {
+    /// Who.
+    pub endpoint: E,
+    /// Until when.
+    pub until: Instant,
+    /// How many times it has been ejected, this one included.
+    pub times: u32,
+    /// Which rule fired.
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone)]
+struct EndpointState {
+    consecutive: u32,
+    window_start: Instant,
+    requests: u32,
+    failures: u32,
+    ejected_until: Option<Instant>,
+    times_ejected: u32,
+}
+
+/// Outlier state of one upstream's endpoints.
+#[derive(Debug)]
+pub struct OutlierDetector<E> {
+    config: OutlierConfig,
+    endpoints: HashMap<E, EndpointState>,
+}
+
+impl<E: Clone + Eq + Hash> OutlierDetector<E> {
+    /// A detector with these settings.
+    pub fn new(config: OutlierConfig) -> Self {
+        Self { config, endpoints: HashMap::new() }
+    }
+
+    /// Keeps state only for `current` endpoints (others left the registry).
+    pub fn retain(&mut self, current: &[E]) {
+        self.endpoints.retain(|e, _| current.contains(e));
+    }
+
+    fn ejected_count(&self, now: Instant) -> usize {
+        self.endpoints.values().filter(|s| s.ejected_until.is_some_and(|u| u > now)).count()
+    }
+
+    /// Records one outcome; returns the ejection it caused, if any. `pool` is the
+    /// number of endpoints of the upstream (for the maximum-ejected share).
+    pub fn record(&mut self, ep: &E, outcome: Outcome, pool: usize, now: Instant) -> Option<Ejection<E>> {
+        let interval = self.config.interval;
+        let st = self.endpoints.entry(ep.clone()).or_insert(EndpointState {
+            consecutive: 0,
+            window_start: now,
+            requests: 0,
+            failures: 0,
+            ejected_until: None,
+            times_ejected: 0,
+        });
+        if now.saturating_duration_since(st.window_start) >= interval {
+            st.window_start = now;
+            st.requests = 0;
+            st.failures = 0;
+        }
+        st.requests += 1;
+        match outcome {
+            Outcome::Success => {
+                st.consecutive = 0;
+                return None;
+            }
+            Outcome::Failure => {
+                st.consecutive += 1;
+                st.failures += 1;
+            }
+        }
+        if st.ejected_until.is_some_and(|u| u > now) {
+            return None;
+        }
+        let c = &self.config;
+        let reason = if c.consecutive_failures > 0 && st.consecutive >= c.consecutive_failures {
+            "consecutive_failures"
+        } else if c.failure_percent > 0 && st.requests >= c.min_requests && st.failures * 100 >= c.failure_percent * st.requests {
+            "failure_percent"
+        } else {
+            return None;
+        };
+        let max_ejected = (pool * c.max_ejected_percent as usize / 100).max(1);
+        if self.ejected_count(now) >= max_ejected {
+            return None;
+        }
+        let c = self.config.clone();
+        let st = self.endpoints.get_mut(ep)?;
+        st.times_ejected += 1;
+        let duration = (c.base_ejection * st.times_ejected).min(c.max_ejection);
+        let until = now + duration;
+        st.ejected_until = Some(until);
+        st.consecutive = 0;
+        st.requests = 0;
+        st.failures = 0;
+        st.window_start = now;
+        Some(Ejection { endpoint: ep.clone(), until, times: st.times_ejected, reason })
+    }
+
+    /// Whether `ep` is ejected at `now`.
+    pub fn is_ejected(&self, ep: &E, now: Instant) -> bool {
+        self.ejected_until(ep).is_some_and(|u| u > now)
+    }
+
+    /// When `ep`'s current or last ejection ends.
+    pub fn ejected_until(&self, ep: &E) -> Option<Instant> {
+        self.endpoints.get(ep)?.ejected_until
+    }
+
+    /// How many times `ep` has been ejected.
+    pub fn times_ejected(&self, ep: &E) -> u32 {
+        self.endpoints.get(ep).map(|s| s.times_ejected).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> OutlierConfig {
+        OutlierConfig { consecutive_failures: 3, min_requests: 10, ..Default::default() }
+    }
+
+    #[test]
+    fn consecutive_failures_eject_with_growing_time() {
+        let t = Instant::now();
+        let mut d = OutlierDetector::new(cfg());
+        assert!(d.record(&"a", Outcome::Failure, 4, t).is_none());
+        assert!(d.record(&"a", Outcome::Failure, 4, t).is_none());
+        let e = d.record(&"a", Outcome::Failure, 4, t).expect("ejected");
+        assert_eq!((e.times, e.reason), (1, "consecutive_failures"));
+        assert_eq!(e.until, t + Duration::from_secs(30));
+        assert!(d.is_ejected(&"a", t + Duration::from_secs(29)));
+        assert!(!d.is_ejected(&"a", t + Duration::from_secs(30)));
+        let t2 = t + Duration::from_secs(31);
+        for _ in 0..2 {
+            assert!(d.record(&"a", Outcome::Failure, 4, t2).is_none());
+        }
+        let e = d.record(&"a", Outcome::Failure, 4, t2).expect("ejected again");
+        assert_eq!(e.until, t2 + Duration::from_secs(60), "base × times ejected");
+    }
+
+    #[test]
+    fn a_success_resets_the_run() {
+        let t = Instant::now();
+        let mut d = OutlierDetector::new(cfg());
+        for _ in 0..10 {
+            assert!(d.record(&"a", Outcome::Failure, 4, t).is_none() || d.times_ejected(&"a") > 0);
+            assert!(d.record(&"a", Outcome::Success, 4, t).is_none());
+            if d.times_ejected(&"a") > 0 {
+                break;
+            }
+        }
+        // Alternating failures never reach 3 in a row, but reach 50% over 10 requests.
+        assert_eq!(d.times_ejected(&"a"), 1);
+    }
+
+    #[test]
+    fn never_more_than_the_maximum_share() {
+        let t = Instant::now();
+        let mut d = OutlierDetector::new(cfg());
+        let mut ejected = 0;
+        for ep in ["a", "b", "c", "d"] {
+            for _ in 0..3 {
+                if d.record(&ep, Outcome::Failure, 4, t).is_some() {
+                    ejected += 1;
+                }
+            }
+        }
+        assert_eq!(ejected, 2, "50% of 4");
+        // With one endpoint, it may still be ejected (the balancer panics back to it).
+        let mut single = OutlierDetector::new(cfg());
+        let mut got = None;
+        for _ in 0..3 {
+            got = single.record(&"x", Outcome::Failure, 1, t);
+        }
+        assert!(got.is_some());
+    }
+}

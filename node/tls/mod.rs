@@ -1,0 +1,202 @@
+//! Mutual TLS between sidecars: rustls configs for quinn, built from the cluster CA and
+//! this node's certificate, and the check that a peer's certificate names the service it
+//! claims to call as. The only module besides `proxy/` that knows rustls and quinn.
+
+pub mod ca;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+
+pub use ca::{node_server_name, service_identity, Ca, Identity};
+
+/// ALPN of the sidecar protocol; a peer speaking anything else is refused.
+pub const ALPN: &[u8] = b"murmur/1";
+
+/// What the sidecar's TLS is built from.
+#[derive(Clone, Debug)]
+pub enum TlsMaterial {
+    /// The cluster CA and this node's certificate: mutual TLS.
+    Mutual {
+        /// Trust anchor.
+        ca: CertificateDer<'static>,
+        /// This node's certificate and key.
+        identity: Identity,
+    },
+    /// `--insecure` without certificates: encrypted, but nobody is authenticated.
+    Insecure {
+        /// A throwaway self-signed identity.
+        identity: Identity,
+    },
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+impl TlsMaterial {
+    /// Loads `--tls-ca`, `--tls-cert` and `--tls-key`.
+    pub fn load(ca: &Path, cert: &Path, key: &Path) -> Result<TlsMaterial, String> {
+        let ca = CertificateDer::from_pem_file(ca).map_err(|e| format!("--tls-ca: cannot read a certificate from {}: {e}", ca.display()))?;
+        let cert_der = CertificateDer::from_pem_file(cert)
+            .map_err(|e| format!("--tls-cert: cannot read a certificate from {}: {e}", cert.display()))?;
+        let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("--tls-key: cannot read a key from {}: {e}", key.display()))?;
+        // Check the certificate against the CA now, so a mismatch fails at start.
+        let material = TlsMaterial::Mutual { ca, identity: Identity { cert: cert_der, key } };
+        material.server_config().map_err(|e| format!("--tls-cert: {e}"))?;
+        Ok(material)
+    }
+
+    /// Throwaway material for `--insecure` proxying.
+    pub fn insecure(node: &murmur_protocol::NodeName) -> Result<TlsMaterial, String> {
+        let ca = Ca::generate()?;
+        Ok(TlsMaterial::Insecure { identity: ca.issue(node, &[])? })
+    }
+
+    /// Whether peers are authenticated.
+    pub fn is_mutual(&self) -> bool {
+        matches!(self, TlsMaterial::Mutual { .. })
+    }
+
+    fn identity(&self) -> &Identity {
+        match self {
+            TlsMaterial::Mutual { identity, .. } | TlsMaterial::Insecure { identity } => identity,
+        }
+    }
+
+    /// The rustls server config (TLS 1.3, client certificates required under mutual TLS).
+    pub fn server_config(&self) -> Result<rustls::ServerConfig, String> {
+        let builder = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| e.to_string())?;
+        let id = self.identity();
+        let mut config = match self {
+            TlsMaterial::Mutual { ca, .. } => {
+                let mut roots = RootCertStore::empty();
+                roots.add(ca.clone()).map_err(|e| format!("bad CA certificate: {e}"))?;
+                let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                builder.with_client_cert_verifier(verifier)
+            }
+            TlsMaterial::Insecure { .. } => builder.with_no_client_auth(),
+        }
+        .with_single_cert(vec![id.cert.clone()], id.key.clone_key())
+        .map_err(|e| format!("certificate and key do not match: {e}"))?;
+        config.alpn_protocols = vec![ALPN.to_vec()];
+        Ok(config)
+    }
+
+    /// The rustls client config (TLS 1.3, presenting this node's certificate).
+    pub fn client_config(&self) -> Result<rustls::ClientConfig, String> {
+        let builder = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| e.to_string())?;
+        let id = self.identity();
+        let mut config = match self {
+            TlsMaterial::Mutual { ca, .. } => {
+                let mut roots = RootCertStore::empty();
+                roots.add(ca.clone()).map_err(|e| format!("bad CA certificate: {e}"))?;
+                builder.with_root_certificates(roots).with_client_auth_cert(vec![id.cert.clone()], id.key.clone_key())
+            }
+            TlsMaterial::Insecure { .. } => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AcceptAnyServer(provider())))
+                .with_client_auth_cert(vec![id.cert.clone()], id.key.clone_key()),
+        }
+        .map_err(|e| format!("certificate and key do not match: {e}"))?;
+        config.alpn_protocols = vec![ALPN.to_vec()];
+        Ok(config)
+    }
+}
+
+/// Whether `cert` (already verified against the CA by the handshake) names `service`.
+pub fn cert_names_service(cert: &CertificateDer<'_>, service: &str) -> bool {
+    let Ok(ee) = webpki::EndEntityCert::try_from(cert) else { return false };
+    let Ok(name) = ServerName::try_from(service_identity(service)) else { return false };
+    ee.verify_is_valid_for_subject_name(&name).is_ok()
+}
+
+/// `--insecure` only: accepts any server certificate, still checking handshake
+/// signatures so the session keys are bound to the presented key.
+#[derive(Debug)]
+struct AcceptAnyServer(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyServer {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use murmur_protocol::{NodeName, ServiceName};
+
+    #[test]
+    fn issued_certificates_name_their_services_and_chain_to_the_ca() {
+        let ca = Ca::generate().expect("ca");
+        let id = ca
+            .issue(&NodeName::new("n1").expect("valid"), &[ServiceName::new("web").expect("valid")])
+            .expect("issue");
+        assert!(cert_names_service(&id.cert, "web"));
+        assert!(!cert_names_service(&id.cert, "orders"));
+        let m = TlsMaterial::Mutual { ca: ca.cert_der().expect("der"), identity: id };
+        assert!(m.server_config().is_ok());
+        assert!(m.client_config().is_ok());
+    }
+
+    #[test]
+    fn a_ca_survives_save_and_load() {
+        let dir = std::env::temp_dir().join(format!("murmur-ca-{}-{}", std::process::id(), rand::random::<u32>()));
+        let ca = Ca::generate().expect("ca");
+        ca.save(&dir).expect("save");
+        assert!(ca.save(&dir).is_err(), "no overwrite");
+        let loaded = Ca::load(&dir).expect("load");
+        let id = loaded.issue(&NodeName::new("n2").expect("valid"), &[]).expect("issue");
+        // The reloaded CA still issues certificates that the original trusts.
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.cert_der().expect("der")).expect("root");
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider()).build().expect("verifier");
+        let now = UnixTime::now();
+        assert!(verifier.verify_client_cert(&id.cert, &[], now).is_ok());
+        let other = Ca::generate().expect("ca").issue(&NodeName::new("n3").expect("valid"), &[]).expect("issue");
+        assert!(verifier.verify_client_cert(&other.cert, &[], now).is_err(), "another CA's certificate is refused");
+        std::fs::remove_dir_all(&dir).expect("clean up");
+    }
+}
