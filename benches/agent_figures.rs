@@ -45,13 +45,7 @@ fn ip(i: u8) -> IpAddr {
 fn start(i: u8, key: &str) -> Agent {
     let ip = ip(i);
     let child = Command::new(env!("CARGO_BIN_EXE_murmur"))
-        .args([
-            "agent",
-            "--name",
-            &format!("bench-{i}"),
-            "--namespace",
-            "bench.local",
-        ])
+        .args(["agent", "--name", &format!("bench-{i}"), "--namespace", "bench.local"])
         .args([
             "--bind",
             &format!("{ip}:7946"),
@@ -60,20 +54,8 @@ fn start(i: u8, key: &str) -> Agent {
             "--api-listen",
             &format!("{ip}:8500"),
         ])
-        .args([
-            "--seed",
-            &format!("{}:7946", self::ip(0)),
-            "--gossip-key",
-            key,
-            "--dns-upstream",
-            "127.0.0.1:1",
-        ])
-        .args([
-            "--service",
-            "pool:80,check=none",
-            "--service",
-            &format!("n{i}:81,check=none"),
-        ])
+        .args(["--seed", &format!("{}:7946", self::ip(0)), "--gossip-key", key, "--dns-upstream", "127.0.0.1:1"])
+        .args(["--service", "pool:80,check=none", "--service", &format!("n{i}:81,check=none")])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -83,10 +65,7 @@ fn start(i: u8, key: &str) -> Agent {
 }
 
 async fn dns_a(dns: SocketAddr, name: &str) -> Vec<IpAddr> {
-    query(dns, name, RecordType::A, Duration::from_millis(500))
-        .await
-        .map(|m| addresses(&m))
-        .unwrap_or_default()
+    query(dns, name, RecordType::A, Duration::from_millis(500)).await.map(|m| addresses(&m)).unwrap_or_default()
 }
 
 async fn until<F, Fut>(what: &str, mut cond: F) -> Duration
@@ -105,23 +84,13 @@ where
 }
 
 fn metric(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0)
+    text.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0)
 }
 
 fn rss_kb(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))?
-                .split_whitespace()
-                .nth(1)?
-                .parse()
-                .ok()
-        })
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok())
         .unwrap_or(0)
 }
 
@@ -139,14 +108,9 @@ async fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let key = String::from_utf8(
-        Command::new(env!("CARGO_BIN_EXE_murmur"))
-            .arg("keygen")
-            .output()
-            .expect("keygen")
-            .stdout,
-    )
-    .expect("utf8");
+    let key =
+        String::from_utf8(Command::new(env!("CARGO_BIN_EXE_murmur")).arg("keygen").output().expect("keygen").stdout)
+            .expect("utf8");
     let key = key.trim().to_owned();
     let t0 = Instant::now();
     let mut agents: Vec<Option<Agent>> = (0..N).map(|i| Some(start(i, &key))).collect();
@@ -176,10 +140,7 @@ async fn main() {
         let mut sent = 0;
         let mut recv = 0;
         for a in agents.iter().flatten() {
-            let m = ApiClient::new(a.api())
-                .get("/metrics")
-                .await
-                .expect("metrics");
+            let m = ApiClient::new(a.api()).get("/metrics").await.expect("metrics");
             sent += metric(&m, "murmur_gossip_sent_bytes_total");
             recv += metric(&m, "murmur_gossip_received_bytes_total");
         }
@@ -193,11 +154,7 @@ async fn main() {
     let secs = w0.elapsed().as_secs_f64();
     let sent_per_agent = (s1 - s0) as f64 / secs / N as f64;
     let recv_per_agent = (r1 - r0) as f64 / secs / N as f64;
-    let rss: Vec<f64> = agents
-        .iter()
-        .flatten()
-        .map(|a| rss_kb(a.child.id()) as f64 / 1024.0)
-        .collect();
+    let rss: Vec<f64> = agents.iter().flatten().map(|a| rss_kb(a.child.id()) as f64 / 1024.0).collect();
     let (rss_med, rss_max) = stats(rss);
 
     // A new instance registered on agent 0 reaching agent 9's DNS answers.
@@ -206,18 +163,10 @@ async fn main() {
     let mut appear = Vec::new();
     for k in 0..7 {
         let start = Instant::now();
-        api0.put(
-            &format!("/v1/services/fresh{k}/fresh{k}-0"),
-            "{\"port\":81,\"check\":\"none\"}".into(),
-        )
-        .await
-        .expect("register");
-        until("new instance", || async {
-            !dns_a(dns9, &format!("fresh{k}.bench.local."))
-                .await
-                .is_empty()
-        })
-        .await;
+        api0.put(&format!("/v1/services/fresh{k}/fresh{k}-0"), "{\"port\":81,\"check\":\"none\"}".into())
+            .await
+            .expect("register");
+        until("new instance", || async { !dns_a(dns9, &format!("fresh{k}.bench.local.")).await.is_empty() }).await;
         appear.push(ms(start.elapsed()));
     }
     let (appear_med, appear_max) = stats(appear);
@@ -225,39 +174,21 @@ async fn main() {
     // A dead app leaving agent 9's answers, with the default check (tcp every 2 s,
     // critical after 2 failures) and with a fast one (every 250 ms).
     let mut dead_app = Vec::new();
-    for (label, opts) in [
-        ("default", ""),
-        ("fast", ",\"interval\":\"250ms\",\"timeout\":\"200ms\""),
-    ] {
+    for (label, opts) in [("default", ""), ("fast", ",\"interval\":\"250ms\",\"timeout\":\"200ms\"")] {
         let mut v = Vec::new();
         for k in 0..3 {
-            let listener = tokio::net::TcpListener::bind((ip(0), 0))
-                .await
-                .expect("app");
+            let listener = tokio::net::TcpListener::bind((ip(0), 0)).await.expect("app");
             let port = listener.local_addr().expect("addr").port();
             let name = format!("app-{label}-{k}");
-            api0.put(
-                &format!("/v1/services/{name}/{name}-0"),
-                format!("{{\"port\":{port}{opts}}}"),
-            )
-            .await
-            .expect("register");
-            until("app healthy", || async {
-                !dns_a(dns9, &format!("{name}.bench.local."))
-                    .await
-                    .is_empty()
-            })
-            .await;
+            api0.put(&format!("/v1/services/{name}/{name}-0"), format!("{{\"port\":{port}{opts}}}"))
+                .await
+                .expect("register");
+            until("app healthy", || async { !dns_a(dns9, &format!("{name}.bench.local.")).await.is_empty() }).await;
             // Die at a random point of the check interval, as a real app would.
             tokio::time::sleep(Duration::from_millis(137 * k)).await;
             let start = Instant::now();
             drop(listener);
-            until("dead app gone", || async {
-                dns_a(dns9, &format!("{name}.bench.local."))
-                    .await
-                    .is_empty()
-            })
-            .await;
+            until("dead app gone", || async { dns_a(dns9, &format!("{name}.bench.local.")).await.is_empty() }).await;
             v.push(ms(start.elapsed()));
         }
         dead_app.push((label, stats(v)));
@@ -279,10 +210,7 @@ async fn main() {
             assert!(start.elapsed() < WAIT, "kill -9 never detected");
             let mut still = Vec::new();
             for d in pending {
-                if dns_a(d, &format!("n{victim}.bench.local."))
-                    .await
-                    .contains(&gone)
-                {
+                if dns_a(d, &format!("n{victim}.bench.local.")).await.contains(&gone) {
                     still.push(d);
                 } else {
                     worst = start.elapsed();
@@ -297,22 +225,18 @@ async fn main() {
 
     println!("\n| figure (10 agents, loopback, release build) | median | worst |");
     println!("|---|---|---|");
-    println!(
-        "| convergence after start (all stubs answer all instances) | {:.0} ms | |",
-        ms(converge)
-    );
+    println!("| convergence after start (all stubs answer all instances) | {:.0} ms | |", ms(converge));
     println!("| new instance appears in another agent's DNS answers | {appear_med:.0} ms | {appear_max:.0} ms |");
     for (label, (med, max)) in &dead_app {
         println!("| dead app leaves answers ({label} check) | {med:.0} ms | {max:.0} ms |");
     }
     println!("| kill -9'd agent leaves every other agent's answers | {detect_med:.0} ms | {detect_max:.0} ms |");
     println!("| idle RSS per agent | {rss_med:.1} MB | {rss_max:.1} MB |");
-    println!("| gossip bytes per agent per second (sent / received) | {sent_per_agent:.0} / {recv_per_agent:.0} B/s | |");
+    println!(
+        "| gossip bytes per agent per second (sent / received) | {sent_per_agent:.0} / {recv_per_agent:.0} B/s | |"
+    );
 
-    let unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let json = serde_json::json!({
         "agents": N,
         "converge_ms": ms(converge),
@@ -325,12 +249,7 @@ async fn main() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/results");
     let _ = std::fs::create_dir_all(&dir);
     let path = dir.join(format!("agent-{unix}.json"));
-    if std::fs::write(
-        &path,
-        serde_json::to_string_pretty(&json).unwrap_or_default(),
-    )
-    .is_ok()
-    {
+    if std::fs::write(&path, serde_json::to_string_pretty(&json).unwrap_or_default()).is_ok() {
         println!("\nwrote {}", path.display());
     }
 }

@@ -40,58 +40,27 @@ async fn main() -> anyhow::Result<()> {
 
     // An app on the third agent's address registers itself (no health check here: the
     // example has no app listening).
-    let spec =
-        parse_service_spec("inventory:9090,check=none,tags=v1").map_err(anyhow::Error::msg)?;
+    let spec = parse_service_spec("inventory:9090,check=none,tags=v1").map_err(anyhow::Error::msg)?;
     let id = third.publisher().register(&spec).await?;
     println!("registered {id} on {}", third.name());
 
     let service = "inventory".parse()?;
-    let (snapshot, found) = first
-        .registry()
-        .wait_for(Duration::from_secs(10), |s| {
-            !s.lookup(&service, &Query::default()).is_empty()
-        })
-        .await;
-    anyhow::ensure!(
-        found,
-        "the instance never reached the first agent's replica"
-    );
+    let (snapshot, found) =
+        first.registry().wait_for(Duration::from_secs(10), |s| !s.lookup(&service, &Query::default()).is_empty()).await;
+    anyhow::ensure!(found, "the instance never reached the first agent's replica");
     let instance = snapshot.lookup(&service, &Query::default()).remove(0);
-    println!(
-        "replica of {}: {} at {}:{}",
-        first.name(),
-        instance.id,
-        instance.address,
-        instance.port
-    );
+    println!("replica of {}: {} at {}:{}", first.name(), instance.id, instance.address, instance.port);
 
     // Every replica converges on its own; wait for the second agent's too.
     let (_, found) = second
         .registry()
-        .wait_for(Duration::from_secs(10), |s| {
-            !s.lookup(&service, &Query::default()).is_empty()
-        })
+        .wait_for(Duration::from_secs(10), |s| !s.lookup(&service, &Query::default()).is_empty())
         .await;
-    anyhow::ensure!(
-        found,
-        "the instance never reached the second agent's replica"
-    );
-    let reply = query(
-        second.dns_addr(),
-        "v1.inventory.example.local.",
-        RecordType::A,
-        Duration::from_secs(2),
-    )
-    .await?;
+    anyhow::ensure!(found, "the instance never reached the second agent's replica");
+    let reply = query(second.dns_addr(), "v1.inventory.example.local.", RecordType::A, Duration::from_secs(2)).await?;
     let addrs = addresses(&reply);
-    println!(
-        "dns of {}: v1.inventory.example.local -> {addrs:?}",
-        second.name()
-    );
-    anyhow::ensure!(
-        addrs.contains(&instance.address),
-        "DNS did not answer the instance"
-    );
+    println!("dns of {}: v1.inventory.example.local -> {addrs:?}", second.name());
+    anyhow::ensure!(addrs.contains(&instance.address), "DNS did not answer the instance");
 
     for agent in [third, second, first] {
         agent.shutdown().await;

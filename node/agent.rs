@@ -67,33 +67,20 @@ pub struct Agent {
 }
 
 fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 impl Agent {
     /// Binds every socket, then starts every part.
     pub async fn start(config: Config) -> Result<Agent, StartError> {
-        let bind_err = |setting, addr| {
-            move |source| StartError::Bind {
-                setting,
-                addr,
-                source,
-            }
-        };
-        let gossip_socket = UdpSocket::bind(config.gossip.bind)
-            .await
-            .map_err(bind_err("--bind", config.gossip.bind))?;
-        let dns_sockets = DnsSockets::bind(config.dns.listen)
-            .await
-            .map_err(bind_err("--dns-listen", config.dns.listen))?;
-        let api_listener = TcpListener::bind(config.api.listen)
-            .await
-            .map_err(bind_err("--api-listen", config.api.listen))?;
-        let local =
-            |r: std::io::Result<SocketAddr>, setting, addr| r.map_err(bind_err(setting, addr));
+        let bind_err = |setting, addr| move |source| StartError::Bind { setting, addr, source };
+        let gossip_socket =
+            UdpSocket::bind(config.gossip.bind).await.map_err(bind_err("--bind", config.gossip.bind))?;
+        let dns_sockets =
+            DnsSockets::bind(config.dns.listen).await.map_err(bind_err("--dns-listen", config.dns.listen))?;
+        let api_listener =
+            TcpListener::bind(config.api.listen).await.map_err(bind_err("--api-listen", config.api.listen))?;
+        let local = |r: std::io::Result<SocketAddr>, setting, addr| r.map_err(bind_err(setting, addr));
         let dns_addr = local(dns_sockets.local_addr(), "--dns-listen", config.dns.listen)?;
         let api_addr = local(api_listener.local_addr(), "--api-listen", config.api.listen)?;
 
@@ -109,40 +96,21 @@ impl Agent {
             started_unix_ms: generation,
         };
         let initial = vec![(keys::NODE.to_owned(), encode_value(&record))];
-        let gossip = spawn_gossip(
-            &config.gossip,
-            &name,
-            generation,
-            gossip_socket,
-            initial,
-            metrics.clone(),
-        )
-        .instrument(info_span!("gossip", node = %name))
-        .await
-        .map_err(|e| StartError::Gossip(e.to_string()))?;
+        let gossip = spawn_gossip(&config.gossip, &name, generation, gossip_socket, initial, metrics.clone())
+            .instrument(info_span!("gossip", node = %name))
+            .await
+            .map_err(|e| StartError::Gossip(e.to_string()))?;
         let gossip_addr = gossip.advertise_addr();
-        let publisher = Publisher::new(
-            gossip.writer(),
-            config.node.name.clone(),
-            config.node.advertise,
-        );
+        let publisher =
+            Publisher::new(gossip.writer(), config.node.name.clone(), config.node.advertise, config.proxy.is_some());
         for spec in &config.services {
-            publisher
-                .register(spec)
-                .await
-                .map_err(|e| StartError::Register(e.to_string()))?;
+            publisher.register(spec).await.map_err(|e| StartError::Register(e.to_string()))?;
         }
 
         let cancel = CancellationToken::new();
         let mut tasks = JoinSet::new();
-        let (registry, registry_task) =
-            spawn_registry(gossip.view(), metrics.clone(), cancel.clone());
-        tasks.spawn(async move {
-            (
-                "registry",
-                registry_task.await.unwrap_or_else(|e| Err(e.into())),
-            )
-        });
+        let (registry, registry_task) = spawn_registry(gossip.view(), metrics.clone(), cancel.clone());
+        tasks.spawn(async move { ("registry", registry_task.await.unwrap_or_else(|e| Err(e.into()))) });
         let died = gossip.died();
         let gossip_cancel = cancel.clone();
         tasks.spawn(async move {
@@ -151,17 +119,10 @@ impl Agent {
                 _ = gossip_cancel.cancelled() => ("gossip", Ok(())),
             }
         });
-        let health = run_health(publisher.clone(), metrics.clone(), cancel.clone())
-            .instrument(info_span!("health"));
+        let health = run_health(publisher.clone(), metrics.clone(), cancel.clone()).instrument(info_span!("health"));
         tasks.spawn(async move { ("health", health.await) });
-        let dns = serve_dns(
-            dns_sockets,
-            config.dns.clone(),
-            registry.clone(),
-            metrics.clone(),
-            cancel.clone(),
-        )
-        .instrument(info_span!("dns", listen = %dns_addr));
+        let dns = serve_dns(dns_sockets, config.dns.clone(), registry.clone(), metrics.clone(), cancel.clone())
+            .instrument(info_span!("dns", listen = %dns_addr));
         tasks.spawn(async move { ("dns", dns.await) });
         let draining = Arc::new(AtomicBool::new(false));
         let agent_json = AgentJson {
@@ -185,8 +146,7 @@ impl Agent {
             agent: Arc::new(agent_json),
             draining: draining.clone(),
         };
-        let api = serve_api(api_listener, state, cancel.clone())
-            .instrument(info_span!("api", listen = %api_addr));
+        let api = serve_api(api_listener, state, cancel.clone()).instrument(info_span!("api", listen = %api_addr));
         tasks.spawn(async move { ("api", api.await) });
         info!(node = %name, gossip = %gossip_addr, dns = %dns_addr, api = %api_addr, "agent started");
         Ok(Agent {

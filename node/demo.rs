@@ -43,12 +43,7 @@ async fn spawn_app(ip: IpAddr, name: &'static str) -> anyhow::Result<(u16, JoinH
     Ok((port, task))
 }
 
-fn agent_config(
-    i: u8,
-    key: &str,
-    seed: Option<SocketAddr>,
-    services: &[String],
-) -> anyhow::Result<Config> {
+fn agent_config(i: u8, key: &str, seed: Option<SocketAddr>, services: &[String]) -> anyhow::Result<Config> {
     let ip: IpAddr = format!("127.0.0.{}", 10 + i).parse()?;
     let layer = Layer {
         name: Some(format!("node-{i}")),
@@ -63,10 +58,7 @@ fn agent_config(
         dns_upstreams: Some(vec![]),
         api_listen: Some(SocketAddr::new(ip, 0)),
         services: Some(
-            services
-                .iter()
-                .map(|s| parse_service_spec(s).map_err(anyhow::Error::msg))
-                .collect::<Result<_, _>>()?,
+            services.iter().map(|s| parse_service_spec(s).map_err(anyhow::Error::msg)).collect::<Result<_, _>>()?,
         ),
         ..Default::default()
     };
@@ -115,19 +107,12 @@ pub async fn run() -> anyhow::Result<()> {
     for i in 0..AGENTS {
         let ip: IpAddr = format!("127.0.0.{}", 10 + i).parse()?;
         let mut services = Vec::new();
-        let (svc, tags) = if i < 2 {
-            ("web", "frontend")
-        } else {
-            ("orders", if i == 2 { "canary" } else { "stable" })
-        };
+        let (svc, tags) =
+            if i < 2 { ("web", "frontend") } else { ("orders", if i == 2 { "canary" } else { "stable" }) };
         let (port, task) = spawn_app(ip, svc).await?;
         apps.push(task);
-        services.push(format!(
-            "{svc}:{port},tags={tags},interval=250ms,timeout=200ms,failures=2"
-        ));
-        let agent = Agent::start(agent_config(i, &key, seed, &services)?)
-            .await
-            .context("starting an agent")?;
+        services.push(format!("{svc}:{port},tags={tags},interval=250ms,timeout=200ms,failures=2"));
+        let agent = Agent::start(agent_config(i, &key, seed, &services)?).await.context("starting an agent")?;
         seed.get_or_insert(agent.gossip_addr());
         println!(
             "  started node-{i}  gossip {}  dns {}  api {}  service {svc}:{port}",
@@ -146,65 +131,38 @@ pub async fn run() -> anyhow::Result<()> {
         async move {
             readers.iter().all(|r| {
                 let s = r.snapshot();
-                s.members
-                    .iter()
-                    .filter(|m| m.status == crate::registry::MemberStatus::Alive)
-                    .count()
-                    == AGENTS as usize
-                    && s.services
-                        .values()
-                        .map(|v| v.iter().filter(|i| i.health.is_healthy()).count())
-                        .sum::<usize>()
+                s.members.iter().filter(|m| m.status == crate::registry::MemberStatus::Alive).count() == AGENTS as usize
+                    && s.services.values().map(|v| v.iter().filter(|i| i.health.is_healthy()).count()).sum::<usize>()
                         == AGENTS as usize
             })
         }
     })
     .await?;
-    println!("\n1. the mesh converged: all {AGENTS} agents see all {AGENTS} members and healthy instances   {}", ms(converged));
+    println!(
+        "\n1. the mesh converged: all {AGENTS} agents see all {AGENTS} members and healthy instances   {}",
+        ms(converged)
+    );
 
     let orders = format!("orders.{NAMESPACE}.");
     println!("\n2. discovery through node-0's DNS stub at {dns}:");
     let a = dns_addrs(dns, &orders).await;
     println!("   {orders} A     -> {a:?}");
-    let srv = query(
-        dns,
-        &format!("_orders._tcp.{NAMESPACE}."),
-        RecordType::SRV,
-        Duration::from_secs(1),
-    )
-    .await?;
+    let srv = query(dns, &format!("_orders._tcp.{NAMESPACE}."), RecordType::SRV, Duration::from_secs(1)).await?;
     for r in &srv.answers {
         if let RData::SRV(s) = &r.data {
             println!("   _orders._tcp SRV -> {} port {}", s.target, s.port);
         }
     }
-    println!(
-        "   canary.{orders} A -> {:?}",
-        dns_addrs(dns, &format!("canary.{orders}")).await
-    );
-    let miss = query(
-        dns,
-        &format!("payments.{NAMESPACE}."),
-        RecordType::A,
-        Duration::from_secs(1),
-    )
-    .await?;
-    println!(
-        "   payments.{NAMESPACE}. -> {} (with SOA for negative caching)",
-        miss.metadata.response_code
-    );
-    let first = registry
-        .snapshot()
-        .lookup(&"orders".parse()?, &Default::default());
+    println!("   canary.{orders} A -> {:?}", dns_addrs(dns, &format!("canary.{orders}")).await);
+    let miss = query(dns, &format!("payments.{NAMESPACE}."), RecordType::A, Duration::from_secs(1)).await?;
+    println!("   payments.{NAMESPACE}. -> {} (with SOA for negative caching)", miss.metadata.response_code);
+    let first = registry.snapshot().lookup(&"orders".parse()?, &Default::default());
     let target = first.first().context("an orders instance")?;
     let mut conn = TcpStream::connect((target.address, target.port)).await?;
     conn.write_all(b"hello").await?;
     let mut reply = String::new();
     conn.read_to_string(&mut reply).await?;
-    println!(
-        "   connected to {}:{} -> \"{reply}\"",
-        target.address, target.port
-    );
+    println!("   connected to {}:{} -> \"{reply}\"", target.address, target.port);
     if a.len() != 3 {
         bail!("expected 3 orders addresses, got {a:?}");
     }
@@ -212,10 +170,8 @@ pub async fn run() -> anyhow::Result<()> {
     println!("\n3. the orders app on node-2 (127.0.0.12) crashes; its agent's TCP check (every 250 ms, critical after 2 failures) notices:");
     apps[2].abort();
     let gone: IpAddr = "127.0.0.12".parse()?;
-    let d = time_until("the dead app to leave DNS", || async {
-        !dns_addrs(dns, &orders).await.contains(&gone)
-    })
-    .await?;
+    let d =
+        time_until("the dead app to leave DNS", || async { !dns_addrs(dns, &orders).await.contains(&gone) }).await?;
     println!("   127.0.0.12 left node-0's DNS answers after {}", ms(d));
 
     println!("\n4. node-3 (127.0.0.13) crashes: no leave message, peers must detect the silence:");
@@ -226,7 +182,10 @@ pub async fn run() -> anyhow::Result<()> {
         !dns_addrs(dns, &orders).await.contains(&dead)
     })
     .await?;
-    println!("   127.0.0.13 left node-0's DNS answers after {}  (failure detector, phi threshold 6 x 200 ms gossip)", ms(d));
+    println!(
+        "   127.0.0.13 left node-0's DNS answers after {}  (failure detector, phi threshold 6 x 200 ms gossip)",
+        ms(d)
+    );
     let members: Vec<MemberJson> = serde_json::from_str(&api.get("/v1/members").await?)?;
     for m in &members {
         println!("   member {:<7} {:<12} {}", m.name, m.address, m.status);
@@ -239,18 +198,16 @@ pub async fn run() -> anyhow::Result<()> {
     let node4 = ApiClient::new(agents[4].as_ref().context("node-4 runs")?.api_addr());
     let start = Instant::now();
     node4
-        .put("/v1/services/orders/orders-late", format!("{{\"port\":{late_port},\"tags\":[\"late\"],\"interval\":\"250ms\",\"timeout\":\"200ms\"}}"))
+        .put(
+            "/v1/services/orders/orders-late",
+            format!("{{\"port\":{late_port},\"tags\":[\"late\"],\"interval\":\"250ms\",\"timeout\":\"200ms\"}}"),
+        )
         .await?;
     time_until("the new instance in DNS", || async {
-        dns_addrs(dns, &format!("late.{orders}"))
-            .await
-            .contains(&late_ip)
+        dns_addrs(dns, &format!("late.{orders}")).await.contains(&late_ip)
     })
     .await?;
-    println!(
-        "   late.{orders} answered on node-0 after {}",
-        ms(start.elapsed())
-    );
+    println!("   late.{orders} answered on node-0 after {}", ms(start.elapsed()));
 
     println!("\n6. node-1 leaves gracefully (SIGTERM path: draining, drain period 500 ms, leave):");
     let leaving = agents[1].take().context("node-1 runs")?;
@@ -260,10 +217,8 @@ pub async fn run() -> anyhow::Result<()> {
     let watcher = tokio::spawn({
         let web = web.clone();
         async move {
-            time_until("draining instance to leave DNS", || async {
-                !dns_addrs(dns, &web).await.contains(&left_ip)
-            })
-            .await
+            time_until("draining instance to leave DNS", || async { !dns_addrs(dns, &web).await.contains(&left_ip) })
+                .await
         }
     });
     leaving.shutdown().await;
@@ -289,9 +244,6 @@ pub async fn run() -> anyhow::Result<()> {
     for app in apps {
         app.abort();
     }
-    println!(
-        "   all agents left and apps stopped; demo took {:.1} s",
-        t0.elapsed().as_secs_f64()
-    );
+    println!("   all agents left and apps stopped; demo took {:.1} s", t0.elapsed().as_secs_f64());
     Ok(())
 }

@@ -6,9 +6,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-use murmur_protocol::{
-    encode_value, Health, HealthRecord, InstanceId, InstanceRecord, Key, NodeName,
-};
+use murmur_protocol::{encode_value, Health, HealthRecord, InstanceId, InstanceRecord, Key, NodeName};
 use thiserror::Error;
 use tokio::sync::watch;
 
@@ -22,6 +20,8 @@ pub struct LocalInstance {
     pub record: InstanceRecord,
     /// How it is checked.
     pub check: CheckSpec,
+    /// Services allowed to call it through the sidecar (empty: any).
+    pub allow: Vec<murmur_protocol::ServiceName>,
     /// Current health.
     pub health: Health,
 }
@@ -52,29 +52,22 @@ pub struct Publisher {
     writer: StateWriter,
     node: NodeName,
     advertise: IpAddr,
+    sidecar: bool,
     // A std mutex: held only to read or update the table, never across an await.
     state: Arc<Mutex<State>>,
     local_tx: Arc<watch::Sender<Arc<Vec<LocalInstance>>>>,
 }
 
 fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 impl Publisher {
-    /// A publisher for node `node`, whose instances default to address `advertise`.
-    pub fn new(writer: StateWriter, node: NodeName, advertise: IpAddr) -> Self {
+    /// A publisher for node `node`, whose instances default to address `advertise`;
+    /// `sidecar` says whether this agent's proxy fronts them.
+    pub fn new(writer: StateWriter, node: NodeName, advertise: IpAddr, sidecar: bool) -> Self {
         let (local_tx, _) = watch::channel(Arc::new(Vec::new()));
-        Self {
-            writer,
-            node,
-            advertise,
-            state: Arc::default(),
-            local_tx: Arc::new(local_tx),
-        }
+        Self { writer, node, advertise, sidecar, state: Arc::default(), local_tx: Arc::new(local_tx) }
     }
 
     /// This agent's instances, updated on every change (the health supervisor follows it).
@@ -89,8 +82,7 @@ impl Publisher {
     }
 
     fn announce(&self, state: &State) {
-        self.local_tx
-            .send_replace(Arc::new(state.instances.values().cloned().collect()));
+        self.local_tx.send_replace(Arc::new(state.instances.values().cloned().collect()));
     }
 
     /// The instance id a spec gets: its own, or `<node>-<port>`.
@@ -114,7 +106,7 @@ impl Publisher {
             instance: id.clone(),
             address: spec.address.unwrap_or(self.advertise),
             port: spec.port,
-            sidecar: false,
+            sidecar: self.sidecar,
             tags: spec.tags.clone(),
             attributes: spec.attributes.clone(),
             weight: spec.weight,
@@ -131,10 +123,7 @@ impl Publisher {
             }
             if let Some(other) = state.instances.get(&id) {
                 if other.record.service != spec.name {
-                    return Err(PublishError::IdTaken(
-                        id.to_string(),
-                        other.record.service.to_string(),
-                    ));
+                    return Err(PublishError::IdTaken(id.to_string(), other.record.service.to_string()));
                 }
             }
             state.instances.insert(
@@ -142,18 +131,15 @@ impl Publisher {
                 LocalInstance {
                     record: record.clone(),
                     check: spec.check.clone(),
+                    allow: spec.allow.clone(),
                     health: health.status,
                 },
             );
             self.announce(&state);
         }
         // Health first, so that no peer ever sees the instance without its health.
-        self.writer
-            .set(&Key::Health(id.clone()).render(), encode_value(&health))
-            .await;
-        self.writer
-            .set(&Key::Instance(id.clone()).render(), encode_value(&record))
-            .await;
+        self.writer.set(&Key::Health(id.clone()).render(), encode_value(&health)).await;
+        self.writer.set(&Key::Instance(id.clone()).render(), encode_value(&record)).await;
         Ok(id)
     }
 
@@ -166,9 +152,7 @@ impl Publisher {
             }
             self.announce(&state);
         }
-        self.writer
-            .delete(&Key::Instance(id.clone()).render())
-            .await;
+        self.writer.delete(&Key::Instance(id.clone()).render()).await;
         self.writer.delete(&Key::Health(id.clone()).render()).await;
         Ok(())
     }
@@ -188,9 +172,7 @@ impl Publisher {
             self.announce(&state);
         }
         let rec = HealthRecord::new(status, unix_ms(), output);
-        self.writer
-            .set(&Key::Health(id.clone()).render(), encode_value(&rec))
-            .await;
+        self.writer.set(&Key::Health(id.clone()).render(), encode_value(&rec)).await;
     }
 
     /// Marks every instance draining: peers take them out of answers at once.
@@ -204,25 +186,15 @@ impl Publisher {
             self.announce(&state);
             state.instances.keys().cloned().collect()
         };
-        let rec = encode_value(&HealthRecord::new(
-            Health::Draining,
-            unix_ms(),
-            "agent is leaving",
-        ));
+        let rec = encode_value(&HealthRecord::new(Health::Draining, unix_ms(), "agent is leaving"));
         for id in ids {
-            self.writer
-                .set(&Key::Health(id).render(), rec.clone())
-                .await;
+            self.writer.set(&Key::Health(id).render(), rec.clone()).await;
         }
     }
 }
 
 /// An id from the service name and port, for the rare node name that cannot prefix one.
 fn spec_fallback_id(spec: &ServiceSpec) -> InstanceId {
-    InstanceId::new(&format!("{}-{}", spec.name, spec.port)).unwrap_or_else(|_| {
-        spec.name
-            .as_str()
-            .parse()
-            .expect("a service name is a valid instance id")
-    })
+    InstanceId::new(&format!("{}-{}", spec.name, spec.port))
+        .unwrap_or_else(|_| spec.name.as_str().parse().expect("a service name is a valid instance id"))
 }

@@ -11,11 +11,8 @@ use murmur::Agent;
 use tracing_subscriber::EnvFilter;
 
 fn init_logs(json: bool, default_filter: &str) {
-    let filter =
-        EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -42,9 +39,7 @@ async fn main() -> ExitCode {
             }
         }
         Command::Members(api) => cli::members(&api).await.map_err(Into::into),
-        Command::Services { name, all, api } => cli::services(name.as_deref(), all, &api)
-            .await
-            .map_err(Into::into),
+        Command::Services { name, all, api } => cli::services(name.as_deref(), all, &api).await.map_err(Into::into),
         Command::Resolve { name, api } => cli::resolve(&name, &api).await.map_err(Into::into),
         Command::Keygen => {
             println!("{}", Keyring::generate_base64());

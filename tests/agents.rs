@@ -19,25 +19,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const T: Duration = Duration::from_secs(2);
 
 async fn a_records(dns: SocketAddr, name: &str) -> Vec<IpAddr> {
-    query(dns, name, RecordType::A, T)
-        .await
-        .map(|m| addresses(&m))
-        .unwrap_or_default()
+    query(dns, name, RecordType::A, T).await.map(|m| addresses(&m)).unwrap_or_default()
 }
 
 async fn tcp_query(server: SocketAddr, name: &str, qtype: RecordType) -> Message {
     let mut msg = Message::new(7, MessageType::Query, OpCode::Query);
-    msg.add_query(DnsQuery::query(
-        Name::from_ascii(name).expect("name"),
-        qtype,
-    ));
+    msg.add_query(DnsQuery::query(Name::from_ascii(name).expect("name"), qtype));
     let bytes = msg.to_vec().expect("encode");
-    let mut s = tokio::net::TcpStream::connect(server)
-        .await
-        .expect("tcp connect");
-    s.write_all(&(bytes.len() as u16).to_be_bytes())
-        .await
-        .expect("write");
+    let mut s = tokio::net::TcpStream::connect(server).await.expect("tcp connect");
+    s.write_all(&(bytes.len() as u16).to_be_bytes()).await.expect("write");
     s.write_all(&bytes).await.expect("write");
     let mut len = [0u8; 2];
     s.read_exact(&mut len).await.expect("read len");
@@ -75,42 +65,22 @@ async fn three_agents_resolve_through_dns_and_api() {
 
     // SRV at both names, with targets that resolve and addresses in the additional section.
     for name in ["orders.test.local.", "_orders._tcp.test.local."] {
-        let reply = query(dns, name, RecordType::SRV, T)
-            .await
-            .expect("srv reply");
+        let reply = query(dns, name, RecordType::SRV, T).await.expect("srv reply");
         assert_eq!(reply.answers.len(), 3, "{name}");
         for r in &reply.answers {
-            let RData::SRV(srv) = &r.data else {
-                panic!("not SRV")
-            };
+            let RData::SRV(srv) = &r.data else { panic!("not SRV") };
             assert!(ports.contains(&srv.port));
-            assert!(
-                reply.additionals.iter().any(|a| a.name == srv.target),
-                "no address for {}",
-                srv.target
-            );
+            assert!(reply.additionals.iter().any(|a| a.name == srv.target), "no address for {}", srv.target);
             let target = a_records(dns, &srv.target.to_ascii()).await;
             assert_eq!(target.len(), 1, "target {} resolves", srv.target);
         }
     }
-    assert_eq!(
-        a_records(dns, "canary.orders.test.local.").await,
-        vec![ip(10, 0)]
-    );
-    let miss = query(dns, "nothing.test.local.", RecordType::A, T)
-        .await
-        .expect("reply");
+    assert_eq!(a_records(dns, "canary.orders.test.local.").await, vec![ip(10, 0)]);
+    let miss = query(dns, "nothing.test.local.", RecordType::A, T).await.expect("reply");
     assert_eq!(miss.metadata.response_code, ResponseCode::NXDomain);
-    assert!(
-        miss.authorities
-            .iter()
-            .any(|r| matches!(r.data, RData::SOA(_))),
-        "NXDOMAIN carries an SOA"
-    );
+    assert!(miss.authorities.iter().any(|r| matches!(r.data, RData::SOA(_))), "NXDOMAIN carries an SOA");
     // Nothing is forwarded: no upstream, so names outside the namespace fail cleanly.
-    let out = query(dns, "example.com.", RecordType::A, Duration::from_secs(5))
-        .await
-        .expect("reply");
+    let out = query(dns, "example.com.", RecordType::A, Duration::from_secs(5)).await.expect("reply");
     assert_eq!(out.metadata.response_code, ResponseCode::ServFail);
     // TCP gives the same answer.
     let over_tcp = tcp_query(dns, "orders.test.local.", RecordType::A).await;
@@ -118,78 +88,41 @@ async fn three_agents_resolve_through_dns_and_api() {
 
     // The API.
     let api = ApiClient::new(mesh.agent(1).api_addr());
-    let members: Vec<MemberJson> =
-        serde_json::from_str(&api.get("/v1/members").await.expect("members")).expect("json");
+    let members: Vec<MemberJson> = serde_json::from_str(&api.get("/v1/members").await.expect("members")).expect("json");
     assert_eq!(members.len(), 3);
     assert!(members.iter().all(|m| m.status == "alive"));
     let services: Vec<ServiceSummaryJson> =
         serde_json::from_str(&api.get("/v1/services").await.expect("services")).expect("json");
-    assert_eq!(
-        services,
-        vec![ServiceSummaryJson {
-            name: "orders".into(),
-            instances: 3,
-            healthy: 3
-        }]
-    );
-    let canary: Vec<InstanceJson> = serde_json::from_str(
-        &api.get("/v1/services/orders?tag=canary")
-            .await
-            .expect("lookup"),
-    )
-    .expect("json");
+    assert_eq!(services, vec![ServiceSummaryJson { name: "orders".into(), instances: 3, healthy: 3 }]);
+    let canary: Vec<InstanceJson> =
+        serde_json::from_str(&api.get("/v1/services/orders?tag=canary").await.expect("lookup")).expect("json");
     assert_eq!(canary.len(), 1);
     assert_eq!(canary[0].address, ip(10, 0).to_string());
     assert_eq!(canary[0].health, "passing");
     assert!(api.get("/health").await.is_ok());
     let metrics = api.get("/metrics").await.expect("metrics");
-    assert!(
-        metrics.contains("murmur_members{status=\"alive\"} 3"),
-        "{metrics}"
-    );
+    assert!(metrics.contains("murmur_members{status=\"alive\"} 3"), "{metrics}");
     assert!(metrics.contains("murmur_gossip_packets_received_total"));
 
     // Run-time registration and deregistration through another agent's API.
     let api0 = ApiClient::new(mesh.agent(0).api_addr());
     api0.put(
         "/v1/services/billing/billing-1",
-        format!(
-            "{{\"port\":{},\"check\":\"tcp\",\"interval\":\"200ms\",\"timeout\":\"100ms\"}}",
-            ports[0]
-        ),
+        format!("{{\"port\":{},\"check\":\"tcp\",\"interval\":\"200ms\",\"timeout\":\"100ms\"}}", ports[0]),
     )
     .await
     .expect("register");
-    eventually("billing in agent 2's DNS", || async {
-        a_records(dns, "billing.test.local.").await == vec![ip(10, 0)]
-    })
-    .await;
-    api0.delete("/v1/services/billing/billing-1")
-        .await
-        .expect("deregister");
-    eventually("billing gone", || async {
-        a_records(dns, "billing.test.local.").await.is_empty()
-    })
-    .await;
+    eventually("billing in agent 2's DNS", || async { a_records(dns, "billing.test.local.").await == vec![ip(10, 0)] })
+        .await;
+    api0.delete("/v1/services/billing/billing-1").await.expect("deregister");
+    eventually("billing gone", || async { a_records(dns, "billing.test.local.").await.is_empty() }).await;
 
     // Bad requests get a 4xx with a message.
     for (call, status) in [
-        (
-            api0.put("/v1/services/Bad_Name/x", "{\"port\":1}".into())
-                .await,
-            400,
-        ),
-        (
-            api0.put("/v1/services/a/b", "{\"port\":\"x\"}".into())
-                .await,
-            400,
-        ),
+        (api0.put("/v1/services/Bad_Name/x", "{\"port\":1}".into()).await, 400),
+        (api0.put("/v1/services/a/b", "{\"port\":\"x\"}".into()).await, 400),
         (api0.put("/v1/services/a/b", "not json".into()).await, 400),
-        (
-            api0.put("/v1/services/a/b", "{\"port\":1,\"check\":\"ftp\"}".into())
-                .await,
-            400,
-        ),
+        (api0.put("/v1/services/a/b", "{\"port\":1,\"check\":\"ftp\"}".into()).await, 400),
         (api0.delete("/v1/services/orders/not-mine").await, 404),
         (api0.get("/v1/services/orders?bogus=1").await, 400),
         (api0.get("/v2/nothing").await, 404),
@@ -217,45 +150,27 @@ async fn dead_apps_and_dead_agents_leave_answers() {
         apps.push(Some(task));
         ports.push(port);
     }
-    let mut mesh = TestMesh::start(11, 4, |i| {
-        vec![format!(
-            "web:{},interval=200ms,timeout=150ms,failures=2",
-            ports[i]
-        )]
-    })
-    .await;
+    let mut mesh =
+        TestMesh::start(11, 4, |i| vec![format!("web:{},interval=200ms,timeout=150ms,failures=2", ports[i])]).await;
     mesh.converge(4).await;
     let dns = mesh.agent(0).dns_addr();
-    eventually("4 web instances", || async {
-        a_records(dns, "web.test.local.").await.len() == 4
-    })
-    .await;
+    eventually("4 web instances", || async { a_records(dns, "web.test.local.").await.len() == 4 }).await;
 
     // An app dies: its agent's check turns it critical and it leaves every answer.
     if let Some(app) = apps[1].take() {
         app.abort();
     }
-    let app_gone = eventually("dead app out of DNS", || async {
-        !a_records(dns, "web.test.local.").await.contains(&ip(11, 1))
-    })
-    .await;
+    let app_gone =
+        eventually("dead app out of DNS", || async { !a_records(dns, "web.test.local.").await.contains(&ip(11, 1)) })
+            .await;
     let api = ApiClient::new(mesh.agent(0).api_addr());
     let all: Vec<InstanceJson> =
-        serde_json::from_str(&api.get("/v1/services/web?all=true").await.expect("all"))
-            .expect("json");
-    let sick = all
-        .iter()
-        .find(|i| i.address == ip(11, 1).to_string())
-        .expect("still listed with all=true");
+        serde_json::from_str(&api.get("/v1/services/web?all=true").await.expect("all")).expect("json");
+    let sick = all.iter().find(|i| i.address == ip(11, 1).to_string()).expect("still listed with all=true");
     assert_eq!(sick.health, "critical");
     // It comes back when the app does.
-    let listener = tokio::net::TcpListener::bind((ip(11, 1), ports[1]))
-        .await
-        .expect("rebind app port");
-    eventually("app back in DNS", || async {
-        a_records(dns, "web.test.local.").await.contains(&ip(11, 1))
-    })
-    .await;
+    let listener = tokio::net::TcpListener::bind((ip(11, 1), ports[1])).await.expect("rebind app port");
+    eventually("app back in DNS", || async { a_records(dns, "web.test.local.").await.contains(&ip(11, 1)) }).await;
     drop(listener);
 
     // An agent crashes: the others detect it and drop its instance.
@@ -267,11 +182,7 @@ async fn dead_apps_and_dead_agents_leave_answers() {
     .await;
     let reader = mesh.agent(0).registry();
     eventually("crashed agent marked dead", || async {
-        reader
-            .snapshot()
-            .members
-            .iter()
-            .any(|m| m.name == "agent-3" && m.status == MemberStatus::Dead)
+        reader.snapshot().members.iter().any(|m| m.name == "agent-3" && m.status == MemberStatus::Dead)
     })
     .await;
     eprintln!("dead app left answers after {app_gone:?}; crashed agent after {agent_gone:?}");
@@ -286,10 +197,7 @@ async fn graceful_leave_drains_then_leaves() {
     let mut mesh = TestMesh::start(12, 3, |i| vec![format!("api:{},check=none", 8000 + i)]).await;
     mesh.converge(3).await;
     let dns = mesh.agent(0).dns_addr();
-    eventually("3 api instances", || async {
-        a_records(dns, "api.test.local.").await.len() == 3
-    })
-    .await;
+    eventually("3 api instances", || async { a_records(dns, "api.test.local.").await.len() == 3 }).await;
     let leaving = mesh.agents[2].take().expect("agent 2 runs");
     let shutdown = tokio::spawn(leaving.shutdown());
     // Draining: out of answers while the agent is still a live member.
@@ -300,23 +208,14 @@ async fn graceful_leave_drains_then_leaves() {
     .await;
     let api = ApiClient::new(mesh.agent(0).api_addr());
     let all: Vec<InstanceJson> =
-        serde_json::from_str(&api.get("/v1/services/api?all=true").await.expect("all"))
-            .expect("json");
+        serde_json::from_str(&api.get("/v1/services/api?all=true").await.expect("all")).expect("json");
     assert!(
         all.iter().any(|i| i.health == "draining")
-            || reader
-                .snapshot()
-                .members
-                .iter()
-                .any(|m| m.status == MemberStatus::Left)
+            || reader.snapshot().members.iter().any(|m| m.status == MemberStatus::Left)
     );
     shutdown.await.expect("shutdown");
     eventually("agent 2 seen as left", || async {
-        reader
-            .snapshot()
-            .members
-            .iter()
-            .any(|m| m.name == "agent-2" && m.status == MemberStatus::Left)
+        reader.snapshot().members.iter().any(|m| m.name == "agent-2" && m.status == MemberStatus::Left)
     })
     .await;
     mesh.stop().await;
@@ -327,19 +226,10 @@ async fn a_restarted_agent_on_a_new_address_replaces_its_old_self() {
     let mut mesh = TestMesh::start(13, 3, |i| vec![format!("db:{},check=none", 5432 + i)]).await;
     mesh.converge(3).await;
     let dns = mesh.agent(0).dns_addr();
-    eventually("3 db instances", || async {
-        a_records(dns, "db.test.local.").await.len() == 3
-    })
-    .await;
+    eventually("3 db instances", || async { a_records(dns, "db.test.local.").await.len() == 3 }).await;
     mesh.agents[2].take().expect("agent 2 runs").kill().await;
     // Same name, new address (block 13, slot 50), new generation.
-    let mut cfg = config(
-        13,
-        50,
-        Some(&mesh.key),
-        &[mesh.seed()],
-        &["db:5434,check=none".into()],
-    );
+    let mut cfg = config(13, 50, Some(&mesh.key), &[mesh.seed()], &["db:5434,check=none".into()]);
     cfg.node.name = "agent-2".parse().expect("valid name");
     let restarted = Agent::start(cfg).await.expect("restart");
     let took = eventually("new address in, old address out", || async {
@@ -349,12 +239,7 @@ async fn a_restarted_agent_on_a_new_address_replaces_its_old_self() {
     .await;
     eprintln!("restart on a new address replaced the old one after {took:?}");
     let snap = mesh.agent(0).registry().snapshot();
-    assert_eq!(
-        snap.members.iter().filter(|m| m.name == "agent-2").count(),
-        1,
-        "{:?}",
-        snap.members
-    );
+    assert_eq!(snap.members.iter().filter(|m| m.name == "agent-2").count(), 1, "{:?}", snap.members);
     restarted.kill().await;
     mesh.stop().await;
 }
@@ -364,29 +249,13 @@ async fn a_node_with_another_key_cannot_join_or_inject() {
     let mesh = TestMesh::start(14, 2, |_| vec![]).await;
     mesh.converge(2).await;
     let other_key = murmur::gossip::Keyring::generate_base64();
-    let intruder = Agent::start(config(
-        14,
-        9,
-        Some(&other_key),
-        &[mesh.seed()],
-        &["evil:1,check=none".into()],
-    ))
-    .await
-    .expect("start");
-    let insecure = Agent::start(config(
-        14,
-        10,
-        None,
-        &[mesh.seed()],
-        &["evil:2,check=none".into()],
-    ))
-    .await
-    .expect("start");
+    let intruder = Agent::start(config(14, 9, Some(&other_key), &[mesh.seed()], &["evil:1,check=none".into()]))
+        .await
+        .expect("start");
+    let insecure =
+        Agent::start(config(14, 10, None, &[mesh.seed()], &["evil:2,check=none".into()])).await.expect("start");
     let metrics = mesh.agent(0).metrics();
-    eventually("foreign datagrams dropped and counted", || async {
-        metrics.gossip.undecryptable.get() >= 4
-    })
-    .await;
+    eventually("foreign datagrams dropped and counted", || async { metrics.gossip.undecryptable.get() >= 4 }).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     for agent in mesh.agents.iter().flatten() {
         let snap = agent.registry().snapshot();
@@ -406,20 +275,10 @@ async fn garbage_at_every_port_is_counted_and_changes_nothing() {
     mesh.converge(2).await;
     let agent = mesh.agent(0);
     let dns = agent.dns_addr();
-    eventually("2 cache instances", || async {
-        a_records(dns, "cache.test.local.").await.len() == 2
-    })
-    .await;
-    let sock = tokio::net::UdpSocket::bind((ip(15, 99), 0))
-        .await
-        .expect("bind");
-    let mut garbage: Vec<Vec<u8>> = vec![
-        vec![],
-        vec![0xA7],
-        vec![0xA7, 1, 0, 0, 0, 0],
-        vec![0xA7, 0, 1, 2, 3],
-        b"GET / HTTP/1.1\r\n\r\n".to_vec(),
-    ];
+    eventually("2 cache instances", || async { a_records(dns, "cache.test.local.").await.len() == 2 }).await;
+    let sock = tokio::net::UdpSocket::bind((ip(15, 99), 0)).await.expect("bind");
+    let mut garbage: Vec<Vec<u8>> =
+        vec![vec![], vec![0xA7], vec![0xA7, 1, 0, 0, 0, 0], vec![0xA7, 0, 1, 2, 3], b"GET / HTTP/1.1\r\n\r\n".to_vec()];
     let mut x: u32 = 12345;
     for len in [1usize, 13, 64, 512, 1400, 9000] {
         garbage.push(
@@ -439,12 +298,8 @@ async fn garbage_at_every_port_is_counted_and_changes_nothing() {
     let mut t = tokio::net::TcpStream::connect(dns).await.expect("tcp");
     t.write_all(&[0xff, 0xff, 1, 2, 3]).await.expect("write");
     drop(t);
-    let mut h = tokio::net::TcpStream::connect(agent.api_addr())
-        .await
-        .expect("api");
-    h.write_all(b"\x00\x01 nonsense\r\n\r\n")
-        .await
-        .expect("write");
+    let mut h = tokio::net::TcpStream::connect(agent.api_addr()).await.expect("api");
+    h.write_all(b"\x00\x01 nonsense\r\n\r\n").await.expect("write");
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(T, h.read_to_end(&mut buf)).await;
     assert!(
@@ -477,28 +332,16 @@ async fn udp_truncates_tcp_carries_and_other_names_are_forwarded() {
         1,
         None,
         &[],
-        &(0..12)
-            .map(|i| format!("big:{},id=big-instance-number-{i},check=none", 1000 + i))
-            .collect::<Vec<_>>(),
+        &(0..12).map(|i| format!("big:{},id=big-instance-number-{i},check=none", 1000 + i)).collect::<Vec<_>>(),
     );
     cfg.dns.upstreams = vec![upstream.dns_addr()];
     let agent = Agent::start(cfg).await.expect("agent");
     let dns = agent.dns_addr();
     let reader = agent.registry();
-    eventually("12 big instances", || async {
-        reader
-            .snapshot()
-            .services
-            .values()
-            .map(Vec::len)
-            .sum::<usize>()
-            == 12
-    })
-    .await;
+    eventually("12 big instances", || async { reader.snapshot().services.values().map(Vec::len).sum::<usize>() == 12 })
+        .await;
     // 8 SRV answers with their 8 addresses do not fit 512 bytes: UDP without EDNS truncates.
-    let udp = query(dns, "big.test.local.", RecordType::SRV, T)
-        .await
-        .expect("udp");
+    let udp = query(dns, "big.test.local.", RecordType::SRV, T).await.expect("udp");
     assert!(udp.metadata.truncation, "answers: {}", udp.answers.len());
     let tcp = tcp_query(dns, "big.test.local.", RecordType::SRV).await;
     assert!(!tcp.metadata.truncation);
@@ -506,18 +349,11 @@ async fn udp_truncates_tcp_carries_and_other_names_are_forwarded() {
     assert_eq!(tcp.additionals.len(), 8);
     // Forwarding: the upstream's name resolves through our stub, rcode and all.
     let ureader = upstream.registry();
-    eventually("upstream has far", || async {
-        !ureader.snapshot().services.is_empty()
-    })
-    .await;
-    let fwd = query(dns, "far.upstream.test.", RecordType::A, WAIT)
-        .await
-        .expect("forwarded");
+    eventually("upstream has far", || async { !ureader.snapshot().services.is_empty() }).await;
+    let fwd = query(dns, "far.upstream.test.", RecordType::A, WAIT).await.expect("forwarded");
     assert_eq!(addresses(&fwd), vec![ip(16, 0)]);
     assert!(!fwd.metadata.authoritative);
-    let nx = query(dns, "nothing.upstream.test.", RecordType::A, WAIT)
-        .await
-        .expect("forwarded");
+    let nx = query(dns, "nothing.upstream.test.", RecordType::A, WAIT).await.expect("forwarded");
     assert_eq!(nx.metadata.response_code, ResponseCode::NXDomain);
     assert!(agent.metrics().dns.forwarded.get() >= 2);
     agent.kill().await;
@@ -541,32 +377,14 @@ async fn seeds_are_retried_until_one_answers_and_dead_nodes_are_forgotten() {
     let seed = Agent::start(seed_cfg).await.expect("seed agent");
     let reader = early.registry();
     eventually("joined once the seed answered", || async {
-        reader
-            .snapshot()
-            .members
-            .iter()
-            .filter(|m| m.status == MemberStatus::Alive)
-            .count()
-            == 2
+        reader.snapshot().members.iter().filter(|m| m.status == MemberStatus::Alive).count() == 2
     })
     .await;
     // Kill the seed: dead first, then forgotten after the 2 s dead grace.
     seed.kill().await;
-    eventually("seed dead", || async {
-        reader
-            .snapshot()
-            .members
-            .iter()
-            .any(|m| m.status == MemberStatus::Dead)
-    })
-    .await;
-    let forgotten = eventually("seed forgotten", || async {
-        reader.snapshot().members.len() == 1
-    })
-    .await;
-    assert!(
-        forgotten >= Duration::from_millis(1500),
-        "forgotten too early: {forgotten:?}"
-    );
+    eventually("seed dead", || async { reader.snapshot().members.iter().any(|m| m.status == MemberStatus::Dead) })
+        .await;
+    let forgotten = eventually("seed forgotten", || async { reader.snapshot().members.len() == 1 }).await;
+    assert!(forgotten >= Duration::from_millis(1500), "forgotten too early: {forgotten:?}");
     early.kill().await;
 }

@@ -47,12 +47,7 @@ fn agent(block: u8, i: u8, key: &str, seeds: &[String], extra: &[&str]) -> Proc 
     let api = SocketAddr::new(ip, 8500);
     let mut cmd = Command::new(bin());
     cmd.args(["agent", "--namespace", "proc.local", "--cluster", "proc"])
-        .args([
-            "--dns-listen",
-            &dns.to_string(),
-            "--api-listen",
-            &api.to_string(),
-        ])
+        .args(["--dns-listen", &dns.to_string(), "--api-listen", &api.to_string()])
         .args(["--drain", "300ms"])
         .env("MURMUR_GOSSIP_KEYS", key)
         .env("RUST_LOG", "warn")
@@ -70,12 +65,7 @@ fn agent(block: u8, i: u8, key: &str, seeds: &[String], extra: &[&str]) -> Proc 
     }
     cmd.args(extra);
     let child = cmd.spawn().expect("murmur starts");
-    Proc {
-        child,
-        api,
-        dns,
-        gossip,
-    }
+    Proc { child, api, dns, gossip }
 }
 
 fn wait_until(what: &str, mut cond: impl FnMut() -> bool) -> Duration {
@@ -90,10 +80,7 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) -> Duration {
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
 }
 
 fn api_get(rt: &tokio::runtime::Runtime, api: SocketAddr, path: &str) -> Option<String> {
@@ -103,44 +90,26 @@ fn api_get(rt: &tokio::runtime::Runtime, api: SocketAddr, path: &str) -> Option<
 fn alive(rt: &tokio::runtime::Runtime, api: SocketAddr) -> Vec<String> {
     api_get(rt, api, "/v1/members")
         .and_then(|t| serde_json::from_str::<Vec<MemberJson>>(&t).ok())
-        .map(|m| {
-            m.into_iter()
-                .filter(|m| m.status == "alive")
-                .map(|m| m.name)
-                .collect()
-        })
+        .map(|m| m.into_iter().filter(|m| m.status == "alive").map(|m| m.name).collect())
         .unwrap_or_default()
 }
 
 fn dns_a(rt: &tokio::runtime::Runtime, dns: SocketAddr, name: &str) -> Vec<IpAddr> {
-    rt.block_on(query(dns, name, RecordType::A, Duration::from_secs(1)))
-        .map(|m| addresses(&m))
-        .unwrap_or_default()
+    rt.block_on(query(dns, name, RecordType::A, Duration::from_secs(1))).map(|m| addresses(&m)).unwrap_or_default()
 }
 
 fn cli(args: &[&str]) -> Output {
-    Command::new(bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("murmur runs")
+    Command::new(bin()).args(args).stdin(Stdio::null()).output().expect("murmur runs")
 }
 
 fn keygen() -> String {
     let out = cli(&["keygen"]);
     assert!(out.status.success());
-    String::from_utf8(out.stdout)
-        .expect("utf8")
-        .trim()
-        .to_owned()
+    String::from_utf8(out.stdout).expect("utf8").trim().to_owned()
 }
 
 fn free_port(ip: IpAddr) -> u16 {
-    std::net::UdpSocket::bind((ip, 0))
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    std::net::UdpSocket::bind((ip, 0)).expect("bind").local_addr().expect("addr").port()
 }
 
 #[test]
@@ -150,73 +119,39 @@ fn a_mesh_of_processes_joins_resolves_and_survives_failures() {
     // The seed listens on 127.0.0.1 so the others can name it `localhost`.
     let seed_port = free_port("127.0.0.1".parse().expect("ip"));
     let seed_addr = format!("127.0.0.1:{seed_port}");
-    let app = rt
-        .block_on(tokio::net::TcpListener::bind((ip(1, 2), 0)))
-        .expect("app");
+    let app = rt.block_on(tokio::net::TcpListener::bind((ip(1, 2), 0))).expect("app");
     let app_port = app.local_addr().expect("addr").port();
     let mut procs = vec![agent(
         1,
         0,
         &key,
         &[],
-        &[
-            "--bind",
-            &seed_addr,
-            "--advertise",
-            "127.0.0.1",
-            "--service",
-            "web:8080,check=none",
-        ],
+        &["--bind", &seed_addr, "--advertise", "127.0.0.1", "--service", "web:8080,check=none"],
     )];
     let seed = vec![format!("localhost:{seed_port}")];
-    procs.push(agent(
-        1,
-        1,
-        &key,
-        &seed,
-        &["--service", "web:8081,check=none,tags=blue"],
-    ));
+    procs.push(agent(1, 1, &key, &seed, &["--service", "web:8081,check=none,tags=blue"]));
     procs.push(agent(
         1,
         2,
         &key,
         &seed,
-        &[
-            "--service",
-            &format!("web:{app_port},interval=200ms,timeout=100ms,failures=2"),
-        ],
+        &["--service", &format!("web:{app_port},interval=200ms,timeout=100ms,failures=2")],
     ));
-    procs.push(agent(
-        1,
-        3,
-        &key,
-        &seed,
-        &["--service", "web:8083,check=none"],
-    ));
+    procs.push(agent(1, 3, &key, &seed, &["--service", "web:8083,check=none"]));
     let names = |n: usize| alive(&rt, procs[n].api).len();
     let joined = wait_until("four members everywhere", || (0..4).all(|n| names(n) == 4));
     eprintln!("4 processes converged in {joined:?}");
     let dns = procs[1].dns;
-    wait_until("4 web instances in DNS", || {
-        dns_a(&rt, dns, "web.proc.local.").len() == 4
-    });
+    wait_until("4 web instances in DNS", || dns_a(&rt, dns, "web.proc.local.").len() == 4);
 
     // The CLI: tables for people, the API's JSON with --json.
     let api = procs[1].api.to_string();
     let out = cli(&["members", "--api", &api]);
     let table = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && table.starts_with("NAME") && table.matches("alive").count() == 4,
-        "{table}"
-    );
+    assert!(out.status.success() && table.starts_with("NAME") && table.matches("alive").count() == 4, "{table}");
     let out = cli(&["resolve", "blue.web", "--api", &api, "--json"]);
     let json = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        json.trim(),
-        api_get(&rt, procs[1].api, "/v1/services/web?tag=blue")
-            .expect("api")
-            .trim()
-    );
+    assert_eq!(json.trim(), api_get(&rt, procs[1].api, "/v1/services/web?tag=blue").expect("api").trim());
     let out = cli(&["services", "--api", &api]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("web"));
     let out = cli(&["services", "web", "--api", &api]);
@@ -224,29 +159,17 @@ fn a_mesh_of_processes_joins_resolves_and_survives_failures() {
 
     // The app behind agent 2 dies: its instance leaves the answers.
     drop(app);
-    let t = wait_until("dead app out of DNS", || {
-        !dns_a(&rt, dns, "web.proc.local.").contains(&ip(1, 2))
-    });
+    let t = wait_until("dead app out of DNS", || !dns_a(&rt, dns, "web.proc.local.").contains(&ip(1, 2)));
     eprintln!("dead app left DNS after {t:?}");
 
     // kill -9 of agent 3: the others detect it.
     let _ = procs[3].child.kill();
-    let t = wait_until("killed agent out of DNS", || {
-        !dns_a(&rt, dns, "web.proc.local.").contains(&ip(1, 3))
-    });
+    let t = wait_until("killed agent out of DNS", || !dns_a(&rt, dns, "web.proc.local.").contains(&ip(1, 3)));
     eprintln!("kill -9'd agent left DNS after {t:?}");
-    wait_until("killed agent not alive", || {
-        !alive(&rt, procs[0].api).contains(&"p1-3".to_owned())
-    });
+    wait_until("killed agent not alive", || !alive(&rt, procs[0].api).contains(&"p1-3".to_owned()));
 
     // Restart agent 3 at once on a new address: the new address replaces the old.
-    let mut restarted = agent(
-        1,
-        9,
-        &key,
-        &seed,
-        &["--name", "p1-3", "--service", "web:8083,check=none"],
-    );
+    let mut restarted = agent(1, 9, &key, &seed, &["--name", "p1-3", "--service", "web:8083,check=none"]);
     let t = wait_until("restarted agent on its new address", || {
         let got = dns_a(&rt, dns, "web.proc.local.");
         got.contains(&ip(1, 9)) && !got.contains(&ip(1, 3))
@@ -255,11 +178,7 @@ fn a_mesh_of_processes_joins_resolves_and_survives_failures() {
 
     // SIGTERM: drain, leave, exit 0; peers see it as left.
     let pid = restarted.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill")
-        .success());
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
     let status = restarted.child.wait().expect("wait");
     assert!(status.success(), "SIGTERM exit: {status:?}");
     wait_until("left", || {
@@ -277,16 +196,8 @@ fn wrong_keys_and_garbage_do_not_get_in() {
     let a = agent(2, 0, &key, &[], &["--service", "db:5432,check=none"]);
     let b = agent(2, 1, &key, &[a.gossip.to_string()], &[]);
     wait_until("two members", || alive(&rt, b.api).len() == 2);
-    let intruder = agent(
-        2,
-        2,
-        &keygen(),
-        &[a.gossip.to_string()],
-        &["--service", "evil:1,check=none"],
-    );
-    wait_until("intruder running", || {
-        api_get(&rt, intruder.api, "/health").is_some()
-    });
+    let intruder = agent(2, 2, &keygen(), &[a.gossip.to_string()], &["--service", "evil:1,check=none"]);
+    wait_until("intruder running", || api_get(&rt, intruder.api, "/health").is_some());
     let sock = std::net::UdpSocket::bind((ip(2, 50), 0)).expect("bind");
     for len in [0usize, 1, 6, 40, 1000, 60_000] {
         let junk: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
@@ -305,13 +216,8 @@ fn wrong_keys_and_garbage_do_not_get_in() {
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
         .expect("counter present");
     assert!(undecryptable > 0, "{metrics}");
-    assert_eq!(
-        dns_a(&rt, a.dns, "db.proc.local."),
-        vec![ip(2, 0)],
-        "still answering"
-    );
-    let me: AgentJson =
-        serde_json::from_str(&api_get(&rt, a.api, "/v1/agent/self").expect("self")).expect("json");
+    assert_eq!(dns_a(&rt, a.dns, "db.proc.local."), vec![ip(2, 0)], "still answering");
+    let me: AgentJson = serde_json::from_str(&api_get(&rt, a.api, "/v1/agent/self").expect("self")).expect("json");
     assert!(me.encrypted);
     assert_eq!(me.name, "p2-0");
 }
@@ -321,59 +227,16 @@ fn bad_config_exits_2_naming_the_field() {
     let key = keygen();
     type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
     let cases: Vec<Case> = vec![
-        (
-            vec!["agent", "--name", "x", "--insecure", "--service", "web"],
-            vec![],
-            "--service",
-        ),
+        (vec!["agent", "--name", "x", "--insecure", "--service", "web"], vec![], "--service"),
         (vec!["agent", "--name", "x"], vec![], "--gossip-key"),
-        (
-            vec!["agent", "--name", "x", "--gossip-key", "nope"],
-            vec![],
-            "--gossip-key",
-        ),
-        (
-            vec!["agent", "--name", "Not Valid", "--insecure"],
-            vec![],
-            "--name",
-        ),
-        (
-            vec!["agent", "--name", "x", "--insecure"],
-            vec![("MURMUR_DNS_LISTEN", "garbage")],
-            "MURMUR_DNS_LISTEN",
-        ),
-        (
-            vec![
-                "agent",
-                "--name",
-                "x",
-                "--dns-listen",
-                "garbage",
-                "--insecure",
-            ],
-            vec![],
-            "--dns-listen",
-        ),
-        (
-            vec![
-                "agent",
-                "--name",
-                "x",
-                "--insecure",
-                "--config",
-                "/nonexistent/murmur.toml",
-            ],
-            vec![],
-            "--config",
-        ),
+        (vec!["agent", "--name", "x", "--gossip-key", "nope"], vec![], "--gossip-key"),
+        (vec!["agent", "--name", "Not Valid", "--insecure"], vec![], "--name"),
+        (vec!["agent", "--name", "x", "--insecure"], vec![("MURMUR_DNS_LISTEN", "garbage")], "MURMUR_DNS_LISTEN"),
+        (vec!["agent", "--name", "x", "--dns-listen", "garbage", "--insecure"], vec![], "--dns-listen"),
+        (vec!["agent", "--name", "x", "--insecure", "--config", "/nonexistent/murmur.toml"], vec![], "--config"),
     ];
     for (args, env, field) in cases {
-        let out = Command::new(bin())
-            .args(&args)
-            .envs(env)
-            .env("MURMUR_GOSSIP_KEYS", "")
-            .output()
-            .expect("runs");
+        let out = Command::new(bin()).args(&args).envs(env).env("MURMUR_GOSSIP_KEYS", "").output().expect("runs");
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
         assert!(err.contains(field), "{args:?} should name {field}: {err}");
@@ -382,11 +245,7 @@ fn bad_config_exits_2_naming_the_field() {
     let dir = std::env::temp_dir().join(format!("murmur-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("tmp");
     let file = dir.join("bad.toml");
-    std::fs::write(
-        &file,
-        "name = \"x\"\ninsecure = true\n[dns]\nlisen = \"127.0.0.1:1\"\n",
-    )
-    .expect("write");
+    std::fs::write(&file, "name = \"x\"\ninsecure = true\n[dns]\nlisen = \"127.0.0.1:1\"\n").expect("write");
     let out = cli(&["agent", "--config", file.to_str().expect("utf8")]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("lisen"));
@@ -417,24 +276,12 @@ fn bad_config_exits_2_naming_the_field() {
 fn keygen_makes_a_32_byte_key_and_the_example_runs() {
     use base64::Engine;
     let key = keygen();
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(&key)
-        .expect("base64");
+    let raw = base64::engine::general_purpose::STANDARD.decode(&key).expect("base64");
     assert_eq!(raw.len(), 32);
     assert_ne!(key, keygen());
     // `cargo test` builds the examples beside the test binaries.
-    let example = bin()
-        .parent()
-        .expect("target dir")
-        .join("examples")
-        .join("embedded");
-    let out = Command::new(&example)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", example.display()));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let example = bin().parent().expect("target dir").join("examples").join("embedded");
+    let out = Command::new(&example).output().unwrap_or_else(|e| panic!("cannot run {}: {e}", example.display()));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).ends_with("ok\n"));
 }

@@ -60,19 +60,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/members", get(members))
         .route("/v1/services", get(services))
         .route("/v1/services/{name}", get(service))
-        .route(
-            "/v1/services/{name}/{instance}",
-            axum::routing::put(register).delete(deregister),
-        )
+        .route("/v1/services/{name}/{instance}", axum::routing::put(register).delete(deregister))
         .route("/v1/agent/self", get(agent_self))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
-        .fallback(|| async {
-            ApiError(
-                StatusCode::NOT_FOUND,
-                "no such endpoint; see README for the API".into(),
-            )
-        })
+        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint; see README for the API".into()) })
         .layer(middleware::from_fn_with_state(state.clone(), count_status))
         .with_state(state)
 }
@@ -138,11 +130,7 @@ fn instance_json(i: &Instance) -> InstanceJson {
         address: i.address.to_string(),
         port: i.port,
         tags: i.tags.iter().map(ToString::to_string).collect(),
-        attributes: i
-            .attributes
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect(),
+        attributes: i.attributes.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
         weight: i.weight,
         health: i.health.as_str().into(),
         health_since_unix_ms: i.health_since_unix_ms,
@@ -167,47 +155,25 @@ async fn service(
     Path(name): Path<String>,
     params: Result<QueryParams<LookupParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Vec<InstanceJson>>, ApiError> {
-    let QueryParams(p) = params.map_err(|e| {
-        bad_request(format!(
-            "{e}; known parameters: all, healthy_or_else_all, tag, attr, zone"
-        ))
-    })?;
+    let QueryParams(p) =
+        params.map_err(|e| bad_request(format!("{e}; known parameters: all, healthy_or_else_all, tag, attr, zone")))?;
     let name = ServiceName::new(&name).map_err(|e| bad_request(e.to_string()))?;
     let health = match (p.all, p.healthy_or_else_all) {
         (Some(true), _) => HealthFilter::All,
         (_, Some(true)) => HealthFilter::HealthyOrElseAll,
         _ => HealthFilter::Healthy,
     };
-    let tag = p
-        .tag
-        .map(|t| Tag::new(&t))
-        .transpose()
-        .map_err(|e| bad_request(e.to_string()))?;
+    let tag = p.tag.map(|t| Tag::new(&t)).transpose().map_err(|e| bad_request(e.to_string()))?;
     let attribute = match p.attr {
         Some(a) => {
-            let (k, v) = a
-                .split_once('=')
-                .ok_or_else(|| bad_request("attr must be key=value"))?;
-            Some((
-                AttrKey::new(k).map_err(|e| bad_request(e.to_string()))?,
-                v.to_owned(),
-            ))
+            let (k, v) = a.split_once('=').ok_or_else(|| bad_request("attr must be key=value"))?;
+            Some((AttrKey::new(k).map_err(|e| bad_request(e.to_string()))?, v.to_owned()))
         }
         None => None,
     };
-    let query = Query {
-        health,
-        tag,
-        attribute,
-        prefer_zone: p.zone,
-    };
+    let query = Query { health, tag, attribute, prefer_zone: p.zone };
     let snap = state.registry.snapshot();
-    Ok(Json(
-        snap.lookup(&name, &query)
-            .iter()
-            .map(|i| instance_json(i))
-            .collect(),
-    ))
+    Ok(Json(snap.lookup(&name, &query).iter().map(|i| instance_json(i)).collect()))
 }
 
 fn spec_from_json(name: &str, instance: &str, body: RegisterJson) -> Result<ServiceSpec, ApiError> {
@@ -216,20 +182,12 @@ fn spec_from_json(name: &str, instance: &str, body: RegisterJson) -> Result<Serv
     spec.id = Some(InstanceId::new(instance).map_err(|e| bad_request(e.to_string()))?);
     spec.address = body
         .address
-        .map(|a| {
-            a.parse()
-                .map_err(|_| bad_request(format!("address `{a}` is not an IP address")))
-        })
+        .map(|a| a.parse().map_err(|_| bad_request(format!("address `{a}` is not an IP address"))))
         .transpose()?;
-    spec.tags = body
-        .tags
-        .iter()
-        .map(|t| Tag::new(t))
-        .collect::<Result<_, _>>()
-        .map_err(|e| bad_request(e.to_string()))?;
+    spec.tags =
+        body.tags.iter().map(|t| Tag::new(t)).collect::<Result<_, _>>().map_err(|e| bad_request(e.to_string()))?;
     for (k, v) in body.attributes {
-        spec.attributes
-            .insert(AttrKey::new(&k).map_err(|e| bad_request(e.to_string()))?, v);
+        spec.attributes.insert(AttrKey::new(&k).map_err(|e| bad_request(e.to_string()))?, v);
     }
     if let Some(w) = body.weight {
         spec.weight = w;
@@ -269,14 +227,8 @@ async fn register(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Json(body) = body.map_err(|e| bad_request(e.body_text()))?;
     let spec = spec_from_json(&name, &instance, body)?;
-    let id = state
-        .publisher
-        .register(&spec)
-        .await
-        .map_err(publish_error)?;
-    Ok(Json(
-        serde_json::json!({ "service": spec.name.to_string(), "instance": id.to_string() }),
-    ))
+    let id = state.publisher.register(&spec).await.map_err(publish_error)?;
+    Ok(Json(serde_json::json!({ "service": spec.name.to_string(), "instance": id.to_string() })))
 }
 
 async fn deregister(
@@ -285,37 +237,20 @@ async fn deregister(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let name = ServiceName::new(&name).map_err(|e| bad_request(e.to_string()))?;
     let id = InstanceId::new(&instance).map_err(|e| bad_request(e.to_string()))?;
-    let owned = state
-        .publisher
-        .local()
-        .borrow()
-        .iter()
-        .any(|i| i.record.instance == id && i.record.service == name);
+    let owned = state.publisher.local().borrow().iter().any(|i| i.record.instance == id && i.record.service == name);
     if !owned {
         return Err(ApiError(
             StatusCode::NOT_FOUND,
             format!("instance `{id}` of `{name}` is not registered on this agent"),
         ));
     }
-    state
-        .publisher
-        .deregister(&id)
-        .await
-        .map_err(publish_error)?;
-    Ok(Json(
-        serde_json::json!({ "service": name.to_string(), "instance": id.to_string() }),
-    ))
+    state.publisher.deregister(&id).await.map_err(publish_error)?;
+    Ok(Json(serde_json::json!({ "service": name.to_string(), "instance": id.to_string() })))
 }
 
 async fn agent_self(State(state): State<ApiState>) -> Json<AgentJson> {
     let mut agent = (*state.agent).clone();
-    agent.instances = state
-        .publisher
-        .local()
-        .borrow()
-        .iter()
-        .map(|i| i.record.instance.to_string())
-        .collect();
+    agent.instances = state.publisher.local().borrow().iter().map(|i| i.record.instance.to_string()).collect();
     agent.draining = state.draining.load(Ordering::Relaxed);
     Json(agent)
 }
@@ -329,22 +264,12 @@ async fn health(State(state): State<ApiState>) -> Response {
 }
 
 async fn metrics(State(state): State<ApiState>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        render_prometheus(&state.metrics),
-    )
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], render_prometheus(&state.metrics))
         .into_response()
 }
 
 /// Serves the API on an already-bound listener until `cancel`.
-pub async fn serve_api(
-    listener: TcpListener,
-    state: ApiState,
-    cancel: CancellationToken,
-) -> anyhow::Result<()> {
+pub async fn serve_api(listener: TcpListener, state: ApiState, cancel: CancellationToken) -> anyhow::Result<()> {
     let addr: SocketAddr = listener.local_addr()?;
     tracing::info!(%addr, "api listening");
     axum::serve(listener, router(state))

@@ -52,31 +52,17 @@ impl ApiClient {
         self.call("DELETE", path, None).await
     }
 
-    async fn call(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<String>,
-    ) -> Result<String, ClientError> {
+    async fn call(&self, method: &str, path: &str, body: Option<String>) -> Result<String, ClientError> {
         tokio::time::timeout(CALL_TIMEOUT, self.call_inner(method, path, body))
             .await
             .map_err(|_| ClientError::Connect(self.addr, "timed out".into()))?
     }
 
-    async fn call_inner(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<String>,
-    ) -> Result<String, ClientError> {
+    async fn call_inner(&self, method: &str, path: &str, body: Option<String>) -> Result<String, ClientError> {
         let conn_err = |e: &dyn std::fmt::Display| ClientError::Connect(self.addr, e.to_string());
-        let stream = TcpStream::connect(self.addr)
-            .await
-            .map_err(|e| conn_err(&e))?;
+        let stream = TcpStream::connect(self.addr).await.map_err(|e| conn_err(&e))?;
         let io = hyper_util::rt::TokioIo::new(stream);
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
-            .await
-            .map_err(|e| conn_err(&e))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| conn_err(&e))?;
         tokio::spawn(conn);
         let req = Request::builder()
             .method(method)
@@ -87,17 +73,10 @@ impl ApiClient {
             .map_err(|e| ClientError::BadReply(e.to_string()))?;
         let resp = sender.send_request(req).await.map_err(|e| conn_err(&e))?;
         let status = resp.status();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| conn_err(&e))?
-            .to_bytes();
+        let bytes = resp.into_body().collect().await.map_err(|e| conn_err(&e))?.to_bytes();
         let text = String::from_utf8_lossy(&bytes).into_owned();
         if !status.is_success() {
-            let msg = serde_json::from_str::<crate::api::types::ErrorJson>(&text)
-                .map(|e| e.error)
-                .unwrap_or(text);
+            let msg = serde_json::from_str::<crate::api::types::ErrorJson>(&text).map(|e| e.error).unwrap_or(text);
             return Err(ClientError::Status(status.as_u16(), msg));
         }
         Ok(text)

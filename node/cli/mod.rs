@@ -80,19 +80,9 @@ fn print_json_or<T: serde::de::DeserializeOwned>(
 }
 
 fn instances_table(list: Vec<InstanceJson>) -> Table {
-    let mut t = Table::new(&[
-        "INSTANCE", "SERVICE", "NODE", "ADDRESS", "PORT", "HEALTH", "TAGS",
-    ]);
+    let mut t = Table::new(&["INSTANCE", "SERVICE", "NODE", "ADDRESS", "PORT", "HEALTH", "TAGS"]);
     for i in list {
-        t.row(vec![
-            i.instance,
-            i.service,
-            i.node,
-            i.address,
-            i.port.to_string(),
-            i.health,
-            i.tags.join(","),
-        ]);
+        t.row(vec![i.instance, i.service, i.node, i.address, i.port.to_string(), i.health, i.tags.join(",")]);
     }
     t
 }
@@ -131,11 +121,7 @@ pub async fn services(name: Option<&str>, all: bool, api: &ApiArgs) -> Result<()
             })
         }
         Some(name) => {
-            let path = format!(
-                "/v1/services/{}{}",
-                name,
-                if all { "?all=true" } else { "" }
-            );
+            let path = format!("/v1/services/{}{}", name, if all { "?all=true" } else { "" });
             let raw = client.get(&path).await?;
             print_json_or(&raw, api.json, instances_table)
         }

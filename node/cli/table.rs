@@ -9,10 +9,7 @@ pub struct Table {
 impl Table {
     /// A table with these column names.
     pub fn new(header: &[&str]) -> Self {
-        Self {
-            header: header.iter().map(|h| h.to_string()).collect(),
-            rows: Vec::new(),
-        }
+        Self { header: header.iter().map(|h| h.to_string()).collect(), rows: Vec::new() }
     }
 
     /// Adds a row (missing cells print empty).

@@ -10,6 +10,7 @@ use clap::Args;
 use super::error::ConfigError;
 use super::layer::{parse_field, Advertise, Layer};
 use super::spec::{parse_duration, parse_service_spec};
+use super::upstream::{parse_upstream_spec, parse_vip_range};
 
 /// Flags of `murmur agent`. Every flag overrides its `MURMUR_*` variable, which
 /// overrides the config file.
@@ -75,15 +76,39 @@ pub struct AgentArgs {
     /// Log as JSON lines.
     #[arg(long)]
     pub log_json: bool,
+    /// A service the local app calls through the sidecar:
+    /// SERVICE:PORT[,alias=NAME][,listen=IP:PORT][,proto=tcp|udp][,retries=2]
+    /// [,connect-timeout=2s][,idle-timeout=1h][,balance=p2c|rr][,max-connections=N]
+    /// [,max-pending=N][,eject-after=5][,eject-percent=50][,eject-base=30s]
+    /// [,eject-max-percent=50]; repeatable.
+    #[arg(long = "upstream", value_name = "SPEC")]
+    pub upstreams: Vec<String>,
+    /// QUIC address of the inbound sidecar listener (default: advertised IP, port 7947).
+    #[arg(long, value_name = "IP:PORT")]
+    pub proxy_bind: Option<SocketAddr>,
+    /// The service this sidecar calls as (default: the first --service); the
+    /// certificate must name it.
+    #[arg(long, value_name = "SERVICE")]
+    pub proxy_identity: Option<String>,
+    /// Cluster CA certificate (PEM) for mutual TLS between sidecars.
+    #[arg(long, value_name = "PATH")]
+    pub tls_ca: Option<PathBuf>,
+    /// This node's certificate (PEM), from `murmur cert issue`.
+    #[arg(long, value_name = "PATH")]
+    pub tls_cert: Option<PathBuf>,
+    /// This node's key (PEM).
+    #[arg(long, value_name = "PATH")]
+    pub tls_key: Option<PathBuf>,
+    /// Loopback range the upstream VIPs come from (default 127.100.0.0/16).
+    #[arg(long, value_name = "CIDR")]
+    pub vip_range: Option<String>,
+    /// Also write the aliases into this hosts file (other lines are kept).
+    #[arg(long, value_name = "PATH")]
+    pub hosts_file: Option<PathBuf>,
 }
 
-fn duration_flag(
-    flag: &str,
-    v: &Option<String>,
-) -> Result<Option<std::time::Duration>, ConfigError> {
-    v.as_deref()
-        .map(|t| parse_duration(t).map_err(|m| ConfigError::new(flag, m)))
-        .transpose()
+fn duration_flag(flag: &str, v: &Option<String>) -> Result<Option<std::time::Duration>, ConfigError> {
+    v.as_deref().map(|t| parse_duration(t).map_err(|m| ConfigError::new(flag, m))).transpose()
 }
 
 impl AgentArgs {
@@ -107,11 +132,7 @@ impl AgentArgs {
             zone: self.zone.clone(),
             insecure: self.insecure.then_some(true),
             bind: self.bind,
-            advertise: self
-                .advertise
-                .as_deref()
-                .map(|a| parse_field::<Advertise>("--advertise", a))
-                .transpose()?,
+            advertise: self.advertise.as_deref().map(|a| parse_field::<Advertise>("--advertise", a)).transpose()?,
             seeds: nonempty(&self.seeds),
             gossip_keys: nonempty(&self.gossip_keys),
             gossip_interval: duration_flag("--gossip-interval", &self.gossip_interval)?,
@@ -126,6 +147,34 @@ impl AgentArgs {
             services,
             log_json: self.log_json.then_some(true),
             log_filter: None,
+            upstreams: if self.upstreams.is_empty() {
+                None
+            } else {
+                Some(
+                    self.upstreams
+                        .iter()
+                        .map(|s| parse_upstream_spec(s).map_err(|m| ConfigError::new("--upstream", m)))
+                        .collect::<Result<_, _>>()?,
+                )
+            },
+            proxy_bind: self.proxy_bind,
+            proxy_identity: self
+                .proxy_identity
+                .as_deref()
+                .map(|s| {
+                    murmur_protocol::ServiceName::new(s)
+                        .map_err(|e| ConfigError::new("--proxy-identity", e.to_string()))
+                })
+                .transpose()?,
+            tls_ca: self.tls_ca.clone(),
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+            vip_range: self
+                .vip_range
+                .as_deref()
+                .map(|v| parse_vip_range(v).map_err(|m| ConfigError::new("--vip-range", m)))
+                .transpose()?,
+            hosts_file: self.hosts_file.clone(),
         })
     }
 }

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use super::error::ConfigError;
 use super::spec::{parse_check_kind, parse_duration, parse_service_spec, ServiceSpec};
+use super::upstream::{parse_upstream_spec, parse_vip_range, UpstreamSpec};
 use murmur_protocol::{AttrKey, InstanceId, ServiceName, Tag};
 
 /// Where peers reach this node: an IP and, optionally, a port other than the bind port.
@@ -28,14 +29,9 @@ impl FromStr for Advertise {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         if let Ok(addr) = s.parse::<SocketAddr>() {
-            return Ok(Self {
-                ip: addr.ip(),
-                port: Some(addr.port()),
-            });
+            return Ok(Self { ip: addr.ip(), port: Some(addr.port()) });
         }
-        s.parse::<IpAddr>()
-            .map(|ip| Self { ip, port: None })
-            .map_err(|_| format!("`{s}` is not IP or IP:PORT"))
+        s.parse::<IpAddr>().map(|ip| Self { ip, port: None }).map_err(|_| format!("`{s}` is not IP or IP:PORT"))
     }
 }
 
@@ -64,6 +60,14 @@ pub struct Layer {
     pub services: Option<Vec<ServiceSpec>>,
     pub log_json: Option<bool>,
     pub log_filter: Option<String>,
+    pub upstreams: Option<Vec<UpstreamSpec>>,
+    pub proxy_bind: Option<SocketAddr>,
+    pub proxy_identity: Option<ServiceName>,
+    pub tls_ca: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub vip_range: Option<(std::net::Ipv4Addr, u32)>,
+    pub hosts_file: Option<PathBuf>,
 }
 
 macro_rules! stack_fields {
@@ -128,27 +132,18 @@ impl Env for BTreeMap<String, String> {
 
 /// Parses one value, naming the field on failure.
 pub(crate) fn parse_field<T: FromStr>(field: &str, text: &str) -> Result<T, ConfigError> {
-    text.trim()
-        .parse()
-        .map_err(|_| ConfigError::new(field, format!("`{text}` is not a valid value")))
+    text.trim().parse().map_err(|_| ConfigError::new(field, format!("`{text}` is not a valid value")))
 }
 
 fn parse_list<T: FromStr>(field: &str, text: &str, sep: char) -> Result<Vec<T>, ConfigError> {
-    text.split(sep)
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| parse_field(field, s))
-        .collect()
+    text.split(sep).map(str::trim).filter(|s| !s.is_empty()).map(|s| parse_field(field, s)).collect()
 }
 
 fn parse_bool(field: &str, text: &str) -> Result<bool, ConfigError> {
     match text.trim() {
         "1" | "true" | "yes" => Ok(true),
         "0" | "false" | "no" | "" => Ok(false),
-        _ => Err(ConfigError::new(
-            field,
-            format!("`{text}` is not true or false"),
-        )),
+        _ => Err(ConfigError::new(field, format!("`{text}` is not true or false"))),
     }
 }
 
@@ -159,11 +154,7 @@ fn duration_field(field: &str, text: &str) -> Result<Duration, ConfigError> {
 /// Reads the `MURMUR_*` variables. Lists are comma-separated; `MURMUR_SERVICES` is
 /// separated by `;` because a service spec holds commas.
 pub fn from_env(env: &dyn Env) -> Result<Layer, ConfigError> {
-    let get = |k: &str| {
-        env.var(k)
-            .filter(|v| !v.is_empty())
-            .map(|v| (k.to_owned(), v))
-    };
+    let get = |k: &str| env.var(k).filter(|v| !v.is_empty()).map(|v| (k.to_owned(), v));
     let text = |k: &str| get(k).map(|(_, v)| v);
     let mut l = Layer {
         name: text("MURMUR_NAME"),
@@ -212,6 +203,27 @@ pub fn from_env(env: &dyn Env) -> Result<Layer, ConfigError> {
     if let Some((k, v)) = get("MURMUR_API_LISTEN") {
         l.api_listen = Some(parse_field(&k, &v)?);
     }
+    if let Some((k, v)) = get("MURMUR_UPSTREAMS") {
+        let specs = v
+            .split(';')
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| parse_upstream_spec(s.trim()).map_err(|m| ConfigError::new(&k, m)))
+            .collect::<Result<_, _>>()?;
+        l.upstreams = Some(specs);
+    }
+    if let Some((k, v)) = get("MURMUR_PROXY_BIND") {
+        l.proxy_bind = Some(parse_field(&k, &v)?);
+    }
+    if let Some((k, v)) = get("MURMUR_PROXY_IDENTITY") {
+        l.proxy_identity = Some(ServiceName::new(&v).map_err(|e| ConfigError::new(&k, e.to_string()))?);
+    }
+    l.tls_ca = text("MURMUR_TLS_CA").map(PathBuf::from);
+    l.tls_cert = text("MURMUR_TLS_CERT").map(PathBuf::from);
+    l.tls_key = text("MURMUR_TLS_KEY").map(PathBuf::from);
+    l.hosts_file = text("MURMUR_HOSTS_FILE").map(PathBuf::from);
+    if let Some((k, v)) = get("MURMUR_VIP_RANGE") {
+        l.vip_range = Some(parse_vip_range(&v).map_err(|m| ConfigError::new(&k, m))?);
+    }
     if let Some((k, v)) = get("MURMUR_SERVICES") {
         let specs = v
             .split(';')
@@ -242,6 +254,43 @@ struct File {
     #[serde(default)]
     log: FileLog,
     service: Option<Vec<FileService>>,
+    #[serde(default)]
+    proxy: FileProxy,
+    upstream: Option<Vec<FileUpstream>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileProxy {
+    bind: Option<String>,
+    identity: Option<String>,
+    tls_ca: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    vip_range: Option<String>,
+    hosts_file: Option<PathBuf>,
+}
+
+/// An `[[upstream]]` table: `service` and `port`, then any `--upstream` option as a
+/// key (`alias = "o"`, `retries = 3`, `connect-timeout = "1s"`).
+#[derive(Debug, Deserialize)]
+struct FileUpstream {
+    service: String,
+    port: u16,
+    #[serde(flatten)]
+    options: BTreeMap<String, toml::Value>,
+}
+
+fn file_upstream(i: usize, u: FileUpstream) -> Result<UpstreamSpec, ConfigError> {
+    let mut spec = format!("{}:{}", u.service, u.port);
+    for (k, v) in u.options {
+        let v = match v {
+            toml::Value::String(s) => s,
+            other => other.to_string(),
+        };
+        spec.push_str(&format!(",{k}={v}"));
+    }
+    parse_upstream_spec(&spec).map_err(|m| ConfigError::new(format!("upstream[{i}]"), m))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -291,6 +340,8 @@ struct FileService {
     #[serde(default)]
     attributes: BTreeMap<String, String>,
     weight: Option<u16>,
+    #[serde(default)]
+    allow: Vec<String>,
     check: Option<String>,
     interval: Option<String>,
     timeout: Option<String>,
@@ -308,12 +359,10 @@ fn opt<T>(
 
 fn file_service(i: usize, s: FileService) -> Result<ServiceSpec, ConfigError> {
     let field = |k: &str| format!("service[{i}].{k}");
-    let name =
-        ServiceName::new(&s.name).map_err(|e| ConfigError::new(field("name"), e.to_string()))?;
+    let name = ServiceName::new(&s.name).map_err(|e| ConfigError::new(field("name"), e.to_string()))?;
     let mut spec = ServiceSpec::new(name, s.port);
     if let Some(id) = s.id {
-        spec.id =
-            Some(InstanceId::new(&id).map_err(|e| ConfigError::new(field("id"), e.to_string()))?);
+        spec.id = Some(InstanceId::new(&id).map_err(|e| ConfigError::new(field("id"), e.to_string()))?);
     }
     spec.address = opt(&field("address"), s.address, parse_field)?;
     spec.tags = s
@@ -322,13 +371,17 @@ fn file_service(i: usize, s: FileService) -> Result<ServiceSpec, ConfigError> {
         .map(|t| Tag::new(t).map_err(|e| ConfigError::new(field("tags"), e.to_string())))
         .collect::<Result<_, _>>()?;
     for (k, v) in s.attributes {
-        let key =
-            AttrKey::new(&k).map_err(|e| ConfigError::new(field("attributes"), e.to_string()))?;
+        let key = AttrKey::new(&k).map_err(|e| ConfigError::new(field("attributes"), e.to_string()))?;
         spec.attributes.insert(key, v);
     }
     if let Some(w) = s.weight {
         spec.weight = w;
     }
+    spec.allow = s
+        .allow
+        .iter()
+        .map(|a| ServiceName::new(a).map_err(|e| ConfigError::new(field("allow"), e.to_string())))
+        .collect::<Result<_, _>>()?;
     if let Some(c) = s.check {
         spec.check.kind = parse_check_kind(&c).map_err(|m| ConfigError::new(field("check"), m))?;
     }
@@ -344,22 +397,18 @@ fn file_service(i: usize, s: FileService) -> Result<ServiceSpec, ConfigError> {
     if let Some(n) = s.successes {
         spec.check.successes_before_passing = n;
     }
-    spec.validate()
-        .map_err(|m| ConfigError::new(format!("service[{i}]"), m))?;
+    spec.validate().map_err(|m| ConfigError::new(format!("service[{i}]"), m))?;
     Ok(spec)
 }
 
 /// Parses the TOML text of a config file.
 pub fn from_toml(text: &str) -> Result<Layer, ConfigError> {
-    let f: File = toml::from_str(text).map_err(|e| {
-        ConfigError::new("config file", e.to_string().trim_end().replace('\n', " "))
-    })?;
+    let f: File = toml::from_str(text)
+        .map_err(|e| ConfigError::new("config file", e.to_string().trim_end().replace('\n', " ")))?;
     let g = f.gossip;
-    let list =
-        |field: &str, v: Option<Vec<String>>| -> Result<Option<Vec<SocketAddr>>, ConfigError> {
-            v.map(|v| v.iter().map(|s| parse_field(field, s)).collect())
-                .transpose()
-        };
+    let list = |field: &str, v: Option<Vec<String>>| -> Result<Option<Vec<SocketAddr>>, ConfigError> {
+        v.map(|v| v.iter().map(|s| parse_field(field, s)).collect()).transpose()
+    };
     Ok(Layer {
         name: f.name,
         cluster: f.cluster,
@@ -381,23 +430,35 @@ pub fn from_toml(text: &str) -> Result<Layer, ConfigError> {
         api_listen: opt("api.listen", f.api.listen, parse_field)?,
         services: f
             .service
-            .map(|v| {
-                v.into_iter()
-                    .enumerate()
-                    .map(|(i, s)| file_service(i, s))
-                    .collect()
-            })
+            .map(|v| v.into_iter().enumerate().map(|(i, s)| file_service(i, s)).collect())
             .transpose()?,
         log_json: f.log.json,
         log_filter: f.log.filter,
+        upstreams: f
+            .upstream
+            .map(|v| v.into_iter().enumerate().map(|(i, u)| file_upstream(i, u)).collect())
+            .transpose()?,
+        proxy_bind: opt("proxy.bind", f.proxy.bind, parse_field)?,
+        proxy_identity: f
+            .proxy
+            .identity
+            .map(|i| ServiceName::new(&i).map_err(|e| ConfigError::new("proxy.identity", e.to_string())))
+            .transpose()?,
+        tls_ca: f.proxy.tls_ca,
+        tls_cert: f.proxy.tls_cert,
+        tls_key: f.proxy.tls_key,
+        vip_range: f
+            .proxy
+            .vip_range
+            .map(|v| parse_vip_range(&v).map_err(|m| ConfigError::new("proxy.vip_range", m)))
+            .transpose()?,
+        hosts_file: f.proxy.hosts_file,
     })
 }
 
 /// Reads and parses a config file.
 pub fn from_file(path: &Path) -> Result<Layer, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigError::new("--config", format!("cannot read {}: {e}", path.display()))
-    })?;
-    from_toml(&text)
-        .map_err(|e| ConfigError::new(format!("{} ({})", e.field, path.display()), e.message))
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new("--config", format!("cannot read {}: {e}", path.display())))?;
+    from_toml(&text).map_err(|e| ConfigError::new(format!("{} ({})", e.field, path.display()), e.message))
 }

@@ -8,6 +8,7 @@ mod error;
 mod flags;
 mod layer;
 pub mod spec;
+pub mod upstream;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::time::Duration;
@@ -16,15 +17,16 @@ pub use error::ConfigError;
 pub use flags::AgentArgs;
 pub use layer::{from_env, from_toml, Advertise, Env, Layer, ProcessEnv};
 pub use spec::{CheckKind, CheckSpec, ServiceSpec};
+pub use upstream::{OutlierConfig, Policy, Proto, UpstreamSpec};
 
 use murmur_protocol::limits::MAX_ZONE_LEN;
 use murmur_protocol::NodeName;
 
 use crate::gossip::Keyring;
+use crate::tls::TlsMaterial;
 
 /// Default gossip bind address: every interface, the port Serf and Consul use.
-pub const DEFAULT_GOSSIP_BIND: SocketAddr =
-    SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 7946);
+pub const DEFAULT_GOSSIP_BIND: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 7946);
 /// Default time between gossip rounds. Each round sends one digest to three peers; the
 /// failure detector sees a heartbeat about this often, so detection time scales with it
 /// (see [`DEFAULT_PHI_THRESHOLD`]).
@@ -109,6 +111,25 @@ pub struct ApiConfig {
     pub listen: SocketAddr,
 }
 
+/// Proxy-mode settings; present only when the sidecar proxy runs.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// QUIC address of the inbound listener.
+    pub bind: SocketAddr,
+    /// What the sidecar's TLS is built from.
+    pub tls: TlsMaterial,
+    /// The service this sidecar calls as.
+    pub identity: Option<murmur_protocol::ServiceName>,
+    /// Upstreams the local app calls.
+    pub upstreams: Vec<UpstreamSpec>,
+    /// First VIP and how many there are.
+    pub vip_base: Ipv4Addr,
+    /// Size of the VIP range.
+    pub vip_count: u32,
+    /// Hosts file to write the aliases into.
+    pub hosts_file: Option<std::path::PathBuf>,
+}
+
 /// Log settings.
 #[derive(Debug, Clone)]
 pub struct LogConfig {
@@ -131,6 +152,8 @@ pub struct Config {
     pub api: ApiConfig,
     /// Instances registered at start.
     pub services: Vec<ServiceSpec>,
+    /// The sidecar proxy, when on.
+    pub proxy: Option<ProxyConfig>,
     /// Logging.
     pub log: LogConfig,
 }
@@ -139,10 +162,7 @@ impl Config {
     /// Loads the full stack: the file named by `--config` (or `MURMUR_CONFIG`), then
     /// the environment, then the flags.
     pub fn load(args: &AgentArgs, env: &dyn Env) -> Result<Config, ConfigError> {
-        let path = args
-            .config
-            .clone()
-            .or_else(|| env.var("MURMUR_CONFIG").map(Into::into));
+        let path = args.config.clone().or_else(|| env.var("MURMUR_CONFIG").map(Into::into));
         let file = match path {
             Some(p) => layer::from_file(&p)?,
             None => Layer::default(),
@@ -156,18 +176,11 @@ impl Config {
     /// when no upstream resolver is configured.
     pub fn from_layer(l: Layer, resolv_conf: &str) -> Result<Config, ConfigError> {
         let name_text = l.name.clone().unwrap_or_else(hostname);
-        let name = NodeName::new(&name_text).map_err(|e| {
-            ConfigError::new(
-                "--name",
-                format!("{e}; set a node name that is a DNS label"),
-            )
-        })?;
+        let name = NodeName::new(&name_text)
+            .map_err(|e| ConfigError::new("--name", format!("{e}; set a node name that is a DNS label")))?;
         if let Some(z) = &l.zone {
             if z.is_empty() || z.len() > MAX_ZONE_LEN {
-                return Err(ConfigError::new(
-                    "--zone",
-                    format!("must be 1-{MAX_ZONE_LEN} bytes"),
-                ));
+                return Err(ConfigError::new("--zone", format!("must be 1-{MAX_ZONE_LEN} bytes")));
             }
         }
         let cluster = l.cluster.unwrap_or_else(|| DEFAULT_CLUSTER.to_owned());
@@ -182,10 +195,7 @@ impl Config {
             None => guess_advertise_ip(),
         };
         if advertise_ip.is_unspecified() {
-            return Err(ConfigError::new(
-                "--advertise",
-                "must be a reachable address, not 0.0.0.0",
-            ));
+            return Err(ConfigError::new("--advertise", "must be a reachable address, not 0.0.0.0"));
         }
         let advertise_port = l.advertise.and_then(|a| a.port).unwrap_or(bind.port());
         let insecure = l.insecure.unwrap_or(false);
@@ -204,17 +214,11 @@ impl Config {
         };
         let interval = l.gossip_interval.unwrap_or(DEFAULT_GOSSIP_INTERVAL);
         if interval < Duration::from_millis(10) || interval > Duration::from_secs(10) {
-            return Err(ConfigError::new(
-                "--gossip-interval",
-                "must be between 10ms and 10s",
-            ));
+            return Err(ConfigError::new("--gossip-interval", "must be between 10ms and 10s"));
         }
         let phi_threshold = l.phi_threshold.unwrap_or(DEFAULT_PHI_THRESHOLD);
         if !(1.0..=100.0).contains(&phi_threshold) {
-            return Err(ConfigError::new(
-                "gossip.phi_threshold",
-                "must be between 1 and 100",
-            ));
+            return Err(ConfigError::new("gossip.phi_threshold", "must be between 1 and 100"));
         }
         let dead_grace = l.dead_grace.unwrap_or(DEFAULT_DEAD_GRACE);
         if dead_grace < Duration::from_secs(1) {
@@ -225,24 +229,15 @@ impl Config {
             Some(u) => u,
             None => parse_resolv_conf(resolv_conf),
         };
-        let upstreams: Vec<SocketAddr> = upstreams
-            .into_iter()
-            .filter(|u| !same_endpoint(*u, dns_listen))
-            .collect();
+        let upstreams: Vec<SocketAddr> = upstreams.into_iter().filter(|u| !same_endpoint(*u, dns_listen)).collect();
         let max_answers = l.dns_max_answers.unwrap_or(DEFAULT_DNS_MAX_ANSWERS);
         if max_answers == 0 || max_answers > 64 {
-            return Err(ConfigError::new(
-                "dns.max_answers",
-                "must be between 1 and 64",
-            ));
+            return Err(ConfigError::new("dns.max_answers", "must be between 1 and 64"));
         }
         let services = l.services.unwrap_or_default();
         let mut ids = std::collections::BTreeSet::new();
         for (i, s) in services.iter().enumerate() {
-            let id =
-                s.id.as_ref()
-                    .map(|i| i.to_string())
-                    .unwrap_or_else(|| format!("{name}-{}", s.port));
+            let id = s.id.as_ref().map(|i| i.to_string()).unwrap_or_else(|| format!("{name}-{}", s.port));
             if !ids.insert(id.clone()) {
                 return Err(ConfigError::new(
                     format!("service[{i}]"),
@@ -250,12 +245,58 @@ impl Config {
                 ));
             }
         }
+        let proxy_on = l.upstreams.is_some() || l.proxy_bind.is_some() || l.tls_cert.is_some();
+        let proxy = if proxy_on {
+            let tls = match (&l.tls_ca, &l.tls_cert, &l.tls_key) {
+                (Some(ca), Some(cert), Some(key)) => TlsMaterial::load(ca, cert, key).map_err(|m| {
+                    let (field, rest) = m.split_once(": ").unwrap_or(("--tls-cert", m.as_str()));
+                    ConfigError::new(field, rest)
+                })?,
+                (None, None, None) if insecure => {
+                    TlsMaterial::insecure(&name).map_err(|m| ConfigError::new("--tls-cert", m))?
+                }
+                (None, None, None) => {
+                    return Err(ConfigError::new(
+                        "--tls-cert",
+                        "proxy mode needs --tls-ca, --tls-cert and --tls-key (`murmur ca init`, `murmur cert issue`), \
+                         or --insecure",
+                    ))
+                }
+                _ => {
+                    return Err(ConfigError::new("--tls-cert", "give all three of --tls-ca, --tls-cert and --tls-key"))
+                }
+            };
+            let identity = l.proxy_identity.clone().or_else(|| services.first().map(|s| s.name.clone()));
+            let (vip_base, vip_count) =
+                l.vip_range.unwrap_or((upstream::DEFAULT_VIP_BASE, upstream::DEFAULT_VIP_COUNT));
+            let upstreams = l.upstreams.clone().unwrap_or_default();
+            let mut aliases = std::collections::BTreeSet::new();
+            for (i, u) in upstreams.iter().enumerate() {
+                if !aliases.insert((u.alias.clone(), u.port)) {
+                    return Err(ConfigError::new(
+                        format!("upstream[{i}]"),
+                        format!("alias `{}` port {} is used twice", u.alias, u.port),
+                    ));
+                }
+            }
+            if upstreams.len() as u64 > u64::from(vip_count) {
+                return Err(ConfigError::new("--vip-range", "has fewer addresses than there are upstreams"));
+            }
+            Some(ProxyConfig {
+                bind: l.proxy_bind.unwrap_or(SocketAddr::new(advertise_ip, upstream::DEFAULT_PROXY_PORT)),
+                tls,
+                identity,
+                upstreams,
+                vip_base,
+                vip_count,
+                hosts_file: l.hosts_file.clone(),
+            })
+        } else {
+            None
+        };
         Ok(Config {
-            node: NodeConfig {
-                name,
-                zone: l.zone,
-                advertise: advertise_ip,
-            },
+            proxy,
+            node: NodeConfig { name, zone: l.zone, advertise: advertise_ip },
             gossip: GossipConfig {
                 cluster,
                 bind,
@@ -274,9 +315,7 @@ impl Config {
                 ttl: l.dns_ttl.unwrap_or(DEFAULT_DNS_TTL),
                 max_answers,
             },
-            api: ApiConfig {
-                listen: l.api_listen.unwrap_or(DEFAULT_API_LISTEN),
-            },
+            api: ApiConfig { listen: l.api_listen.unwrap_or(DEFAULT_API_LISTEN) },
             services,
             log: LogConfig {
                 json: l.log_json.unwrap_or(false),
@@ -294,16 +333,9 @@ fn same_endpoint(a: SocketAddr, listen: SocketAddr) -> bool {
 
 fn parse_namespace(ns: &str) -> Result<String, ConfigError> {
     let ns = ns.trim_end_matches('.').to_ascii_lowercase();
-    let ok = !ns.is_empty()
-        && ns.len() <= 200
-        && ns
-            .split('.')
-            .all(|label| murmur_protocol::Tag::new(label).is_ok());
+    let ok = !ns.is_empty() && ns.len() <= 200 && ns.split('.').all(|label| murmur_protocol::Tag::new(label).is_ok());
     if !ok {
-        return Err(ConfigError::new(
-            "--namespace",
-            format!("`{ns}` is not a domain name such as myapp.local"),
-        ));
+        return Err(ConfigError::new("--namespace", format!("`{ns}` is not a domain name such as myapp.local")));
     }
     Ok(ns)
 }
@@ -313,9 +345,7 @@ pub fn parse_resolv_conf(text: &str) -> Vec<SocketAddr> {
     text.lines()
         .filter_map(|line| {
             let mut words = line.split_whitespace();
-            (words.next() == Some("nameserver"))
-                .then(|| words.next())
-                .flatten()
+            (words.next() == Some("nameserver")).then(|| words.next()).flatten()
         })
         .filter_map(|ip| ip.split('%').next()?.parse::<IpAddr>().ok())
         .map(|ip| SocketAddr::new(ip, 53))
@@ -347,10 +377,7 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     fn key() -> String {
@@ -363,18 +390,10 @@ mod tests {
             "name = \"from-file\"\nnamespace = \"file.local\"\ninsecure = true\n[dns]\nlisten = \"127.0.0.1:1\"\nttl = \"5s\"\n",
         )
         .expect("valid toml");
-        let env = from_env(&env(&[
-            ("MURMUR_NAME", "from-env"),
-            ("MURMUR_DNS_LISTEN", "127.0.0.1:2"),
-        ]))
-        .expect("valid env");
-        let flags = AgentArgs {
-            name: Some("from-flag".into()),
-            ..Default::default()
-        };
-        let merged = file
-            .stack(env)
-            .stack(flags.to_layer().expect("valid flags"));
+        let env =
+            from_env(&env(&[("MURMUR_NAME", "from-env"), ("MURMUR_DNS_LISTEN", "127.0.0.1:2")])).expect("valid env");
+        let flags = AgentArgs { name: Some("from-flag".into()), ..Default::default() };
+        let merged = file.stack(env).stack(flags.to_layer().expect("valid flags"));
         let c = Config::from_layer(merged, "").expect("valid config");
         assert_eq!(c.node.name.as_str(), "from-flag");
         assert_eq!(c.dns.listen.port(), 2);
@@ -385,27 +404,10 @@ mod tests {
     #[test]
     fn errors_name_their_field() {
         let cases: Vec<(Layer, &str)> = vec![
+            (Layer { name: Some("Bad Name".into()), insecure: Some(true), ..Default::default() }, "--name"),
+            (Layer { name: Some("a".into()), ..Default::default() }, "--gossip-key"),
             (
-                Layer {
-                    name: Some("Bad Name".into()),
-                    insecure: Some(true),
-                    ..Default::default()
-                },
-                "--name",
-            ),
-            (
-                Layer {
-                    name: Some("a".into()),
-                    ..Default::default()
-                },
-                "--gossip-key",
-            ),
-            (
-                Layer {
-                    name: Some("a".into()),
-                    gossip_keys: Some(vec!["short".into()]),
-                    ..Default::default()
-                },
+                Layer { name: Some("a".into()), gossip_keys: Some(vec!["short".into()]), ..Default::default() },
                 "--gossip-key",
             ),
             (
@@ -428,8 +430,7 @@ mod tests {
         assert!(err.message.contains("bogus"), "{err}");
         let err = from_env(&env(&[("MURMUR_BIND", "x")])).expect_err("bad env");
         assert_eq!(err.field, "MURMUR_BIND");
-        let err = from_toml("[[service]]\nname = \"a\"\nport = 1\ncheck = \"ftp\"")
-            .expect_err("bad check");
+        let err = from_toml("[[service]]\nname = \"a\"\nport = 1\ncheck = \"ftp\"").expect_err("bad check");
         assert_eq!(err.field, "service[0].check");
     }
 
@@ -457,16 +458,12 @@ mod tests {
             ]),
             ..Default::default()
         };
-        assert_eq!(
-            Config::from_layer(dup, "").expect_err("dup").field,
-            "service[1]"
-        );
+        assert_eq!(Config::from_layer(dup, "").expect_err("dup").field, "service[1]");
     }
 
     #[test]
     fn resolv_conf_upstreams_skip_the_agent_itself() {
-        let text =
-            "# x\nnameserver 10.0.0.2\nnameserver 127.0.0.1\nnameserver fe80::1%eth0\nsearch a\n";
+        let text = "# x\nnameserver 10.0.0.2\nnameserver 127.0.0.1\nnameserver fe80::1%eth0\nsearch a\n";
         assert_eq!(parse_resolv_conf(text).len(), 3);
         let layer = Layer {
             name: Some("n".into()),

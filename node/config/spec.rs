@@ -87,6 +87,9 @@ pub struct ServiceSpec {
     pub weight: u16,
     /// The health check.
     pub check: CheckSpec,
+    /// Services allowed to call this one through the sidecar (empty: any service of
+    /// the cluster).
+    pub allow: Vec<ServiceName>,
 }
 
 impl ServiceSpec {
@@ -101,6 +104,7 @@ impl ServiceSpec {
             attributes: BTreeMap::new(),
             weight: DEFAULT_WEIGHT,
             check: CheckSpec::default(),
+            allow: Vec::new(),
         }
     }
 
@@ -135,13 +139,9 @@ impl ServiceSpec {
 /// Parses a duration such as `250ms`, `2s`, `5m`, `1h` (a bare number is seconds).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
     let (num, unit) = text.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration (use 250ms, 2s, 5m or 1h)"))?;
+    let value: f64 = num.parse().map_err(|_| format!("`{text}` is not a duration (use 250ms, 2s, 5m or 1h)"))?;
     let secs = match unit {
         "ms" => value / 1000.0,
         "" | "s" => value,
@@ -160,42 +160,31 @@ pub fn parse_check_kind(text: &str) -> Result<CheckKind, String> {
         Ok(CheckKind::None)
     } else if let Some(path) = text.strip_prefix("http:") {
         if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(format!(
-                "http check path `{path}` must start with '/' and hold no spaces"
-            ));
+            return Err(format!("http check path `{path}` must start with '/' and hold no spaces"));
         }
-        Ok(CheckKind::Http {
-            path: path.to_owned(),
-        })
+        Ok(CheckKind::Http { path: path.to_owned() })
     } else if let Some(command) = text.strip_prefix("exec:") {
         if command.trim().is_empty() {
             return Err("exec check needs a command".into());
         }
-        Ok(CheckKind::Exec {
-            command: command.to_owned(),
-        })
+        Ok(CheckKind::Exec { command: command.to_owned() })
     } else {
-        Err(format!(
-            "unknown check `{text}` (use tcp, http:/path, exec:CMD or none)"
-        ))
+        Err(format!("unknown check `{text}` (use tcp, http:/path, exec:CMD or none)"))
     }
 }
 
 /// Parses `--service NAME:PORT[,key=value]...`. Keys: `id`, `addr`, `tags` (`a+b`),
-/// `check`, `interval`, `timeout`, `failures`, `successes`, `weight`, `attr.KEY`.
+/// `check`, `interval`, `timeout`, `failures`, `successes`, `weight`, `allow` (`a+b`),
+/// `attr.KEY`.
 /// An `exec:` check takes the rest of the spec, so it must come last.
 pub fn parse_service_spec(text: &str) -> Result<ServiceSpec, String> {
     let (head, mut rest) = match text.split_once(',') {
         Some((h, r)) => (h, r),
         None => (text, ""),
     };
-    let (name, port) = head
-        .split_once(':')
-        .ok_or_else(|| format!("`{head}` must be NAME:PORT"))?;
+    let (name, port) = head.split_once(':').ok_or_else(|| format!("`{head}` must be NAME:PORT"))?;
     let name = ServiceName::new(name).map_err(|e| e.to_string())?;
-    let port: u16 = port
-        .parse()
-        .map_err(|_| format!("port `{port}` is not a number 1-65535"))?;
+    let port: u16 = port.parse().map_err(|_| format!("port `{port}` is not a number 1-65535"))?;
     let mut spec = ServiceSpec::new(name, port);
     while !rest.is_empty() {
         let (item, tail) = if rest.starts_with("check=exec:") {
@@ -207,9 +196,7 @@ pub fn parse_service_spec(text: &str) -> Result<ServiceSpec, String> {
             }
         };
         rest = tail;
-        let (key, value) = item
-            .split_once('=')
-            .ok_or_else(|| format!("`{item}` must be key=value"))?;
+        let (key, value) = item.split_once('=').ok_or_else(|| format!("`{item}` must be key=value"))?;
         apply_service_option(&mut spec, key, value)?;
     }
     spec.validate()?;
@@ -217,21 +204,13 @@ pub fn parse_service_spec(text: &str) -> Result<ServiceSpec, String> {
 }
 
 fn parse_count(key: &str, value: &str) -> Result<u32, String> {
-    value
-        .parse()
-        .map_err(|_| format!("{key} `{value}` is not a whole number"))
+    value.parse().map_err(|_| format!("{key} `{value}` is not a whole number"))
 }
 
 fn apply_service_option(spec: &mut ServiceSpec, key: &str, value: &str) -> Result<(), String> {
     match key {
         "id" => spec.id = Some(InstanceId::new(value).map_err(|e| e.to_string())?),
-        "addr" => {
-            spec.address = Some(
-                value
-                    .parse()
-                    .map_err(|_| format!("addr `{value}` is not an IP address"))?,
-            )
-        }
+        "addr" => spec.address = Some(value.parse().map_err(|_| format!("addr `{value}` is not an IP address"))?),
         "tags" => {
             spec.tags = value
                 .split('+')
@@ -240,19 +219,22 @@ fn apply_service_option(spec: &mut ServiceSpec, key: &str, value: &str) -> Resul
                 .collect::<Result<_, _>>()?
         }
         "check" => spec.check.kind = parse_check_kind(value)?,
+        "allow" => {
+            spec.allow = value
+                .split('+')
+                .filter(|t| !t.is_empty())
+                .map(|t| ServiceName::new(t).map_err(|e| format!("allow: {e}")))
+                .collect::<Result<_, _>>()?
+        }
         "interval" => spec.check.interval = parse_duration(value)?,
         "timeout" => spec.check.timeout = parse_duration(value)?,
         "failures" => spec.check.failures_before_critical = parse_count(key, value)?,
         "successes" => spec.check.successes_before_passing = parse_count(key, value)?,
-        "weight" => {
-            spec.weight = value
-                .parse()
-                .map_err(|_| format!("weight `{value}` is not 0-65535"))?
-        }
+        "weight" => spec.weight = value.parse().map_err(|_| format!("weight `{value}` is not 0-65535"))?,
         _ => {
-            let attr = key.strip_prefix("attr.").ok_or_else(|| {
-                format!("unknown service option `{key}` (see `murmur agent --help`)")
-            })?;
+            let attr = key
+                .strip_prefix("attr.")
+                .ok_or_else(|| format!("unknown service option `{key}` (see `murmur agent --help`)"))?;
             let attr = AttrKey::new(attr).map_err(|e| e.to_string())?;
             spec.attributes.insert(attr, value.to_owned());
         }
@@ -275,7 +257,7 @@ mod tests {
     #[test]
     fn full_spec_parses_every_option() {
         let s = parse_service_spec(
-            "web:80,id=web-a,addr=127.0.0.9,tags=canary+v2,interval=500ms,timeout=200ms,failures=3,successes=2,weight=5,attr.version=1.2,check=exec:test -f /tmp/x, y",
+            "web:80,id=web-a,addr=127.0.0.9,tags=canary+v2,allow=api+billing,interval=500ms,timeout=200ms,failures=3,successes=2,weight=5,attr.version=1.2,check=exec:test -f /tmp/x, y",
         )
         .expect("valid");
         assert_eq!(s.id.as_ref().map(|i| i.as_str()), Some("web-a"));
@@ -284,13 +266,9 @@ mod tests {
         assert_eq!(s.check.interval, Duration::from_millis(500));
         assert_eq!(s.check.failures_before_critical, 3);
         assert_eq!(s.weight, 5);
-        assert_eq!(
-            s.check.kind,
-            CheckKind::Exec {
-                command: "test -f /tmp/x, y".into()
-            }
-        );
+        assert_eq!(s.check.kind, CheckKind::Exec { command: "test -f /tmp/x, y".into() });
         assert_eq!(s.attributes.len(), 1);
+        assert_eq!(s.allow.len(), 2);
     }
 
     #[test]

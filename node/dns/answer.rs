@@ -54,30 +54,16 @@ impl Zone {
     pub fn new(namespace: &str, ttl: u32, max_answers: usize) -> Result<Zone, String> {
         let origin = Name::from_ascii(format!("{namespace}."))
             .map_err(|e| format!("namespace `{namespace}` is not a DNS name: {e}"))?;
-        Ok(Zone {
-            origin,
-            origin_text: namespace.to_ascii_lowercase(),
-            ttl,
-            max_answers,
-        })
+        Ok(Zone { origin, origin_text: namespace.to_ascii_lowercase(), ttl, max_answers })
     }
 
     fn soa(&self, snapshot: &Snapshot) -> Record {
-        let mname = Name::from_ascii(format!("ns.{}.", self.origin_text))
-            .unwrap_or_else(|_| self.origin.clone());
-        let rname = Name::from_ascii(format!("hostmaster.{}.", self.origin_text))
-            .unwrap_or_else(|_| self.origin.clone());
+        let mname = Name::from_ascii(format!("ns.{}.", self.origin_text)).unwrap_or_else(|_| self.origin.clone());
+        let rname =
+            Name::from_ascii(format!("hostmaster.{}.", self.origin_text)).unwrap_or_else(|_| self.origin.clone());
         // The serial follows the snapshot so secondaries (and people) can see change;
         // the minimum is the negative-caching TTL (RFC 2308), kept as short as answers.
-        let soa = SOA::new(
-            mname,
-            rname,
-            snapshot.version as u32,
-            3600,
-            600,
-            86400,
-            self.ttl,
-        );
+        let soa = SOA::new(mname, rname, snapshot.version as u32, 3600, 600, 86400, self.ttl);
         Record::from_rdata(self.origin.clone(), self.ttl, RData::SOA(soa))
     }
 
@@ -86,45 +72,26 @@ impl Zone {
     }
 
     /// Answers `qname`/`qtype` from `snapshot`.
-    pub fn answer(
-        &self,
-        snapshot: &Snapshot,
-        qname: &Name,
-        qtype: RecordType,
-        rng: &mut impl Rng,
-    ) -> Outcome {
+    pub fn answer(&self, snapshot: &Snapshot, qname: &Name, qtype: RecordType, rng: &mut impl Rng) -> Outcome {
         let full = qname.to_lowercase().to_ascii();
         let full = full.trim_end_matches('.');
         let relative = if full == self.origin_text {
             ""
-        } else if let Some(r) = full
-            .strip_suffix(&self.origin_text)
-            .and_then(|r| r.strip_suffix('.'))
-        {
+        } else if let Some(r) = full.strip_suffix(&self.origin_text).and_then(|r| r.strip_suffix('.')) {
             r
         } else {
             return Outcome::Forward;
         };
-        let labels: Vec<&str> = if relative.is_empty() {
-            Vec::new()
-        } else {
-            relative.split('.').collect()
-        };
+        let labels: Vec<&str> = if relative.is_empty() { Vec::new() } else { relative.split('.').collect() };
         let nx = || Outcome::NxDomain(self.soa(snapshot));
         let nodata = || Outcome::NoData(self.soa(snapshot));
         match labels.as_slice() {
             [] => match qtype {
-                RecordType::SOA => Outcome::Answer {
-                    answers: vec![self.soa(snapshot)],
-                    additionals: vec![],
-                },
+                RecordType::SOA => Outcome::Answer { answers: vec![self.soa(snapshot)], additionals: vec![] },
                 _ => nodata(),
             },
             [svc_label, "_tcp"] => {
-                let Some(svc) = svc_label
-                    .strip_prefix('_')
-                    .and_then(|s| ServiceName::new(s).ok())
-                else {
+                let Some(svc) = svc_label.strip_prefix('_').and_then(|s| ServiceName::new(s).ok()) else {
                     return nx();
                 };
                 if !snapshot.knows_service(&svc) {
@@ -153,30 +120,18 @@ impl Zone {
                 if !snapshot.knows_service(&svc) {
                     return nx();
                 }
-                if let Some(inst) = InstanceId::new(filter)
-                    .ok()
-                    .and_then(|id| snapshot.instance(&svc, &id))
-                {
+                if let Some(inst) = InstanceId::new(filter).ok().and_then(|id| snapshot.instance(&svc, &id)) {
                     return self.records(snapshot, qname, &svc, vec![inst], qtype, rng);
                 }
                 let Ok(tag) = Tag::new(filter) else {
                     return nx();
                 };
-                let all = Query {
-                    health: crate::registry::HealthFilter::All,
-                    tag: Some(tag.clone()),
-                    ..Default::default()
-                };
+                let all =
+                    Query { health: crate::registry::HealthFilter::All, tag: Some(tag.clone()), ..Default::default() };
                 if snapshot.lookup(&svc, &all).is_empty() {
                     return nx();
                 }
-                let healthy = snapshot.lookup(
-                    &svc,
-                    &Query {
-                        tag: Some(tag),
-                        ..Default::default()
-                    },
-                );
+                let healthy = snapshot.lookup(&svc, &Query { tag: Some(tag), ..Default::default() });
                 self.records(snapshot, qname, &svc, healthy, qtype, rng)
             }
             _ => nx(),
@@ -227,10 +182,7 @@ impl Zone {
         if answers.is_empty() {
             return Outcome::NoData(self.soa(snapshot));
         }
-        Outcome::Answer {
-            answers,
-            additionals,
-        }
+        Outcome::Answer { answers, additionals }
     }
 }
 
@@ -260,6 +212,7 @@ mod tests {
             address: ip.parse().expect("valid"),
             port: 8080,
             sidecar: false,
+            proxy: None,
             tags: tags.iter().map(|t| Tag::new(t).expect("valid")).collect(),
             attributes: BTreeMap::new(),
             weight: 3,
@@ -270,53 +223,21 @@ mod tests {
     }
 
     fn snapshot() -> Snapshot {
-        let mut s = Snapshot {
-            version: 7,
-            ..Default::default()
-        };
-        let mut web: Vec<Arc<Instance>> = (0..12)
-            .map(|i| {
-                inst(
-                    "web",
-                    &format!("w{i}"),
-                    &format!("10.0.0.{i}"),
-                    Health::Passing,
-                    &[],
-                )
-            })
-            .collect();
-        web.push(inst(
-            "web",
-            "w-sick",
-            "10.0.1.1",
-            Health::Critical,
-            &["canary"],
-        ));
-        web.push(inst(
-            "web",
-            "w-six",
-            "fd00::1",
-            Health::Passing,
-            &["canary"],
-        ));
+        let mut s = Snapshot { version: 7, ..Default::default() };
+        let mut web: Vec<Arc<Instance>> =
+            (0..12).map(|i| inst("web", &format!("w{i}"), &format!("10.0.0.{i}"), Health::Passing, &[])).collect();
+        web.push(inst("web", "w-sick", "10.0.1.1", Health::Critical, &["canary"]));
+        web.push(inst("web", "w-six", "fd00::1", Health::Passing, &["canary"]));
+        s.services.insert(ServiceName::new("web").expect("valid"), web);
         s.services
-            .insert(ServiceName::new("web").expect("valid"), web);
-        s.services.insert(
-            ServiceName::new("db").expect("valid"),
-            vec![inst("db", "d1", "10.0.2.1", Health::Critical, &[])],
-        );
+            .insert(ServiceName::new("db").expect("valid"), vec![inst("db", "d1", "10.0.2.1", Health::Critical, &[])]);
         s
     }
 
     fn ask(name: &str, qtype: RecordType) -> Outcome {
         let zone = Zone::new("myapp.local", 1, 8).expect("valid");
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-        zone.answer(
-            &snapshot(),
-            &Name::from_ascii(name).expect("valid"),
-            qtype,
-            &mut rng,
-        )
+        zone.answer(&snapshot(), &Name::from_ascii(name).expect("valid"), qtype, &mut rng)
     }
 
     fn answers(o: &Outcome) -> &[Record] {
@@ -333,8 +254,7 @@ mod tests {
         assert_eq!(a.len(), 8);
         assert!(a.iter().all(|r| r.ttl == 1));
         assert!(
-            !a.iter()
-                .any(|r| r.data == RData::A(A("10.0.1.1".parse().expect("ip")))),
+            !a.iter().any(|r| r.data == RData::A(A("10.0.1.1".parse().expect("ip")))),
             "critical instance answered"
         );
         assert_eq!(answers(&ask("web.myapp.local.", RecordType::AAAA)).len(), 1);
@@ -344,21 +264,13 @@ mod tests {
     fn srv_answers_carry_targets_and_their_addresses() {
         for name in ["web.myapp.local.", "_web._tcp.myapp.local."] {
             match ask(name, RecordType::SRV) {
-                Outcome::Answer {
-                    answers,
-                    additionals,
-                } => {
+                Outcome::Answer { answers, additionals } => {
                     assert_eq!(answers.len(), 8);
                     assert_eq!(additionals.len(), 8);
-                    let RData::SRV(srv) = &answers[0].data else {
-                        panic!("not SRV")
-                    };
+                    let RData::SRV(srv) = &answers[0].data else { panic!("not SRV") };
                     assert_eq!(srv.port, 8080);
                     assert!(srv.target.to_ascii().ends_with(".web.myapp.local."));
-                    assert_eq!(
-                        additionals.iter().filter(|r| r.name == srv.target).count(),
-                        1
-                    );
+                    assert_eq!(additionals.iter().filter(|r| r.name == srv.target).count(), 1);
                 }
                 other => panic!("{name}: {other:?}"),
             }
@@ -368,62 +280,25 @@ mod tests {
     #[test]
     fn tags_instances_and_misses() {
         // Only the healthy canary (IPv6) is answered; the critical one is filtered.
-        assert!(matches!(
-            ask("canary.web.myapp.local.", RecordType::A),
-            Outcome::NoData(_)
-        ));
-        assert_eq!(
-            answers(&ask("canary.web.myapp.local.", RecordType::AAAA)).len(),
-            1
-        );
+        assert!(matches!(ask("canary.web.myapp.local.", RecordType::A), Outcome::NoData(_)));
+        assert_eq!(answers(&ask("canary.web.myapp.local.", RecordType::AAAA)).len(), 1);
         assert_eq!(answers(&ask("w3.web.myapp.local.", RecordType::A)).len(), 1);
-        assert!(matches!(
-            ask("nope.myapp.local.", RecordType::A),
-            Outcome::NxDomain(_)
-        ));
-        assert!(matches!(
-            ask("nosuchtag.web.myapp.local.", RecordType::A),
-            Outcome::NxDomain(_)
-        ));
-        assert!(matches!(
-            ask("a.b.c.myapp.local.", RecordType::A),
-            Outcome::NxDomain(_)
-        ));
-        assert!(matches!(
-            ask("_nope._tcp.myapp.local.", RecordType::SRV),
-            Outcome::NxDomain(_)
-        ));
+        assert!(matches!(ask("nope.myapp.local.", RecordType::A), Outcome::NxDomain(_)));
+        assert!(matches!(ask("nosuchtag.web.myapp.local.", RecordType::A), Outcome::NxDomain(_)));
+        assert!(matches!(ask("a.b.c.myapp.local.", RecordType::A), Outcome::NxDomain(_)));
+        assert!(matches!(ask("_nope._tcp.myapp.local.", RecordType::SRV), Outcome::NxDomain(_)));
         // A known service with nothing healthy is NODATA, not NXDOMAIN.
-        assert!(matches!(
-            ask("db.myapp.local.", RecordType::A),
-            Outcome::NoData(_)
-        ));
-        assert!(matches!(
-            ask("web.myapp.local.", RecordType::TXT),
-            Outcome::NoData(_)
-        ));
-        assert!(matches!(
-            ask("myapp.local.", RecordType::SOA),
-            Outcome::Answer { .. }
-        ));
-        assert!(matches!(
-            ask("example.com.", RecordType::A),
-            Outcome::Forward
-        ));
-        assert!(matches!(
-            ask("xmyapp.local.", RecordType::A),
-            Outcome::Forward
-        ));
+        assert!(matches!(ask("db.myapp.local.", RecordType::A), Outcome::NoData(_)));
+        assert!(matches!(ask("web.myapp.local.", RecordType::TXT), Outcome::NoData(_)));
+        assert!(matches!(ask("myapp.local.", RecordType::SOA), Outcome::Answer { .. }));
+        assert!(matches!(ask("example.com.", RecordType::A), Outcome::Forward));
+        assert!(matches!(ask("xmyapp.local.", RecordType::A), Outcome::Forward));
     }
 
     #[test]
     fn negative_answers_carry_the_soa() {
-        let Outcome::NxDomain(soa) = ask("nope.myapp.local.", RecordType::A) else {
-            panic!("not NXDOMAIN")
-        };
-        let RData::SOA(s) = &soa.data else {
-            panic!("not SOA")
-        };
+        let Outcome::NxDomain(soa) = ask("nope.myapp.local.", RecordType::A) else { panic!("not NXDOMAIN") };
+        let RData::SOA(s) = &soa.data else { panic!("not SOA") };
         assert_eq!(s.serial, 7);
         assert_eq!(s.minimum, 1);
     }

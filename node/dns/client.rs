@@ -9,22 +9,14 @@ use hickory_proto::rr::{Name, RecordType};
 use tokio::net::UdpSocket;
 
 /// Asks `server` one question; returns the reply.
-pub async fn query(
-    server: SocketAddr,
-    name: &str,
-    qtype: RecordType,
-    timeout: Duration,
-) -> anyhow::Result<Message> {
+pub async fn query(server: SocketAddr, name: &str, qtype: RecordType, timeout: Duration) -> anyhow::Result<Message> {
     let id: u16 = rand::random();
     let mut msg = Message::new(id, MessageType::Query, OpCode::Query);
     msg.metadata.recursion_desired = true;
     msg.add_query(Query::query(Name::from_ascii(name)?, qtype));
     let bytes = msg.to_vec()?;
-    let bind: SocketAddr = if server.is_ipv4() {
-        ([127, 0, 0, 1], 0).into()
-    } else {
-        ([0u16, 0, 0, 0, 0, 0, 0, 1], 0).into()
-    };
+    let bind: SocketAddr =
+        if server.is_ipv4() { ([127, 0, 0, 1], 0).into() } else { ([0u16, 0, 0, 0, 0, 0, 0, 1], 0).into() };
     let socket = UdpSocket::bind(bind).await?;
     socket.connect(server).await?;
     socket.send(&bytes).await?;

@@ -21,9 +21,7 @@ pub async fn forward(upstreams: &[SocketAddr], query: &[u8], id: u16) -> Option<
         let reply = tokio::time::timeout(UPSTREAM_TIMEOUT, ask_udp(*upstream, query, id)).await;
         let Ok(Some(reply)) = reply else { continue };
         if reply.metadata.truncation {
-            if let Ok(Some(full)) =
-                tokio::time::timeout(UPSTREAM_TIMEOUT, ask_tcp(*upstream, query, id)).await
-            {
+            if let Ok(Some(full)) = tokio::time::timeout(UPSTREAM_TIMEOUT, ask_tcp(*upstream, query, id)).await {
                 return Some(full);
             }
         }
@@ -33,11 +31,7 @@ pub async fn forward(upstreams: &[SocketAddr], query: &[u8], id: u16) -> Option<
 }
 
 async fn ask_udp(upstream: SocketAddr, query: &[u8], id: u16) -> Option<Message> {
-    let bind: SocketAddr = if upstream.is_ipv4() {
-        ([0, 0, 0, 0], 0).into()
-    } else {
-        ([0u16; 8], 0).into()
-    };
+    let bind: SocketAddr = if upstream.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
     let socket = UdpSocket::bind(bind).await.ok()?;
     socket.connect(upstream).await.ok()?;
     socket.send(query).await.ok()?;

@@ -62,11 +62,7 @@ fn rcode_label(c: ResponseCode) -> Rcode {
 }
 
 impl Handler {
-    async fn respond<R: ResponseHandler>(
-        &self,
-        request: &Request,
-        mut response: R,
-    ) -> Result<ResponseInfo, String> {
+    async fn respond<R: ResponseHandler>(&self, request: &Request, mut response: R) -> Result<ResponseInfo, String> {
         let edns = request.edns.as_ref().map(|req| {
             let mut e = Edns::new();
             e.set_max_payload(req.max_payload().clamp(512, MAX_UDP_PAYLOAD));
@@ -87,9 +83,7 @@ impl Handler {
             }
         };
         let qtype = info.query.query_type();
-        if request.metadata.op_code != OpCode::Query
-            || request.metadata.message_type != MessageType::Query
-        {
+        if request.metadata.op_code != OpCode::Query || request.metadata.message_type != MessageType::Query {
             self.metrics.dns.query(qtype_label(qtype), Rcode::Other);
             let msg = builder().error_msg(&request.metadata, ResponseCode::NotImp);
             return response.send_response(msg).await.map_err(|e| e.to_string());
@@ -102,48 +96,25 @@ impl Handler {
         meta.recursion_available = true;
         let empty: [Record; 0] = [];
         let result = match outcome {
-            Outcome::Answer {
-                answers,
-                additionals,
-            } => {
+            Outcome::Answer { answers, additionals } => {
                 meta.authoritative = true;
-                let msg = builder().build(
-                    meta,
-                    answers.iter(),
-                    empty.iter(),
-                    empty.iter(),
-                    additionals.iter(),
-                );
+                let msg = builder().build(meta, answers.iter(), empty.iter(), empty.iter(), additionals.iter());
                 response.send_response(msg).await
             }
             Outcome::NoData(soa) => {
                 meta.authoritative = true;
-                let msg = builder().build(
-                    meta,
-                    empty.iter(),
-                    empty.iter(),
-                    std::iter::once(&soa),
-                    empty.iter(),
-                );
+                let msg = builder().build(meta, empty.iter(), empty.iter(), std::iter::once(&soa), empty.iter());
                 response.send_response(msg).await
             }
             Outcome::NxDomain(soa) => {
                 meta.authoritative = true;
                 meta.response_code = ResponseCode::NXDomain;
-                let msg = builder().build(
-                    meta,
-                    empty.iter(),
-                    empty.iter(),
-                    std::iter::once(&soa),
-                    empty.iter(),
-                );
+                let msg = builder().build(meta, empty.iter(), empty.iter(), std::iter::once(&soa), empty.iter());
                 response.send_response(msg).await
             }
             Outcome::Forward => {
                 self.metrics.dns.forwarded.inc();
-                match forward::forward(&self.upstreams, request.as_slice(), request.metadata.id)
-                    .await
-                {
+                match forward::forward(&self.upstreams, request.as_slice(), request.metadata.id).await {
                     Some(reply) => {
                         meta.response_code = reply.metadata.response_code;
                         meta.authoritative = false;
@@ -172,20 +143,11 @@ impl Handler {
 
 #[async_trait::async_trait]
 impl RequestHandler for Handler {
-    async fn handle_request<R: ResponseHandler, T: Time>(
-        &self,
-        request: &Request,
-        response: R,
-    ) -> ResponseInfo {
-        let qtype = request
-            .request_info()
-            .map(|i| qtype_label(i.query.query_type()))
-            .unwrap_or(QType::Other);
+    async fn handle_request<R: ResponseHandler, T: Time>(&self, request: &Request, response: R) -> ResponseInfo {
+        let qtype = request.request_info().map(|i| qtype_label(i.query.query_type())).unwrap_or(QType::Other);
         match self.respond(request, response).await {
             Ok(info) => {
-                self.metrics
-                    .dns
-                    .query(qtype, rcode_label(info.response_code));
+                self.metrics.dns.query(qtype, rcode_label(info.response_code));
                 info
             }
             Err(e) => {
@@ -193,10 +155,7 @@ impl RequestHandler for Handler {
                 self.metrics.dns.query(qtype, Rcode::ServFail);
                 let mut meta = Metadata::response_from_request(&request.metadata);
                 meta.response_code = ResponseCode::ServFail;
-                ResponseInfo::from(hickory_proto::op::Header {
-                    metadata: meta,
-                    counts: Default::default(),
-                })
+                ResponseInfo::from(hickory_proto::op::Header { metadata: meta, counts: Default::default() })
             }
         }
     }
@@ -231,14 +190,8 @@ pub async fn serve_dns(
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    let zone =
-        Zone::new(&config.namespace, config.ttl, config.max_answers).map_err(anyhow::Error::msg)?;
-    let handler = Handler {
-        zone,
-        registry,
-        upstreams: config.upstreams,
-        metrics,
-    };
+    let zone = Zone::new(&config.namespace, config.ttl, config.max_answers).map_err(anyhow::Error::msg)?;
+    let handler = Handler { zone, registry, upstreams: config.upstreams, metrics };
     let mut server = Server::new(handler);
     server.register_socket(sockets.udp);
     server.register_listener(sockets.tcp, TCP_IDLE, 64);

@@ -76,11 +76,7 @@ impl FrameCodec {
 
     /// Frames one message as one or more datagrams.
     pub fn seal(&self, message: &[u8], message_id: u32, now_unix_ms: u64) -> Vec<Vec<u8>> {
-        let chunks: Vec<&[u8]> = if message.is_empty() {
-            vec![message]
-        } else {
-            message.chunks(MAX_CHUNK).collect()
-        };
+        let chunks: Vec<&[u8]> = if message.is_empty() { vec![message] } else { message.chunks(MAX_CHUNK).collect() };
         let count = chunks.len().min(MAX_CHUNKS) as u8;
         chunks
             .iter()
@@ -95,8 +91,7 @@ impl FrameCodec {
                 plain.extend_from_slice(chunk);
                 match &self.keyring {
                     Some(k) => {
-                        let mut out =
-                            Vec::with_capacity(SEALED_HEADER_LEN + SEAL_OVERHEAD + plain.len());
+                        let mut out = Vec::with_capacity(SEALED_HEADER_LEN + SEAL_OVERHEAD + plain.len());
                         out.extend_from_slice(&[MAGIC, MODE_SEALED]);
                         out.extend_from_slice(&k.primary_id());
                         let header = out.clone();
@@ -118,11 +113,10 @@ impl FrameCodec {
         let plain = match (datagram, &self.keyring) {
             ([MAGIC, MODE_SEALED, rest @ ..], Some(k)) if rest.len() >= KEY_ID_LEN => {
                 let (key_id, sealed) = rest.split_at(KEY_ID_LEN);
-                k.open(key_id, &datagram[..SEALED_HEADER_LEN], sealed)
-                    .map_err(|e| match e {
-                        OpenError::Short => Reject::Malformed,
-                        OpenError::UnknownKey | OpenError::Forged => Reject::Unsealable,
-                    })?
+                k.open(key_id, &datagram[..SEALED_HEADER_LEN], sealed).map_err(|e| match e {
+                    OpenError::Short => Reject::Malformed,
+                    OpenError::UnknownKey | OpenError::Forged => Reject::Unsealable,
+                })?
             }
             ([MAGIC, MODE_SEALED, ..], Some(_)) => return Err(Reject::Malformed),
             ([MAGIC, MODE_PLAIN, rest @ ..], None) => rest.to_vec(),
@@ -142,12 +136,7 @@ impl FrameCodec {
         if count == 0 || usize::from(count) > MAX_CHUNKS || index >= count {
             return Err(Reject::Malformed);
         }
-        Ok(Chunk {
-            message_id,
-            index,
-            count,
-            bytes: bytes.to_vec(),
-        })
+        Ok(Chunk { message_id, index, count, bytes: bytes.to_vec() })
     }
 }
 
@@ -168,23 +157,18 @@ impl Reassembler {
         if chunk.count == 1 {
             return Some(chunk.bytes);
         }
-        self.partial
-            .retain(|_, p| now.duration_since(p.first_seen) < PARTIAL_TTL);
+        self.partial.retain(|_, p| now.duration_since(p.first_seen) < PARTIAL_TTL);
         if self.partial.len() >= MAX_PARTIAL {
-            let oldest = self
-                .partial
-                .iter()
-                .min_by_key(|(_, p)| p.first_seen)
-                .map(|(k, _)| *k);
+            let oldest = self.partial.iter().min_by_key(|(_, p)| p.first_seen).map(|(k, _)| *k);
             if let Some(k) = oldest {
                 self.partial.remove(&k);
             }
         }
         let key = (from, chunk.message_id);
-        let entry = self.partial.entry(key).or_insert_with(|| Partial {
-            chunks: vec![None; usize::from(chunk.count)],
-            first_seen: now,
-        });
+        let entry = self
+            .partial
+            .entry(key)
+            .or_insert_with(|| Partial { chunks: vec![None; usize::from(chunk.count)], first_seen: now });
         if entry.chunks.len() != usize::from(chunk.count) {
             self.partial.remove(&key);
             return None;
@@ -203,9 +187,7 @@ mod tests {
     use super::*;
 
     fn codec() -> FrameCodec {
-        FrameCodec::new(Some(
-            Keyring::from_base64(&[Keyring::generate_base64()]).expect("valid"),
-        ))
+        FrameCodec::new(Some(Keyring::from_base64(&[Keyring::generate_base64()]).expect("valid")))
     }
 
     const NOW: u64 = 1_700_000_000_000;
@@ -216,10 +198,7 @@ mod tests {
         let d = c.seal(b"hello", 7, NOW);
         assert_eq!(d.len(), 1);
         let chunk = c.open(&d[0], NOW + 10).expect("opens");
-        assert_eq!(
-            (chunk.message_id, chunk.count, chunk.bytes.as_slice()),
-            (7, 1, &b"hello"[..])
-        );
+        assert_eq!((chunk.message_id, chunk.count, chunk.bytes.as_slice()), (7, 1, &b"hello"[..]));
     }
 
     #[test]
@@ -246,17 +225,11 @@ mod tests {
         let d = a.seal(b"x", 1, NOW).remove(0);
         assert_eq!(b.open(&d, NOW), Err(Reject::Unsealable));
         assert_eq!(plain.open(&d, NOW), Err(Reject::Unsealable));
-        assert_eq!(
-            a.open(&plain.seal(b"x", 1, NOW)[0], NOW),
-            Err(Reject::Unsealable)
-        );
+        assert_eq!(a.open(&plain.seal(b"x", 1, NOW)[0], NOW), Err(Reject::Unsealable));
         assert_eq!(a.open(&d, NOW + REPLAY_WINDOW_MS + 1), Err(Reject::Stale));
         assert_eq!(a.open(b"", NOW), Err(Reject::Malformed));
         assert_eq!(a.open(b"junk", NOW), Err(Reject::Malformed));
-        assert_eq!(
-            a.open(&[MAGIC, MODE_SEALED, 1], NOW),
-            Err(Reject::Malformed)
-        );
+        assert_eq!(a.open(&[MAGIC, MODE_SEALED, 1], NOW), Err(Reject::Malformed));
     }
 
     #[test]
@@ -265,16 +238,7 @@ mod tests {
         let now = Instant::now();
         for id in 0..1000u32 {
             let from: SocketAddr = "127.0.0.1:1".parse().expect("valid");
-            let _ = r.push(
-                from,
-                Chunk {
-                    message_id: id,
-                    index: 0,
-                    count: 2,
-                    bytes: vec![0; 10],
-                },
-                now,
-            );
+            let _ = r.push(from, Chunk { message_id: id, index: 0, count: 2, bytes: vec![0; 10] }, now);
         }
         assert!(r.partial.len() <= MAX_PARTIAL);
     }

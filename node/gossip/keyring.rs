@@ -30,23 +30,14 @@ pub struct Keyring {
 
 impl std::fmt::Debug for Keyring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Keyring")
-            .field("keys", &self.keys.len())
-            .finish()
+        f.debug_struct("Keyring").field("keys", &self.keys.len()).finish()
     }
 }
 
 impl Clone for Keyring {
     fn clone(&self) -> Self {
         Self {
-            keys: self
-                .keys
-                .iter()
-                .map(|k| SealKey {
-                    id: k.id,
-                    key: k.key.clone(),
-                })
-                .collect(),
+            keys: self.keys.iter().map(|k| SealKey { id: k.id, key: k.key.clone() }).collect(),
             rng: SystemRandom::new(),
         }
     }
@@ -75,18 +66,11 @@ impl Keyring {
                 let digest = ring::digest::digest(&ring::digest::SHA256, raw);
                 let mut id = [0u8; KEY_ID_LEN];
                 id.copy_from_slice(&digest.as_ref()[..KEY_ID_LEN]);
-                let unbound = UnboundKey::new(&AES_256_GCM, raw)
-                    .map_err(|_| "invalid AES-256 key".to_owned())?;
-                Ok(SealKey {
-                    id,
-                    key: LessSafeKey::new(unbound),
-                })
+                let unbound = UnboundKey::new(&AES_256_GCM, raw).map_err(|_| "invalid AES-256 key".to_owned())?;
+                Ok(SealKey { id, key: LessSafeKey::new(unbound) })
             })
             .collect::<Result<_, String>>()?;
-        Ok(Keyring {
-            keys,
-            rng: SystemRandom::new(),
-        })
+        Ok(Keyring { keys, rng: SystemRandom::new() })
     }
 
     /// Builds a keyring from base64 keys as given on the command line.
@@ -95,12 +79,9 @@ impl Keyring {
             .iter()
             .enumerate()
             .map(|(i, k)| {
-                let bytes = STANDARD.decode(k.trim()).map_err(|_| {
-                    format!(
-                        "key #{} is not base64; make one with `murmur keygen`",
-                        i + 1
-                    )
-                })?;
+                let bytes = STANDARD
+                    .decode(k.trim())
+                    .map_err(|_| format!("key #{} is not base64; make one with `murmur keygen`", i + 1))?;
                 <[u8; KEY_LEN]>::try_from(bytes.as_slice()).map_err(|_| {
                     format!(
                         "key #{} is {} bytes, a key is {KEY_LEN}; make one with `murmur keygen`",
@@ -118,9 +99,7 @@ impl Keyring {
         let mut raw = [0u8; KEY_LEN];
         // The system RNG failing means the OS cannot give randomness at all; there is no
         // safe fallback for key material.
-        SystemRandom::new()
-            .fill(&mut raw)
-            .expect("the operating system random source works");
+        SystemRandom::new().fill(&mut raw).expect("the operating system random source works");
         STANDARD.encode(raw)
     }
 
@@ -133,9 +112,7 @@ impl Keyring {
     /// `nonce || ciphertext || tag` appended to `out`.
     pub fn seal(&self, header: &[u8], plaintext: &[u8], out: &mut Vec<u8>) {
         let mut nonce = [0u8; NONCE_LEN];
-        self.rng
-            .fill(&mut nonce)
-            .expect("the operating system random source works");
+        self.rng.fill(&mut nonce).expect("the operating system random source works");
         let start = out.len();
         out.extend_from_slice(&nonce);
         out.extend_from_slice(plaintext);
@@ -144,11 +121,7 @@ impl Keyring {
         // are under 64 KiB.
         self.keys[0]
             .key
-            .seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(header),
-                &mut body,
-            )
+            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(header), &mut body)
             .expect("a datagram is far below the AES-GCM length limit");
         out.extend_from_slice(&body);
     }
@@ -158,18 +131,11 @@ impl Keyring {
         if sealed.len() < SEAL_OVERHEAD {
             return Err(OpenError::Short);
         }
-        let key = self
-            .keys
-            .iter()
-            .find(|k| k.id == key_id)
-            .ok_or(OpenError::UnknownKey)?;
+        let key = self.keys.iter().find(|k| k.id == key_id).ok_or(OpenError::UnknownKey)?;
         let (nonce, body) = sealed.split_at(NONCE_LEN);
         let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| OpenError::Short)?;
         let mut body = body.to_vec();
-        let plain = key
-            .key
-            .open_in_place(nonce, Aad::from(header), &mut body)
-            .map_err(|_| OpenError::Forged)?;
+        let plain = key.key.open_in_place(nonce, Aad::from(header), &mut body).map_err(|_| OpenError::Forged)?;
         let len = plain.len();
         body.truncate(len);
         Ok(body)
@@ -191,16 +157,10 @@ mod tests {
         let rotating = ring_of(&[b.clone(), a.clone()]);
         let mut sealed = Vec::new();
         old.seal(b"hdr", b"hello", &mut sealed);
-        assert_eq!(
-            rotating.open(&old.primary_id(), b"hdr", &sealed).as_deref(),
-            Ok(&b"hello"[..])
-        );
+        assert_eq!(rotating.open(&old.primary_id(), b"hdr", &sealed).as_deref(), Ok(&b"hello"[..]));
         let mut sealed = Vec::new();
         rotating.seal(b"hdr", b"hi", &mut sealed);
-        assert_eq!(
-            old.open(&rotating.primary_id(), b"hdr", &sealed),
-            Err(OpenError::UnknownKey)
-        );
+        assert_eq!(old.open(&rotating.primary_id(), b"hdr", &sealed), Err(OpenError::UnknownKey));
     }
 
     #[test]
@@ -208,29 +168,19 @@ mod tests {
         let k = ring_of(&[Keyring::generate_base64()]);
         let mut sealed = Vec::new();
         k.seal(b"hdr", b"payload", &mut sealed);
-        assert_eq!(
-            k.open(&k.primary_id(), b"hdX", &sealed),
-            Err(OpenError::Forged)
-        );
+        assert_eq!(k.open(&k.primary_id(), b"hdX", &sealed), Err(OpenError::Forged));
         for i in 0..sealed.len() {
             let mut m = sealed.clone();
             m[i] ^= 0x01;
             assert!(k.open(&k.primary_id(), b"hdr", &m).is_err(), "byte {i}");
         }
-        assert_eq!(
-            k.open(&k.primary_id(), b"hdr", &sealed[..10]),
-            Err(OpenError::Short)
-        );
+        assert_eq!(k.open(&k.primary_id(), b"hdr", &sealed[..10]), Err(OpenError::Short));
     }
 
     #[test]
     fn bad_keys_are_refused_with_a_reason() {
-        assert!(Keyring::from_base64(&["!!".into()])
-            .expect_err("bad")
-            .contains("base64"));
-        assert!(Keyring::from_base64(&["AAAA".into()])
-            .expect_err("short")
-            .contains("3 bytes"));
+        assert!(Keyring::from_base64(&["!!".into()]).expect_err("bad").contains("base64"));
+        assert!(Keyring::from_base64(&["AAAA".into()]).expect_err("short").contains("3 bytes"));
         assert!(Keyring::from_base64(&[]).is_err());
     }
 }

@@ -12,8 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chitchat::{
-    spawn_chitchat, Chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig,
-    ProtocolVersion,
+    spawn_chitchat, Chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, ProtocolVersion,
 };
 use tokio::sync::{watch, Mutex};
 use tokio_util::sync::CancellationToken;
@@ -125,21 +124,13 @@ pub async fn spawn_gossip(
         extra_liveness_predicate: Some(Box::new(|state| !state.contains_key(keys::LEFT))),
         protocol_version: ProtocolVersion::V1,
     };
-    let transport = SealedTransport::new(
-        socket,
-        FrameCodec::new(config.keyring.clone()),
-        metrics.clone(),
-    );
+    let transport = SealedTransport::new(socket, FrameCodec::new(config.keyring.clone()), metrics.clone());
     let handle = spawn_chitchat(chitchat_config, initial, &transport).await?;
     let (view_tx, view_rx) = watch::channel(Arc::new(ClusterView::default()));
     let cancel = CancellationToken::new();
     tokio::spawn(view_loop(handle.chitchat(), view_tx, cancel.clone()));
     info!(%advertise, seeds = ?config.seeds, "gossip started");
-    Ok(Gossip {
-        handle,
-        view_rx,
-        cancel,
-    })
+    Ok(Gossip { handle, view_rx, cancel })
 }
 
 /// Copies chitchat's state out as a [`ClusterView`]. Holds the chitchat lock only while
@@ -164,10 +155,7 @@ fn read_view(chitchat: &Chitchat) -> ClusterView {
                 gossip_addr: id.gossip_advertise_addr,
                 status,
                 is_self: *id == self_id,
-                values: state
-                    .key_values()
-                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                    .collect(),
+                values: state.key_values().map(|(k, v)| (k.to_owned(), v.to_owned())).collect(),
             }
         })
         .collect();
@@ -202,9 +190,7 @@ async fn view_loop(
 impl Gossip {
     /// The write path into this node's state.
     pub fn writer(&self) -> StateWriter {
-        StateWriter {
-            chitchat: self.handle.chitchat(),
-        }
+        StateWriter { chitchat: self.handle.chitchat() }
     }
 
     /// The cluster view, updated on every change.
@@ -225,10 +211,7 @@ impl Gossip {
             let mut c = self.handle.chitchat().lock_owned().await;
             c.self_node_state().set(keys::LEFT, "1");
             let me = c.self_chitchat_id().clone();
-            c.live_nodes()
-                .filter(|id| **id != me)
-                .map(|id| id.gossip_advertise_addr)
-                .collect()
+            c.live_nodes().filter(|id| **id != me).map(|id| id.gossip_advertise_addr).collect()
         };
         for peer in peers {
             if let Err(e) = self.handle.gossip(peer) {

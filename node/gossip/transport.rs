@@ -25,10 +25,7 @@ use crate::metrics::Metrics;
 
 /// Unix milliseconds now. The only clock read of the transport, kept at the shell.
 fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// A transport that hands chitchat one pre-bound, sealed socket.
@@ -41,11 +38,7 @@ pub struct SealedTransport {
 impl SealedTransport {
     /// Wraps a bound socket.
     pub fn new(socket: tokio::net::UdpSocket, codec: FrameCodec, metrics: Arc<Metrics>) -> Self {
-        Self {
-            socket: Mutex::new(Some(socket)),
-            codec,
-            metrics,
-        }
+        Self { socket: Mutex::new(Some(socket)), codec, metrics }
     }
 }
 
@@ -83,16 +76,10 @@ struct SealedSocket {
 #[async_trait]
 impl Socket for SealedSocket {
     fn local_addr(&self) -> anyhow::Result<SocketAddr> {
-        self.socket
-            .local_addr()
-            .context("gossip socket has no local address")
+        self.socket.local_addr().context("gossip socket has no local address")
     }
 
-    async fn send(
-        &mut self,
-        to: SocketAddr,
-        envelope: ChitchatEnvelope,
-    ) -> anyhow::Result<SendOutcome> {
+    async fn send(&mut self, to: SocketAddr, envelope: ChitchatEnvelope) -> anyhow::Result<SendOutcome> {
         let message = match self.envelopes.encode(envelope).await {
             Ok(m) => m,
             Err(e) => {
@@ -112,17 +99,11 @@ impl Socket for SealedSocket {
         for datagram in self.codec.seal(&message, id, unix_ms()) {
             // A send error (peer unreachable) is the failure detector's business, not a
             // reason to stop gossiping: report it to chitchat, which logs and goes on.
-            sent += self
-                .socket
-                .send_to(&datagram, to)
-                .await
-                .context("gossip send failed")?;
+            sent += self.socket.send_to(&datagram, to).await.context("gossip send failed")?;
             self.metrics.gossip.packets_sent.inc();
             self.metrics.gossip.bytes_sent.add(datagram.len() as u64);
         }
-        Ok(SendOutcome {
-            num_bytes_sent: sent,
-        })
+        Ok(SendOutcome { num_bytes_sent: sent })
     }
 
     async fn recv(&mut self) -> anyhow::Result<RecvOutcome> {
@@ -160,11 +141,7 @@ impl Socket for SealedSocket {
             };
             match self.envelopes.decode(&message).await {
                 Ok(Some(envelope)) => {
-                    return Ok(RecvOutcome {
-                        from_addr: from,
-                        envelope,
-                        num_bytes_received: len,
-                    });
+                    return Ok(RecvOutcome { from_addr: from, envelope, num_bytes_received: len });
                 }
                 Ok(None) => {
                     m.malformed.inc();
@@ -213,26 +190,13 @@ fn sentinel_envelope(nonce: u64) -> ChitchatEnvelope {
 impl EnvelopeCodec {
     async fn open() -> anyhow::Result<Self> {
         let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
-        let chitchat = UdpTransport
-            .open(loopback)
-            .await
-            .context("gossip codec socket")?;
+        let chitchat = UdpTransport.open(loopback).await.context("gossip codec socket")?;
         let chitchat_addr = chitchat.local_addr()?;
-        let raw = tokio::net::UdpSocket::bind(loopback)
-            .await
-            .context("gossip codec socket")?;
+        let raw = tokio::net::UdpSocket::bind(loopback).await.context("gossip codec socket")?;
         let raw_addr = raw.local_addr()?;
         let nonce = rand::random();
         let buf = vec![0u8; MAX_DATAGRAM + 1].into_boxed_slice();
-        let mut codec = Self {
-            chitchat,
-            chitchat_addr,
-            raw,
-            raw_addr,
-            sentinel: Vec::new(),
-            nonce,
-            buf,
-        };
+        let mut codec = Self { chitchat, chitchat_addr, raw, raw_addr, sentinel: Vec::new(), nonce, buf };
         codec.sentinel = codec.encode(sentinel_envelope(nonce)).await?;
         Ok(codec)
     }
@@ -288,27 +252,14 @@ mod tests {
     #[tokio::test]
     async fn the_loopback_codec_round_trips_and_rejects_garbage() {
         let mut codec = EnvelopeCodec::open().await.expect("codec opens");
-        let env = ChitchatEnvelope {
-            version: ProtocolVersion::V1,
-            message: ChitchatMessage::BadCluster,
-        };
+        let env = ChitchatEnvelope { version: ProtocolVersion::V1, message: ChitchatMessage::BadCluster };
         let bytes = codec.encode(env).await.expect("encodes");
         assert!(!bytes.is_empty());
         for garbage in [&b"junk"[..], &[], &bytes[..bytes.len() - 1]] {
-            assert_eq!(
-                codec.decode(garbage).await.expect("no codec failure"),
-                None,
-                "{garbage:?}"
-            );
+            assert_eq!(codec.decode(garbage).await.expect("no codec failure"), None, "{garbage:?}");
         }
         let back = codec.decode(&bytes).await.expect("decodes");
-        assert_eq!(
-            back,
-            Some(ChitchatEnvelope {
-                version: ProtocolVersion::V1,
-                message: ChitchatMessage::BadCluster
-            })
-        );
+        assert_eq!(back, Some(ChitchatEnvelope { version: ProtocolVersion::V1, message: ChitchatMessage::BadCluster }));
         // The codec is still in step after all of that.
         assert_eq!(codec.decode(b"x").await.expect("no failure"), None);
         assert!(codec.decode(&bytes).await.expect("decodes").is_some());

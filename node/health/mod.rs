@@ -21,15 +21,10 @@ use crate::metrics::Metrics;
 use murmur_protocol::InstanceId;
 
 /// Runs the checks until `cancel`. Returns `Ok(())` when cancelled.
-pub async fn run_health(
-    publisher: Publisher,
-    metrics: Arc<Metrics>,
-    cancel: CancellationToken,
-) -> anyhow::Result<()> {
+pub async fn run_health(publisher: Publisher, metrics: Arc<Metrics>, cancel: CancellationToken) -> anyhow::Result<()> {
     let mut local_rx = publisher.local();
     // One loop per instance, keyed by id; replaced when its check or address changes.
-    let mut loops: BTreeMap<InstanceId, (CheckSpec, SocketAddr, CancellationToken)> =
-        BTreeMap::new();
+    let mut loops: BTreeMap<InstanceId, (CheckSpec, SocketAddr, CancellationToken)> = BTreeMap::new();
     loop {
         let instances: Arc<Vec<LocalInstance>> = local_rx.borrow_and_update().clone();
         let wanted: BTreeMap<InstanceId, &LocalInstance> = instances
@@ -38,9 +33,9 @@ pub async fn run_health(
             .map(|i| (i.record.instance.clone(), i))
             .collect();
         loops.retain(|id, (check, target, token)| {
-            let keep = wanted.get(id).is_some_and(|i| {
-                &i.check == check && SocketAddr::new(i.record.address, i.record.port) == *target
-            });
+            let keep = wanted
+                .get(id)
+                .is_some_and(|i| &i.check == check && SocketAddr::new(i.record.address, i.record.port) == *target);
             if !keep {
                 token.cancel();
             }
@@ -54,15 +49,8 @@ pub async fn run_health(
             let token = cancel.child_token();
             let span = info_span!("health", instance = %id, %target);
             tokio::spawn(
-                check_loop(
-                    id.clone(),
-                    inst.check.clone(),
-                    target,
-                    publisher.clone(),
-                    metrics.clone(),
-                    token.clone(),
-                )
-                .instrument(span),
+                check_loop(id.clone(), inst.check.clone(), target, publisher.clone(), metrics.clone(), token.clone())
+                    .instrument(span),
             );
             loops.insert(id, (inst.check.clone(), target, token));
         }
@@ -81,10 +69,7 @@ async fn check_loop(
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) {
-    let mut thresholds = Thresholds::new(
-        check.failures_before_critical,
-        check.successes_before_passing,
-    );
+    let mut thresholds = Thresholds::new(check.failures_before_critical, check.successes_before_passing);
     // The first probe runs at once, so a new instance appears as soon as it answers.
     let mut tick = tokio::time::interval(check.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

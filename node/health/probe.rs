@@ -20,16 +20,10 @@ pub struct ProbeResult {
 
 impl ProbeResult {
     fn pass(output: impl Into<String>) -> Self {
-        Self {
-            passed: true,
-            output: output.into(),
-        }
+        Self { passed: true, output: output.into() }
     }
     fn fail(output: impl Into<String>) -> Self {
-        Self {
-            passed: false,
-            output: output.into(),
-        }
+        Self { passed: false, output: output.into() }
     }
 }
 
@@ -51,17 +45,12 @@ async fn run(kind: &CheckKind, target: SocketAddr) -> ProbeResult {
         CheckKind::Http { path } => http_get(target, path).await,
         CheckKind::Exec { command } => {
             let mut cmd = tokio::process::Command::new("sh");
-            cmd.arg("-c")
-                .arg(command)
-                .kill_on_drop(true)
-                .stdin(std::process::Stdio::null());
+            cmd.arg("-c").arg(command).kill_on_drop(true).stdin(std::process::Stdio::null());
             match cmd.output().await {
                 Ok(out) if out.status.success() => ProbeResult::pass("exit 0"),
-                Ok(out) => ProbeResult::fail(format!(
-                    "{}: {}",
-                    out.status,
-                    String::from_utf8_lossy(&out.stderr).trim()
-                )),
+                Ok(out) => {
+                    ProbeResult::fail(format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()))
+                }
                 Err(e) => ProbeResult::fail(format!("cannot run `{command}`: {e}")),
             }
         }
@@ -75,7 +64,8 @@ async fn http_get(target: SocketAddr, path: &str) -> ProbeResult {
         Ok(s) => s,
         Err(e) => return ProbeResult::fail(format!("http connect to {target}: {e}")),
     };
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {target}\r\nUser-Agent: murmur-health\r\nConnection: close\r\n\r\n");
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {target}\r\nUser-Agent: murmur-health\r\nConnection: close\r\n\r\n");
     if let Err(e) = stream.write_all(request.as_bytes()).await {
         return ProbeResult::fail(format!("http write: {e}"));
     }
@@ -92,10 +82,7 @@ async fn http_get(target: SocketAddr, path: &str) -> ProbeResult {
         }
     }
     let line = String::from_utf8_lossy(&buf[..len]);
-    let code = line
-        .strip_prefix("HTTP/1.")
-        .and_then(|rest| rest.get(2..5))
-        .and_then(|c| c.parse::<u16>().ok());
+    let code = line.strip_prefix("HTTP/1.").and_then(|rest| rest.get(2..5)).and_then(|c| c.parse::<u16>().ok());
     match code {
         Some(c) if (200..400).contains(&c) => ProbeResult::pass(format!("HTTP {c}")),
         Some(c) => ProbeResult::fail(format!("HTTP {c}")),
@@ -116,9 +103,7 @@ mod tests {
             while let Ok((mut s, _)) = listener.accept().await {
                 let mut buf = [0u8; 512];
                 let _ = s.read(&mut buf).await;
-                let _ = s
-                    .write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes())
-                    .await;
+                let _ = s.write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes()).await;
             }
         });
         addr
@@ -129,49 +114,16 @@ mod tests {
         let t = Duration::from_secs(2);
         let ok = http_server("204 No Content").await;
         let bad = http_server("503 Unavailable").await;
-        let http = CheckKind::Http {
-            path: "/health".into(),
-        };
+        let http = CheckKind::Http { path: "/health".into() };
         assert!(probe(&http, ok, t).await.passed);
         let r = probe(&http, bad, t).await;
         assert!(!r.passed && r.output.contains("503"), "{r:?}");
         assert!(probe(&CheckKind::Tcp, ok, t).await.passed);
-        let closed = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind")
-            .local_addr()
-            .expect("addr");
+        let closed = TcpListener::bind("127.0.0.1:0").await.expect("bind").local_addr().expect("addr");
         assert!(!probe(&CheckKind::Tcp, closed, t).await.passed);
-        assert!(
-            probe(
-                &CheckKind::Exec {
-                    command: "true".into()
-                },
-                ok,
-                t
-            )
-            .await
-            .passed
-        );
-        assert!(
-            !probe(
-                &CheckKind::Exec {
-                    command: "exit 3".into()
-                },
-                ok,
-                t
-            )
-            .await
-            .passed
-        );
-        let slow = probe(
-            &CheckKind::Exec {
-                command: "sleep 5".into(),
-            },
-            ok,
-            Duration::from_millis(100),
-        )
-        .await;
+        assert!(probe(&CheckKind::Exec { command: "true".into() }, ok, t).await.passed);
+        assert!(!probe(&CheckKind::Exec { command: "exit 3".into() }, ok, t).await.passed);
+        let slow = probe(&CheckKind::Exec { command: "sleep 5".into() }, ok, Duration::from_millis(100)).await;
         assert!(!slow.passed && slow.output.contains("timed out"));
     }
 }

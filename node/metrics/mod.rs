@@ -2,6 +2,7 @@
 //! nothing of ours. Label sets are closed enums, never free text, so a hostile query
 //! cannot grow the metric set.
 
+pub mod proxy;
 mod render;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -90,14 +91,7 @@ pub enum QType {
 }
 
 impl QType {
-    const ALL: [QType; 6] = [
-        QType::A,
-        QType::Aaaa,
-        QType::Srv,
-        QType::Soa,
-        QType::Any,
-        QType::Other,
-    ];
+    const ALL: [QType; 6] = [QType::A, QType::Aaaa, QType::Srv, QType::Soa, QType::Any, QType::Other];
     fn label(self) -> &'static str {
         match self {
             QType::A => "A",
@@ -122,14 +116,8 @@ pub enum Rcode {
 }
 
 impl Rcode {
-    const ALL: [Rcode; 6] = [
-        Rcode::NoError,
-        Rcode::NxDomain,
-        Rcode::ServFail,
-        Rcode::Refused,
-        Rcode::FormErr,
-        Rcode::Other,
-    ];
+    const ALL: [Rcode; 6] =
+        [Rcode::NoError, Rcode::NxDomain, Rcode::ServFail, Rcode::Refused, Rcode::FormErr, Rcode::Other];
     fn label(self) -> &'static str {
         match self {
             Rcode::NoError => "NOERROR",
@@ -203,4 +191,6 @@ pub struct Metrics {
     pub health: HealthMetrics,
     /// Admin API.
     pub api: ApiMetrics,
+    /// Sidecar proxy.
+    pub proxy: proxy::ProxyMetrics,
 }

@@ -7,23 +7,14 @@ use std::fmt::Write;
 use super::{Metrics, QType, Rcode};
 
 fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
-    let _ = writeln!(
-        out,
-        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-    );
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
 }
 
 /// Renders all metrics as Prometheus text.
 pub fn render_prometheus(m: &Metrics) -> String {
     let mut out = String::with_capacity(4096);
     let g = &m.gossip;
-    metric(
-        &mut out,
-        "murmur_gossip_packets_sent_total",
-        "counter",
-        "Gossip datagrams sent.",
-        g.packets_sent.get(),
-    );
+    metric(&mut out, "murmur_gossip_packets_sent_total", "counter", "Gossip datagrams sent.", g.packets_sent.get());
     metric(
         &mut out,
         "murmur_gossip_packets_received_total",
@@ -31,20 +22,8 @@ pub fn render_prometheus(m: &Metrics) -> String {
         "Gossip datagrams received.",
         g.packets_received.get(),
     );
-    metric(
-        &mut out,
-        "murmur_gossip_sent_bytes_total",
-        "counter",
-        "Gossip bytes sent.",
-        g.bytes_sent.get(),
-    );
-    metric(
-        &mut out,
-        "murmur_gossip_received_bytes_total",
-        "counter",
-        "Gossip bytes received.",
-        g.bytes_received.get(),
-    );
+    metric(&mut out, "murmur_gossip_sent_bytes_total", "counter", "Gossip bytes sent.", g.bytes_sent.get());
+    metric(&mut out, "murmur_gossip_received_bytes_total", "counter", "Gossip bytes received.", g.bytes_received.get());
     let _ = writeln!(
         out,
         "# HELP murmur_gossip_dropped_packets_total Gossip datagrams dropped, by reason.\n\
@@ -79,13 +58,7 @@ pub fn render_prometheus(m: &Metrics) -> String {
         "Service instances in the local replica.",
         mm.instances.get(),
     );
-    metric(
-        &mut out,
-        "murmur_registry_snapshots_total",
-        "counter",
-        "Registry snapshots built.",
-        mm.snapshots.get(),
-    );
+    metric(&mut out, "murmur_registry_snapshots_total", "counter", "Registry snapshots built.", mm.snapshots.get());
     let _ = writeln!(out, "# HELP murmur_dns_queries_total DNS queries answered, by type and response code.\n# TYPE murmur_dns_queries_total counter");
     for q in QType::ALL {
         for r in Rcode::ALL {
@@ -98,13 +71,7 @@ pub fn render_prometheus(m: &Metrics) -> String {
             );
         }
     }
-    metric(
-        &mut out,
-        "murmur_dns_forwarded_total",
-        "counter",
-        "DNS queries forwarded upstream.",
-        m.dns.forwarded.get(),
-    );
+    metric(&mut out, "murmur_dns_forwarded_total", "counter", "DNS queries forwarded upstream.", m.dns.forwarded.get());
     metric(
         &mut out,
         "murmur_dns_forward_failures_total",
@@ -149,10 +116,7 @@ mod tests {
         assert!(text.contains("murmur_dns_queries_total{qtype=\"SRV\",rcode=\"NXDOMAIN\"} 1"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(['{', ' ']).next().unwrap_or_default();
-            assert!(
-                text.contains(&format!("# TYPE {name} ")),
-                "no TYPE for {name}"
-            );
+            assert!(text.contains(&format!("# TYPE {name} ")), "no TYPE for {name}");
         }
     }
 
@@ -166,10 +130,7 @@ mod tests {
             .stderr(std::process::Stdio::piped())
             .spawn()
         else {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "promtool must be installed in CI (.ci/run installs it)"
-            );
+            assert!(std::env::var_os("CI").is_none(), "promtool must be installed in CI (.ci/run installs it)");
             eprintln!("SKIPPED: promtool is not installed (apt-get install prometheus); .ci/run installs it");
             return;
         };

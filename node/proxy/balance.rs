@@ -5,15 +5,7 @@
 
 use rand::{Rng, RngExt};
 
-/// How an upstream picks endpoints.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Policy {
-    /// Power of two choices on load.
-    #[default]
-    P2c,
-    /// Round robin.
-    RoundRobin,
-}
+pub use crate::config::Policy;
 
 /// One endpoint as the balancer sees it.
 #[derive(Debug, Clone)]
@@ -61,7 +53,11 @@ impl Balancer {
         }
         let narrow = |set: Vec<usize>, keep: &dyn Fn(&Candidate) -> bool| {
             let kept: Vec<usize> = set.iter().copied().filter(|&i| keep(&cands[i])).collect();
-            if kept.is_empty() { set } else { kept }
+            if kept.is_empty() {
+                set
+            } else {
+                kept
+            }
         };
         // Healthy first (else panic mode), then same zone, then positive weight.
         let set = narrow(untried, &|c| !c.ejected);
@@ -109,7 +105,14 @@ mod tests {
     use super::*;
 
     fn c(latency_ms: f64, outstanding: u32) -> Candidate {
-        Candidate { weight: 1, same_zone: true, latency_ns: latency_ms * 1e6, outstanding, ejected: false, tried: false }
+        Candidate {
+            weight: 1,
+            same_zone: true,
+            latency_ns: latency_ms * 1e6,
+            outstanding,
+            ejected: false,
+            tried: false,
+        }
     }
 
     fn counts(b: &mut Balancer, cands: &[Candidate], n: usize) -> Vec<usize> {
@@ -156,7 +159,11 @@ mod tests {
         let hits = counts(&mut Balancer::new(Policy::P2c), &cands, 2000);
         assert!(hits[0] > 1500, "{hits:?}");
         cands[0].weight = 0;
-        assert_eq!(counts(&mut Balancer::new(Policy::P2c), &cands, 100), vec![0, 100], "weight 0 only as a last resort");
+        assert_eq!(
+            counts(&mut Balancer::new(Policy::P2c), &cands, 100),
+            vec![0, 100],
+            "weight 0 only as a last resort"
+        );
         let rr = counts(&mut Balancer::new(Policy::RoundRobin), &[c(1.0, 0), c(9.0, 9)], 100);
         assert_eq!(rr, vec![50, 50]);
     }

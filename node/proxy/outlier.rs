@@ -5,40 +5,9 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-/// Settings of outlier detection.
-#[derive(Debug, Clone, PartialEq)]
-pub struct OutlierConfig {
-    /// Consecutive failures that eject (0 turns this rule off).
-    pub consecutive_failures: u32,
-    /// Failure percentage over `interval` that ejects (0 turns this rule off).
-    pub failure_percent: u32,
-    /// Requests needed in an interval before the percentage rule applies.
-    pub min_requests: u32,
-    /// Length of the percentage window.
-    pub interval: Duration,
-    /// Base ejection time, multiplied by the times ejected.
-    pub base_ejection: Duration,
-    /// Longest ejection.
-    pub max_ejection: Duration,
-    /// Largest share of endpoints ejected at once, percent.
-    pub max_ejected_percent: u32,
-}
-
-impl Default for OutlierConfig {
-    fn default() -> Self {
-        Self {
-            consecutive_failures: 5,
-            failure_percent: 50,
-            min_requests: 20,
-            interval: Duration::from_secs(10),
-            base_ejection: Duration::from_secs(30),
-            max_ejection: Duration::from_secs(300),
-            max_ejected_percent: 50,
-        }
-    }
-}
+pub use crate::config::OutlierConfig;
 
 /// One connection outcome as the outlier detector counts it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,7 +97,10 @@ impl<E: Clone + Eq + Hash> OutlierDetector<E> {
         let c = &self.config;
         let reason = if c.consecutive_failures > 0 && st.consecutive >= c.consecutive_failures {
             "consecutive_failures"
-        } else if c.failure_percent > 0 && st.requests >= c.min_requests && st.failures * 100 >= c.failure_percent * st.requests {
+        } else if c.failure_percent > 0
+            && st.requests >= c.min_requests
+            && st.failures * 100 >= c.failure_percent * st.requests
+        {
             "failure_percent"
         } else {
             return None;
@@ -168,6 +140,8 @@ impl<E: Clone + Eq + Hash> OutlierDetector<E> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn cfg() -> OutlierConfig {

@@ -5,9 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use murmur_protocol::{
-    decode_value, Health, HealthRecord, InstanceId, InstanceRecord, Key, NodeName, NodeRecord,
-};
+use murmur_protocol::{decode_value, Health, HealthRecord, InstanceId, InstanceRecord, Key, NodeName, NodeRecord};
 
 use super::snapshot::{Instance, Member, MemberStatus, Snapshot};
 use crate::gossip::{ClusterView, NodeView};
@@ -30,9 +28,7 @@ pub fn build_snapshot(view: &ClusterView, version: u64) -> (Snapshot, Vec<BadVal
     // generation is heard of.
     let mut newest: BTreeMap<&str, &NodeView> = BTreeMap::new();
     for node in &view.nodes {
-        let keep = newest
-            .get(node.name.as_str())
-            .is_none_or(|n| n.generation < node.generation);
+        let keep = newest.get(node.name.as_str()).is_none_or(|n| n.generation < node.generation);
         if keep {
             newest.insert(&node.name, node);
         }
@@ -101,37 +97,28 @@ pub fn build_snapshot(view: &ClusterView, version: u64) -> (Snapshot, Vec<BadVal
                 Some(h) => (h.status, h.since_unix_ms, h.output),
                 None => (Health::Critical, 0, "no health reported yet".to_owned()),
             };
-            services
-                .entry(inst.service.clone())
-                .or_default()
-                .push(Arc::new(Instance {
-                    service: inst.service,
-                    id: inst.instance,
-                    node: node_name.clone(),
-                    zone: record.zone.clone(),
-                    address: inst.address,
-                    port: inst.port,
-                    sidecar: inst.sidecar,
-                    tags: inst.tags,
-                    attributes: inst.attributes,
-                    weight: inst.weight,
-                    health: status,
-                    health_since_unix_ms: since,
-                    health_output: output,
-                }));
+            services.entry(inst.service.clone()).or_default().push(Arc::new(Instance {
+                service: inst.service,
+                id: inst.instance,
+                node: node_name.clone(),
+                zone: record.zone.clone(),
+                address: inst.address,
+                port: inst.port,
+                sidecar: inst.sidecar,
+                proxy: record.proxy,
+                tags: inst.tags,
+                attributes: inst.attributes,
+                weight: inst.weight,
+                health: status,
+                health_since_unix_ms: since,
+                health_output: output,
+            }));
         }
     }
     for list in services.values_mut() {
         list.sort_by(|a, b| a.id.cmp(&b.id));
     }
-    (
-        Snapshot {
-            version,
-            members,
-            services,
-        },
-        bad,
-    )
+    (Snapshot { version, members, services }, bad)
 }
 
 #[cfg(test)]
@@ -172,10 +159,7 @@ mod tests {
                 weight: 1,
             };
             values.push((Key::Instance(id.clone()).render(), encode_value(&rec)));
-            values.push((
-                Key::Health(id).render(),
-                encode_value(&HealthRecord::new(*health, 1, "")),
-            ));
+            values.push((Key::Health(id).render(), encode_value(&HealthRecord::new(*health, 1, ""))));
         }
         NodeView {
             name: name.into(),
@@ -199,67 +183,25 @@ mod tests {
                     "a",
                     1,
                     MemberStatus::Alive,
-                    &[
-                        ("web", "a-1", Health::Passing, &["canary"]),
-                        ("db", "a-2", Health::Critical, &[]),
-                    ],
+                    &[("web", "a-1", Health::Passing, &["canary"]), ("db", "a-2", Health::Critical, &[])],
                 ),
                 node(
                     "b",
                     1,
                     MemberStatus::Alive,
-                    &[
-                        ("web", "b-1", Health::Draining, &[]),
-                        ("web", "b-2", Health::Warning, &[]),
-                    ],
+                    &[("web", "b-1", Health::Draining, &[]), ("web", "b-2", Health::Warning, &[])],
                 ),
             ],
         };
         let (snap, bad) = build_snapshot(&view, 1);
         assert!(bad.is_empty());
-        let ids = |q: &Query, s: &str| {
-            snap.lookup(&svc(s), q)
-                .iter()
-                .map(|i| i.id.to_string())
-                .collect::<Vec<_>>()
-        };
+        let ids = |q: &Query, s: &str| snap.lookup(&svc(s), q).iter().map(|i| i.id.to_string()).collect::<Vec<_>>();
         assert_eq!(ids(&Query::default(), "web"), ["a-1", "b-2"]);
-        assert_eq!(
-            ids(
-                &Query {
-                    health: HealthFilter::All,
-                    ..Default::default()
-                },
-                "web"
-            )
-            .len(),
-            3
-        );
-        assert_eq!(
-            ids(
-                &Query {
-                    tag: Some(Tag::new("canary").expect("valid")),
-                    ..Default::default()
-                },
-                "web"
-            ),
-            ["a-1"]
-        );
+        assert_eq!(ids(&Query { health: HealthFilter::All, ..Default::default() }, "web").len(), 3);
+        assert_eq!(ids(&Query { tag: Some(Tag::new("canary").expect("valid")), ..Default::default() }, "web"), ["a-1"]);
         assert!(ids(&Query::default(), "db").is_empty());
-        assert_eq!(
-            ids(
-                &Query {
-                    health: HealthFilter::HealthyOrElseAll,
-                    ..Default::default()
-                },
-                "db"
-            ),
-            ["a-2"]
-        );
-        let zone_first = Query {
-            prefer_zone: Some("z-b".into()),
-            ..Default::default()
-        };
+        assert_eq!(ids(&Query { health: HealthFilter::HealthyOrElseAll, ..Default::default() }, "db"), ["a-2"]);
+        let zone_first = Query { prefer_zone: Some("z-b".into()), ..Default::default() };
         assert_eq!(ids(&zone_first, "web"), ["b-2", "a-1"]);
         assert!(snap.knows_service(&svc("db")));
         assert!(!snap.knows_service(&svc("nope")));
@@ -269,61 +211,24 @@ mod tests {
     fn dead_and_left_nodes_leave_answers_but_stay_members() {
         let view = ClusterView {
             nodes: vec![
-                node(
-                    "a",
-                    1,
-                    MemberStatus::Dead,
-                    &[("web", "a-1", Health::Passing, &[])],
-                ),
-                node(
-                    "b",
-                    1,
-                    MemberStatus::Left,
-                    &[("web", "b-1", Health::Passing, &[])],
-                ),
+                node("a", 1, MemberStatus::Dead, &[("web", "a-1", Health::Passing, &[])]),
+                node("b", 1, MemberStatus::Left, &[("web", "b-1", Health::Passing, &[])]),
             ],
         };
         let (snap, _) = build_snapshot(&view, 1);
-        assert!(snap
-            .lookup(
-                &svc("web"),
-                &Query {
-                    health: HealthFilter::All,
-                    ..Default::default()
-                }
-            )
-            .is_empty());
+        assert!(snap.lookup(&svc("web"), &Query { health: HealthFilter::All, ..Default::default() }).is_empty());
         assert_eq!(snap.members.len(), 2);
     }
 
     #[test]
     fn a_restarted_node_replaces_its_old_generation() {
-        let mut old = node(
-            "a",
-            1,
-            MemberStatus::Alive,
-            &[("web", "a-old", Health::Passing, &[])],
-        );
+        let mut old = node("a", 1, MemberStatus::Alive, &[("web", "a-old", Health::Passing, &[])]);
         old.gossip_addr = "127.0.0.1:1".parse().expect("valid");
-        let new = node(
-            "a",
-            2,
-            MemberStatus::Alive,
-            &[("web", "a-new", Health::Passing, &[])],
-        );
-        let (snap, _) = build_snapshot(
-            &ClusterView {
-                nodes: vec![old, new],
-            },
-            1,
-        );
+        let new = node("a", 2, MemberStatus::Alive, &[("web", "a-new", Health::Passing, &[])]);
+        let (snap, _) = build_snapshot(&ClusterView { nodes: vec![old, new] }, 1);
         assert_eq!(snap.members.len(), 1);
         assert_eq!(snap.members[0].generation, 2);
-        let ids: Vec<_> = snap
-            .lookup(&svc("web"), &Query::default())
-            .iter()
-            .map(|i| i.id.to_string())
-            .collect();
+        let ids: Vec<_> = snap.lookup(&svc("web"), &Query::default()).iter().map(|i| i.id.to_string()).collect();
         assert_eq!(ids, ["a-new"]);
     }
 
@@ -333,22 +238,13 @@ mod tests {
             "a",
             1,
             MemberStatus::Alive,
-            &[
-                ("web", "a-1", Health::Passing, &[]),
-                ("web", "a-2", Health::Passing, &[]),
-            ],
+            &[("web", "a-1", Health::Passing, &[]), ("web", "a-2", Health::Passing, &[])],
         );
         n.values.push(("i/a-3".into(), "garbage!".into()));
         n.values.push(("h/a-2".into(), "AAAA".into()));
         let (snap, bad) = build_snapshot(&ClusterView { nodes: vec![n] }, 1);
         assert_eq!(bad.len(), 2);
-        let all = snap.lookup(
-            &svc("web"),
-            &Query {
-                health: HealthFilter::All,
-                ..Default::default()
-            },
-        );
+        let all = snap.lookup(&svc("web"), &Query { health: HealthFilter::All, ..Default::default() });
         assert_eq!(all.len(), 2);
         // The garbage health value of a-2 is skipped; the good one gossiped before stands.
         assert!(all.iter().all(|i| i.health == Health::Passing));
@@ -356,12 +252,7 @@ mod tests {
 
     #[test]
     fn an_instance_without_health_is_critical() {
-        let mut n = node(
-            "a",
-            1,
-            MemberStatus::Alive,
-            &[("web", "a-1", Health::Passing, &[])],
-        );
+        let mut n = node("a", 1, MemberStatus::Alive, &[("web", "a-1", Health::Passing, &[])]);
         n.values.retain(|(k, _)| !k.starts_with("h/"));
         let (snap, _) = build_snapshot(&ClusterView { nodes: vec![n] }, 1);
         assert!(snap.lookup(&svc("web"), &Query::default()).is_empty());

@@ -32,11 +32,7 @@ impl RegistryReader {
 
     /// Waits until `pred` holds for a snapshot, or `timeout` passes; returns the last
     /// snapshot seen and whether `pred` held.
-    pub async fn wait_for(
-        &self,
-        timeout: Duration,
-        pred: impl Fn(&Snapshot) -> bool,
-    ) -> (Arc<Snapshot>, bool) {
+    pub async fn wait_for(&self, timeout: Duration, pred: impl Fn(&Snapshot) -> bool) -> (Arc<Snapshot>, bool) {
         let mut rx = self.rx.clone();
         let found = tokio::time::timeout(timeout, rx.wait_for(|s| pred(s))).await;
         let ok = matches!(found, Ok(Ok(_)));
@@ -70,13 +66,11 @@ pub fn spawn_registry(
             }
             last_bad = bad;
             let m = &metrics.members;
-            let count =
-                |s: MemberStatus| snapshot.members.iter().filter(|x| x.status == s).count() as u64;
+            let count = |s: MemberStatus| snapshot.members.iter().filter(|x| x.status == s).count() as u64;
             m.alive.set(count(MemberStatus::Alive));
             m.dead.set(count(MemberStatus::Dead));
             m.left.set(count(MemberStatus::Left));
-            m.instances
-                .set(snapshot.services.values().map(|v| v.len() as u64).sum());
+            m.instances.set(snapshot.services.values().map(|v| v.len() as u64).sum());
             m.snapshots.inc();
             tx.send_replace(Arc::new(snapshot));
             tokio::select! {

@@ -50,6 +50,8 @@ pub struct Instance {
     pub port: u16,
     /// Whether a sidecar fronts it.
     pub sidecar: bool,
+    /// Where that node's sidecar accepts proxied streams (QUIC), when it runs one.
+    pub proxy: Option<SocketAddr>,
     /// Tags.
     pub tags: Vec<Tag>,
     /// Attributes.
@@ -109,18 +111,9 @@ impl Snapshot {
         let matching: Vec<&Arc<Instance>> = all
             .iter()
             .filter(|i| query.tag.as_ref().is_none_or(|t| i.tags.contains(t)))
-            .filter(|i| {
-                query
-                    .attribute
-                    .as_ref()
-                    .is_none_or(|(k, v)| i.attributes.get(k) == Some(v))
-            })
+            .filter(|i| query.attribute.as_ref().is_none_or(|(k, v)| i.attributes.get(k) == Some(v)))
             .collect();
-        let healthy: Vec<&Arc<Instance>> = matching
-            .iter()
-            .copied()
-            .filter(|i| i.health.is_healthy())
-            .collect();
+        let healthy: Vec<&Arc<Instance>> = matching.iter().copied().filter(|i| i.health.is_healthy()).collect();
         let mut out: Vec<Arc<Instance>> = match query.health {
             HealthFilter::Healthy => healthy,
             HealthFilter::All => matching,
@@ -143,11 +136,7 @@ impl Snapshot {
 
     /// One instance by id.
     pub fn instance(&self, service: &ServiceName, id: &InstanceId) -> Option<Arc<Instance>> {
-        self.services
-            .get(service)?
-            .iter()
-            .find(|i| &i.id == id)
-            .cloned()
+        self.services.get(service)?.iter().find(|i| &i.id == id).cloned()
     }
 
     /// The member that is this agent.

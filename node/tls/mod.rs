@@ -43,10 +43,12 @@ fn provider() -> Arc<CryptoProvider> {
 impl TlsMaterial {
     /// Loads `--tls-ca`, `--tls-cert` and `--tls-key`.
     pub fn load(ca: &Path, cert: &Path, key: &Path) -> Result<TlsMaterial, String> {
-        let ca = CertificateDer::from_pem_file(ca).map_err(|e| format!("--tls-ca: cannot read a certificate from {}: {e}", ca.display()))?;
+        let ca = CertificateDer::from_pem_file(ca)
+            .map_err(|e| format!("--tls-ca: cannot read a certificate from {}: {e}", ca.display()))?;
         let cert_der = CertificateDer::from_pem_file(cert)
             .map_err(|e| format!("--tls-cert: cannot read a certificate from {}: {e}", cert.display()))?;
-        let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("--tls-key: cannot read a key from {}: {e}", key.display()))?;
+        let key = PrivateKeyDer::from_pem_file(key)
+            .map_err(|e| format!("--tls-key: cannot read a key from {}: {e}", key.display()))?;
         // Check the certificate against the CA now, so a mismatch fails at start.
         let material = TlsMaterial::Mutual { ca, identity: Identity { cert: cert_der, key } };
         material.server_config().map_err(|e| format!("--tls-cert: {e}"))?;
@@ -171,9 +173,8 @@ mod tests {
     #[test]
     fn issued_certificates_name_their_services_and_chain_to_the_ca() {
         let ca = Ca::generate().expect("ca");
-        let id = ca
-            .issue(&NodeName::new("n1").expect("valid"), &[ServiceName::new("web").expect("valid")])
-            .expect("issue");
+        let id =
+            ca.issue(&NodeName::new("n1").expect("valid"), &[ServiceName::new("web").expect("valid")]).expect("issue");
         assert!(cert_names_service(&id.cert, "web"));
         assert!(!cert_names_service(&id.cert, "orders"));
         let m = TlsMaterial::Mutual { ca: ca.cert_der().expect("der"), identity: id };
@@ -192,7 +193,8 @@ mod tests {
         // The reloaded CA still issues certificates that the original trusts.
         let mut roots = RootCertStore::empty();
         roots.add(ca.cert_der().expect("der")).expect("root");
-        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider()).build().expect("verifier");
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider()).build().expect("verifier");
         let now = UnixTime::now();
         assert!(verifier.verify_client_cert(&id.cert, &[], now).is_ok());
         let other = Ca::generate().expect("ca").issue(&NodeName::new("n3").expect("valid"), &[]).expect("issue");

@@ -34,20 +34,15 @@ pub fn decode_value<T: DeserializeOwned + Record>(value: &str) -> Result<T, Deco
     if value.len() > MAX_VALUE_LEN {
         return Err(DecodeError::TooLong(value.len()));
     }
-    let bytes = STANDARD_NO_PAD
-        .decode(value)
-        .map_err(|_| DecodeError::NotBase64)?;
+    let bytes = STANDARD_NO_PAD.decode(value).map_err(|_| DecodeError::NotBase64)?;
     let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
     if version != SCHEMA_VERSION {
         return Err(DecodeError::Version(version));
     }
-    let (record, used): (T, usize) = bincode::serde::decode_from_slice(body, bincode_config())
-        .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    let (record, used): (T, usize) =
+        bincode::serde::decode_from_slice(body, bincode_config()).map_err(|e| DecodeError::Malformed(e.to_string()))?;
     if used != body.len() {
-        return Err(DecodeError::Malformed(format!(
-            "{} trailing bytes",
-            body.len() - used
-        )));
+        return Err(DecodeError::Malformed(format!("{} trailing bytes", body.len() - used)));
     }
     record.check().map_err(DecodeError::Malformed)?;
     Ok(record)
@@ -79,10 +74,7 @@ mod tests {
     #[test]
     fn records_round_trip() {
         let inst = instance();
-        assert_eq!(
-            decode_value::<InstanceRecord>(&encode_value(&inst)),
-            Ok(inst)
-        );
+        assert_eq!(decode_value::<InstanceRecord>(&encode_value(&inst)), Ok(inst));
         let node = NodeRecord {
             name: NodeName::new("node-1").expect("valid"),
             zone: Some("eu-1a".into()),
@@ -93,10 +85,7 @@ mod tests {
         };
         assert_eq!(decode_value::<NodeRecord>(&encode_value(&node)), Ok(node));
         let health = HealthRecord::new(Health::Draining, 42, "bye");
-        assert_eq!(
-            decode_value::<HealthRecord>(&encode_value(&health)),
-            Ok(health)
-        );
+        assert_eq!(decode_value::<HealthRecord>(&encode_value(&health)), Ok(health));
     }
 
     #[test]
@@ -113,10 +102,7 @@ mod tests {
             "A".repeat(MAX_VALUE_LEN + 1),
         ];
         for case in &cases {
-            assert!(
-                decode_value::<InstanceRecord>(case).is_err(),
-                "accepted {case:?}"
-            );
+            assert!(decode_value::<InstanceRecord>(case).is_err(), "accepted {case:?}");
         }
         // A node record is not an instance record.
         assert!(decode_value::<HealthRecord>(&good).is_err());
@@ -146,10 +132,7 @@ mod tests {
             attributes: BTreeMap::new(),
             weight: 1,
         };
-        assert!(matches!(
-            decode_value::<InstanceRecord>(&encode_value(&raw)),
-            Err(DecodeError::Malformed(_))
-        ));
+        assert!(matches!(decode_value::<InstanceRecord>(&encode_value(&raw)), Err(DecodeError::Malformed(_))));
     }
 
     #[test]

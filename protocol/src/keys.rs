@@ -37,9 +37,7 @@ impl Key {
         } else if key == LEFT {
             Key::Left
         } else if let Some(id) = key.strip_prefix(INSTANCE_PREFIX) {
-            InstanceId::new(id)
-                .map(Key::Instance)
-                .unwrap_or(Key::Unknown)
+            InstanceId::new(id).map(Key::Instance).unwrap_or(Key::Unknown)
         } else if let Some(id) = key.strip_prefix(HEALTH_PREFIX) {
             InstanceId::new(id).map(Key::Health).unwrap_or(Key::Unknown)
         } else {
@@ -66,12 +64,7 @@ mod tests {
     #[test]
     fn keys_round_trip() {
         let id = InstanceId::new("web-1").expect("valid id");
-        for key in [
-            Key::Node,
-            Key::Left,
-            Key::Instance(id.clone()),
-            Key::Health(id),
-        ] {
+        for key in [Key::Node, Key::Left, Key::Instance(id.clone()), Key::Health(id)] {
             assert_eq!(Key::parse(&key.render()), key);
         }
     }

@@ -21,21 +21,12 @@ fn parse_label(kind: &'static str, name: &str) -> Result<String, NameError> {
         return Err(NameError::Empty { kind });
     }
     if name.len() > MAX_LABEL_LEN {
-        return Err(NameError::TooLong {
-            kind,
-            name: shown(name),
-            max: MAX_LABEL_LEN,
-        });
+        return Err(NameError::TooLong { kind, name: shown(name), max: MAX_LABEL_LEN });
     }
     let lower = name.to_ascii_lowercase();
-    let ok_chars = lower
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let ok_chars = lower.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     if !ok_chars || lower.starts_with('-') || lower.ends_with('-') {
-        return Err(NameError::BadChar {
-            kind,
-            name: shown(name),
-        });
+        return Err(NameError::BadChar { kind, name: shown(name) });
     }
     Ok(lower)
 }
@@ -122,20 +113,10 @@ impl AttrKey {
             return Err(NameError::Empty { kind: KIND });
         }
         if key.len() > MAX_ATTR_KEY_LEN {
-            return Err(NameError::TooLong {
-                kind: KIND,
-                name: shown(key),
-                max: MAX_ATTR_KEY_LEN,
-            });
+            return Err(NameError::TooLong { kind: KIND, name: shown(key), max: MAX_ATTR_KEY_LEN });
         }
-        if !key
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-        {
-            return Err(NameError::BadChar {
-                kind: KIND,
-                name: shown(key),
-            });
+        if !key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')) {
+            return Err(NameError::BadChar { kind: KIND, name: shown(key) });
         }
         Ok(Self(key.to_owned()))
     }
@@ -171,10 +152,7 @@ mod tests {
 
     #[test]
     fn labels_fold_case_and_refuse_bad_input() {
-        assert_eq!(
-            ServiceName::new("Orders").map(|s| s.to_string()),
-            Ok("orders".into())
-        );
+        assert_eq!(ServiceName::new("Orders").map(|s| s.to_string()), Ok("orders".into()));
         assert!(ServiceName::new("").is_err());
         assert!(ServiceName::new("-a").is_err());
         assert!(ServiceName::new("a-").is_err());
@@ -188,10 +166,7 @@ mod tests {
 
     #[test]
     fn attribute_keys_keep_case() {
-        assert_eq!(
-            AttrKey::new("Az_1.x-y").map(|k| k.to_string()),
-            Ok("Az_1.x-y".into())
-        );
+        assert_eq!(AttrKey::new("Az_1.x-y").map(|k| k.to_string()), Ok("Az_1.x-y".into()));
         assert!(AttrKey::new("a b").is_err());
         assert!(AttrKey::new("").is_err());
     }

@@ -7,8 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use serde::{Deserialize, Serialize};
 
 use crate::limits::{
-    MAX_AGENT_VERSION_LEN, MAX_ATTRIBUTES, MAX_ATTR_VALUE_LEN, MAX_HEALTH_OUTPUT_LEN, MAX_TAGS,
-    MAX_ZONE_LEN,
+    MAX_AGENT_VERSION_LEN, MAX_ATTRIBUTES, MAX_ATTR_VALUE_LEN, MAX_HEALTH_OUTPUT_LEN, MAX_TAGS, MAX_ZONE_LEN,
 };
 use crate::names::{AttrKey, InstanceId, NodeName, ServiceName, Tag};
 
@@ -41,9 +40,7 @@ impl Record for NodeRecord {
             return Err(format!("zone longer than {MAX_ZONE_LEN} bytes"));
         }
         if self.agent_version.len() > MAX_AGENT_VERSION_LEN {
-            return Err(format!(
-                "agent version longer than {MAX_AGENT_VERSION_LEN} bytes"
-            ));
+            return Err(format!("agent version longer than {MAX_AGENT_VERSION_LEN} bytes"));
         }
         Ok(())
     }
@@ -78,14 +75,8 @@ impl Record for InstanceRecord {
         if self.attributes.len() > MAX_ATTRIBUTES {
             return Err(format!("more than {MAX_ATTRIBUTES} attributes"));
         }
-        if let Some((k, _)) = self
-            .attributes
-            .iter()
-            .find(|(_, v)| v.len() > MAX_ATTR_VALUE_LEN)
-        {
-            return Err(format!(
-                "attribute {k} longer than {MAX_ATTR_VALUE_LEN} bytes"
-            ));
+        if let Some((k, _)) = self.attributes.iter().find(|(_, v)| v.len() > MAX_ATTR_VALUE_LEN) {
+            return Err(format!("attribute {k} longer than {MAX_ATTR_VALUE_LEN} bytes"));
         }
         Ok(())
     }
@@ -140,20 +131,14 @@ impl HealthRecord {
         while !output.is_char_boundary(end) {
             end -= 1;
         }
-        Self {
-            status,
-            since_unix_ms,
-            output: output[..end].to_owned(),
-        }
+        Self { status, since_unix_ms, output: output[..end].to_owned() }
     }
 }
 
 impl Record for HealthRecord {
     fn check(&self) -> Result<(), String> {
         if self.output.len() > MAX_HEALTH_OUTPUT_LEN {
-            return Err(format!(
-                "health output longer than {MAX_HEALTH_OUTPUT_LEN} bytes"
-            ));
+            return Err(format!("health output longer than {MAX_HEALTH_OUTPUT_LEN} bytes"));
         }
         Ok(())
     }

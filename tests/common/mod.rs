@@ -31,13 +31,7 @@ pub fn ip(block: u8, i: usize) -> IpAddr {
 }
 
 /// A config for one test agent.
-pub fn config(
-    block: u8,
-    i: usize,
-    key: Option<&str>,
-    seeds: &[SocketAddr],
-    services: &[String],
-) -> Config {
+pub fn config(block: u8, i: usize, key: Option<&str>, seeds: &[SocketAddr], services: &[String]) -> Config {
     let ip = ip(block, i);
     let layer = Layer {
         name: Some(format!("agent-{i}")),
@@ -50,12 +44,7 @@ pub fn config(
         dns_listen: Some(SocketAddr::new(ip, 0)),
         dns_upstreams: Some(vec![]),
         api_listen: Some(SocketAddr::new(ip, 0)),
-        services: Some(
-            services
-                .iter()
-                .map(|s| parse_service_spec(s).expect("valid test spec"))
-                .collect(),
-        ),
+        services: Some(services.iter().map(|s| parse_service_spec(s).expect("valid test spec")).collect()),
         ..Default::default()
     };
     Config::from_layer(layer, "").expect("valid test config")
@@ -68,9 +57,7 @@ impl TestMesh {
         let mut agents = Vec::new();
         let mut seeds = Vec::new();
         for i in 0..n {
-            let agent = Agent::start(config(block, i, Some(&key), &seeds, &services(i)))
-                .await
-                .expect("agent starts");
+            let agent = Agent::start(config(block, i, Some(&key), &seeds, &services(i))).await.expect("agent starts");
             if seeds.is_empty() {
                 seeds.push(agent.gossip_addr());
             }
@@ -86,12 +73,7 @@ impl TestMesh {
 
     /// The first agent's gossip address.
     pub fn seed(&self) -> SocketAddr {
-        self.agents
-            .iter()
-            .flatten()
-            .next()
-            .expect("an agent runs")
-            .gossip_addr()
+        self.agents.iter().flatten().next().expect("an agent runs").gossip_addr()
     }
 
     /// Waits until every running agent sees `alive` alive members.
@@ -100,11 +82,7 @@ impl TestMesh {
             let (snap, ok) = agent
                 .registry()
                 .wait_for(WAIT, |s| {
-                    s.members
-                        .iter()
-                        .filter(|m| m.status == murmur::registry::MemberStatus::Alive)
-                        .count()
-                        == alive
+                    s.members.iter().filter(|m| m.status == murmur::registry::MemberStatus::Alive).count() == alive
                 })
                 .await;
             assert!(ok, "{} sees {:?}", agent.name(), snap.members);
@@ -137,9 +115,7 @@ where
 
 /// A TCP app that accepts and closes connections; abort the handle to "crash" it.
 pub async fn tcp_app(ip: IpAddr) -> (u16, tokio::task::JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind((ip, 0))
-        .await
-        .expect("bind app");
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.expect("bind app");
     let port = listener.local_addr().expect("addr").port();
     let task = tokio::spawn(async move {
         while let Ok((s, _)) = listener.accept().await {
