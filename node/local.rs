@@ -4,11 +4,11 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use murmur_protocol::{encode_value, Health, HealthRecord, InstanceId, InstanceRecord, Key, NodeName};
 use thiserror::Error;
-use tokio::sync::watch;
+use tokio::sync::{watch, Mutex, MutexGuard};
 
 use crate::config::{CheckKind, CheckSpec, ServiceSpec};
 use crate::gossip::StateWriter;
@@ -53,7 +53,9 @@ pub struct Publisher {
     node: NodeName,
     advertise: IpAddr,
     sidecar: bool,
-    // A std mutex: held only to read or update the table, never across an await.
+    // An async mutex held across the gossip write of each operation, so that the table
+    // and gossip change together: a health result can never land after "draining" or
+    // after a deregistration.
     state: Arc<Mutex<State>>,
     local_tx: Arc<watch::Sender<Arc<Vec<LocalInstance>>>>,
 }
@@ -75,10 +77,8 @@ impl Publisher {
         self.local_tx.subscribe()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        // A poisoned lock means a panic while updating a plain table; the table itself
-        // is still consistent (every update is a single insert or remove).
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    async fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().await
     }
 
     fn announce(&self, state: &State) {
@@ -98,7 +98,8 @@ impl Publisher {
     }
 
     /// Registers (or replaces) an instance. A new instance starts critical until its
-    /// first check passes, unless it has no check.
+    /// first check passes, unless it has no check; a replaced one with the same check
+    /// and target keeps its health (its check loop goes on).
     pub async fn register(&self, spec: &ServiceSpec) -> Result<InstanceId, PublishError> {
         let id = self.instance_id(spec);
         let record = InstanceRecord {
@@ -111,21 +112,26 @@ impl Publisher {
             attributes: spec.attributes.clone(),
             weight: spec.weight,
         };
-        let health = if spec.check.kind == CheckKind::None {
-            HealthRecord::new(Health::Passing, unix_ms(), "no check")
-        } else {
-            HealthRecord::new(Health::Critical, unix_ms(), "waiting for the first check")
+        let mut state = self.lock().await;
+        if state.draining {
+            return Err(PublishError::Draining);
+        }
+        let mut kept = None;
+        if let Some(other) = state.instances.get(&id) {
+            if other.record.service != spec.name {
+                return Err(PublishError::IdTaken(id.to_string(), other.record.service.to_string()));
+            }
+            let same_target = other.record.address == record.address && other.record.port == record.port;
+            if same_target && other.check == spec.check {
+                kept = Some(other.health);
+            }
+        }
+        let health = match kept {
+            Some(status) => HealthRecord::new(status, unix_ms(), "re-registered"),
+            None if spec.check.kind == CheckKind::None => HealthRecord::new(Health::Passing, unix_ms(), "no check"),
+            None => HealthRecord::new(Health::Critical, unix_ms(), "waiting for the first check"),
         };
         {
-            let mut state = self.lock();
-            if state.draining {
-                return Err(PublishError::Draining);
-            }
-            if let Some(other) = state.instances.get(&id) {
-                if other.record.service != spec.name {
-                    return Err(PublishError::IdTaken(id.to_string(), other.record.service.to_string()));
-                }
-            }
             state.instances.insert(
                 id.clone(),
                 LocalInstance {
@@ -140,18 +146,17 @@ impl Publisher {
         // Health first, so that no peer ever sees the instance without its health.
         self.writer.set(&Key::Health(id.clone()).render(), encode_value(&health)).await;
         self.writer.set(&Key::Instance(id.clone()).render(), encode_value(&record)).await;
+        drop(state);
         Ok(id)
     }
 
     /// Removes an instance.
     pub async fn deregister(&self, id: &InstanceId) -> Result<(), PublishError> {
-        {
-            let mut state = self.lock();
-            if state.instances.remove(id).is_none() {
-                return Err(PublishError::NotFound(id.to_string()));
-            }
-            self.announce(&state);
+        let mut state = self.lock().await;
+        if state.instances.remove(id).is_none() {
+            return Err(PublishError::NotFound(id.to_string()));
         }
+        self.announce(&state);
         self.writer.delete(&Key::Instance(id.clone()).render()).await;
         self.writer.delete(&Key::Health(id.clone()).render()).await;
         Ok(())
@@ -160,35 +165,30 @@ impl Publisher {
     /// Publishes a health change from the checks. Ignored once the agent is draining
     /// (draining wins over anything a check says) or when the instance is gone.
     pub async fn set_health(&self, id: &InstanceId, status: Health, output: &str) {
-        {
-            let mut state = self.lock();
-            if state.draining {
-                return;
-            }
-            let Some(inst) = state.instances.get_mut(id) else {
-                return;
-            };
-            inst.health = status;
-            self.announce(&state);
+        let mut state = self.lock().await;
+        if state.draining {
+            return;
         }
+        let Some(inst) = state.instances.get_mut(id) else {
+            return;
+        };
+        inst.health = status;
+        self.announce(&state);
         let rec = HealthRecord::new(status, unix_ms(), output);
         self.writer.set(&Key::Health(id.clone()).render(), encode_value(&rec)).await;
     }
 
     /// Marks every instance draining: peers take them out of answers at once.
     pub async fn mark_draining(&self) {
-        let ids: Vec<InstanceId> = {
-            let mut state = self.lock();
-            state.draining = true;
-            for inst in state.instances.values_mut() {
-                inst.health = Health::Draining;
-            }
-            self.announce(&state);
-            state.instances.keys().cloned().collect()
-        };
+        let mut state = self.lock().await;
+        state.draining = true;
+        for inst in state.instances.values_mut() {
+            inst.health = Health::Draining;
+        }
+        self.announce(&state);
         let rec = encode_value(&HealthRecord::new(Health::Draining, unix_ms(), "agent is leaving"));
-        for id in ids {
-            self.writer.set(&Key::Health(id).render(), rec.clone()).await;
+        for id in state.instances.keys() {
+            self.writer.set(&Key::Health(id.clone()).render(), rec.clone()).await;
         }
     }
 }

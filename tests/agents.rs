@@ -123,6 +123,7 @@ async fn three_agents_resolve_through_dns_and_api() {
         (api0.put("/v1/services/a/b", "{\"port\":\"x\"}".into()).await, 400),
         (api0.put("/v1/services/a/b", "not json".into()).await, 400),
         (api0.put("/v1/services/a/b", "{\"port\":1,\"check\":\"ftp\"}".into()).await, 400),
+        (api0.put("/v1/services/a/b", "{\"port\":1,\"check\":\"exec:touch /tmp/pwned\"}".into()).await, 400),
         (api0.delete("/v1/services/orders/not-mine").await, 404),
         (api0.get("/v1/services/orders?bogus=1").await, 400),
         (api0.get("/v2/nothing").await, 404),
@@ -223,7 +224,17 @@ async fn graceful_leave_drains_then_leaves() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_agent_on_a_new_address_replaces_its_old_self() {
-    let mut mesh = TestMesh::start(13, 3, |i| vec![format!("db:{},check=none", 5432 + i)]).await;
+    // A failure detector so slow (phi 50: ten seconds of silence) that only the
+    // generation rule can explain a quick replacement.
+    let mut mesh = TestMesh::start_with(
+        13,
+        3,
+        |i| vec![format!("db:{},check=none", 5432 + i)],
+        |c| {
+            c.gossip.phi_threshold = 50.0;
+        },
+    )
+    .await;
     mesh.converge(3).await;
     let dns = mesh.agent(0).dns_addr();
     eventually("3 db instances", || async { a_records(dns, "db.test.local.").await.len() == 3 }).await;
@@ -238,6 +249,7 @@ async fn a_restarted_agent_on_a_new_address_replaces_its_old_self() {
     })
     .await;
     eprintln!("restart on a new address replaced the old one after {took:?}");
+    assert!(took < Duration::from_secs(5), "replaced by the generation rule, not by failure detection: {took:?}");
     let snap = mesh.agent(0).registry().snapshot();
     assert_eq!(snap.members.iter().filter(|m| m.name == "agent-2").count(), 1, "{:?}", snap.members);
     restarted.kill().await;

@@ -194,6 +194,11 @@ fn spec_from_json(name: &str, instance: &str, body: RegisterJson) -> Result<Serv
     }
     if let Some(c) = body.check {
         spec.check.kind = parse_check_kind(&c).map_err(bad_request)?;
+        // The API has no authentication: letting it start commands would hand a shell to
+        // anything that can reach it (Consul refuses this too unless told otherwise).
+        if matches!(spec.check.kind, crate::config::CheckKind::Exec { .. }) {
+            return Err(bad_request("exec checks can only be set in the agent's own config, not through the API"));
+        }
     }
     if let Some(i) = body.interval {
         spec.check.interval = parse_duration(&i).map_err(bad_request)?;

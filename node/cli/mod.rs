@@ -128,13 +128,18 @@ pub async fn services(name: Option<&str>, all: bool, api: &ApiArgs) -> Result<()
     }
 }
 
-/// Runs `resolve NAME`: `svc` or `tag.svc`.
+/// Runs `resolve NAME`: `svc` or `tag.svc`, optionally followed by the namespace.
 pub async fn resolve(name: &str, api: &ApiArgs) -> Result<(), ClientError> {
+    let client = ApiClient::new(api.api);
+    let me: crate::api::types::AgentJson =
+        serde_json::from_str(&client.get("/v1/agent/self").await?).map_err(|e| ClientError::BadReply(e.to_string()))?;
+    let name = name.trim_end_matches('.');
+    let name = name.strip_suffix(&format!(".{}", me.namespace)).unwrap_or(name);
     let path = match name.split_once('.') {
         Some((tag, svc)) => format!("/v1/services/{svc}?tag={tag}"),
         None => format!("/v1/services/{name}"),
     };
-    let raw = ApiClient::new(api.api).get(&path).await?;
+    let raw = client.get(&path).await?;
     print_json_or(&raw, api.json, |list: Vec<InstanceJson>| {
         let mut t = Table::new(&["ADDRESS", "PORT", "INSTANCE", "NODE"]);
         for i in list {

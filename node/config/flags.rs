@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::error::ConfigError;
-use super::layer::{parse_field, Advertise, Layer};
+use super::layer::{parse_field, ttl_secs, Advertise, Layer};
 use super::spec::{parse_duration, parse_service_spec};
 use super::upstream::{parse_upstream_spec, parse_vip_range};
 
@@ -53,7 +53,7 @@ pub struct AgentArgs {
     /// How long a dead node is remembered before it is forgotten (default 5m).
     #[arg(long, value_name = "DURATION")]
     pub dead_grace: Option<String>,
-    /// Drain period on SIGTERM between "draining" and leaving (default 2s).
+    /// Drain period on SIGTERM between "draining" and leaving (default 3s).
     #[arg(long, value_name = "DURATION")]
     pub drain: Option<String>,
     /// DNS stub address, UDP and TCP (default 127.0.0.1:8600).
@@ -141,7 +141,7 @@ impl AgentArgs {
             drain: duration_flag("--drain", &self.drain)?,
             dns_listen: self.dns_listen,
             dns_upstreams: (!self.dns_upstreams.is_empty()).then(|| self.dns_upstreams.clone()),
-            dns_ttl: duration_flag("--dns-ttl", &self.dns_ttl)?.map(|d| d.as_secs() as u32),
+            dns_ttl: duration_flag("--dns-ttl", &self.dns_ttl)?.map(|d| ttl_secs("--dns-ttl", d)).transpose()?,
             dns_max_answers: None,
             api_listen: self.api_listen,
             services,

@@ -147,6 +147,17 @@ fn parse_bool(field: &str, text: &str) -> Result<bool, ConfigError> {
     }
 }
 
+/// Longest DNS TTL accepted: answers must follow the live replica.
+const MAX_DNS_TTL_SECS: u64 = 3600;
+
+/// A DNS TTL: whole seconds, at most an hour (DNS has no finer unit).
+pub(crate) fn ttl_secs(field: &str, d: Duration) -> Result<u32, ConfigError> {
+    if d.subsec_nanos() != 0 || d.as_secs() > MAX_DNS_TTL_SECS {
+        return Err(ConfigError::new(field, format!("must be whole seconds from 0 to {MAX_DNS_TTL_SECS}s")));
+    }
+    Ok(d.as_secs() as u32)
+}
+
 fn duration_field(field: &str, text: &str) -> Result<Duration, ConfigError> {
     parse_duration(text).map_err(|m| ConfigError::new(field, m))
 }
@@ -198,7 +209,7 @@ pub fn from_env(env: &dyn Env) -> Result<Layer, ConfigError> {
         l.dns_upstreams = Some(parse_list(&k, &v, ',')?);
     }
     if let Some((k, v)) = get("MURMUR_DNS_TTL") {
-        l.dns_ttl = Some(duration_field(&k, &v)?.as_secs() as u32);
+        l.dns_ttl = Some(ttl_secs(&k, duration_field(&k, &v)?)?);
     }
     if let Some((k, v)) = get("MURMUR_API_LISTEN") {
         l.api_listen = Some(parse_field(&k, &v)?);
@@ -425,7 +436,7 @@ pub fn from_toml(text: &str) -> Result<Layer, ConfigError> {
         drain: opt("gossip.drain", g.drain, duration_field)?,
         dns_listen: opt("dns.listen", f.dns.listen, parse_field)?,
         dns_upstreams: list("dns.upstreams", f.dns.upstreams)?,
-        dns_ttl: opt("dns.ttl", f.dns.ttl, duration_field)?.map(|d| d.as_secs() as u32),
+        dns_ttl: opt("dns.ttl", f.dns.ttl, duration_field)?.map(|d| ttl_secs("dns.ttl", d)).transpose()?,
         dns_max_answers: f.dns.max_answers,
         api_listen: opt("api.listen", f.api.listen, parse_field)?,
         services: f

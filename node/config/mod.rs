@@ -42,6 +42,10 @@ pub const DEFAULT_DEAD_GRACE: Duration = Duration::from_secs(300);
 /// Default drain period: instances are marked draining this long before the agent
 /// leaves, three DNS TTLs so that clients stop picking them.
 pub const DEFAULT_DRAIN: Duration = Duration::from_secs(3);
+/// Longest dead grace accepted.
+pub const MAX_DEAD_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Longest drain period accepted.
+pub const MAX_DRAIN: Duration = Duration::from_secs(600);
 /// Default DNS stub address (Consul's DNS port, on loopback only).
 pub const DEFAULT_DNS_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8600);
 /// Default DNS TTL in seconds: the replica is live, short TTLs keep client caches fresh.
@@ -221,8 +225,12 @@ impl Config {
             return Err(ConfigError::new("gossip.phi_threshold", "must be between 1 and 100"));
         }
         let dead_grace = l.dead_grace.unwrap_or(DEFAULT_DEAD_GRACE);
-        if dead_grace < Duration::from_secs(1) {
-            return Err(ConfigError::new("--dead-grace", "must be at least 1s"));
+        if dead_grace < Duration::from_secs(1) || dead_grace > MAX_DEAD_GRACE {
+            return Err(ConfigError::new("--dead-grace", "must be between 1s and 7 days"));
+        }
+        let drain = l.drain.unwrap_or(DEFAULT_DRAIN);
+        if drain > MAX_DRAIN {
+            return Err(ConfigError::new("--drain", "must be at most 10 minutes"));
         }
         let dns_listen = l.dns_listen.unwrap_or(DEFAULT_DNS_LISTEN);
         let upstreams = match l.dns_upstreams {
@@ -306,7 +314,7 @@ impl Config {
                 interval,
                 phi_threshold,
                 dead_grace,
-                drain: l.drain.unwrap_or(DEFAULT_DRAIN),
+                drain,
             },
             dns: DnsConfig {
                 listen: dns_listen,

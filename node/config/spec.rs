@@ -19,6 +19,8 @@ pub const DEFAULT_FAILURES_BEFORE_CRITICAL: u32 = 2;
 pub const DEFAULT_SUCCESSES_BEFORE_PASSING: u32 = 1;
 /// Default balancing weight of an instance.
 pub const DEFAULT_WEIGHT: u16 = 1;
+/// Longest check interval accepted.
+pub const MAX_CHECK_INTERVAL: Duration = Duration::from_secs(3600);
 /// Shortest check interval accepted: faster checks load the app more than they help.
 pub const MIN_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -111,8 +113,8 @@ impl ServiceSpec {
     /// Checks the cross-field rules (timeout below interval, limits).
     pub fn validate(&self) -> Result<(), String> {
         let c = &self.check;
-        if c.interval < MIN_CHECK_INTERVAL {
-            return Err(format!("interval must be at least {MIN_CHECK_INTERVAL:?}"));
+        if c.interval < MIN_CHECK_INTERVAL || c.interval > MAX_CHECK_INTERVAL {
+            return Err(format!("interval must be between {MIN_CHECK_INTERVAL:?} and {MAX_CHECK_INTERVAL:?}"));
         }
         if c.timeout.is_zero() || c.timeout > c.interval {
             return Err("timeout must be above zero and at most the interval".into());

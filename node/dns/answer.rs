@@ -43,6 +43,7 @@ pub enum Outcome {
 /// The namespace the stub is authoritative for, and how it answers.
 #[derive(Debug, Clone)]
 pub struct Zone {
+    serial_base: u32,
     origin: Name,
     origin_text: String,
     ttl: u32,
@@ -50,11 +51,12 @@ pub struct Zone {
 }
 
 impl Zone {
-    /// A zone for `namespace` (already validated by config).
-    pub fn new(namespace: &str, ttl: u32, max_answers: usize) -> Result<Zone, String> {
+    /// A zone for `namespace` (already validated by config). `serial_base` (the agent's
+    /// start, unix seconds) keeps the SOA serial growing across restarts.
+    pub fn new(namespace: &str, ttl: u32, max_answers: usize, serial_base: u32) -> Result<Zone, String> {
         let origin = Name::from_ascii(format!("{namespace}."))
             .map_err(|e| format!("namespace `{namespace}` is not a DNS name: {e}"))?;
-        Ok(Zone { origin, origin_text: namespace.to_ascii_lowercase(), ttl, max_answers })
+        Ok(Zone { serial_base, origin, origin_text: namespace.to_ascii_lowercase(), ttl, max_answers })
     }
 
     fn soa(&self, snapshot: &Snapshot) -> Record {
@@ -63,7 +65,8 @@ impl Zone {
             Name::from_ascii(format!("hostmaster.{}.", self.origin_text)).unwrap_or_else(|_| self.origin.clone());
         // The serial follows the snapshot so secondaries (and people) can see change;
         // the minimum is the negative-caching TTL (RFC 2308), kept as short as answers.
-        let soa = SOA::new(mname, rname, snapshot.version as u32, 3600, 600, 86400, self.ttl);
+        let soa =
+            SOA::new(mname, rname, self.serial_base.wrapping_add(snapshot.version as u32), 3600, 600, 86400, self.ttl);
         Record::from_rdata(self.origin.clone(), self.ttl, RData::SOA(soa))
     }
 
@@ -90,6 +93,8 @@ impl Zone {
                 RecordType::SOA => Outcome::Answer { answers: vec![self.soa(snapshot)], additionals: vec![] },
                 _ => nodata(),
             },
+            // An empty non-terminal: `_svc._tcp.ns` names exist below it (RFC 8020).
+            ["_tcp"] => nodata(),
             [svc_label, "_tcp"] => {
                 let Some(svc) = svc_label.strip_prefix('_').and_then(|s| ServiceName::new(s).ok()) else {
                     return nx();
@@ -235,7 +240,7 @@ mod tests {
     }
 
     fn ask(name: &str, qtype: RecordType) -> Outcome {
-        let zone = Zone::new("myapp.local", 1, 8).expect("valid");
+        let zone = Zone::new("myapp.local", 1, 8, 1000).expect("valid");
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         zone.answer(&snapshot(), &Name::from_ascii(name).expect("valid"), qtype, &mut rng)
     }
@@ -287,6 +292,7 @@ mod tests {
         assert!(matches!(ask("nosuchtag.web.myapp.local.", RecordType::A), Outcome::NxDomain(_)));
         assert!(matches!(ask("a.b.c.myapp.local.", RecordType::A), Outcome::NxDomain(_)));
         assert!(matches!(ask("_nope._tcp.myapp.local.", RecordType::SRV), Outcome::NxDomain(_)));
+        assert!(matches!(ask("_tcp.myapp.local.", RecordType::SRV), Outcome::NoData(_)), "empty non-terminal");
         // A known service with nothing healthy is NODATA, not NXDOMAIN.
         assert!(matches!(ask("db.myapp.local.", RecordType::A), Outcome::NoData(_)));
         assert!(matches!(ask("web.myapp.local.", RecordType::TXT), Outcome::NoData(_)));
@@ -299,7 +305,7 @@ mod tests {
     fn negative_answers_carry_the_soa() {
         let Outcome::NxDomain(soa) = ask("nope.myapp.local.", RecordType::A) else { panic!("not NXDOMAIN") };
         let RData::SOA(s) = &soa.data else { panic!("not SOA") };
-        assert_eq!(s.serial, 7);
+        assert_eq!(s.serial, 1007);
         assert_eq!(s.minimum, 1);
     }
 }

@@ -14,23 +14,58 @@ pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
 /// Largest reply read from an upstream.
 const MAX_REPLY: usize = 65_535;
 
-/// Sends `query` (wire bytes) to each upstream in turn until one answers; returns the
-/// parsed reply.
-pub async fn forward(upstreams: &[SocketAddr], query: &[u8], id: u16) -> Option<Message> {
-    for upstream in upstreams {
-        let reply = tokio::time::timeout(UPSTREAM_TIMEOUT, ask_udp(*upstream, query, id)).await;
-        let Ok(Some(reply)) = reply else { continue };
-        if reply.metadata.truncation {
-            if let Ok(Some(full)) = tokio::time::timeout(UPSTREAM_TIMEOUT, ask_tcp(*upstream, query, id)).await {
-                return Some(full);
-            }
-        }
-        return Some(reply);
-    }
-    None
+/// Forwards in flight at once; past this, queries are refused rather than queued, so a
+/// flood cannot exhaust sockets and memory.
+pub const MAX_IN_FLIGHT: usize = 256;
+
+/// Why a query was not forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardError {
+    /// Too many forwards in flight.
+    Busy,
+    /// No upstream answered.
+    NoAnswer,
 }
 
-async fn ask_udp(upstream: SocketAddr, query: &[u8], id: u16) -> Option<Message> {
+/// Forwards queries to the upstreams, a bounded number at a time.
+pub struct Forwarder {
+    upstreams: Vec<SocketAddr>,
+    slots: tokio::sync::Semaphore,
+}
+
+impl Forwarder {
+    /// A forwarder to these upstreams.
+    pub fn new(upstreams: Vec<SocketAddr>) -> Self {
+        Self { upstreams, slots: tokio::sync::Semaphore::new(MAX_IN_FLIGHT) }
+    }
+
+    /// Sends `query` (wire bytes) to each upstream in turn until one answers with a reply
+    /// to the same question; returns it.
+    pub async fn forward(
+        &self,
+        query: &[u8],
+        question: &hickory_proto::op::Query,
+        id: u16,
+    ) -> Result<Message, ForwardError> {
+        let _slot = self.slots.try_acquire().map_err(|_| ForwardError::Busy)?;
+        let matches = |m: &Message| m.metadata.id == id && m.queries.first() == Some(question);
+        for upstream in &self.upstreams {
+            let reply = tokio::time::timeout(UPSTREAM_TIMEOUT, ask_udp(*upstream, query, &matches)).await;
+            let Ok(Some(reply)) = reply else { continue };
+            if reply.metadata.truncation {
+                if let Ok(Some(full)) =
+                    tokio::time::timeout(UPSTREAM_TIMEOUT, ask_tcp(*upstream, query, &matches)).await
+                {
+                    return Ok(full);
+                }
+            }
+            return Ok(reply);
+        }
+        Err(ForwardError::NoAnswer)
+    }
+}
+
+async fn ask_udp(upstream: SocketAddr, query: &[u8], matches: &(dyn Fn(&Message) -> bool + Sync)) -> Option<Message> {
     let bind: SocketAddr = if upstream.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
     let socket = UdpSocket::bind(bind).await.ok()?;
     socket.connect(upstream).await.ok()?;
@@ -41,14 +76,14 @@ async fn ask_udp(upstream: SocketAddr, query: &[u8], id: u16) -> Option<Message>
     loop {
         let n = socket.recv(&mut buf).await.ok()?;
         if let Ok(m) = Message::from_vec(&buf[..n]) {
-            if m.metadata.id == id {
+            if matches(&m) {
                 return Some(m);
             }
         }
     }
 }
 
-async fn ask_tcp(upstream: SocketAddr, query: &[u8], id: u16) -> Option<Message> {
+async fn ask_tcp(upstream: SocketAddr, query: &[u8], matches: &(dyn Fn(&Message) -> bool + Sync)) -> Option<Message> {
     let mut stream = TcpStream::connect(upstream).await.ok()?;
     let len = u16::try_from(query.len()).ok()?;
     stream.write_all(&len.to_be_bytes()).await.ok()?;
@@ -57,5 +92,5 @@ async fn ask_tcp(upstream: SocketAddr, query: &[u8], id: u16) -> Option<Message>
     stream.read_exact(&mut len).await.ok()?;
     let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
     stream.read_exact(&mut buf).await.ok()?;
-    Message::from_vec(&buf).ok().filter(|m| m.metadata.id == id)
+    Message::from_vec(&buf).ok().filter(|m| matches(m))
 }

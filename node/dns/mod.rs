@@ -35,7 +35,7 @@ const MAX_UDP_PAYLOAD: u16 = 1232;
 struct Handler {
     zone: Zone,
     registry: RegistryReader,
-    upstreams: Vec<SocketAddr>,
+    forwarder: forward::Forwarder,
     metrics: Arc<Metrics>,
 }
 
@@ -84,8 +84,12 @@ impl Handler {
         };
         let qtype = info.query.query_type();
         if request.metadata.op_code != OpCode::Query || request.metadata.message_type != MessageType::Query {
-            self.metrics.dns.query(qtype_label(qtype), Rcode::Other);
             let msg = builder().error_msg(&request.metadata, ResponseCode::NotImp);
+            return response.send_response(msg).await.map_err(|e| e.to_string());
+        }
+        // RFC 6891 §6.1.3: an EDNS version we do not speak gets BADVERS with our OPT.
+        if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
+            let msg = builder().error_msg(&request.metadata, ResponseCode::BADVERS);
             return response.send_response(msg).await.map_err(|e| e.to_string());
         }
         let qname = info.query.name().clone().into();
@@ -96,8 +100,12 @@ impl Handler {
         meta.recursion_available = true;
         let empty: [Record; 0] = [];
         let result = match outcome {
-            Outcome::Answer { answers, additionals } => {
+            Outcome::Answer { answers, mut additionals } => {
                 meta.authoritative = true;
+                if request.protocol() == hickory_server::net::xfer::Protocol::Udp {
+                    let limit = edns.as_ref().map(|e| e.max_payload()).unwrap_or(512);
+                    trim_additionals(&meta, info.query.original(), &answers, &mut additionals, edns.as_ref(), limit);
+                }
                 let msg = builder().build(meta, answers.iter(), empty.iter(), empty.iter(), additionals.iter());
                 response.send_response(msg).await
             }
@@ -114,9 +122,12 @@ impl Handler {
             }
             Outcome::Forward => {
                 self.metrics.dns.forwarded.inc();
-                match forward::forward(&self.upstreams, request.as_slice(), request.metadata.id).await {
-                    Some(reply) => {
+                match self.forwarder.forward(request.as_slice(), info.query.original(), request.metadata.id).await {
+                    Ok(reply) => {
                         meta.response_code = reply.metadata.response_code;
+                        // A reply still truncated after the TCP retry stays marked so:
+                        // the client must not cache a partial answer as whole.
+                        meta.truncation = reply.metadata.truncation;
                         meta.authoritative = false;
                         meta.authentic_data = reply.metadata.authentic_data;
                         let msg = builder().build(
@@ -128,16 +139,43 @@ impl Handler {
                         );
                         response.send_response(msg).await
                     }
-                    None => {
+                    Err(e) => {
                         self.metrics.dns.forward_failures.inc();
-                        debug!(name = %info.query.name(), "no upstream answered");
-                        let msg = builder().error_msg(&request.metadata, ResponseCode::ServFail);
+                        debug!(name = %info.query.name(), error = ?e, "not forwarded");
+                        let code = match e {
+                            forward::ForwardError::Busy => ResponseCode::Refused,
+                            forward::ForwardError::NoAnswer => ResponseCode::ServFail,
+                        };
+                        let msg = builder().error_msg(&request.metadata, code);
                         response.send_response(msg).await
                     }
                 }
             }
         };
         result.map_err(|e| e.to_string())
+    }
+}
+
+/// RFC 2181 §9: when only additional records do not fit a UDP reply, they are left out
+/// rather than the reply being marked truncated (the client can ask for the addresses).
+fn trim_additionals(
+    meta: &Metadata,
+    query: &hickory_proto::op::Query,
+    answers: &[Record],
+    additionals: &mut Vec<Record>,
+    edns: Option<&Edns>,
+    limit: u16,
+) {
+    let size = |extra: &[Record]| {
+        let mut m = hickory_proto::op::Message::new(meta.id, MessageType::Response, OpCode::Query);
+        m.add_query(query.clone());
+        m.answers = answers.to_vec();
+        m.additionals = extra.to_vec();
+        m.edns = edns.cloned();
+        m.to_vec().map(|v| v.len()).unwrap_or(usize::MAX)
+    };
+    while !additionals.is_empty() && size(additionals) > usize::from(limit) {
+        additionals.pop();
     }
 }
 
@@ -190,8 +228,10 @@ pub async fn serve_dns(
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    let zone = Zone::new(&config.namespace, config.ttl, config.max_answers).map_err(anyhow::Error::msg)?;
-    let handler = Handler { zone, registry, upstreams: config.upstreams, metrics };
+    let start =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as u32).unwrap_or(0);
+    let zone = Zone::new(&config.namespace, config.ttl, config.max_answers, start).map_err(anyhow::Error::msg)?;
+    let handler = Handler { zone, registry, forwarder: forward::Forwarder::new(config.upstreams), metrics };
     let mut server = Server::new(handler);
     server.register_socket(sockets.udp);
     server.register_listener(sockets.tcp, TCP_IDLE, 64);

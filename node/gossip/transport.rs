@@ -51,64 +51,57 @@ impl Transport for SealedTransport {
             .map_err(|_| anyhow::anyhow!("gossip socket lock poisoned"))?
             .take()
             .context("the gossip socket was already opened")?;
+        let socket = Arc::new(socket);
+        let (tx, rx) = tokio::sync::mpsc::channel(RECV_QUEUE);
+        let receiver = Receiver {
+            socket: socket.clone(),
+            envelopes: EnvelopeCodec::open().await?,
+            codec: self.codec.clone(),
+            metrics: self.metrics.clone(),
+            reassembler: Reassembler::default(),
+        };
+        let task = tokio::spawn(receiver.run(tx));
         Ok(Box::new(SealedSocket {
             socket,
             envelopes: EnvelopeCodec::open().await?,
             codec: self.codec.clone(),
             metrics: self.metrics.clone(),
             next_id: AtomicU32::new(rand::random()),
-            buf: vec![0u8; MAX_DATAGRAM + 1].into_boxed_slice(),
-            reassembler: Reassembler::default(),
+            rx,
+            task,
         }))
     }
 }
 
-struct SealedSocket {
-    socket: tokio::net::UdpSocket,
+/// Opened messages waiting for chitchat; past this the receiver waits (backpressure).
+const RECV_QUEUE: usize = 256;
+
+/// chitchat polls `Socket::recv` inside a `select!` and drops the future whenever its
+/// gossip timer fires first, so `recv` must be cancel-safe. Opening and decoding run in
+/// this task of their own instead, and `recv` only takes the next result off a channel.
+struct Receiver {
+    socket: Arc<tokio::net::UdpSocket>,
     envelopes: EnvelopeCodec,
     codec: FrameCodec,
     metrics: Arc<Metrics>,
-    next_id: AtomicU32,
-    buf: Box<[u8]>,
     reassembler: Reassembler,
 }
 
-#[async_trait]
-impl Socket for SealedSocket {
-    fn local_addr(&self) -> anyhow::Result<SocketAddr> {
-        self.socket.local_addr().context("gossip socket has no local address")
-    }
-
-    async fn send(&mut self, to: SocketAddr, envelope: ChitchatEnvelope) -> anyhow::Result<SendOutcome> {
-        let message = match self.envelopes.encode(envelope).await {
-            Ok(m) => m,
-            Err(e) => {
-                warn!(error = %e, "envelope codec failed; reopening it");
-                self.envelopes = EnvelopeCodec::open().await?;
-                return Err(e);
-            }
-        };
-        // A seed name may resolve to both families; the other family is unreachable from
-        // this socket and is skipped quietly rather than logged every round.
-        let local_v4 = self.socket.local_addr().map(|a| a.is_ipv4()).unwrap_or(true);
-        if local_v4 != to.is_ipv4() {
-            return Ok(SendOutcome { num_bytes_sent: 0 });
-        }
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut sent = 0;
-        for datagram in self.codec.seal(&message, id, unix_ms()) {
-            // A send error (peer unreachable) is the failure detector's business, not a
-            // reason to stop gossiping: report it to chitchat, which logs and goes on.
-            sent += self.socket.send_to(&datagram, to).await.context("gossip send failed")?;
-            self.metrics.gossip.packets_sent.inc();
-            self.metrics.gossip.bytes_sent.add(datagram.len() as u64);
-        }
-        Ok(SendOutcome { num_bytes_sent: sent })
-    }
-
-    async fn recv(&mut self) -> anyhow::Result<RecvOutcome> {
+impl Receiver {
+    async fn run(mut self, tx: tokio::sync::mpsc::Sender<anyhow::Result<RecvOutcome>>) {
+        let mut buf = vec![0u8; MAX_DATAGRAM + 1].into_boxed_slice();
         loop {
-            let (len, from) = match self.socket.recv_from(&mut self.buf).await {
+            let result = self.next(&mut buf).await;
+            let fatal = result.is_err();
+            if tx.send(result).await.is_err() || fatal {
+                return;
+            }
+        }
+    }
+
+    async fn next(&mut self, buf: &mut [u8]) -> anyhow::Result<RecvOutcome> {
+        loop {
+            let (len, from) = match self.socket.recv_from(buf).await {
                 Ok(r) => r,
                 // ICMP errors from earlier sends surface here on some platforms.
                 Err(e)
@@ -124,7 +117,7 @@ impl Socket for SealedSocket {
             let m = &self.metrics.gossip;
             m.packets_received.inc();
             m.bytes_received.add(len as u64);
-            let chunk = match self.codec.open(&self.buf[..len], unix_ms()) {
+            let chunk = match self.codec.open(&buf[..len], unix_ms()) {
                 Ok(c) => c,
                 Err(reject) => {
                     match reject {
@@ -152,6 +145,63 @@ impl Socket for SealedSocket {
                     self.envelopes = EnvelopeCodec::open().await?;
                 }
             }
+        }
+    }
+}
+
+struct SealedSocket {
+    socket: Arc<tokio::net::UdpSocket>,
+    envelopes: EnvelopeCodec,
+    codec: FrameCodec,
+    metrics: Arc<Metrics>,
+    next_id: AtomicU32,
+    rx: tokio::sync::mpsc::Receiver<anyhow::Result<RecvOutcome>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for SealedSocket {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[async_trait]
+impl Socket for SealedSocket {
+    fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.socket.local_addr().context("gossip socket has no local address")
+    }
+
+    async fn send(&mut self, to: SocketAddr, envelope: ChitchatEnvelope) -> anyhow::Result<SendOutcome> {
+        // A seed name may resolve to both families; the other family is unreachable from
+        // this socket and is skipped quietly rather than logged every round.
+        let local_v4 = self.socket.local_addr().map(|a| a.is_ipv4()).unwrap_or(true);
+        if local_v4 != to.is_ipv4() {
+            return Ok(SendOutcome { num_bytes_sent: 0 });
+        }
+        let message = match self.envelopes.encode(envelope).await {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(error = %e, "envelope codec failed; reopening it");
+                self.envelopes = EnvelopeCodec::open().await?;
+                return Err(e);
+            }
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut sent = 0;
+        for datagram in self.codec.seal(&message, id, unix_ms()) {
+            // A send error (peer unreachable) is the failure detector's business, not a
+            // reason to stop gossiping: report it to chitchat, which logs and goes on.
+            sent += self.socket.send_to(&datagram, to).await.context("gossip send failed")?;
+            self.metrics.gossip.packets_sent.inc();
+            self.metrics.gossip.bytes_sent.add(datagram.len() as u64);
+        }
+        Ok(SendOutcome { num_bytes_sent: sent })
+    }
+
+    async fn recv(&mut self) -> anyhow::Result<RecvOutcome> {
+        match self.rx.recv().await {
+            Some(result) => result,
+            None => Err(anyhow::anyhow!("gossip receiver stopped")),
         }
     }
 }
@@ -203,6 +253,9 @@ impl EnvelopeCodec {
 
     /// An envelope's wire bytes.
     async fn encode(&mut self, envelope: ChitchatEnvelope) -> anyhow::Result<Vec<u8>> {
+        // Drop anything a cancelled earlier call left behind, so the reply read below is
+        // this envelope's and nobody else's.
+        while self.raw.try_recv_from(&mut self.buf).is_ok() {}
         self.chitchat.send(self.raw_addr, envelope).await?;
         tokio::time::timeout(CODEC_TIMEOUT, async {
             loop {

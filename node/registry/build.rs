@@ -23,12 +23,14 @@ pub struct BadValue {
 
 /// Builds snapshot number `version` from `view`.
 pub fn build_snapshot(view: &ClusterView, version: u64) -> (Snapshot, Vec<BadValue>) {
-    // A restarted task is a new generation under the same name: the newest one wins, so
-    // it never shows up twice and its old address leaves answers as soon as the new
-    // generation is heard of.
+    // A restarted task is a new generation under the same name: the newest live one wins,
+    // so it never shows up twice and its old address leaves answers as soon as the new
+    // generation is heard of. A live generation beats a dead one whatever the clocks say
+    // (a restarted host whose clock is behind must not hide behind its dead old self).
     let mut newest: BTreeMap<&str, &NodeView> = BTreeMap::new();
+    let rank = |n: &NodeView| (n.status == MemberStatus::Alive, n.generation);
     for node in &view.nodes {
-        let keep = newest.get(node.name.as_str()).is_none_or(|n| n.generation < node.generation);
+        let keep = newest.get(node.name.as_str()).is_none_or(|n| rank(n) < rank(node));
         if keep {
             newest.insert(&node.name, node);
         }

@@ -40,7 +40,7 @@ pub fn config(block: u8, i: usize, key: Option<&str>, seeds: &[SocketAddr], serv
         seeds: Some(seeds.iter().map(ToString::to_string).collect()),
         gossip_keys: key.map(|k| vec![k.to_owned()]),
         insecure: Some(key.is_none()),
-        drain: Some(Duration::from_millis(200)),
+        drain: Some(Duration::from_secs(1)),
         dns_listen: Some(SocketAddr::new(ip, 0)),
         dns_upstreams: Some(vec![]),
         api_listen: Some(SocketAddr::new(ip, 0)),
@@ -53,11 +53,23 @@ pub fn config(block: u8, i: usize, key: Option<&str>, seeds: &[SocketAddr], serv
 impl TestMesh {
     /// Starts `n` agents in address block `block`; agent i registers `services(i)`.
     pub async fn start(block: u8, n: usize, services: impl Fn(usize) -> Vec<String>) -> TestMesh {
+        Self::start_with(block, n, services, |_| {}).await
+    }
+
+    /// As [`TestMesh::start`], with `tweak` applied to each agent's config.
+    pub async fn start_with(
+        block: u8,
+        n: usize,
+        services: impl Fn(usize) -> Vec<String>,
+        tweak: impl Fn(&mut Config),
+    ) -> TestMesh {
         let key = Keyring::generate_base64();
         let mut agents = Vec::new();
         let mut seeds = Vec::new();
         for i in 0..n {
-            let agent = Agent::start(config(block, i, Some(&key), &seeds, &services(i))).await.expect("agent starts");
+            let mut cfg = config(block, i, Some(&key), &seeds, &services(i));
+            tweak(&mut cfg);
+            let agent = Agent::start(cfg).await.expect("agent starts");
             if seeds.is_empty() {
                 seeds.push(agent.gossip_addr());
             }
