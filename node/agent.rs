@@ -22,6 +22,8 @@ use crate::gossip::{spawn_gossip, Gossip};
 use crate::health::run_health;
 use crate::local::Publisher;
 use crate::metrics::Metrics;
+use crate::proxy::outbound::Caller;
+use crate::proxy::{spawn_proxy, Proxy, ProxyDeps, ProxySockets};
 use crate::registry::{spawn_registry, RegistryReader};
 
 /// How long stopped parts get to finish before they are abandoned.
@@ -32,6 +34,9 @@ const LEAVE_SETTLE: Duration = Duration::from_millis(300);
 /// Why the agent could not start.
 #[derive(Debug, Error)]
 pub enum StartError {
+    /// The sidecar proxy could not start.
+    #[error("{0}")]
+    Proxy(#[from] crate::proxy::ProxyError),
     /// A socket could not be bound.
     #[error("{setting}: {source} (got {addr})")]
     Bind {
@@ -61,6 +66,7 @@ pub struct Agent {
     tasks: JoinSet<(&'static str, anyhow::Result<()>)>,
     draining: Arc<AtomicBool>,
     drain: Duration,
+    proxy: Option<Proxy>,
     gossip_addr: SocketAddr,
     dns_addr: SocketAddr,
     api_addr: SocketAddr,
@@ -83,6 +89,32 @@ impl Agent {
         let local = |r: std::io::Result<SocketAddr>, setting, addr| r.map_err(bind_err(setting, addr));
         let dns_addr = local(dns_sockets.local_addr(), "--dns-listen", config.dns.listen)?;
         let api_addr = local(api_listener.local_addr(), "--api-listen", config.api.listen)?;
+        let proxy_sockets = match &config.proxy {
+            Some(p) => Some(ProxySockets::bind(p).await.map_err(StartError::Proxy)?),
+            None => None,
+        };
+        // Peers dial the sidecar at the advertised IP when it is bound to every interface.
+        let proxy_addr = match &proxy_sockets {
+            Some(s) => {
+                let bound = s.quic_addr().map_err(bind_err("--proxy-bind", config.gossip.bind))?;
+                Some(if bound.ip().is_unspecified() {
+                    SocketAddr::new(config.node.advertise, bound.port())
+                } else {
+                    bound
+                })
+            }
+            None => None,
+        };
+        let aliases: Vec<(String, std::net::IpAddr)> = proxy_sockets
+            .as_ref()
+            .map(|s| s.listen_addrs().into_iter().map(|(a, l)| (a, l.ip())).collect())
+            .unwrap_or_default();
+        if let (Some(p), false) = (&config.proxy, aliases.is_empty()) {
+            if let Some(path) = &p.hosts_file {
+                crate::proxy::vip::write_hosts(path, &aliases, &config.dns.namespace)
+                    .map_err(|source| StartError::Bind { setting: "--hosts-file", addr: api_addr, source })?;
+            }
+        }
 
         let metrics = Arc::new(Metrics::default());
         let generation = unix_ms();
@@ -92,7 +124,7 @@ impl Agent {
             zone: config.node.zone.clone(),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             advertise: config.node.advertise,
-            proxy: None,
+            proxy: proxy_addr,
             started_unix_ms: generation,
         };
         let initial = vec![(keys::NODE.to_owned(), encode_value(&record))];
@@ -121,10 +153,30 @@ impl Agent {
         });
         let health = run_health(publisher.clone(), metrics.clone(), cancel.clone()).instrument(info_span!("health"));
         tasks.spawn(async move { ("health", health.await) });
-        let dns = serve_dns(dns_sockets, config.dns.clone(), registry.clone(), metrics.clone(), cancel.clone())
+        let draining = Arc::new(AtomicBool::new(false));
+        let proxy = match (proxy_sockets, &config.proxy) {
+            (Some(sockets), Some(pcfg)) => {
+                let caller = pcfg.identity.clone().map(|service| Caller {
+                    service,
+                    node: config.node.name.clone(),
+                    zone: config.node.zone.clone(),
+                });
+                let deps = ProxyDeps {
+                    registry: registry.clone(),
+                    local: publisher.local(),
+                    draining: draining.clone(),
+                    metrics: metrics.clone(),
+                    caller,
+                };
+                Some(spawn_proxy(sockets, pcfg, deps, &mut tasks, cancel.clone()))
+            }
+            _ => None,
+        };
+        let mut dns_config = config.dns.clone();
+        dns_config.aliases = aliases;
+        let dns = serve_dns(dns_sockets, dns_config, registry.clone(), metrics.clone(), cancel.clone())
             .instrument(info_span!("dns", listen = %dns_addr));
         tasks.spawn(async move { ("dns", dns.await) });
-        let draining = Arc::new(AtomicBool::new(false));
         let agent_json = AgentJson {
             name: name.clone(),
             cluster: config.gossip.cluster.clone(),
@@ -159,6 +211,7 @@ impl Agent {
             tasks,
             draining,
             drain: config.gossip.drain,
+            proxy,
             gossip_addr,
             dns_addr,
             api_addr,
@@ -193,6 +246,10 @@ impl Agent {
     pub fn api_addr(&self) -> SocketAddr {
         self.api_addr
     }
+    /// The sidecar proxy, when on.
+    pub fn proxy(&self) -> Option<&Proxy> {
+        self.proxy.as_ref()
+    }
 
     /// Runs until SIGTERM or SIGINT (then leaves gracefully) or until a part dies (then
     /// returns its error).
@@ -218,7 +275,12 @@ impl Agent {
         self.draining.store(true, Ordering::Relaxed);
         self.publisher.mark_draining().await;
         info!(drain = ?self.drain, "draining");
+        // New inbound streams are refused from here on; open ones may finish until the
+        // drain deadline, when the QUIC endpoint closes whatever is left.
         tokio::time::sleep(self.drain).await;
+        if let Some(p) = &self.proxy {
+            p.close();
+        }
         self.cancel.cancel();
         self.wait_tasks().await;
         self.gossip.leave(LEAVE_SETTLE).await;
@@ -227,6 +289,9 @@ impl Agent {
 
     /// Stops at once without telling peers, as a crash looks to them (tests, demo).
     pub async fn kill(mut self) {
+        if let Some(p) = &self.proxy {
+            p.close();
+        }
         self.cancel.cancel();
         self.tasks.abort_all();
         self.wait_tasks().await;

@@ -41,6 +41,11 @@ async fn main() -> ExitCode {
         Command::Members(api) => cli::members(&api).await.map_err(Into::into),
         Command::Services { name, all, api } => cli::services(name.as_deref(), all, &api).await.map_err(Into::into),
         Command::Resolve { name, api } => cli::resolve(&name, &api).await.map_err(Into::into),
+        Command::Stats(api) => cli::stats(&api).await.map_err(Into::into),
+        Command::Ca { command: cli::CaCommand::Init { dir } } => cli::ca_init(&dir).map_err(anyhow::Error::msg),
+        Command::Cert { command: cli::CertCommand::Issue { ca_dir, name, services, out } } => {
+            cli::cert_issue(&ca_dir, &name, &services, &out).map_err(anyhow::Error::msg)
+        }
         Command::Keygen => {
             println!("{}", Keyring::generate_base64());
             Ok(())

@@ -24,7 +24,10 @@ use crate::local::{PublishError, Publisher};
 use crate::metrics::{render_prometheus, Metrics};
 use crate::registry::{HealthFilter, Instance, MemberStatus, Query, RegistryReader};
 use murmur_protocol::{AttrKey, InstanceId, ServiceName, Tag};
-use types::{AgentJson, ErrorJson, InstanceJson, MemberJson, RegisterJson, ServiceSummaryJson};
+use types::{
+    AgentJson, EndpointJson, ErrorJson, InstanceJson, MemberJson, QuantilesJson, RegisterJson, ServiceSummaryJson,
+    UpstreamJson,
+};
 
 /// What the API serves from.
 #[derive(Clone)]
@@ -62,6 +65,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/services/{name}", get(service))
         .route("/v1/services/{name}/{instance}", axum::routing::put(register).delete(deregister))
         .route("/v1/agent/self", get(agent_self))
+        .route("/v1/upstreams", get(upstreams))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint; see README for the API".into()) })
@@ -258,6 +262,61 @@ async fn agent_self(State(state): State<ApiState>) -> Json<AgentJson> {
     agent.instances = state.publisher.local().borrow().iter().map(|i| i.record.instance.to_string()).collect();
     agent.draining = state.draining.load(Ordering::Relaxed);
     Json(agent)
+}
+
+fn quantiles(q: crate::metrics::proxy::Quantiles) -> QuantilesJson {
+    let ms = |us: u64| us as f64 / 1000.0;
+    QuantilesJson { count: q.count, p50_ms: ms(q.p50), p99_ms: ms(q.p99), max_ms: ms(q.max) }
+}
+
+async fn upstreams(State(state): State<ApiState>) -> Json<Vec<UpstreamJson>> {
+    let now_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let list = state
+        .metrics
+        .proxy
+        .upstreams()
+        .into_iter()
+        .map(|(alias, u)| UpstreamJson {
+            alias,
+            service: u.service.clone(),
+            listen: u.listen.clone(),
+            accepted: u.accepted.get(),
+            failed: u.failed.get(),
+            active: u.active.get(),
+            retries: u.retries.get(),
+            budget_exhausted: u.budget_exhausted.get(),
+            breaker_rejections: u.breaker_rejections.get(),
+            no_endpoints: u.no_endpoints.get(),
+            endpoints: u
+                .endpoints()
+                .into_iter()
+                .map(|(instance, e)| {
+                    let until = e.ejected_until_unix_ms.get();
+                    EndpointJson {
+                        instance,
+                        via: e.via.lock().map(|v| v.clone()).unwrap_or_default(),
+                        state: if until > now_ms { "ejected" } else { "healthy" }.into(),
+                        ejected_until_unix_ms: if until > now_ms { until } else { 0 },
+                        ejections: e.ejections.get(),
+                        ewma_ms: e.ewma_us.get() as f64 / 1000.0,
+                        connections: e.connections.get(),
+                        active: e.active.get(),
+                        bytes_sent: e.bytes_sent.get(),
+                        bytes_received: e.bytes_received.get(),
+                        failures: crate::metrics::proxy::FailureCause::ALL
+                            .iter()
+                            .map(|c| (c.as_str().to_owned(), e.failures(*c)))
+                            .filter(|(_, n)| *n > 0)
+                            .collect(),
+                        connect_latency: quantiles(e.connect_latency.quantiles()),
+                        duration: quantiles(e.duration.quantiles()),
+                    }
+                })
+                .collect(),
+        })
+        .collect();
+    Json(list)
 }
 
 async fn health(State(state): State<ApiState>) -> Response {

@@ -136,3 +136,74 @@ pub struct ErrorJson {
     /// What was wrong and what to do.
     pub error: String,
 }
+
+/// Latency quantiles in milliseconds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct QuantilesJson {
+    /// Samples.
+    pub count: u64,
+    /// Median.
+    pub p50_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// Maximum.
+    pub max_ms: f64,
+}
+
+/// One endpoint of `GET /v1/upstreams`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EndpointJson {
+    /// Instance id.
+    pub instance: String,
+    /// How it is reached: `quic IP:PORT` (its sidecar) or `tcp IP:PORT`.
+    pub via: String,
+    /// `healthy` or `ejected`.
+    pub state: String,
+    /// Unix ms when the ejection ends (0 when not ejected).
+    pub ejected_until_unix_ms: u64,
+    /// Times ejected.
+    pub ejections: u64,
+    /// Peak-EWMA connect latency, ms.
+    pub ewma_ms: f64,
+    /// Connections carried.
+    pub connections: u64,
+    /// Open now.
+    pub active: u64,
+    /// Bytes app → endpoint.
+    pub bytes_sent: u64,
+    /// Bytes endpoint → app.
+    pub bytes_received: u64,
+    /// Failures by cause.
+    pub failures: BTreeMap<String, u64>,
+    /// Time to the ack.
+    pub connect_latency: QuantilesJson,
+    /// Connection lifetime.
+    pub duration: QuantilesJson,
+}
+
+/// One upstream of `GET /v1/upstreams`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct UpstreamJson {
+    /// Alias the app calls.
+    pub alias: String,
+    /// Service reached.
+    pub service: String,
+    /// Listen address.
+    pub listen: String,
+    /// App connections accepted.
+    pub accepted: u64,
+    /// Of which failed after every attempt.
+    pub failed: u64,
+    /// Open now.
+    pub active: u64,
+    /// Retries made.
+    pub retries: u64,
+    /// Retries refused by the budget.
+    pub budget_exhausted: u64,
+    /// Closed at once by the circuit breaker.
+    pub breaker_rejections: u64,
+    /// With no endpoint to try.
+    pub no_endpoints: u64,
+    /// Endpoints seen.
+    pub endpoints: Vec<EndpointJson>,
+}

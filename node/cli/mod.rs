@@ -59,10 +59,137 @@ pub enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Proxy statistics per upstream and endpoint.
+    Stats(ApiArgs),
     /// Print a new random gossip key (base64).
     Keygen,
+    /// Manage the cluster CA for mutual TLS between sidecars.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+    /// Issue certificates from the cluster CA.
+    Cert {
+        #[command(subcommand)]
+        command: CertCommand,
+    },
     /// Start a local mesh, show discovery and failure detection, and exit.
     Demo,
+}
+
+/// `murmur ca ...`.
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Create a new CA (ca.pem, ca-key.pem) in DIR.
+    Init {
+        /// Where to write it.
+        #[arg(long)]
+        dir: std::path::PathBuf,
+    },
+}
+
+/// `murmur cert ...`.
+#[derive(Debug, Subcommand)]
+pub enum CertCommand {
+    /// Issue a node certificate (cert.pem, key.pem, ca.pem) into OUT.
+    Issue {
+        /// The CA directory (from `murmur ca init`).
+        #[arg(long)]
+        ca_dir: std::path::PathBuf,
+        /// Node name.
+        #[arg(long)]
+        name: String,
+        /// A service the node may call as and serve; repeatable.
+        #[arg(long = "service")]
+        services: Vec<String>,
+        /// Output directory.
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+}
+
+/// Runs `ca init`.
+pub fn ca_init(dir: &std::path::Path) -> Result<(), String> {
+    let ca = crate::tls::Ca::generate()?;
+    ca.save(dir)?;
+    println!("wrote {} and {} (keep the key secret)", dir.join("ca.pem").display(), dir.join("ca-key.pem").display());
+    Ok(())
+}
+
+/// Runs `cert issue`.
+pub fn cert_issue(
+    ca_dir: &std::path::Path,
+    name: &str,
+    services: &[String],
+    out: &std::path::Path,
+) -> Result<(), String> {
+    use crate::tls::ca::{cert_pem, key_pem, write_file};
+    let node = murmur_protocol::NodeName::new(name).map_err(|e| format!("--name: {e}"))?;
+    let services = services
+        .iter()
+        .map(|s| murmur_protocol::ServiceName::new(s).map_err(|e| format!("--service: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let ca = crate::tls::Ca::load(ca_dir)?;
+    let id = ca.issue(&node, &services)?;
+    std::fs::create_dir_all(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    write_file(&out.join("cert.pem"), &cert_pem(&id.cert), 0o644)?;
+    write_file(&out.join("key.pem"), &key_pem(&id.key), 0o600)?;
+    write_file(&out.join("ca.pem"), ca.cert_pem(), 0o644)?;
+    println!(
+        "wrote {}/{{cert.pem,key.pem,ca.pem}} for node {node} (services: {})",
+        out.display(),
+        services.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+    );
+    Ok(())
+}
+
+/// Runs `stats`.
+pub async fn stats(api: &ApiArgs) -> Result<(), ClientError> {
+    let raw = ApiClient::new(api.api).get("/v1/upstreams").await?;
+    print_json_or(&raw, api.json, |list: Vec<crate::api::types::UpstreamJson>| {
+        let mut t = Table::new(&[
+            "UPSTREAM",
+            "ENDPOINT",
+            "STATE",
+            "CONNS",
+            "ACTIVE",
+            "SENT",
+            "RECEIVED",
+            "CONNECT P50/P99/MAX MS",
+            "DURATION P50 MS",
+            "FAILURES",
+        ]);
+        for u in list {
+            t.row(vec![
+                format!("{} ({})", u.alias, u.listen),
+                "*".into(),
+                format!("retries {} budget-out {} breaker {}", u.retries, u.budget_exhausted, u.breaker_rejections),
+                u.accepted.to_string(),
+                u.active.to_string(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                format!("{} failed", u.failed),
+            ]);
+            for e in u.endpoints {
+                let q = &e.connect_latency;
+                t.row(vec![
+                    String::new(),
+                    format!("{} ({})", e.instance, e.via),
+                    e.state,
+                    e.connections.to_string(),
+                    e.active.to_string(),
+                    e.bytes_sent.to_string(),
+                    e.bytes_received.to_string(),
+                    format!("{:.2}/{:.2}/{:.2}", q.p50_ms, q.p99_ms, q.max_ms),
+                    format!("{:.1}", e.duration.p50_ms),
+                    e.failures.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
+                ]);
+            }
+        }
+        t
+    })
 }
 
 fn print_json_or<T: serde::de::DeserializeOwned>(

@@ -106,6 +106,8 @@ pub struct DnsConfig {
     pub ttl: u32,
     /// Cap on records per answer.
     pub max_answers: usize,
+    /// Proxy-mode aliases and the VIPs they answer (filled in by the agent at start).
+    pub aliases: Vec<(String, IpAddr)>,
 }
 
 /// Admin API settings.
@@ -275,6 +277,12 @@ impl Config {
                 }
             };
             let identity = l.proxy_identity.clone().or_else(|| services.first().map(|s| s.name.clone()));
+            if identity.is_none() && l.upstreams.as_ref().is_some_and(|u| !u.is_empty()) {
+                return Err(ConfigError::new(
+                    "--proxy-identity",
+                    "upstreams need an identity to call as: register a --service or set --proxy-identity",
+                ));
+            }
             let (vip_base, vip_count) =
                 l.vip_range.unwrap_or((upstream::DEFAULT_VIP_BASE, upstream::DEFAULT_VIP_COUNT));
             let upstreams = l.upstreams.clone().unwrap_or_default();
@@ -322,6 +330,7 @@ impl Config {
                 upstreams,
                 ttl: l.dns_ttl.unwrap_or(DEFAULT_DNS_TTL),
                 max_answers,
+                aliases: Vec::new(),
             },
             api: ApiConfig { listen: l.api_listen.unwrap_or(DEFAULT_API_LISTEN) },
             services,

@@ -48,6 +48,7 @@ pub struct Zone {
     origin_text: String,
     ttl: u32,
     max_answers: usize,
+    aliases: std::collections::BTreeMap<String, IpAddr>,
 }
 
 impl Zone {
@@ -56,7 +57,25 @@ impl Zone {
     pub fn new(namespace: &str, ttl: u32, max_answers: usize, serial_base: u32) -> Result<Zone, String> {
         let origin = Name::from_ascii(format!("{namespace}."))
             .map_err(|e| format!("namespace `{namespace}` is not a DNS name: {e}"))?;
-        Ok(Zone { serial_base, origin, origin_text: namespace.to_ascii_lowercase(), ttl, max_answers })
+        Ok(Zone {
+            serial_base,
+            origin,
+            origin_text: namespace.to_ascii_lowercase(),
+            ttl,
+            max_answers,
+            aliases: Default::default(),
+        })
+    }
+
+    /// Adds proxy-mode aliases: `alias` and `alias.<namespace>` answer `ip` (the VIP
+    /// where this agent's sidecar listens), before any registry name.
+    pub fn with_aliases(mut self, aliases: &[(String, IpAddr)]) -> Zone {
+        for (alias, ip) in aliases {
+            let alias = alias.to_ascii_lowercase();
+            self.aliases.insert(format!("{alias}.{}", self.origin_text), *ip);
+            self.aliases.insert(alias, *ip);
+        }
+        self
     }
 
     fn soa(&self, snapshot: &Snapshot) -> Record {
@@ -78,6 +97,19 @@ impl Zone {
     pub fn answer(&self, snapshot: &Snapshot, qname: &Name, qtype: RecordType, rng: &mut impl Rng) -> Outcome {
         let full = qname.to_lowercase().to_ascii();
         let full = full.trim_end_matches('.');
+        if let Some(&vip) = self.aliases.get(full) {
+            return match address_rdata(
+                vip,
+                matches!(qtype, RecordType::A | RecordType::ANY),
+                matches!(qtype, RecordType::AAAA | RecordType::ANY),
+            ) {
+                Some(rdata) => Outcome::Answer {
+                    answers: vec![Record::from_rdata(qname.clone(), self.ttl, rdata)],
+                    additionals: vec![],
+                },
+                None => Outcome::NoData(self.soa(snapshot)),
+            };
+        }
         let relative = if full == self.origin_text {
             ""
         } else if let Some(r) = full.strip_suffix(&self.origin_text).and_then(|r| r.strip_suffix('.')) {
@@ -299,6 +331,28 @@ mod tests {
         assert!(matches!(ask("myapp.local.", RecordType::SOA), Outcome::Answer { .. }));
         assert!(matches!(ask("example.com.", RecordType::A), Outcome::Forward));
         assert!(matches!(ask("xmyapp.local.", RecordType::A), Outcome::Forward));
+    }
+
+    #[test]
+    fn aliases_answer_their_vip_bare_and_in_the_namespace() {
+        let vip: IpAddr = "127.100.0.1".parse().expect("ip");
+        let zone = Zone::new("myapp.local", 1, 8, 0).expect("valid").with_aliases(&[("web".into(), vip)]);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        for name in ["web.", "WEB.myapp.local."] {
+            let o = zone.answer(&snapshot(), &Name::from_ascii(name).expect("valid"), RecordType::A, &mut rng);
+            assert_eq!(answers(&o).len(), 1, "{name}");
+            assert_eq!(answers(&o)[0].data, RData::A(A("127.100.0.1".parse().expect("ip"))));
+        }
+        let o = zone.answer(&snapshot(), &Name::from_ascii("web.").expect("valid"), RecordType::AAAA, &mut rng);
+        assert!(matches!(o, Outcome::NoData(_)));
+        // Other names are unchanged.
+        let o = zone.answer(
+            &snapshot(),
+            &Name::from_ascii("canary.web.myapp.local.").expect("valid"),
+            RecordType::AAAA,
+            &mut rng,
+        );
+        assert_eq!(answers(&o).len(), 1);
     }
 
     #[test]

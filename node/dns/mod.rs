@@ -230,7 +230,9 @@ pub async fn serve_dns(
 ) -> anyhow::Result<()> {
     let start =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as u32).unwrap_or(0);
-    let zone = Zone::new(&config.namespace, config.ttl, config.max_answers, start).map_err(anyhow::Error::msg)?;
+    let zone = Zone::new(&config.namespace, config.ttl, config.max_answers, start)
+        .map_err(anyhow::Error::msg)?
+        .with_aliases(&config.aliases);
     let handler = Handler { zone, registry, forwarder: forward::Forwarder::new(config.upstreams), metrics };
     let mut server = Server::new(handler);
     server.register_socket(sockets.udp);

@@ -81,6 +81,8 @@ pub struct Quantiles {
     pub p99: u64,
     /// Maximum.
     pub max: u64,
+    /// Sum of all samples (mean × count).
+    pub sum: u64,
 }
 
 impl Latency {
@@ -100,6 +102,7 @@ impl Latency {
                 p50: h.value_at_quantile(0.5),
                 p99: h.value_at_quantile(0.99),
                 max: h.max(),
+                sum: (h.mean() * h.len() as f64) as u64,
             },
             _ => Quantiles::default(),
         }

@@ -101,7 +101,129 @@ pub fn render_prometheus(m: &Metrics) -> String {
         m.api.client_errors.get(),
         m.api.server_errors.get()
     );
+    render_proxy(&mut out, m);
     out
+}
+
+fn render_proxy(out: &mut String, m: &Metrics) {
+    let ups = m.proxy.upstreams();
+    let header = |out: &mut String, name: &str, kind: &str, help: &str| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    };
+    type UpField = fn(&super::proxy::UpstreamStats) -> u64;
+    let per_upstream: [(&str, &str, &str, UpField); 8] = [
+        ("murmur_proxy_accepted_total", "counter", "App connections accepted by an upstream.", |u| u.accepted.get()),
+        ("murmur_proxy_failed_total", "counter", "App connections that failed after every attempt.", |u| {
+            u.failed.get()
+        }),
+        ("murmur_proxy_retries_total", "counter", "Connection attempts after the first.", |u| u.retries.get()),
+        ("murmur_proxy_retry_budget_exhausted_total", "counter", "Retries refused by the retry budget.", |u| {
+            u.budget_exhausted.get()
+        }),
+        (
+            "murmur_proxy_breaker_rejections_total",
+            "counter",
+            "Connections closed at once by the circuit breaker.",
+            |u| u.breaker_rejections.get(),
+        ),
+        ("murmur_proxy_no_endpoints_total", "counter", "Connections with no endpoint to try.", |u| {
+            u.no_endpoints.get()
+        }),
+        ("murmur_proxy_upstream_active_connections", "gauge", "App connections open now.", |u| u.active.get()),
+        ("murmur_proxy_upstream_pending_connections", "gauge", "App connections waiting for an ack now.", |u| {
+            u.pending.get()
+        }),
+    ];
+    for (name, kind, help, f) in per_upstream {
+        header(out, name, kind, help);
+        for (alias, u) in &ups {
+            let _ = writeln!(out, "{name}{{upstream=\"{alias}\"}} {}", f(u));
+        }
+    }
+    let eps: Vec<(String, String, std::sync::Arc<super::proxy::EndpointStats>)> = ups
+        .iter()
+        .flat_map(|(alias, u)| u.endpoints().into_iter().map(move |(id, e)| (alias.clone(), id, e)))
+        .collect();
+    type EpField = fn(&super::proxy::EndpointStats) -> u64;
+    let per_endpoint: [(&str, &str, &str, EpField); 6] = [
+        ("murmur_proxy_connections_total", "counter", "Connections carried to an endpoint.", |e| e.connections.get()),
+        ("murmur_proxy_active_connections", "gauge", "Connections open to an endpoint now.", |e| e.active.get()),
+        ("murmur_proxy_sent_bytes_total", "counter", "Bytes from the app to an endpoint.", |e| e.bytes_sent.get()),
+        ("murmur_proxy_received_bytes_total", "counter", "Bytes from an endpoint to the app.", |e| {
+            e.bytes_received.get()
+        }),
+        ("murmur_proxy_ejections_total", "counter", "Times outlier detection ejected an endpoint.", |e| {
+            e.ejections.get()
+        }),
+        ("murmur_proxy_endpoint_ewma_seconds", "gauge", "Peak-EWMA connect latency of an endpoint.", |e| {
+            e.ewma_us.get()
+        }),
+    ];
+    for (name, kind, help, f) in per_endpoint {
+        header(out, name, kind, help);
+        for (alias, id, e) in &eps {
+            let v = f(e);
+            if name.ends_with("_seconds") {
+                let _ = writeln!(out, "{name}{{upstream=\"{alias}\",endpoint=\"{id}\"}} {}", v as f64 / 1e6);
+            } else {
+                let _ = writeln!(out, "{name}{{upstream=\"{alias}\",endpoint=\"{id}\"}} {v}");
+            }
+        }
+    }
+    header(out, "murmur_proxy_failures_total", "counter", "Failed connection attempts, by cause.");
+    for (alias, id, e) in &eps {
+        for c in super::proxy::FailureCause::ALL {
+            let _ = writeln!(
+                out,
+                "murmur_proxy_failures_total{{upstream=\"{alias}\",endpoint=\"{id}\",cause=\"{}\"}} {}",
+                c.as_str(),
+                e.failures(c)
+            );
+        }
+    }
+    for (name, help, pick) in [
+        ("murmur_proxy_connect_latency_seconds", "Time from picking an endpoint to its ack.", 0),
+        ("murmur_proxy_connection_duration_seconds", "Lifetime of proxied connections.", 1),
+    ] {
+        header(out, name, "summary", help);
+        for (alias, id, e) in &eps {
+            let h = if pick == 0 { &e.connect_latency } else { &e.duration };
+            let q = h.quantiles();
+            let labels = format!("upstream=\"{alias}\",endpoint=\"{id}\"");
+            let _ = writeln!(out, "{name}{{{labels},quantile=\"0.5\"}} {}", q.p50 as f64 / 1e6);
+            let _ = writeln!(out, "{name}{{{labels},quantile=\"0.99\"}} {}", q.p99 as f64 / 1e6);
+            let _ = writeln!(out, "{name}{{{labels},quantile=\"1\"}} {}", q.max as f64 / 1e6);
+            let _ = writeln!(out, "{name}_sum{{{labels}}} {}", q.sum as f64 / 1e6);
+            let _ = writeln!(out, "{name}_count{{{labels}}} {}", q.count);
+        }
+    }
+    let inb = &m.proxy.inbound;
+    metric(
+        out,
+        "murmur_proxy_inbound_connections_total",
+        "counter",
+        "QUIC connections accepted by the inbound listener.",
+        inb.connections.get(),
+    );
+    metric(
+        out,
+        "murmur_proxy_inbound_handshake_failures_total",
+        "counter",
+        "QUIC handshakes refused (wrong CA, no certificate).",
+        inb.handshake_failures.get(),
+    );
+    metric(
+        out,
+        "murmur_proxy_inbound_streams_total",
+        "counter",
+        "Inbound streams spliced to a local app.",
+        inb.streams.get(),
+    );
+    metric(out, "murmur_proxy_inbound_active_streams", "gauge", "Inbound streams open now.", inb.active.get());
+    header(out, "murmur_proxy_inbound_refused_total", "counter", "Inbound streams refused, by reason.");
+    for (reason, n) in inb.refused() {
+        let _ = writeln!(out, "murmur_proxy_inbound_refused_total{{reason=\"{reason}\"}} {n}");
+    }
 }
 
 #[cfg(test)]
@@ -135,7 +257,13 @@ mod tests {
             return;
         };
         use std::io::Write as _;
-        let text = render_prometheus(&Metrics::default());
+        let m = Metrics::default();
+        let up = m.proxy.add_upstream("orders", "orders", "127.100.0.1:80");
+        let ep = up.endpoint("orders-1");
+        ep.connect_latency.record(std::time::Duration::from_micros(250));
+        ep.failure(super::super::proxy::FailureCause::ConnectTimeout);
+        m.proxy.inbound.refuse("not_allowed");
+        let text = render_prometheus(&m);
         if let Some(mut stdin) = child.stdin.take() {
             stdin.write_all(text.as_bytes()).expect("write to promtool");
         }

@@ -1,5 +1,205 @@
-//! Proxy mode: the sidecar data path.
+//! Proxy mode: the sidecar data path. Outbound, each upstream listens on its VIP and
+//! carries app connections to healthy endpoints (balance → outlier → QUIC pool, or TCP);
+//! inbound, the QUIC listener checks callers and hands streams to the local app.
+//!
+//! Pure decisions live in their own files and take `now`: [`balance`], [`ewma`],
+//! [`outlier`], [`retry`]. The async shells are [`outbound`], [`inbound`], [`pool`] and
+//! [`splice`]. quinn and rustls appear only here and in `tls/`.
+
 pub mod balance;
 pub mod ewma;
+pub mod header;
+pub mod inbound;
+pub mod outbound;
 pub mod outlier;
+pub mod pool;
 pub mod retry;
+pub mod splice;
+pub mod vip;
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{Endpoint, TransportConfig, VarInt};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info_span, Instrument};
+
+use crate::config::{ProxyConfig, UpstreamSpec};
+use crate::local::LocalInstance;
+use crate::metrics::Metrics;
+use crate::registry::RegistryReader;
+use inbound::{serve_inbound, InboundContext};
+use outbound::{Caller, Upstream};
+use pool::Pool;
+
+/// Streams one peer may have open on a connection: enough for 10,000 proxied
+/// connections between one pair of sidecars.
+const MAX_STREAMS: u32 = 100_000;
+/// Keep-alive on pooled connections, well inside the idle timeout.
+const KEEP_ALIVE: Duration = Duration::from_secs(5);
+/// A pooled connection with no packets for this long is dead.
+const QUIC_IDLE: Duration = Duration::from_secs(30);
+/// Flow-control windows sized for bulk transfers on fast links.
+const STREAM_WINDOW: u32 = 8 * 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 64 * 1024 * 1024;
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// A socket could not be bound.
+    #[error("{setting}: {source} (got {addr})")]
+    Bind {
+        /// The setting naming the address.
+        setting: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The TLS material does not make a config.
+    #[error("tls: {0}")]
+    Tls(String),
+}
+
+/// Every socket of the proxy, bound before anything runs.
+pub struct ProxySockets {
+    endpoint: Endpoint,
+    client: quinn::ClientConfig,
+    listeners: Vec<(UpstreamSpec, TcpListener)>,
+}
+
+fn transport() -> Arc<TransportConfig> {
+    let mut t = TransportConfig::default();
+    t.max_concurrent_bidi_streams(VarInt::from_u32(MAX_STREAMS));
+    t.max_concurrent_uni_streams(VarInt::from_u32(0));
+    t.keep_alive_interval(Some(KEEP_ALIVE));
+    t.max_idle_timeout(Some(QUIC_IDLE.try_into().unwrap_or(VarInt::from_u32(30_000).into())));
+    t.stream_receive_window(VarInt::from_u32(STREAM_WINDOW));
+    t.receive_window(VarInt::from_u32(CONNECTION_WINDOW));
+    t.send_window(u64::from(CONNECTION_WINDOW));
+    Arc::new(t)
+}
+
+impl ProxySockets {
+    /// Binds the QUIC endpoint and every upstream listener.
+    pub async fn bind(config: &ProxyConfig) -> Result<ProxySockets, ProxyError> {
+        let server = config.tls.server_config().map_err(ProxyError::Tls)?;
+        let server = QuicServerConfig::try_from(server).map_err(|e| ProxyError::Tls(e.to_string()))?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(server));
+        server.transport_config(transport());
+        let client = config.tls.client_config().map_err(ProxyError::Tls)?;
+        let client = QuicClientConfig::try_from(client).map_err(|e| ProxyError::Tls(e.to_string()))?;
+        let mut client = quinn::ClientConfig::new(Arc::new(client));
+        client.transport_config(transport());
+        let endpoint = Endpoint::server(server, config.bind).map_err(|source| ProxyError::Bind {
+            setting: "--proxy-bind",
+            addr: config.bind,
+            source,
+        })?;
+        let mut listeners = Vec::new();
+        for (spec, addr) in
+            config.upstreams.iter().zip(vip::listen_addrs(&config.upstreams, config.vip_base, config.vip_count))
+        {
+            let l = TcpListener::bind(addr).await.map_err(|source| ProxyError::Bind {
+                setting: "--upstream",
+                addr,
+                source,
+            })?;
+            listeners.push((spec.clone(), l));
+        }
+        Ok(ProxySockets { endpoint, client, listeners })
+    }
+
+    /// The bound QUIC address.
+    pub fn quic_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// Each upstream's alias and bound listen address.
+    pub fn listen_addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.listeners.iter().filter_map(|(s, l)| Some((s.alias.to_string(), l.local_addr().ok()?))).collect()
+    }
+}
+
+/// A running proxy.
+pub struct Proxy {
+    endpoint: Endpoint,
+    upstreams: Vec<Arc<Upstream>>,
+}
+
+impl Proxy {
+    /// The upstream runtimes (for tests and tools).
+    pub fn upstreams(&self) -> &[Arc<Upstream>] {
+        &self.upstreams
+    }
+
+    /// Closes every QUIC connection at once (the end of a drain).
+    pub fn close(&self) {
+        self.endpoint.close(VarInt::from_u32(0), b"agent leaving");
+    }
+}
+
+/// What the proxy needs from the rest of the agent.
+pub struct ProxyDeps {
+    /// The replica.
+    pub registry: RegistryReader,
+    /// This agent's instances.
+    pub local: watch::Receiver<Arc<Vec<LocalInstance>>>,
+    /// Set while draining.
+    pub draining: Arc<AtomicBool>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Who calls; `None` when there are no upstreams.
+    pub caller: Option<Caller>,
+}
+
+/// Starts the inbound listener and every upstream into `tasks`.
+pub fn spawn_proxy(
+    sockets: ProxySockets,
+    config: &ProxyConfig,
+    deps: ProxyDeps,
+    tasks: &mut JoinSet<(&'static str, anyhow::Result<()>)>,
+    cancel: CancellationToken,
+) -> Proxy {
+    let ProxySockets { mut endpoint, client, listeners } = sockets;
+    endpoint.set_default_client_config(client.clone());
+    let pool = Arc::new(Pool::new(endpoint.clone(), client));
+    let ctx = Arc::new(InboundContext {
+        local: deps.local,
+        draining: deps.draining,
+        mutual: config.tls.is_mutual(),
+        metrics: deps.metrics.clone(),
+    });
+    let inbound = serve_inbound(endpoint.clone(), ctx, cancel.clone()).instrument(info_span!("inbound"));
+    tasks.spawn(async move { ("proxy inbound", inbound.await) });
+    let mut upstreams = Vec::new();
+    if let Some(caller) = deps.caller {
+        for (spec, listener) in listeners {
+            let listen = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            let stats = deps.metrics.proxy.add_upstream(spec.alias.as_str(), spec.service.as_str(), &listen);
+            let alias = spec.alias.to_string();
+            let up = Arc::new(Upstream::new(spec, stats, deps.registry.clone(), pool.clone(), caller.clone()));
+            upstreams.push(up.clone());
+            let serve = up.serve(listener, cancel.clone()).instrument(info_span!("upstream", %alias, %listen));
+            tasks.spawn(async move { ("proxy upstream", serve.await) });
+        }
+    }
+    let refresh: Vec<Arc<Upstream>> = upstreams.clone();
+    let refresh_cancel = cancel.clone();
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = refresh_cancel.cancelled() => return ("proxy refresh", Ok(())),
+                _ = tick.tick() => refresh.iter().for_each(|u| u.refresh_ejections()),
+            }
+        }
+    });
+    Proxy { endpoint, upstreams }
+}

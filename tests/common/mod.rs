@@ -136,3 +136,64 @@ pub async fn tcp_app(ip: IpAddr) -> (u16, tokio::task::JoinHandle<()>) {
     });
     (port, task)
 }
+
+/// Turns proxy mode on in `cfg`: QUIC on the agent's own address, mutual TLS with a
+/// certificate from `ca` naming `services`, and these upstreams on VIPs in
+/// 127.201.<block>.0/24.
+pub fn with_proxy(
+    cfg: &mut Config,
+    block: u8,
+    ca: &murmur::tls::Ca,
+    identity: Option<&str>,
+    services: &[&str],
+    upstreams: &[&str],
+) {
+    use murmur::config::{upstream::parse_upstream_spec, ProxyConfig};
+    use murmur::tls::TlsMaterial;
+    let services: Vec<murmur_protocol::ServiceName> =
+        services.iter().map(|s| s.parse().expect("valid service")).collect();
+    let tls = TlsMaterial::Mutual {
+        ca: ca.cert_der().expect("ca der"),
+        identity: ca.issue(&cfg.node.name, &services).expect("issue"),
+    };
+    cfg.proxy = Some(ProxyConfig {
+        bind: SocketAddr::new(cfg.node.advertise, 0),
+        tls,
+        identity: identity.map(|s| s.parse().expect("valid identity")).or_else(|| services.first().cloned()),
+        upstreams: upstreams.iter().map(|u| parse_upstream_spec(u).expect("valid upstream")).collect(),
+        vip_base: std::net::Ipv4Addr::new(127, 201, block, 1),
+        vip_count: 250,
+        hosts_file: None,
+    });
+}
+
+/// A TCP app that says its name on a line, then echoes everything back, keeping
+/// half-close (it shuts its write side down after reading EOF).
+pub async fn echo_app(ip: IpAddr, name: &'static str) -> (u16, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.expect("bind app");
+    let port = listener.local_addr().expect("addr").port();
+    let task = tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.into_split();
+                if w.write_all(format!("{name}\n").as_bytes()).await.is_err() {
+                    return;
+                }
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match r.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if w.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    (port, task)
+}

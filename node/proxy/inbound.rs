@@ -1,0 +1,189 @@
+//! The inbound side: the QUIC listener on the advertised address. Each stream starts
+//! with an `Open` frame; the caller's certificate (already chained to the cluster CA by
+//! the handshake) must name the service it calls as, that service must be allowed by
+//! the instance, and the local app must accept a connection; then the stream is
+//! acknowledged and spliced. Anything else gets a `Refuse` frame and a counted reason.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use murmur_protocol::{Frame, Open, Refuse, RefuseCode, Transport};
+use quinn::{Connection, Endpoint, RecvStream, SendStream};
+use rustls::pki_types::CertificateDer;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info_span, Instrument};
+
+use super::header::read_frame;
+use super::splice::splice;
+use crate::local::LocalInstance;
+use crate::metrics::Metrics;
+use crate::tls::cert_names_service;
+
+/// Time a caller has to send its header.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time the local app has to accept.
+const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Idle timeout of inbound streams; the caller's side enforces its own, usually shorter.
+const INBOUND_IDLE: Duration = Duration::from_secs(3600);
+
+/// What the inbound side needs to decide.
+pub struct InboundContext {
+    /// This agent's instances (with their allow lists).
+    pub local: watch::Receiver<Arc<Vec<LocalInstance>>>,
+    /// Set when the agent drains: new streams are refused.
+    pub draining: Arc<AtomicBool>,
+    /// Whether peers are authenticated (mutual TLS); when not, callers are not checked.
+    pub mutual: bool,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Accepts QUIC connections until `cancel`.
+pub async fn serve_inbound(
+    endpoint: Endpoint,
+    ctx: Arc<InboundContext>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    loop {
+        let incoming = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            i = endpoint.accept() => match i {
+                Some(i) => i,
+                None => return if cancel.is_cancelled() { Ok(()) } else { Err(anyhow::anyhow!("the QUIC endpoint closed")) },
+            },
+        };
+        let ctx = ctx.clone();
+        let remote = incoming.remote_address();
+        tokio::spawn(
+            async move {
+                match incoming.await {
+                    Ok(conn) => {
+                        ctx.metrics.proxy.inbound.connections.inc();
+                        serve_connection(conn, ctx).await;
+                    }
+                    Err(e) => {
+                        ctx.metrics.proxy.inbound.handshake_failures.inc();
+                        debug!(error = %e, "inbound handshake failed");
+                    }
+                }
+            }
+            .instrument(info_span!("inbound", peer = %remote)),
+        );
+    }
+}
+
+fn peer_cert(conn: &Connection) -> Option<CertificateDer<'static>> {
+    let any = conn.peer_identity()?;
+    let certs = any.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    certs.first().cloned()
+}
+
+async fn serve_connection(conn: Connection, ctx: Arc<InboundContext>) {
+    let cert = peer_cert(&conn);
+    while let Ok((send, recv)) = conn.accept_bi().await {
+        let ctx = ctx.clone();
+        let cert = cert.clone();
+        tokio::spawn(async move { serve_stream(send, recv, cert, ctx).await }.in_current_span());
+    }
+}
+
+async fn refuse(mut send: SendStream, ctx: &InboundContext, code: RefuseCode, message: String) {
+    ctx.metrics.proxy.inbound.refuse(code.as_str());
+    debug!(code = code.as_str(), %message, "stream refused");
+    let _ = send.write_all(&Frame::Refuse(Refuse { code, message }).encode()).await;
+    let _ = send.finish();
+    // Give the frame a moment to leave before the stream is dropped.
+    let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+}
+
+/// Which local instance serves `open`, or why none may.
+fn decide(
+    open: &Open,
+    cert: Option<&CertificateDer<'_>>,
+    ctx: &InboundContext,
+) -> Result<LocalInstance, (RefuseCode, String)> {
+    if ctx.draining.load(Ordering::Relaxed) {
+        return Err((RefuseCode::Draining, "this instance is draining; try another".into()));
+    }
+    let local = ctx.local.borrow().clone();
+    let inst = local
+        .iter()
+        .find(|i| i.record.service == open.service && i.record.port == open.port)
+        .ok_or_else(|| (RefuseCode::UnknownService, format!("no {}:{} on this node", open.service, open.port)))?;
+    if ctx.mutual && !cert.is_some_and(|c| cert_names_service(c, open.caller.as_str())) {
+        return Err((
+            RefuseCode::NotAllowed,
+            format!("the caller's certificate does not name service {}", open.caller),
+        ));
+    }
+    if !inst.allow.is_empty() && !inst.allow.contains(&open.caller) {
+        return Err((RefuseCode::NotAllowed, format!("{} may not call {}", open.caller, open.service)));
+    }
+    Ok(inst.clone())
+}
+
+async fn serve_stream(
+    send: SendStream,
+    mut recv: RecvStream,
+    cert: Option<CertificateDer<'static>>,
+    ctx: Arc<InboundContext>,
+) {
+    let (frame, early) = match read_frame(&mut recv, HEADER_TIMEOUT).await {
+        Ok((Frame::Open(open), early)) => (open, early),
+        Ok((other, _)) => {
+            refuse(send, &ctx, RefuseCode::BadHeader, format!("expected an open frame, got {other:?}")).await;
+            return;
+        }
+        Err(super::header::HeaderError::Frame(e)) => {
+            refuse(send, &ctx, e.refuse_code(), e.to_string()).await;
+            return;
+        }
+        Err(e) => {
+            ctx.metrics.proxy.inbound.refuse("no_header");
+            debug!(error = %e, "no header");
+            return;
+        }
+    };
+    let inst = match decide(&frame, cert.as_ref(), &ctx) {
+        Ok(i) => i,
+        Err((code, msg)) => return refuse(send, &ctx, code, msg).await,
+    };
+    if frame.transport == Transport::Udp {
+        return refuse(send, &ctx, RefuseCode::UnknownService, "UDP upstreams are not carried yet".into()).await;
+    }
+    let target = std::net::SocketAddr::new(inst.record.address, inst.record.port);
+    let app = match tokio::time::timeout(APP_CONNECT_TIMEOUT, TcpStream::connect(target)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return refuse(send, &ctx, RefuseCode::AppUnreachable, format!("{target}: {e}")).await,
+        Err(_) => {
+            return refuse(
+                send,
+                &ctx,
+                RefuseCode::AppUnreachable,
+                format!("{target}: no accept in {APP_CONNECT_TIMEOUT:?}"),
+            )
+            .await
+        }
+    };
+    let _ = app.set_nodelay(true);
+    let mut send = send;
+    if send.write_all(&Frame::Ack.encode()).await.is_err() {
+        return;
+    }
+    let (app_r, mut app_w) = app.into_split();
+    if !early.is_empty() && app_w.write_all(&early).await.is_err() {
+        return;
+    }
+    let stats = &ctx.metrics.proxy.inbound;
+    stats.streams.inc();
+    stats.active.inc();
+    let result = splice(recv, send, app_r, app_w, INBOUND_IDLE, None, None).await;
+    stats.active.dec();
+    if let Err(e) = result {
+        debug!(error = %e, "inbound stream ended with an error");
+    }
+}

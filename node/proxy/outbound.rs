@@ -1,0 +1,400 @@
+//! The outbound side: one listener per upstream (on its VIP or fixed address). Each app
+//! connection passes the circuit breaker, then tries endpoints picked by the balancer:
+//! a QUIC stream to the endpoint's sidecar (header, wait for the ack) or a plain TCP
+//! connect when no sidecar fronts it. A failure before the ack is recorded by outlier
+//! detection and retried on another endpoint, within the retry count and the retry
+//! budget; after the ack the bytes are spliced.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use murmur_protocol::{Frame, InstanceId, NodeName, Open, RefuseCode, ServiceName, Transport};
+use quinn::{RecvStream, SendStream};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::balance::{Balancer, Candidate};
+use super::ewma::PeakEwma;
+use super::header::{read_frame, HeaderError};
+use super::outlier::{Outcome, OutlierDetector};
+use super::pool::Pool;
+use super::retry::RetryBudget;
+use super::splice::splice;
+use crate::config::upstream::{DEFAULT_RETRY_FLOOR_PER_SEC, DEFAULT_RETRY_RATIO};
+use crate::config::UpstreamSpec;
+use crate::metrics::proxy::{EndpointStats, FailureCause, UpstreamStats};
+use crate::registry::{Instance, Query, RegistryReader};
+use crate::tls::node_server_name;
+
+/// The EWMA's starting guess and time constant.
+const EWMA_INITIAL: Duration = Duration::from_millis(1);
+const EWMA_DECAY: Duration = Duration::from_secs(10);
+/// How long retry deposits count.
+const BUDGET_WINDOW: Duration = Duration::from_secs(10);
+
+/// Who this sidecar is, for the headers it sends.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The service it calls as.
+    pub service: ServiceName,
+    /// Its node.
+    pub node: NodeName,
+    /// Its zone, for same-zone preference.
+    pub zone: Option<String>,
+}
+
+struct State {
+    balancer: Balancer,
+    outlier: OutlierDetector<InstanceId>,
+    budget: RetryBudget,
+    ewma: HashMap<InstanceId, PeakEwma>,
+    outstanding: HashMap<InstanceId, u32>,
+}
+
+/// One upstream at run time.
+pub struct Upstream {
+    spec: UpstreamSpec,
+    stats: Arc<UpstreamStats>,
+    registry: RegistryReader,
+    pool: Arc<Pool>,
+    caller: Caller,
+    // Held only for picks and bookkeeping, never across an await.
+    state: Mutex<State>,
+}
+
+/// A failed attempt.
+struct Failure {
+    cause: FailureCause,
+    retryable: bool,
+    detail: String,
+}
+
+/// A connected endpoint, after the ack.
+enum Connected {
+    Quic { send: SendStream, recv: RecvStream, early: Vec<u8> },
+    Tcp(TcpStream),
+}
+
+fn unix_ms(at: Instant, now: Instant) -> u64 {
+    let wall = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    wall + at.saturating_duration_since(now).as_millis() as u64
+}
+
+/// Decrements a gauge when dropped, so every exit path keeps the gauges true.
+struct GaugeGuard<'a>(&'a crate::metrics::Gauge);
+
+impl Drop for GaugeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl Upstream {
+    /// An upstream runtime.
+    pub fn new(
+        spec: UpstreamSpec,
+        stats: Arc<UpstreamStats>,
+        registry: RegistryReader,
+        pool: Arc<Pool>,
+        caller: Caller,
+    ) -> Self {
+        let now = Instant::now();
+        let state = State {
+            balancer: Balancer::new(spec.policy),
+            outlier: OutlierDetector::new(spec.outlier.clone()),
+            budget: RetryBudget::new(DEFAULT_RETRY_RATIO, DEFAULT_RETRY_FLOOR_PER_SEC, BUDGET_WINDOW, now),
+            ewma: HashMap::new(),
+            outstanding: HashMap::new(),
+        };
+        Self { spec, stats, registry, pool, caller, state: Mutex::new(state) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // The state is plain bookkeeping; a panic mid-update leaves it usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Accepts app connections on `listener` until `cancel`.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, cancel: CancellationToken) -> anyhow::Result<()> {
+        loop {
+            let (client, _) = tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                r = listener.accept() => match r {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait a little, go on.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let this = self.clone();
+            tokio::spawn(async move { this.handle(client).await });
+        }
+    }
+
+    /// Carries one app connection.
+    pub async fn handle(&self, client: TcpStream) {
+        let stats = &self.stats;
+        stats.accepted.inc();
+        // Circuit breaking: fail fast past the caps rather than queue.
+        if stats.active.get() >= u64::from(self.spec.max_connections)
+            || stats.pending.get() >= u64::from(self.spec.max_pending)
+        {
+            stats.breaker_rejections.inc();
+            reset(client);
+            return;
+        }
+        stats.active.inc();
+        let _active = GaugeGuard(&stats.active);
+        stats.pending.inc();
+        let pending = GaugeGuard(&stats.pending);
+        let _ = client.set_nodelay(true);
+
+        let snapshot = self.registry.snapshot();
+        let endpoints = snapshot.lookup(&self.spec.service, &Query::default());
+        drop(snapshot);
+        if endpoints.is_empty() {
+            stats.no_endpoints.inc();
+            stats.failed.inc();
+            reset(client);
+            return;
+        }
+        let ids: Vec<InstanceId> = endpoints.iter().map(|e| e.id.clone()).collect();
+        self.lock().outlier.retain(&ids);
+        let mut tried = vec![false; endpoints.len()];
+        let mut connected = None;
+        for attempt in 0..=self.spec.retries {
+            let now = Instant::now();
+            if attempt == 0 {
+                self.lock().budget.deposit(now);
+            } else if !self.lock().budget.try_withdraw(now) {
+                stats.budget_exhausted.inc();
+                break;
+            } else {
+                stats.retries.inc();
+            }
+            let Some(i) = self.pick(&endpoints, &tried) else { break };
+            tried[i] = true;
+            let ep = &endpoints[i];
+            let ep_stats = stats.endpoint(ep.id.as_str());
+            if let Ok(mut via) = ep_stats.via.lock() {
+                *via = match (ep.sidecar, ep.proxy) {
+                    (true, Some(p)) => format!("quic {p}"),
+                    _ => format!("tcp {}:{}", ep.address, ep.port),
+                };
+            }
+            let start = Instant::now();
+            let result = tokio::time::timeout(self.spec.connect_timeout, self.connect(ep)).await.unwrap_or_else(|_| {
+                Err(Failure { cause: FailureCause::ConnectTimeout, retryable: true, detail: "connect timeout".into() })
+            });
+            let elapsed = start.elapsed();
+            match result {
+                Ok(c) => {
+                    self.record(ep, Outcome::Success, endpoints.len(), Some(elapsed), &ep_stats);
+                    ep_stats.connect_latency.record(elapsed);
+                    connected = Some((c, ep.clone(), ep_stats));
+                    break;
+                }
+                Err(f) => {
+                    ep_stats.failure(f.cause);
+                    self.release(&ep.id);
+                    debug!(upstream = %self.spec.alias, endpoint = %ep.id, cause = f.cause.as_str(), detail = %f.detail, "attempt failed");
+                    if f.cause != FailureCause::Refused || f.retryable {
+                        self.record(ep, Outcome::Failure, endpoints.len(), None, &ep_stats);
+                    }
+                    if !f.retryable {
+                        break;
+                    }
+                }
+            }
+        }
+        drop(pending);
+        let Some((conn, ep, ep_stats)) = connected else {
+            stats.failed.inc();
+            reset(client);
+            return;
+        };
+        ep_stats.connections.inc();
+        ep_stats.active.inc();
+        let started = Instant::now();
+        let (cr, mut cw) = client.into_split();
+        let idle = self.spec.idle_timeout;
+        let (up, down) = (Some(&ep_stats.bytes_sent), Some(&ep_stats.bytes_received));
+        let result = match conn {
+            Connected::Quic { send, recv, early } => {
+                if !early.is_empty() && cw.write_all(&early).await.is_err() {
+                    Ok(Default::default())
+                } else {
+                    splice(cr, cw, recv, send, idle, up, down).await
+                }
+            }
+            Connected::Tcp(s) => {
+                let (sr, sw) = s.into_split();
+                splice(cr, cw, sr, sw, idle, up, down).await
+            }
+        };
+        if let Err(e) = result {
+            if e.kind() != std::io::ErrorKind::TimedOut {
+                ep_stats.failure(FailureCause::Reset);
+            }
+            debug!(upstream = %self.spec.alias, endpoint = %ep.id, error = %e, "connection ended with an error");
+        }
+        ep_stats.duration.record(started.elapsed());
+        ep_stats.active.dec();
+        self.release(&ep.id);
+    }
+
+    fn pick(&self, endpoints: &[Arc<Instance>], tried: &[bool]) -> Option<usize> {
+        let now = Instant::now();
+        let mut st = self.lock();
+        let cands: Vec<Candidate> = endpoints
+            .iter()
+            .zip(tried)
+            .map(|(e, &tried)| Candidate {
+                weight: e.weight,
+                same_zone: self.caller.zone.is_some() && e.zone == self.caller.zone,
+                latency_ns: st
+                    .ewma
+                    .get(&e.id)
+                    .map(|w| w.get().as_nanos() as f64)
+                    .unwrap_or(EWMA_INITIAL.as_nanos() as f64),
+                outstanding: st.outstanding.get(&e.id).copied().unwrap_or(0),
+                ejected: st.outlier.is_ejected(&e.id, now),
+                tried,
+            })
+            .collect();
+        let i = st.balancer.pick(&cands, &mut rand::rng())?;
+        *st.outstanding.entry(endpoints[i].id.clone()).or_default() += 1;
+        Some(i)
+    }
+
+    fn release(&self, id: &InstanceId) {
+        let mut st = self.lock();
+        if let Some(n) = st.outstanding.get_mut(id) {
+            *n = n.saturating_sub(1);
+        }
+    }
+
+    fn record(
+        &self,
+        ep: &Instance,
+        outcome: Outcome,
+        pool: usize,
+        latency: Option<Duration>,
+        ep_stats: &EndpointStats,
+    ) {
+        let now = Instant::now();
+        let mut st = self.lock();
+        if let Some(l) = latency {
+            let w = st.ewma.entry(ep.id.clone()).or_insert_with(|| PeakEwma::new(EWMA_INITIAL, EWMA_DECAY, now));
+            w.observe(l, now);
+            ep_stats.ewma_us.set(w.get().as_micros() as u64);
+        }
+        if let Some(ej) = st.outlier.record(&ep.id, outcome, pool, now) {
+            ep_stats.ejections.inc();
+            ep_stats.ejected_until_unix_ms.set(unix_ms(ej.until, now));
+            info!(upstream = %self.spec.alias, endpoint = %ep.id, reason = ej.reason, times = ej.times,
+                  seconds = ej.until.saturating_duration_since(now).as_secs(), "endpoint ejected");
+        }
+    }
+
+    async fn connect(&self, ep: &Instance) -> Result<Connected, Failure> {
+        let fail = |cause, retryable, detail: String| Failure { cause, retryable, detail };
+        match (ep.sidecar, ep.proxy) {
+            (true, Some(peer)) => {
+                let conn = self
+                    .pool
+                    .get(peer, &node_server_name(ep.node.as_str()))
+                    .await
+                    .map_err(|e| fail(FailureCause::QuicConnect, true, e.to_string()))?;
+                let (mut send, mut recv) = match conn.open_bi().await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        self.pool.evict(peer, &conn);
+                        return Err(fail(FailureCause::QuicConnect, true, e.to_string()));
+                    }
+                };
+                let open = Open {
+                    service: self.spec.service.clone(),
+                    port: ep.port,
+                    caller: self.caller.service.clone(),
+                    caller_node: self.caller.node.clone(),
+                    transport: Transport::Tcp,
+                };
+                send.write_all(&Frame::Open(open).encode())
+                    .await
+                    .map_err(|e| fail(FailureCause::QuicConnect, true, e.to_string()))?;
+                match read_frame(&mut recv, self.spec.connect_timeout).await {
+                    Ok((Frame::Ack, early)) => Ok(Connected::Quic { send, recv, early }),
+                    Ok((Frame::Refuse(r), _)) => {
+                        let cause = if r.code == RefuseCode::AppUnreachable {
+                            FailureCause::AppUnreachable
+                        } else {
+                            FailureCause::Refused
+                        };
+                        Err(fail(cause, r.code.is_retryable(), format!("{}: {}", r.code.as_str(), r.message)))
+                    }
+                    Ok((other, _)) => Err(fail(FailureCause::Other, true, format!("unexpected frame {other:?}"))),
+                    Err(HeaderError::Timeout(_)) => Err(fail(FailureCause::ConnectTimeout, true, "no ack".into())),
+                    Err(e) => {
+                        if conn.close_reason().is_some() {
+                            self.pool.evict(peer, &conn);
+                        }
+                        Err(fail(FailureCause::QuicConnect, true, e.to_string()))
+                    }
+                }
+            }
+            _ => {
+                let target = SocketAddr::new(ep.address, ep.port);
+                match TcpStream::connect(target).await {
+                    Ok(s) => {
+                        let _ = s.set_nodelay(true);
+                        Ok(Connected::Tcp(s))
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                        Err(fail(FailureCause::ConnectRefused, true, e.to_string()))
+                    }
+                    Err(e) => Err(fail(FailureCause::Other, true, e.to_string())),
+                }
+            }
+        }
+    }
+
+    /// The upstream's alias.
+    pub fn alias(&self) -> &str {
+        self.spec.alias.as_str()
+    }
+
+    /// Whether the outlier detector has `id` ejected now (tests, API).
+    pub fn is_ejected(&self, id: &InstanceId) -> bool {
+        self.lock().outlier.is_ejected(id, Instant::now())
+    }
+
+    /// Clears the ejected-until gauge of endpoints whose ejection has ended.
+    pub fn refresh_ejections(&self) {
+        let now = Instant::now();
+        let st = self.lock();
+        for (id, ep) in self.stats.endpoints() {
+            let Ok(id) = InstanceId::new(&id) else { continue };
+            if !st.outlier.is_ejected(&id, now) {
+                ep.ejected_until_unix_ms.set(0);
+            }
+        }
+    }
+}
+
+/// Closes an app connection with a reset, so the app sees a failure rather than an
+/// empty but clean reply.
+// tokio deprecates `set_linger` because a positive linger blocks the thread on drop; a
+// zero linger never blocks (the kernel sends RST at once), which is exactly the intent.
+#[allow(deprecated)]
+fn reset(client: TcpStream) {
+    let _ = client.set_linger(Some(Duration::ZERO));
+    drop(client);
+}

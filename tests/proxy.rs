@@ -1,0 +1,266 @@
+//! Proxy mode with real sockets, in one process: an app calls an alias on its own
+//! sidecar, which carries the connection over QUIC with mutual TLS to a sidecar beside
+//! a healthy instance. Balancing, failover, byte-exact transfers, refusals, the circuit
+//! breaker and drain.
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{config, echo_app, eventually, ip, with_proxy, WAIT};
+use hickory_proto::rr::RecordType;
+use murmur::dns::client::{addresses, query};
+use murmur::tls::Ca;
+use murmur::Agent;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+/// A client agent (`web`, calling `echo:80`) and `backends` agents serving `echo`.
+struct ProxyMesh {
+    client: Agent,
+    backends: Vec<Option<Agent>>,
+    apps: Vec<Option<tokio::task::JoinHandle<()>>>,
+    vip: SocketAddr,
+}
+
+const NAMES: [&str; 3] = ["echo-a", "echo-b", "echo-c"];
+
+async fn proxy_mesh(block: u8, backends: usize, echo_opts: &str, upstream: &str, ca: &Ca, client_ca: &Ca) -> ProxyMesh {
+    let key = murmur::gossip::Keyring::generate_base64();
+    let mut cfg = config(block, 0, Some(&key), &[], &["web:1,check=none".into()]);
+    with_proxy(&mut cfg, block, client_ca, None, &["web"], &[upstream]);
+    let client = Agent::start(cfg).await.expect("client agent");
+    let seed = client.gossip_addr();
+    let mut agents = Vec::new();
+    let mut apps = Vec::new();
+    for i in 1..=backends {
+        let (port, app) = echo_app(ip(block, i), NAMES[i - 1]).await;
+        apps.push(Some(app));
+        let spec = format!("echo:{port},interval=200ms,timeout=150ms{echo_opts}");
+        let mut cfg = config(block, i, Some(&key), &[seed], &[spec]);
+        with_proxy(&mut cfg, block, ca, None, &["echo"], &[]);
+        agents.push(Some(Agent::start(cfg).await.expect("backend agent")));
+    }
+    let reader = client.registry();
+    let (_, ok) = reader
+        .wait_for(WAIT, |s| s.lookup(&"echo".parse().expect("name"), &Default::default()).len() == backends)
+        .await;
+    assert!(ok, "the client never saw {backends} healthy echo instances");
+    let vip = SocketAddr::new(IpAddr::from([127, 201, block, 1]), 80);
+    ProxyMesh { client, backends: agents, apps, vip }
+}
+
+impl ProxyMesh {
+    async fn stop(self) {
+        for a in self.backends.into_iter().flatten() {
+            a.kill().await;
+        }
+        for a in self.apps.into_iter().flatten() {
+            a.abort();
+        }
+        self.client.kill().await;
+    }
+}
+
+/// One request/response through the VIP: returns the instance name that answered.
+async fn call(vip: SocketAddr, payload: &[u8]) -> std::io::Result<String> {
+    let s = TcpStream::connect(vip).await?;
+    let (r, mut w) = s.into_split();
+    let mut r = BufReader::new(r);
+    let mut name = String::new();
+    r.read_line(&mut name).await?;
+    if name.is_empty() {
+        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "no greeting"));
+    }
+    w.write_all(payload).await?;
+    w.shutdown().await?;
+    let mut back = Vec::new();
+    r.read_to_end(&mut back).await?;
+    if back != payload {
+        return Err(std::io::Error::other(format!("echo mismatch: {} of {} bytes", back.len(), payload.len())));
+    }
+    Ok(name.trim().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_reaches_both_instances_and_big_transfers_are_byte_exact() {
+    let ca = Ca::generate().expect("ca");
+    let mesh = proxy_mesh(30, 2, "", "echo:80", &ca, &ca).await;
+    // The alias resolves to the VIP through the client's stub, bare and in the namespace.
+    for name in ["echo.", "echo.test.local."] {
+        let reply = query(mesh.client.dns_addr(), name, RecordType::A, Duration::from_secs(2)).await.expect("dns");
+        assert_eq!(addresses(&reply), vec![mesh.vip.ip()], "{name}");
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        seen.insert(call(mesh.vip, b"ping").await.expect("call"));
+    }
+    assert_eq!(seen.len(), 2, "both instances answered: {seen:?}");
+
+    // 100 MB each way (the echo sends every byte back), hashes compared.
+    const SIZE: usize = 100 * 1024 * 1024;
+    let s = TcpStream::connect(mesh.vip).await.expect("connect");
+    let (r, mut w) = s.into_split();
+    let mut r = BufReader::new(r);
+    let mut greeting = String::new();
+    r.read_line(&mut greeting).await.expect("greeting");
+    let writer = tokio::spawn(async move {
+        let mut sent = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut chunk = vec![0u8; 256 * 1024];
+        let mut left = SIZE;
+        while left > 0 {
+            for b in chunk.iter_mut() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *b = x as u8;
+            }
+            let n = left.min(chunk.len());
+            sent.update(&chunk[..n]);
+            w.write_all(&chunk[..n]).await.expect("write");
+            left -= n;
+        }
+        w.shutdown().await.expect("half-close");
+        sent.finish()
+    });
+    let mut got = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 256 * 1024];
+    let start = Instant::now();
+    loop {
+        let n = r.read(&mut buf).await.expect("read");
+        if n == 0 {
+            break;
+        }
+        got.update(&buf[..n]);
+        total += n;
+    }
+    let sent = writer.await.expect("writer");
+    assert_eq!(total, SIZE);
+    assert_eq!(sent.as_ref(), got.finish().as_ref(), "byte-exact both ways");
+    eprintln!("100 MB each way through two sidecars in {:?}", start.elapsed());
+    mesh.stop().await;
+}
+
+/// Runs sequential calls until `stop`; returns (ok, failed, first failure time).
+fn load(vip: SocketAddr, stop: Arc<std::sync::atomic::AtomicBool>) -> tokio::task::JoinHandle<(u64, u64)> {
+    tokio::spawn(async move {
+        let (ok, failed) = (AtomicU64::new(0), AtomicU64::new(0));
+        while !stop.load(Ordering::Relaxed) {
+            match call(vip, b"steady").await {
+                Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                Err(e) => {
+                    eprintln!("call failed: {e}");
+                    failed.fetch_add(1, Ordering::Relaxed)
+                }
+            };
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_backend_app_or_agent_under_load_fails_nothing() {
+    let ca = Ca::generate().expect("ca");
+    let mut mesh = proxy_mesh(31, 3, "", "echo:80", &ca, &ca).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = load(mesh.vip, stop.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The app behind backend 1 dies: attempts to it are refused by its sidecar before
+    // the ack and retried elsewhere; its health check then takes it out.
+    if let Some(app) = mesh.apps[0].take() {
+        app.abort();
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Backend 2's agent crashes: its QUIC connection dies; attempts fail before the ack
+    // and are retried; the failure detector then takes it out.
+    mesh.backends[1].take().expect("backend 2").kill().await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = traffic.await.expect("load");
+    eprintln!("{ok} calls succeeded, {failed} failed");
+    assert!(ok > 100, "the load ran: {ok}");
+    assert_eq!(failed, 0, "no call failed");
+    let stats = mesh.client.metrics().proxy.upstreams();
+    let retries = stats[0].1.retries.get();
+    eprintln!("retries: {retries}");
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_certificates_and_callers_outside_allow_are_refused() {
+    let ca = Ca::generate().expect("ca");
+    let other = Ca::generate().expect("other ca");
+    // A client with a certificate from another CA: every handshake fails.
+    let mesh = proxy_mesh(32, 1, "", "echo:80,retries=0", &ca, &other).await;
+    assert!(call(mesh.vip, b"x").await.is_err());
+    let backend = mesh.backends[0].as_ref().expect("backend");
+    let m = backend.metrics();
+    eventually("handshake failure counted", || async { m.proxy.inbound.handshake_failures.get() > 0 }).await;
+    assert_eq!(m.proxy.inbound.streams.get(), 0);
+    mesh.stop().await;
+
+    // A caller the instance does not allow: refused with a reason, never retried.
+    let mesh = proxy_mesh(33, 1, ",allow=billing", "echo:80", &ca, &ca).await;
+    assert!(call(mesh.vip, b"x").await.is_err());
+    let backend = mesh.backends[0].as_ref().expect("backend");
+    let refused = backend.metrics().proxy.inbound.refused();
+    assert_eq!(refused, vec![("not_allowed", 1)], "refused once, not retried");
+    let up = &mesh.client.metrics().proxy.upstreams()[0].1;
+    assert_eq!(up.retries.get(), 0);
+    assert_eq!(up.failed.get(), 1);
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_breaker_rejects_past_its_cap_and_drain_finishes_open_transfers() {
+    let ca = Ca::generate().expect("ca");
+    let mut mesh = proxy_mesh(34, 2, "", "echo:80,max-connections=2", &ca, &ca).await;
+    // Two long-lived connections fill the cap; a third is closed at once.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let s = TcpStream::connect(mesh.vip).await.expect("connect");
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        r.read_line(&mut line).await.expect("greeting");
+        held.push(r);
+    }
+    assert!(call(mesh.vip, b"x").await.is_err(), "third connection rejected");
+    let up = mesh.client.metrics().proxy.upstreams()[0].1.clone();
+    assert_eq!(up.breaker_rejections.get(), 1);
+    drop(held);
+    eventually("slots free again", || async { up.active.get() == 0 }).await;
+
+    // Drain: a transfer running on backend 1 when it starts leaving completes byte-exact.
+    let s = TcpStream::connect(mesh.vip).await.expect("connect");
+    let (r, mut w) = s.into_split();
+    let mut r = BufReader::new(r);
+    let mut who = String::new();
+    r.read_line(&mut who).await.expect("greeting");
+    let idx = NAMES.iter().position(|n| *n == who.trim()).expect("known instance");
+    let leaving = mesh.backends[idx].take().expect("backend");
+    let shutdown = tokio::spawn(leaving.shutdown());
+    let payload: Vec<u8> = (0..4 * 1024 * 1024).map(|i: u32| (i % 251) as u8).collect();
+    let expect = payload.clone();
+    let writer = tokio::spawn(async move {
+        for chunk in payload.chunks(64 * 1024) {
+            w.write_all(chunk).await.expect("write");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        w.shutdown().await.expect("half-close");
+    });
+    let mut back = Vec::new();
+    r.read_to_end(&mut back).await.expect("read");
+    writer.await.expect("writer");
+    assert!(back == expect, "transfer complete and exact during drain ({} of {} bytes)", back.len(), expect.len());
+    // New calls go to the other backend meanwhile.
+    let other = NAMES[1 - idx];
+    assert_eq!(call(mesh.vip, b"y").await.expect("call during drain"), other);
+    shutdown.await.expect("shutdown");
+    mesh.stop().await;
+}
