@@ -14,9 +14,14 @@ use tokio::task::JoinHandle;
 
 use crate::api::types::MemberJson;
 use crate::cli::ApiClient;
-use crate::config::{spec::parse_service_spec, Config, Layer};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::config::upstream::parse_upstream_spec;
+use crate::config::{spec::parse_service_spec, Config, Layer, ProxyConfig, ServiceSpec};
 use crate::dns::client::{addresses, query};
 use crate::gossip::Keyring;
+use crate::tls::{Ca, TlsMaterial};
 use crate::Agent;
 
 const NAMESPACE: &str = "demo.local";
@@ -43,8 +48,17 @@ async fn spawn_app(ip: IpAddr, name: &'static str) -> anyhow::Result<(u16, JoinH
     Ok((port, task))
 }
 
-fn agent_config(i: u8, key: &str, seed: Option<SocketAddr>, services: &[String]) -> anyhow::Result<Config> {
+fn agent_config(
+    i: u8,
+    key: &str,
+    seed: Option<SocketAddr>,
+    services: &[String],
+    ca: &Ca,
+    upstreams: &[&str],
+) -> anyhow::Result<Config> {
     let ip: IpAddr = format!("127.0.0.{}", 10 + i).parse()?;
+    let specs: Vec<ServiceSpec> =
+        services.iter().map(|s| parse_service_spec(s).map_err(anyhow::Error::msg)).collect::<Result<_, _>>()?;
     let layer = Layer {
         name: Some(format!("node-{i}")),
         cluster: Some("demo".into()),
@@ -57,12 +71,68 @@ fn agent_config(i: u8, key: &str, seed: Option<SocketAddr>, services: &[String])
         dns_listen: Some(SocketAddr::new(ip, 0)),
         dns_upstreams: Some(vec![]),
         api_listen: Some(SocketAddr::new(ip, 0)),
-        services: Some(
-            services.iter().map(|s| parse_service_spec(s).map_err(anyhow::Error::msg)).collect::<Result<_, _>>()?,
-        ),
+        services: Some(specs.clone()),
         ..Default::default()
     };
-    Config::from_layer(layer, "").map_err(|e| anyhow::anyhow!("{e}"))
+    let mut config = Config::from_layer(layer, "").map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Every sidecar gets a certificate from the demo's own CA naming its services.
+    let names: Vec<murmur_protocol::ServiceName> = specs.iter().map(|s| s.name.clone()).collect();
+    let identity = ca.issue(&config.node.name, &names).map_err(anyhow::Error::msg)?;
+    config.proxy = Some(ProxyConfig {
+        bind: SocketAddr::new(ip, 0),
+        tls: TlsMaterial::Mutual { ca: ca.cert_der().map_err(anyhow::Error::msg)?, identity },
+        identity: names.first().cloned(),
+        upstreams: upstreams
+            .iter()
+            .map(|u| parse_upstream_spec(u).map_err(anyhow::Error::msg))
+            .collect::<Result<_, _>>()?,
+        vip_base: std::net::Ipv4Addr::new(127, 100, 0, 1),
+        vip_count: 254,
+        hosts_file: None,
+    });
+    Ok(config)
+}
+
+/// What the steady traffic of the demo saw.
+#[derive(Default)]
+struct Traffic {
+    ok: u64,
+    failed: u64,
+    latency: Option<hdrhistogram::Histogram<u64>>,
+}
+
+/// Calls `orders:80` through node-0's sidecar every 10 ms until `stop`: a new
+/// connection each time, a request, the whole reply.
+fn steady_traffic(vip: SocketAddr, stop: Arc<AtomicBool>) -> JoinHandle<Traffic> {
+    tokio::spawn(async move {
+        let mut t =
+            Traffic { latency: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3).ok(), ..Default::default() };
+        while !stop.load(Ordering::Relaxed) {
+            let start = Instant::now();
+            let call = async {
+                let mut c = TcpStream::connect(vip).await?;
+                c.write_all(b"order #1").await?;
+                let mut reply = String::new();
+                c.read_to_string(&mut reply).await?;
+                if reply.starts_with("orders@") {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::other(format!("unexpected reply {reply:?}")))
+                }
+            };
+            match tokio::time::timeout(Duration::from_secs(5), call).await {
+                Ok(Ok(())) => {
+                    t.ok += 1;
+                    if let Some(h) = t.latency.as_mut() {
+                        let _ = h.record(start.elapsed().as_micros() as u64);
+                    }
+                }
+                _ => t.failed += 1,
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        t
+    })
 }
 
 async fn dns_addrs(server: SocketAddr, name: &str) -> Vec<IpAddr> {
@@ -99,32 +169,40 @@ fn ms(d: Duration) -> String {
 /// Runs the demo.
 pub async fn run() -> anyhow::Result<()> {
     let t0 = Instant::now();
-    println!("murmur demo: {AGENTS} agents on 127.0.0.10-14, namespace {NAMESPACE}, gossip sealed with a fresh key\n");
+    println!("murmur demo: {AGENTS} agents on 127.0.0.10-14, namespace {NAMESPACE}");
+    println!("gossip sealed with a fresh key; sidecars speak QUIC with mutual TLS under a fresh CA\n");
     let key = Keyring::generate_base64();
+    let ca = Ca::generate().map_err(anyhow::Error::msg)?;
     let mut agents: Vec<Option<Agent>> = Vec::new();
     let mut apps: Vec<JoinHandle<()>> = Vec::new();
     let mut seed = None;
     for i in 0..AGENTS {
         let ip: IpAddr = format!("127.0.0.{}", 10 + i).parse()?;
-        let mut services = Vec::new();
         let (svc, tags) =
             if i < 2 { ("web", "frontend") } else { ("orders", if i == 2 { "canary" } else { "stable" }) };
         let (port, task) = spawn_app(ip, svc).await?;
         apps.push(task);
-        services.push(format!("{svc}:{port},tags={tags},interval=250ms,timeout=200ms,failures=2"));
-        let agent = Agent::start(agent_config(i, &key, seed, &services)?).await.context("starting an agent")?;
+        let services = vec![format!("{svc}:{port},tags={tags},interval=250ms,timeout=200ms,failures=2")];
+        // node-0's app calls `orders:80` through its sidecar.
+        let upstreams: &[&str] = if i == 0 { &["orders:80"] } else { &[] };
+        let agent =
+            Agent::start(agent_config(i, &key, seed, &services, &ca, upstreams)?).await.context("starting an agent")?;
         seed.get_or_insert(agent.gossip_addr());
         println!(
-            "  started node-{i}  gossip {}  dns {}  api {}  service {svc}:{port}",
+            "  started node-{i}  gossip {}  dns {}  api {}  service {svc}:{port}{}",
             agent.gossip_addr(),
             agent.dns_addr(),
-            agent.api_addr()
+            agent.api_addr(),
+            if i == 0 { "  upstream orders:80" } else { "" }
         );
         agents.push(Some(agent));
     }
-    let observer = agents[0].as_ref().context("node-0 runs")?;
+    // node-1's stub shows registry mode; node-0's app uses proxy mode.
+    let observer = agents[1].as_ref().context("node-1 runs")?;
     let (dns, api) = (observer.dns_addr(), ApiClient::new(observer.api_addr()));
     let registry = observer.registry();
+    let caller = agents[0].as_ref().context("node-0 runs")?;
+    let (caller_dns, caller_api) = (caller.dns_addr(), ApiClient::new(caller.api_addr()));
 
     let converged = time_until("every agent to see every other", || {
         let readers: Vec<_> = agents.iter().flatten().map(|a| a.registry()).collect();
@@ -144,7 +222,7 @@ pub async fn run() -> anyhow::Result<()> {
     );
 
     let orders = format!("orders.{NAMESPACE}.");
-    println!("\n2. discovery through node-0's DNS stub at {dns}:");
+    println!("\n2. registry mode, through node-1's DNS stub at {dns}:");
     let a = dns_addrs(dns, &orders).await;
     println!("   {orders} A     -> {a:?}");
     let srv = query(dns, &format!("_orders._tcp.{NAMESPACE}."), RecordType::SRV, Duration::from_secs(1)).await?;
@@ -162,19 +240,33 @@ pub async fn run() -> anyhow::Result<()> {
     conn.write_all(b"hello").await?;
     let mut reply = String::new();
     conn.read_to_string(&mut reply).await?;
-    println!("   connected to {}:{} -> \"{reply}\"", target.address, target.port);
+    println!("   the app connects itself to {}:{} -> \"{reply}\"", target.address, target.port);
     if a.len() != 3 {
         bail!("expected 3 orders addresses, got {a:?}");
     }
 
-    println!("\n3. the orders app on node-2 (127.0.0.12) crashes; its agent's TCP check (every 250 ms, critical after 2 failures) notices:");
+    println!("\n3. proxy mode, on node-0: its app calls plain `orders:80`");
+    let vip_ip = *dns_addrs(caller_dns, "orders.").await.first().context("the alias resolves")?;
+    let vip = SocketAddr::new(vip_ip, 80);
+    println!("   node-0's stub: orders -> {vip_ip} (a loopback VIP where node-0's sidecar listens)");
+    let mut conn = TcpStream::connect(vip).await?;
+    conn.write_all(b"hello").await?;
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply).await?;
+    println!("   orders:80 -> sidecar -> QUIC + mutual TLS -> sidecar -> app: \"{reply}\"");
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = steady_traffic(vip, stop.clone());
+    println!("   steady traffic starts: a new connection to orders:80 every 10 ms during steps 4-7");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    println!("\n4. the orders app on node-2 (127.0.0.12) crashes; its agent's TCP check (every 250 ms, critical after 2 failures) notices:");
     apps[2].abort();
     let gone: IpAddr = "127.0.0.12".parse()?;
     let d =
         time_until("the dead app to leave DNS", || async { !dns_addrs(dns, &orders).await.contains(&gone) }).await?;
-    println!("   127.0.0.12 left node-0's DNS answers after {}", ms(d));
+    println!("   127.0.0.12 left node-1's DNS answers after {}", ms(d));
 
-    println!("\n4. node-3 (127.0.0.13) crashes: no leave message, peers must detect the silence:");
+    println!("\n5. node-3 (127.0.0.13) crashes: no leave message, peers must detect the silence:");
     let crashed = agents[3].take().context("node-3 runs")?;
     crashed.kill().await;
     let dead: IpAddr = "127.0.0.13".parse()?;
@@ -183,7 +275,7 @@ pub async fn run() -> anyhow::Result<()> {
     })
     .await?;
     println!(
-        "   127.0.0.13 left node-0's DNS answers after {}  (failure detector, phi threshold 6 x 200 ms gossip)",
+        "   127.0.0.13 left node-1's DNS answers after {}  (failure detector, phi threshold 6 x 200 ms gossip)",
         ms(d)
     );
     let members: Vec<MemberJson> = serde_json::from_str(&api.get("/v1/members").await?)?;
@@ -191,44 +283,41 @@ pub async fn run() -> anyhow::Result<()> {
         println!("   member {:<7} {:<12} {}", m.name, m.address, m.status);
     }
 
-    println!("\n5. an app registers itself at run time through node-4's API (PUT /v1/services/orders/orders-late):");
-    let late_ip: IpAddr = "127.0.0.14".parse()?;
+    println!("\n6. an app registers itself at run time through node-1's API (PUT /v1/services/orders/orders-late):");
+    let late_ip: IpAddr = "127.0.0.11".parse()?;
     let (late_port, late_task) = spawn_app(late_ip, "orders").await?;
     apps.push(late_task);
-    let node4 = ApiClient::new(agents[4].as_ref().context("node-4 runs")?.api_addr());
     let start = Instant::now();
-    node4
-        .put(
-            "/v1/services/orders/orders-late",
-            format!("{{\"port\":{late_port},\"tags\":[\"late\"],\"interval\":\"250ms\",\"timeout\":\"200ms\"}}"),
-        )
-        .await?;
-    time_until("the new instance in DNS", || async {
-        dns_addrs(dns, &format!("late.{orders}")).await.contains(&late_ip)
+    api.put(
+        "/v1/services/orders/orders-late",
+        format!("{{\"port\":{late_port},\"tags\":[\"late\"],\"interval\":\"250ms\",\"timeout\":\"200ms\"}}"),
+    )
+    .await?;
+    time_until("the new instance in node-0's DNS", || async {
+        dns_addrs(caller_dns, &format!("late.{orders}")).await.contains(&late_ip)
     })
     .await?;
-    println!("   late.{orders} answered on node-0 after {}", ms(start.elapsed()));
+    println!("   late.{orders} answered by node-0's stub after {}", ms(start.elapsed()));
 
-    println!("\n6. node-1 leaves gracefully (SIGTERM path: draining, drain period 500 ms, leave):");
-    let leaving = agents[1].take().context("node-1 runs")?;
+    println!("\n7. node-4 leaves gracefully (the SIGTERM path: draining, drain period 500 ms, leave):");
+    let leaving = agents[4].take().context("node-4 runs")?;
     let start = Instant::now();
-    let web = format!("web.{NAMESPACE}.");
-    let left_ip: IpAddr = "127.0.0.11".parse()?;
+    let left_ip: IpAddr = "127.0.0.14".parse()?;
     let watcher = tokio::spawn({
-        let web = web.clone();
+        let orders = orders.clone();
         async move {
-            time_until("draining instance to leave DNS", || async { !dns_addrs(dns, &web).await.contains(&left_ip) })
+            time_until("draining instance to leave DNS", || async { !dns_addrs(dns, &orders).await.contains(&left_ip) })
                 .await
         }
     });
     leaving.shutdown().await;
     let out_of_dns = watcher.await??;
-    time_until("node-1 to be seen as left", || async {
+    time_until("node-4 to be seen as left", || async {
         registry
             .snapshot()
             .members
             .iter()
-            .any(|m| m.name == "node-1" && m.status == crate::registry::MemberStatus::Left)
+            .any(|m| m.name == "node-4" && m.status == crate::registry::MemberStatus::Left)
     })
     .await?;
     println!(
@@ -236,8 +325,33 @@ pub async fn run() -> anyhow::Result<()> {
         ms(out_of_dns),
         ms(start.elapsed())
     );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let t = traffic.await?;
+    let q = |p: f64| t.latency.as_ref().map(|h| h.value_at_quantile(p) as f64 / 1000.0).unwrap_or(0.0);
+    println!(
+        "\n   steady traffic through the sidecars across steps 4-7: {} calls, {} failed",
+        t.ok + t.failed,
+        t.failed
+    );
+    println!(
+        "   call latency (connect, request, whole reply): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        q(0.5),
+        q(0.99),
+        q(1.0)
+    );
+    let ups: Vec<crate::api::types::UpstreamJson> = serde_json::from_str(&caller_api.get("/v1/upstreams").await?)?;
+    for u in &ups {
+        println!("   upstream {}: {} retries, {} failed", u.alias, u.retries, u.failed);
+        for e in &u.endpoints {
+            println!(
+                "     {:<20} {:<8} {:>5} conns  connect p50 {:.2} ms  failures {:?}",
+                e.instance, e.state, e.connections, e.connect_latency.p50_ms, e.failures
+            );
+        }
+    }
 
-    println!("\n7. cleaning up");
+    println!("\n8. cleaning up");
     for agent in agents.into_iter().flatten() {
         agent.shutdown().await;
     }
@@ -245,5 +359,8 @@ pub async fn run() -> anyhow::Result<()> {
         app.abort();
     }
     println!("   all agents left and apps stopped; demo took {:.1} s", t0.elapsed().as_secs_f64());
+    if t.failed > 0 {
+        bail!("{} calls through the sidecars failed", t.failed);
+    }
     Ok(())
 }

@@ -5,6 +5,7 @@
 
 mod frame;
 mod keyring;
+mod liveness;
 mod transport;
 
 use std::net::SocketAddr;
@@ -27,8 +28,8 @@ use crate::metrics::Metrics;
 use murmur_protocol::keys;
 
 /// How often the cluster view is rebuilt even without a change, so that dead nodes move
-/// from "alive" to "dead" to forgotten in the view on time.
-const VIEW_REFRESH: Duration = Duration::from_secs(1);
+/// from "alive" to "dead" to forgotten in the view on time, and revived ones come back.
+const VIEW_REFRESH: Duration = Duration::from_millis(500);
 
 /// What a node is, as this agent sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -135,16 +136,18 @@ pub async fn spawn_gossip(
 
 /// Copies chitchat's state out as a [`ClusterView`]. Holds the chitchat lock only while
 /// copying; never across an await.
-fn read_view(chitchat: &Chitchat) -> ClusterView {
+fn read_view(chitchat: &Chitchat, liveness: &mut liveness::Liveness<ChitchatId>) -> ClusterView {
     let self_id = chitchat.self_chitchat_id().clone();
     let live: std::collections::HashSet<&ChitchatId> = chitchat.live_nodes().collect();
+    liveness.retain(|id| chitchat.node_states().contains_key(id));
     let nodes = chitchat
         .node_states()
         .iter()
         .map(|(id, state)| {
+            let alive = liveness.judge(id, live.contains(id) || *id == self_id, heartbeat_value(state.heartbeat()));
             let status = if state.contains_key(keys::LEFT) {
                 MemberStatus::Left
-            } else if live.contains(id) {
+            } else if alive {
                 MemberStatus::Alive
             } else {
                 MemberStatus::Dead
@@ -162,6 +165,12 @@ fn read_view(chitchat: &Chitchat) -> ClusterView {
     ClusterView { nodes }
 }
 
+/// chitchat keeps a heartbeat's number crate-private but serialises it as a plain
+/// number; that is the only way to read it from outside.
+fn heartbeat_value(h: chitchat::Heartbeat) -> u64 {
+    serde_json::to_value(h).ok().and_then(|v| v.as_u64()).unwrap_or(0)
+}
+
 async fn view_loop(
     chitchat: Arc<Mutex<Chitchat>>,
     view_tx: watch::Sender<Arc<ClusterView>>,
@@ -169,8 +178,9 @@ async fn view_loop(
 ) {
     let mut live_rx = chitchat.lock().await.live_nodes_watcher();
     let mut tick = tokio::time::interval(VIEW_REFRESH);
+    let mut liveness = liveness::Liveness::default();
     loop {
-        let view = read_view(&*chitchat.lock().await);
+        let view = read_view(&*chitchat.lock().await, &mut liveness);
         view_tx.send_if_modified(|current| {
             if **current == view {
                 false
