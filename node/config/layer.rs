@@ -70,19 +70,12 @@ pub struct Layer {
     pub hosts_file: Option<PathBuf>,
 }
 
-macro_rules! stack_fields {
-    ($low:ident, $high:ident, $($f:ident),*) => {
-        $( if $high.$f.is_some() { $low.$f = $high.$f; } )*
-    };
-}
-
 impl Layer {
     /// Puts `high` on top of `self`: every field `high` sets wins.
     pub fn stack(mut self, high: Layer) -> Layer {
-        let low = &mut self;
-        stack_fields!(
-            low,
-            high,
+        // Destructured without `..`: a field added to `Layer` but not stacked here is a
+        // compile error (or, if only the list below misses it, an unused variable).
+        let Layer {
             name,
             cluster,
             namespace,
@@ -103,7 +96,49 @@ impl Layer {
             api_listen,
             services,
             log_json,
-            log_filter
+            log_filter,
+            upstreams,
+            proxy_bind,
+            proxy_identity,
+            tls_ca,
+            tls_cert,
+            tls_key,
+            vip_range,
+            hosts_file,
+        } = high;
+        macro_rules! take {
+            ($($f:ident),*) => { $( if $f.is_some() { self.$f = $f; } )* };
+        }
+        take!(
+            name,
+            cluster,
+            namespace,
+            zone,
+            insecure,
+            bind,
+            advertise,
+            seeds,
+            gossip_keys,
+            gossip_interval,
+            phi_threshold,
+            dead_grace,
+            drain,
+            dns_listen,
+            dns_upstreams,
+            dns_ttl,
+            dns_max_answers,
+            api_listen,
+            services,
+            log_json,
+            log_filter,
+            upstreams,
+            proxy_bind,
+            proxy_identity,
+            tls_ca,
+            tls_cert,
+            tls_key,
+            vip_range,
+            hosts_file
         );
         self
     }

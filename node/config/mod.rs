@@ -479,6 +479,38 @@ mod tests {
     }
 
     #[test]
+    fn proxy_settings_survive_the_stack() {
+        let flags = AgentArgs {
+            name: Some("n".into()),
+            insecure: true,
+            services: vec!["web:1,check=none".into()],
+            upstreams: vec!["orders:80".into()],
+            ..Default::default()
+        };
+        let merged = Layer::default().stack(flags.to_layer().expect("valid flags"));
+        let c = Config::from_layer(merged, "").expect("valid");
+        let p = c.proxy.expect("proxy mode on");
+        assert_eq!(p.upstreams.len(), 1);
+        assert_eq!(p.identity.map(|s| s.to_string()), Some("web".into()));
+        let no_identity = AgentArgs {
+            name: Some("n".into()),
+            insecure: true,
+            upstreams: vec!["orders:80".into()],
+            ..Default::default()
+        };
+        let err = Config::from_layer(no_identity.to_layer().expect("valid"), "").expect_err("no identity");
+        assert_eq!(err.field, "--proxy-identity");
+        let no_tls = AgentArgs {
+            name: Some("n".into()),
+            gossip_keys: vec![key()],
+            upstreams: vec!["orders:80".into()],
+            ..Default::default()
+        };
+        let err = Config::from_layer(no_tls.to_layer().expect("valid"), "").expect_err("no tls");
+        assert_eq!(err.field, "--tls-cert");
+    }
+
+    #[test]
     fn resolv_conf_upstreams_skip_the_agent_itself() {
         let text = "# x\nnameserver 10.0.0.2\nnameserver 127.0.0.1\nnameserver fe80::1%eth0\nsearch a\n";
         assert_eq!(parse_resolv_conf(text).len(), 3);
