@@ -6,6 +6,7 @@
 //! - added latency of a small request/response (64 bytes each way, one connection);
 //! - bulk throughput of one connection (1 GiB one way) as a share of direct;
 //! - new connections per second (connect, 1 byte each way, close; 8 at a time).
+//!
 //! On a shared 2-core machine the load generator, the apps and both sidecars compete
 //! for the same cores: absolute figures are noisy, the ratios less so.
 
