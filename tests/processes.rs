@@ -285,3 +285,75 @@ fn keygen_makes_a_32_byte_key_and_the_example_runs() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).ends_with("ok\n"));
 }
+
+#[test]
+fn proxy_mode_with_certificates_from_the_cli() {
+    use std::io::{BufRead, Read, Write};
+    let rt = rt();
+    let key = keygen();
+    let dir = std::env::temp_dir().join(format!("murmur-proxy-cli-{}", std::process::id()));
+    let d = |p: &str| dir.join(p).to_string_lossy().into_owned();
+    assert!(cli(&["ca", "init", "--dir", &d("ca")]).status.success());
+    let again = cli(&["ca", "init", "--dir", &d("ca")]);
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("already holds a CA"));
+    for (name, svc) in [("p5-0", "web"), ("p5-1", "echo")] {
+        let out = cli(&["cert", "issue", "--ca-dir", &d("ca"), "--name", name, "--service", svc, "--out", &d(name)]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let tls = |name: &str| {
+        vec![
+            "--tls-ca".to_owned(),
+            d(&format!("{name}/ca.pem")),
+            "--tls-cert".into(),
+            d(&format!("{name}/cert.pem")),
+            "--tls-key".into(),
+            d(&format!("{name}/key.pem")),
+        ]
+    };
+    // The backend app: a greeting, then an echo.
+    let app = std::net::TcpListener::bind((ip(5, 1), 0)).expect("app");
+    let app_port = app.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for s in app.incoming() {
+            let Ok(mut s) = s else { return };
+            let _ = s.write_all(b"echo-app\n");
+            let mut buf = [0u8; 64];
+            if let Ok(n) = s.read(&mut buf) {
+                let _ = s.write_all(&buf[..n]);
+            }
+        }
+    });
+    let server_tls = tls("p5-1");
+    let mut server_args: Vec<&str> = vec!["--proxy-bind", "127.30.5.11:7947"];
+    let svc = format!("echo:{app_port},interval=200ms,timeout=100ms");
+    server_args.extend(["--service", &svc]);
+    server_args.extend(server_tls.iter().map(String::as_str));
+    let server = agent(5, 1, &key, &[], &server_args);
+    let client_tls = tls("p5-0");
+    let mut client_args: Vec<&str> =
+        vec!["--service", "web:1,check=none", "--upstream", "echo:80", "--vip-range", "127.202.5.0/24"];
+    client_args.extend(client_tls.iter().map(String::as_str));
+    let client = agent(5, 0, &key, &[server.gossip.to_string()], &client_args);
+    wait_until("the client sees a healthy echo", || {
+        api_get(&rt, client.api, "/v1/services")
+            .is_some_and(|t| t.contains("\"name\":\"echo\",\"instances\":1,\"healthy\":1"))
+    });
+    let vip = dns_a(&rt, client.dns, "echo.");
+    assert_eq!(vip, vec!["127.202.5.1".parse::<IpAddr>().expect("ip")], "the alias answers its VIP");
+    let mut s = std::net::TcpStream::connect((vip[0], 80)).expect("connect to the VIP");
+    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let mut r = std::io::BufReader::new(s.try_clone().expect("clone"));
+    let mut greeting = String::new();
+    r.read_line(&mut greeting).expect("greeting");
+    assert_eq!(greeting, "echo-app\n");
+    s.write_all(b"ping").expect("write");
+    let mut back = [0u8; 4];
+    r.read_exact(&mut back).expect("echo");
+    assert_eq!(&back, b"ping");
+    let out = cli(&["stats", "--api", &client.api.to_string()]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && table.contains("echo") && table.contains("quic 127.30.5.11:7947"), "{table}");
+    drop(client);
+    drop(server);
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}
