@@ -264,3 +264,54 @@ async fn the_breaker_rejects_past_its_cap_and_drain_finishes_open_transfers() {
     shutdown.await.expect("shutdown");
     mesh.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_upstreams_ride_quic_datagrams_and_idle_flows_expire() {
+    let ca = Ca::generate().expect("ca");
+    let block = 35;
+    let key = murmur::gossip::Keyring::generate_base64();
+    let app = tokio::net::UdpSocket::bind((ip(block, 1), 0)).await.expect("udp app");
+    let app_port = app.local_addr().expect("addr").port();
+    let app_task = tokio::spawn(async move {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = app.recv_from(&mut buf).await {
+            let mut reply = b"pong:".to_vec();
+            reply.extend_from_slice(&buf[..n]);
+            let _ = app.send_to(&reply, from).await;
+        }
+    });
+    let mut cfg = config(block, 1, Some(&key), &[], &[format!("cache:{app_port},check=none")]);
+    with_proxy(&mut cfg, block, &ca, None, &["cache"], &[]);
+    let backend = Agent::start(cfg).await.expect("backend");
+    let mut cfg = config(block, 0, Some(&key), &[backend.gossip_addr()], &["web:1,check=none".into()]);
+    with_proxy(&mut cfg, block, &ca, None, &["web"], &["cache:53,proto=udp,idle-timeout=500ms"]);
+    let client = Agent::start(cfg).await.expect("client");
+    let reader = client.registry();
+    let (_, ok) =
+        reader.wait_for(WAIT, |s| s.lookup(&"cache".parse().expect("name"), &Default::default()).len() == 1).await;
+    assert!(ok, "client sees the cache");
+    let vip = SocketAddr::new(IpAddr::from([127, 201, block, 1]), 53);
+    for flow in 0..2 {
+        let sock = tokio::net::UdpSocket::bind((ip(block, 50 + flow), 0)).await.expect("client socket");
+        for i in 0..5 {
+            let msg = format!("q{flow}-{i}");
+            sock.send_to(msg.as_bytes(), vip).await.expect("send");
+            let mut buf = [0u8; 128];
+            let (n, from) = tokio::time::timeout(Duration::from_secs(5), sock.recv_from(&mut buf))
+                .await
+                .expect("reply in time")
+                .expect("recv");
+            assert_eq!(from, vip, "the reply comes from the VIP");
+            assert_eq!(&buf[..n], format!("pong:{msg}").as_bytes());
+        }
+    }
+    let inbound = backend.metrics();
+    assert_eq!(inbound.proxy.inbound.streams.get(), 2, "one stream per flow");
+    // Both flows idle out on both sides.
+    eventually("idle flows closed", || async { inbound.proxy.inbound.active.get() == 0 }).await;
+    let up = &client.metrics().proxy.upstreams()[0].1;
+    assert_eq!(up.accepted.get(), 2);
+    client.kill().await;
+    backend.kill().await;
+    app_task.abort();
+}

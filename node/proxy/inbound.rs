@@ -29,6 +29,8 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Idle timeout of inbound streams; the caller's side enforces its own, usually shorter.
 const INBOUND_IDLE: Duration = Duration::from_secs(3600);
+/// Idle expiry of inbound UDP flows; callers close theirs sooner by finishing the stream.
+const INBOUND_UDP_IDLE: Duration = Duration::from_secs(300);
 
 /// What the inbound side needs to decide.
 pub struct InboundContext {
@@ -40,6 +42,8 @@ pub struct InboundContext {
     pub mutual: bool,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// UDP flows carried as QUIC datagrams.
+    pub flows: Arc<super::udp::FlowTable>,
 }
 
 /// Accepts QUIC connections until `cancel`.
@@ -87,7 +91,8 @@ async fn serve_connection(conn: Connection, ctx: Arc<InboundContext>) {
     while let Ok((send, recv)) = conn.accept_bi().await {
         let ctx = ctx.clone();
         let cert = cert.clone();
-        tokio::spawn(async move { serve_stream(send, recv, cert, ctx).await }.in_current_span());
+        let conn = conn.clone();
+        tokio::spawn(async move { serve_stream(conn, send, recv, cert, ctx).await }.in_current_span());
     }
 }
 
@@ -127,6 +132,7 @@ fn decide(
 }
 
 async fn serve_stream(
+    conn: Connection,
     send: SendStream,
     mut recv: RecvStream,
     cert: Option<CertificateDer<'static>>,
@@ -152,10 +158,27 @@ async fn serve_stream(
         Ok(i) => i,
         Err((code, msg)) => return refuse(send, &ctx, code, msg).await,
     };
-    if frame.transport == Transport::Udp {
-        return refuse(send, &ctx, RefuseCode::UnknownService, "UDP upstreams are not carried yet".into()).await;
-    }
     let target = std::net::SocketAddr::new(inst.record.address, inst.record.port);
+    if frame.transport == Transport::Udp {
+        let bind: std::net::SocketAddr =
+            if target.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
+        let app = match tokio::net::UdpSocket::bind(bind).await {
+            Ok(a) if a.connect(target).await.is_ok() => a,
+            _ => {
+                return refuse(send, &ctx, RefuseCode::AppUnreachable, format!("{target}: cannot reach it over UDP"))
+                    .await
+            }
+        };
+        let mut send = send;
+        if send.write_all(&Frame::Ack.encode()).await.is_err() {
+            return;
+        }
+        ctx.metrics.proxy.inbound.streams.inc();
+        ctx.metrics.proxy.inbound.active.inc();
+        super::udp::serve_inbound_flow(conn, recv, send, app, ctx.flows.clone(), INBOUND_UDP_IDLE).await;
+        ctx.metrics.proxy.inbound.active.dec();
+        return;
+    }
     let app = match tokio::time::timeout(APP_CONNECT_TIMEOUT, TcpStream::connect(target)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return refuse(send, &ctx, RefuseCode::AppUnreachable, format!("{target}: {e}")).await,

@@ -15,6 +15,7 @@ pub mod outlier;
 pub mod pool;
 pub mod retry;
 pub mod splice;
+pub mod udp;
 pub mod vip;
 
 use std::net::SocketAddr;
@@ -71,7 +72,22 @@ pub enum ProxyError {
 pub struct ProxySockets {
     endpoint: Endpoint,
     client: quinn::ClientConfig,
-    listeners: Vec<(UpstreamSpec, TcpListener)>,
+    listeners: Vec<(UpstreamSpec, Listener)>,
+}
+
+/// A bound upstream listener.
+enum Listener {
+    Tcp(TcpListener),
+    Udp(tokio::net::UdpSocket),
+}
+
+impl Listener {
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        match self {
+            Listener::Tcp(l) => l.local_addr(),
+            Listener::Udp(u) => u.local_addr(),
+        }
+    }
 }
 
 fn transport() -> Arc<TransportConfig> {
@@ -106,11 +122,11 @@ impl ProxySockets {
         for (spec, addr) in
             config.upstreams.iter().zip(vip::listen_addrs(&config.upstreams, config.vip_base, config.vip_count))
         {
-            let l = TcpListener::bind(addr).await.map_err(|source| ProxyError::Bind {
-                setting: "--upstream",
-                addr,
-                source,
-            })?;
+            let err = |source| ProxyError::Bind { setting: "--upstream", addr, source };
+            let l = match spec.proto {
+                crate::config::Proto::Tcp => Listener::Tcp(TcpListener::bind(addr).await.map_err(err)?),
+                crate::config::Proto::Udp => Listener::Udp(tokio::net::UdpSocket::bind(addr).await.map_err(err)?),
+            };
             listeners.push((spec.clone(), l));
         }
         Ok(ProxySockets { endpoint, client, listeners })
@@ -170,11 +186,13 @@ pub fn spawn_proxy(
     let ProxySockets { mut endpoint, client, listeners } = sockets;
     endpoint.set_default_client_config(client.clone());
     let pool = Arc::new(Pool::new(endpoint.clone(), client));
+    let flows = Arc::new(udp::FlowTable::default());
     let ctx = Arc::new(InboundContext {
         local: deps.local,
         draining: deps.draining,
         mutual: config.tls.is_mutual(),
         metrics: deps.metrics.clone(),
+        flows: flows.clone(),
     });
     let inbound = serve_inbound(endpoint.clone(), ctx, cancel.clone()).instrument(info_span!("inbound"));
     tasks.spawn(async move { ("proxy inbound", inbound.await) });
@@ -186,8 +204,17 @@ pub fn spawn_proxy(
             let alias = spec.alias.to_string();
             let up = Arc::new(Upstream::new(spec, stats, deps.registry.clone(), pool.clone(), caller.clone()));
             upstreams.push(up.clone());
-            let serve = up.serve(listener, cancel.clone()).instrument(info_span!("upstream", %alias, %listen));
-            tasks.spawn(async move { ("proxy upstream", serve.await) });
+            let span = info_span!("upstream", %alias, %listen);
+            match listener {
+                Listener::Tcp(l) => {
+                    let serve = up.serve(l, cancel.clone()).instrument(span);
+                    tasks.spawn(async move { ("proxy upstream", serve.await) });
+                }
+                Listener::Udp(u) => {
+                    let serve = udp::serve_udp(up, u, flows.clone(), cancel.clone()).instrument(span);
+                    tasks.spawn(async move { ("proxy udp upstream", serve.await) });
+                }
+            }
         }
     }
     let refresh: Vec<Arc<Upstream>> = upstreams.clone();

@@ -74,9 +74,16 @@ struct Failure {
 }
 
 /// A connected endpoint, after the ack.
-enum Connected {
-    Quic { send: SendStream, recv: RecvStream, early: Vec<u8> },
+pub(crate) enum Connected {
+    Quic {
+        conn: quinn::Connection,
+        send: SendStream,
+        recv: RecvStream,
+        early: Vec<u8>,
+    },
     Tcp(TcpStream),
+    /// A direct UDP endpoint (no sidecar): datagrams go straight to it.
+    Udp(SocketAddr),
 }
 
 fn unix_ms(at: Instant, now: Instant) -> u64 {
@@ -156,14 +163,56 @@ impl Upstream {
         let pending = GaugeGuard(&stats.pending);
         let _ = client.set_nodelay(true);
 
+        let connected = self.establish(Transport::Tcp).await;
+        drop(pending);
+        let Some((conn, ep, ep_stats)) = connected else {
+            stats.failed.inc();
+            reset(client);
+            return;
+        };
+        ep_stats.connections.inc();
+        ep_stats.active.inc();
+        let started = Instant::now();
+        let (cr, mut cw) = client.into_split();
+        let idle = self.spec.idle_timeout;
+        let (up, down) = (Some(&ep_stats.bytes_sent), Some(&ep_stats.bytes_received));
+        let result = match conn {
+            Connected::Udp(_) => Ok(Default::default()),
+            Connected::Quic { send, recv, early, .. } => {
+                if !early.is_empty() && cw.write_all(&early).await.is_err() {
+                    Ok(Default::default())
+                } else {
+                    splice(cr, cw, recv, send, idle, up, down).await
+                }
+            }
+            Connected::Tcp(s) => {
+                let (sr, sw) = s.into_split();
+                splice(cr, cw, sr, sw, idle, up, down).await
+            }
+        };
+        if let Err(e) = result {
+            if e.kind() != std::io::ErrorKind::TimedOut {
+                ep_stats.failure(FailureCause::Reset);
+            }
+            debug!(upstream = %self.spec.alias, endpoint = %ep.id, error = %e, "connection ended with an error");
+        }
+        ep_stats.duration.record(started.elapsed());
+        ep_stats.active.dec();
+        self.release(&ep.id);
+    }
+
+    /// Picks endpoints and connects until one acks or the retries and budget run out.
+    pub(crate) async fn establish(
+        &self,
+        transport: Transport,
+    ) -> Option<(Connected, Arc<Instance>, Arc<EndpointStats>)> {
+        let stats = &self.stats;
         let snapshot = self.registry.snapshot();
         let endpoints = snapshot.lookup(&self.spec.service, &Query::default());
         drop(snapshot);
         if endpoints.is_empty() {
             stats.no_endpoints.inc();
-            stats.failed.inc();
-            reset(client);
-            return;
+            return None;
         }
         let ids: Vec<InstanceId> = endpoints.iter().map(|e| e.id.clone()).collect();
         self.lock().outlier.retain(&ids);
@@ -184,15 +233,22 @@ impl Upstream {
             let ep = &endpoints[i];
             let ep_stats = stats.endpoint(ep.id.as_str());
             if let Ok(mut via) = ep_stats.via.lock() {
-                *via = match (ep.sidecar, ep.proxy) {
-                    (true, Some(p)) => format!("quic {p}"),
+                *via = match (ep.sidecar, ep.proxy, transport) {
+                    (true, Some(p), _) => format!("quic {p}"),
+                    (_, _, Transport::Udp) => format!("udp {}:{}", ep.address, ep.port),
                     _ => format!("tcp {}:{}", ep.address, ep.port),
                 };
             }
             let start = Instant::now();
-            let result = tokio::time::timeout(self.spec.connect_timeout, self.connect(ep)).await.unwrap_or_else(|_| {
-                Err(Failure { cause: FailureCause::ConnectTimeout, retryable: true, detail: "connect timeout".into() })
-            });
+            let result = tokio::time::timeout(self.spec.connect_timeout, self.connect(ep, transport))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Failure {
+                        cause: FailureCause::ConnectTimeout,
+                        retryable: true,
+                        detail: "connect timeout".into(),
+                    })
+                });
             let elapsed = start.elapsed();
             match result {
                 Ok(c) => {
@@ -214,40 +270,7 @@ impl Upstream {
                 }
             }
         }
-        drop(pending);
-        let Some((conn, ep, ep_stats)) = connected else {
-            stats.failed.inc();
-            reset(client);
-            return;
-        };
-        ep_stats.connections.inc();
-        ep_stats.active.inc();
-        let started = Instant::now();
-        let (cr, mut cw) = client.into_split();
-        let idle = self.spec.idle_timeout;
-        let (up, down) = (Some(&ep_stats.bytes_sent), Some(&ep_stats.bytes_received));
-        let result = match conn {
-            Connected::Quic { send, recv, early } => {
-                if !early.is_empty() && cw.write_all(&early).await.is_err() {
-                    Ok(Default::default())
-                } else {
-                    splice(cr, cw, recv, send, idle, up, down).await
-                }
-            }
-            Connected::Tcp(s) => {
-                let (sr, sw) = s.into_split();
-                splice(cr, cw, sr, sw, idle, up, down).await
-            }
-        };
-        if let Err(e) = result {
-            if e.kind() != std::io::ErrorKind::TimedOut {
-                ep_stats.failure(FailureCause::Reset);
-            }
-            debug!(upstream = %self.spec.alias, endpoint = %ep.id, error = %e, "connection ended with an error");
-        }
-        ep_stats.duration.record(started.elapsed());
-        ep_stats.active.dec();
-        self.release(&ep.id);
+        connected
     }
 
     fn pick(&self, endpoints: &[Arc<Instance>], tried: &[bool]) -> Option<usize> {
@@ -304,7 +327,7 @@ impl Upstream {
         }
     }
 
-    async fn connect(&self, ep: &Instance) -> Result<Connected, Failure> {
+    async fn connect(&self, ep: &Instance, transport: Transport) -> Result<Connected, Failure> {
         let fail = |cause, retryable, detail: String| Failure { cause, retryable, detail };
         match (ep.sidecar, ep.proxy) {
             (true, Some(peer)) => {
@@ -325,13 +348,13 @@ impl Upstream {
                     port: ep.port,
                     caller: self.caller.service.clone(),
                     caller_node: self.caller.node.clone(),
-                    transport: Transport::Tcp,
+                    transport,
                 };
                 send.write_all(&Frame::Open(open).encode())
                     .await
                     .map_err(|e| fail(FailureCause::QuicConnect, true, e.to_string()))?;
                 match read_frame(&mut recv, self.spec.connect_timeout).await {
-                    Ok((Frame::Ack, early)) => Ok(Connected::Quic { send, recv, early }),
+                    Ok((Frame::Ack, early)) => Ok(Connected::Quic { conn, send, recv, early }),
                     Ok((Frame::Refuse(r), _)) => {
                         let cause = if r.code == RefuseCode::AppUnreachable {
                             FailureCause::AppUnreachable
@@ -350,6 +373,7 @@ impl Upstream {
                     }
                 }
             }
+            _ if transport == Transport::Udp => Ok(Connected::Udp(SocketAddr::new(ep.address, ep.port))),
             _ => {
                 let target = SocketAddr::new(ep.address, ep.port);
                 match TcpStream::connect(target).await {
@@ -364,6 +388,21 @@ impl Upstream {
                 }
             }
         }
+    }
+
+    /// The upstream's settings.
+    pub fn spec(&self) -> &UpstreamSpec {
+        &self.spec
+    }
+
+    /// The upstream's counters.
+    pub fn stats(&self) -> &Arc<UpstreamStats> {
+        &self.stats
+    }
+
+    /// Bookkeeping when a flow or connection to `id` ends.
+    pub(crate) fn finished(&self, id: &InstanceId) {
+        self.release(id);
     }
 
     /// The upstream's alias.

@@ -1,0 +1,275 @@
+//! UDP upstreams (which ECS Service Connect cannot carry): each client flow (one source
+//! address on the VIP) gets a QUIC stream that opens it (header, ack; the stream stays
+//! open as the flow's lifetime) and its datagrams ride QUIC datagrams tagged with the
+//! stream's id. A flow idle for the upstream's idle timeout is closed on both sides.
+//! Endpoints without a sidecar are relayed as plain UDP.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use quinn::{Connection, RecvStream, SendStream};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::outbound::{Connected, Upstream};
+use murmur_protocol::Transport;
+
+/// Datagrams queued per flow before new ones are dropped (UDP may drop; memory may not grow).
+const FLOW_QUEUE: usize = 256;
+/// Largest UDP payload relayed.
+const MAX_PAYLOAD: usize = 65_507;
+/// Flows per upstream at once; past this, new flows are refused (dropped datagrams).
+const MAX_FLOWS: usize = 4096;
+
+type FlowKey = (usize, u64);
+
+/// Routes incoming QUIC datagrams to their flow, on every connection that carries flows.
+#[derive(Default)]
+pub struct FlowTable {
+    // A std mutex: held for map updates and lookups only.
+    flows: Mutex<HashMap<FlowKey, mpsc::Sender<Bytes>>>,
+    readers: Mutex<HashSet<usize>>,
+}
+
+fn tag(flow: u64, payload: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(8 + payload.len());
+    b.put_u64(flow);
+    b.put_slice(payload);
+    b.freeze()
+}
+
+impl FlowTable {
+    fn register(self: &Arc<Self>, conn: &Connection, flow: u64) -> mpsc::Receiver<Bytes> {
+        let (tx, rx) = mpsc::channel(FLOW_QUEUE);
+        self.flows.lock().unwrap_or_else(|p| p.into_inner()).insert((conn.stable_id(), flow), tx);
+        let first = self.readers.lock().unwrap_or_else(|p| p.into_inner()).insert(conn.stable_id());
+        if first {
+            let (table, conn) = (self.clone(), conn.clone());
+            tokio::spawn(async move { table.read_datagrams(conn).await });
+        }
+        rx
+    }
+
+    fn unregister(&self, conn: &Connection, flow: u64) {
+        self.flows.lock().unwrap_or_else(|p| p.into_inner()).remove(&(conn.stable_id(), flow));
+    }
+
+    async fn read_datagrams(&self, conn: Connection) {
+        let id = conn.stable_id();
+        while let Ok(d) = conn.read_datagram().await {
+            if d.len() < 8 {
+                continue;
+            }
+            let flow = u64::from_be_bytes(d[..8].try_into().unwrap_or([0; 8]));
+            let tx = self.flows.lock().unwrap_or_else(|p| p.into_inner()).get(&(id, flow)).cloned();
+            if let Some(tx) = tx {
+                let _ = tx.try_send(d.slice(8..));
+            }
+        }
+        self.readers.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        self.flows.lock().unwrap_or_else(|p| p.into_inner()).retain(|(c, _), _| *c != id);
+    }
+}
+
+/// Serves one UDP upstream on `socket` until `cancel`.
+pub async fn serve_udp(
+    up: Arc<Upstream>,
+    socket: UdpSocket,
+    table: Arc<FlowTable>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let socket = Arc::new(socket);
+    let flows: Arc<Mutex<HashMap<SocketAddr, mpsc::Sender<Bytes>>>> = Arc::default();
+    let mut buf = vec![0u8; MAX_PAYLOAD + 1];
+    loop {
+        let (n, client) = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            r = socket.recv_from(&mut buf) => match r {
+                Ok(r) => r,
+                Err(e) => { debug!(error = %e, "udp recv failed"); continue; }
+            },
+        };
+        let payload = Bytes::copy_from_slice(&buf[..n]);
+        let existing = flows.lock().unwrap_or_else(|p| p.into_inner()).get(&client).cloned();
+        if let Some(tx) = existing {
+            if tx.try_send(payload.clone()).is_ok() {
+                continue;
+            }
+            if !tx.is_closed() {
+                continue; // queue full: drop, as the network would
+            }
+        }
+        if flows.lock().unwrap_or_else(|p| p.into_inner()).len() >= MAX_FLOWS {
+            up.stats().breaker_rejections.inc();
+            continue;
+        }
+        let (tx, rx) = mpsc::channel(FLOW_QUEUE);
+        let _ = tx.try_send(payload);
+        flows.lock().unwrap_or_else(|p| p.into_inner()).insert(client, tx);
+        let (up, socket, table, flows, cancel) =
+            (up.clone(), socket.clone(), table.clone(), flows.clone(), cancel.clone());
+        tokio::spawn(async move {
+            run_flow(&up, client, socket, rx, &table, cancel).await;
+            flows.lock().unwrap_or_else(|p| p.into_inner()).remove(&client);
+        });
+    }
+}
+
+async fn run_flow(
+    up: &Upstream,
+    client: SocketAddr,
+    socket: Arc<UdpSocket>,
+    mut from_app: mpsc::Receiver<Bytes>,
+    table: &Arc<FlowTable>,
+    cancel: CancellationToken,
+) {
+    let stats = up.stats();
+    stats.accepted.inc();
+    let Some((connected, ep, ep_stats)) = up.establish(Transport::Udp).await else {
+        stats.failed.inc();
+        return;
+    };
+    ep_stats.connections.inc();
+    ep_stats.active.inc();
+    let idle = up.spec().idle_timeout;
+    match connected {
+        Connected::Quic { conn, send, recv, .. } => {
+            let flow = u64::from(send.id());
+            let mut from_peer = table.register(&conn, flow);
+            relay_quic(
+                &conn,
+                flow,
+                send,
+                recv,
+                &socket,
+                client,
+                &mut from_app,
+                &mut from_peer,
+                idle,
+                &ep_stats,
+                cancel,
+            )
+            .await;
+            table.unregister(&conn, flow);
+        }
+        Connected::Udp(target) => {
+            if let Ok(direct) = UdpSocket::bind(if target.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }).await {
+                if direct.connect(target).await.is_ok() {
+                    relay_direct(&direct, &socket, client, &mut from_app, idle, &ep_stats).await;
+                }
+            }
+        }
+        Connected::Tcp(_) => {}
+    }
+    ep_stats.active.dec();
+    up.finished(&ep.id);
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn relay_quic(
+    conn: &Connection,
+    flow: u64,
+    mut send: SendStream,
+    mut recv: RecvStream,
+    socket: &UdpSocket,
+    client: SocketAddr,
+    from_app: &mut mpsc::Receiver<Bytes>,
+    from_peer: &mut mpsc::Receiver<Bytes>,
+    idle: Duration,
+    ep_stats: &crate::metrics::proxy::EndpointStats,
+    cancel: CancellationToken,
+) {
+    let mut eof = [0u8; 1];
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(idle) => break,
+            // The peer closing the flow's stream ends the flow.
+            _ = recv.read(&mut eof) => break,
+            d = from_app.recv() => match d {
+                Some(d) => {
+                    ep_stats.bytes_sent.add(d.len() as u64);
+                    if conn.send_datagram(tag(flow, &d)).is_err() {
+                        ep_stats.failure(crate::metrics::proxy::FailureCause::Other);
+                    }
+                }
+                None => break,
+            },
+            d = from_peer.recv() => match d {
+                Some(d) => {
+                    ep_stats.bytes_received.add(d.len() as u64);
+                    let _ = socket.send_to(&d, client).await;
+                }
+                None => break,
+            },
+        }
+    }
+    let _ = send.finish();
+}
+
+async fn relay_direct(
+    direct: &UdpSocket,
+    socket: &UdpSocket,
+    client: SocketAddr,
+    from_app: &mut mpsc::Receiver<Bytes>,
+    idle: Duration,
+    ep_stats: &crate::metrics::proxy::EndpointStats,
+) {
+    let mut buf = vec![0u8; MAX_PAYLOAD + 1];
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(idle) => return,
+            d = from_app.recv() => match d {
+                Some(d) => {
+                    ep_stats.bytes_sent.add(d.len() as u64);
+                    let _ = direct.send(&d).await;
+                }
+                None => return,
+            },
+            r = direct.recv(&mut buf) => match r {
+                Ok(n) => {
+                    ep_stats.bytes_received.add(n as u64);
+                    let _ = socket.send_to(&buf[..n], client).await;
+                }
+                Err(_) => return,
+            },
+        }
+    }
+}
+
+/// Inbound: carries one acknowledged UDP flow between the caller's datagrams and the
+/// local app, until the caller finishes the stream or the flow idles out.
+pub async fn serve_inbound_flow(
+    conn: Connection,
+    mut recv: RecvStream,
+    mut send: SendStream,
+    app: UdpSocket,
+    table: Arc<FlowTable>,
+    idle: Duration,
+) {
+    let flow = u64::from(recv.id());
+    let mut from_caller = table.register(&conn, flow);
+    let mut buf = vec![0u8; MAX_PAYLOAD + 1];
+    let mut eof = [0u8; 1];
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(idle) => break,
+            _ = recv.read(&mut eof) => break,
+            d = from_caller.recv() => match d {
+                Some(d) => { let _ = app.send(&d).await; }
+                None => break,
+            },
+            r = app.recv(&mut buf) => match r {
+                Ok(n) => { let _ = conn.send_datagram(tag(flow, &buf[..n])); }
+                Err(_) => break,
+            },
+        }
+    }
+    table.unregister(&conn, flow);
+    let _ = send.finish();
+}
