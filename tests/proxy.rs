@@ -315,3 +315,95 @@ async fn udp_upstreams_ride_quic_datagrams_and_idle_flows_expire() {
     backend.kill().await;
     app_task.abort();
 }
+
+/// A raw QUIC client with a certificate of `ca` naming `services`, connected to `peer`.
+async fn raw_client(ca: &Ca, services: &[&str], peer: SocketAddr, server_node: &str) -> quinn::Connection {
+    use murmur::tls::TlsMaterial;
+    let names: Vec<murmur_protocol::ServiceName> = services.iter().map(|s| s.parse().expect("name")).collect();
+    let tls = TlsMaterial::Mutual {
+        ca: ca.cert_der().expect("der"),
+        identity: ca.issue(&"raw-client".parse().expect("node"), &names).expect("issue"),
+    };
+    let crypto =
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls.client_config().expect("client config")).expect("quic");
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    endpoint.connect(peer, &murmur::tls::node_server_name(server_node)).expect("connect").await.expect("handshake")
+}
+
+async fn exchange(conn: &quinn::Connection, bytes: &[u8]) -> murmur_protocol::Frame {
+    let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+    send.write_all(bytes).await.expect("write");
+    let _ = send.finish();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while let Some(n) = recv.read(&mut chunk).await.expect("read") {
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    murmur_protocol::Frame::decode(&buf).expect("a frame").expect("whole").0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_headers_get_an_error_frame_and_a_counted_reason() {
+    use murmur_protocol::{Frame, Open, RefuseCode, Transport};
+    let ca = Ca::generate().expect("ca");
+    let mesh = proxy_mesh(36, 1, "", "echo:80", &ca, &ca).await;
+    let backend = mesh.backends[0].as_ref().expect("backend");
+    let peer = backend.registry().snapshot().lookup(&"echo".parse().expect("name"), &Default::default())[0].clone();
+    let conn = raw_client(&ca, &["web"], peer.proxy.expect("sidecar"), peer.node.as_str()).await;
+    let open = |service: &str, port: u16, caller: &str| {
+        Frame::Open(Open {
+            service: service.parse().expect("name"),
+            port,
+            caller: caller.parse().expect("name"),
+            caller_node: "raw-client".parse().expect("node"),
+            transport: Transport::Tcp,
+        })
+        .encode()
+    };
+    let refused = |f: Frame| match f {
+        Frame::Refuse(r) => r.code,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    assert_eq!(refused(exchange(&conn, b"\x01\x01\x00\x05junk!").await), RefuseCode::BadHeader);
+    assert_eq!(refused(exchange(&conn, b"\x09\x01\x00\x00").await), RefuseCode::BadVersion);
+    assert_eq!(refused(exchange(&conn, &[1, 1, 0xff, 0xff]).await), RefuseCode::BadHeader, "oversized");
+    assert_eq!(refused(exchange(&conn, &open("nothing", 80, "web")).await), RefuseCode::UnknownService);
+    assert_eq!(
+        refused(exchange(&conn, &open("echo", peer.port, "billing")).await),
+        RefuseCode::NotAllowed,
+        "claims a service its certificate does not name"
+    );
+    // And a well-formed header is accepted (the app greets first).
+    assert!(matches!(exchange(&conn, &open("echo", peer.port, "web")).await, Frame::Ack));
+    let counted: u64 = backend.metrics().proxy.inbound.refused().iter().map(|(_, n)| n).sum();
+    assert_eq!(counted, 5);
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outlier_detection_ejects_what_health_checks_do_not_see() {
+    let ca = Ca::generate().expect("ca");
+    // No health check: only real traffic can tell that an app died.
+    let mut mesh = proxy_mesh(37, 2, ",check=none", "echo:80", &ca, &ca).await;
+    if let Some(app) = mesh.apps[0].take() {
+        app.abort();
+    }
+    for _ in 0..60 {
+        call(mesh.vip, b"x").await.expect("every call succeeds (retried on the live endpoint)");
+    }
+    let up = mesh.client.metrics().proxy.upstreams()[0].1.clone();
+    let dead =
+        up.endpoints().into_iter().find(|(_, e)| e.failures(murmur::metrics::proxy::FailureCause::AppUnreachable) > 0);
+    let (id, dead) = dead.expect("the dead endpoint was tried");
+    assert_eq!(dead.ejections.get(), 1, "{id} ejected once");
+    assert_eq!(
+        dead.failures(murmur::metrics::proxy::FailureCause::AppUnreachable),
+        5,
+        "then never tried again while ejected"
+    );
+    assert_eq!(up.failed.get(), 0);
+    let json = murmur::cli::ApiClient::new(mesh.client.api_addr()).get("/v1/upstreams").await.expect("api");
+    assert!(json.contains("\"state\":\"ejected\""), "{json}");
+    mesh.stop().await;
+}
