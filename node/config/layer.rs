@@ -70,46 +70,21 @@ pub struct Layer {
     pub hosts_file: Option<PathBuf>,
 }
 
+/// Stacks `high` on `low`, field by field. `high` is destructured without `..`, so a
+/// field added to `Layer` but missing from the one list below is a compile error.
+macro_rules! stack_layers {
+    ($low:ident, $high:ident, $($f:ident),* $(,)?) => {{
+        let Layer { $($f),* } = $high;
+        $( if $f.is_some() { $low.$f = $f; } )*
+    }};
+}
+
 impl Layer {
     /// Puts `high` on top of `self`: every field `high` sets wins.
     pub fn stack(mut self, high: Layer) -> Layer {
-        // Destructured without `..`: a field added to `Layer` but not stacked here is a
-        // compile error (or, if only the list below misses it, an unused variable).
-        let Layer {
-            name,
-            cluster,
-            namespace,
-            zone,
-            insecure,
-            bind,
-            advertise,
-            seeds,
-            gossip_keys,
-            gossip_interval,
-            phi_threshold,
-            dead_grace,
-            drain,
-            dns_listen,
-            dns_upstreams,
-            dns_ttl,
-            dns_max_answers,
-            api_listen,
-            services,
-            log_json,
-            log_filter,
-            upstreams,
-            proxy_bind,
-            proxy_identity,
-            tls_ca,
-            tls_cert,
-            tls_key,
-            vip_range,
-            hosts_file,
-        } = high;
-        macro_rules! take {
-            ($($f:ident),*) => { $( if $f.is_some() { self.$f = $f; } )* };
-        }
-        take!(
+        stack_layers!(
+            self,
+            high,
             name,
             cluster,
             namespace,

@@ -36,6 +36,13 @@ pub enum TlsMaterial {
     },
 }
 
+/// A trust store holding only the cluster CA.
+fn roots(ca: &CertificateDer<'static>) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    roots.add(ca.clone()).map_err(|e| format!("bad CA certificate: {e}"))?;
+    Ok(roots)
+}
+
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -80,9 +87,7 @@ impl TlsMaterial {
         let id = self.identity();
         let mut config = match self {
             TlsMaterial::Mutual { ca, .. } => {
-                let mut roots = RootCertStore::empty();
-                roots.add(ca.clone()).map_err(|e| format!("bad CA certificate: {e}"))?;
-                let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider())
                     .build()
                     .map_err(|e| e.to_string())?;
                 builder.with_client_cert_verifier(verifier)
@@ -102,11 +107,9 @@ impl TlsMaterial {
             .map_err(|e| e.to_string())?;
         let id = self.identity();
         let mut config = match self {
-            TlsMaterial::Mutual { ca, .. } => {
-                let mut roots = RootCertStore::empty();
-                roots.add(ca.clone()).map_err(|e| format!("bad CA certificate: {e}"))?;
-                builder.with_root_certificates(roots).with_client_auth_cert(vec![id.cert.clone()], id.key.clone_key())
-            }
+            TlsMaterial::Mutual { ca, .. } => builder
+                .with_root_certificates(roots(ca)?)
+                .with_client_auth_cert(vec![id.cert.clone()], id.key.clone_key()),
             TlsMaterial::Insecure { .. } => builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(AcceptAnyServer(provider())))
