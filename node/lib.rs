@@ -30,3 +30,6 @@ pub use agent::{Agent, StartError};
 pub use config::Config;
 pub mod proxy;
 pub mod tls;
+
+#[cfg(test)]
+mod boundaries;
