@@ -67,6 +67,8 @@ pub struct Agent {
     draining: Arc<AtomicBool>,
     drain: Duration,
     proxy: Option<Proxy>,
+    /// The hosts file this agent wrote alias lines into, and its namespace.
+    hosts_file: Option<(std::path::PathBuf, String)>,
     gossip_addr: SocketAddr,
     dns_addr: SocketAddr,
     api_addr: SocketAddr,
@@ -212,6 +214,11 @@ impl Agent {
             draining,
             drain: config.gossip.drain,
             proxy,
+            hosts_file: config
+                .proxy
+                .as_ref()
+                .and_then(|p| p.hosts_file.clone())
+                .map(|p| (p, config.dns.namespace.clone())),
             gossip_addr,
             dns_addr,
             api_addr,
@@ -284,6 +291,12 @@ impl Agent {
         self.cancel.cancel();
         self.wait_tasks().await;
         self.gossip.leave(LEAVE_SETTLE).await;
+        if let Some((path, namespace)) = &self.hosts_file {
+            // Our alias lines go with us; every other line stays.
+            if let Err(e) = crate::proxy::vip::write_hosts(path, &[], namespace) {
+                tracing::warn!(path = %path.display(), error = %e, "could not remove the alias lines");
+            }
+        }
         info!("left the cluster");
     }
 

@@ -330,8 +330,18 @@ fn proxy_mode_with_certificates_from_the_cli() {
     server_args.extend(server_tls.iter().map(String::as_str));
     let server = agent(5, 1, &key, &[], &server_args);
     let client_tls = tls("p5-0");
-    let mut client_args: Vec<&str> =
-        vec!["--service", "web:1,check=none", "--upstream", "echo:80", "--vip-range", "127.202.5.0/24"];
+    let hosts = d("hosts");
+    std::fs::write(&hosts, "127.0.0.1 localhost\n").expect("hosts file");
+    let mut client_args: Vec<&str> = vec![
+        "--service",
+        "web:1,check=none",
+        "--upstream",
+        "echo:80",
+        "--vip-range",
+        "127.202.5.0/24",
+        "--hosts-file",
+        &hosts,
+    ];
     client_args.extend(client_tls.iter().map(String::as_str));
     let client = agent(5, 0, &key, &[server.gossip.to_string()], &client_args);
     wait_until("the client sees a healthy echo", || {
@@ -353,6 +363,16 @@ fn proxy_mode_with_certificates_from_the_cli() {
     let out = cli(&["stats", "--api", &client.api.to_string()]);
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && table.contains("echo") && table.contains("quic 127.30.5.11:7947"), "{table}");
+    let text = std::fs::read_to_string(&hosts).expect("hosts");
+    assert_eq!(text, "127.0.0.1 localhost\n127.202.5.1 echo echo.proc.local # murmur\n");
+    let mut client = client;
+    assert!(Command::new("kill").args(["-TERM", &client.child.id().to_string()]).status().expect("kill").success());
+    assert!(client.child.wait().expect("wait").success());
+    assert_eq!(
+        std::fs::read_to_string(&hosts).expect("hosts"),
+        "127.0.0.1 localhost\n",
+        "alias lines removed on leave"
+    );
     drop(client);
     drop(server);
     std::fs::remove_dir_all(&dir).expect("clean up");
