@@ -98,7 +98,8 @@ impl Agent {
         // Peers dial the sidecar at the advertised IP when it is bound to every interface.
         let proxy_addr = match &proxy_sockets {
             Some(s) => {
-                let bound = s.quic_addr().map_err(bind_err("--proxy-bind", config.gossip.bind))?;
+                let proxy_bind = config.proxy.as_ref().map(|p| p.bind).unwrap_or(config.gossip.bind);
+                let bound = s.quic_addr().map_err(bind_err("--proxy-bind", proxy_bind))?;
                 Some(if bound.ip().is_unspecified() {
                     SocketAddr::new(config.node.advertise, bound.port())
                 } else {

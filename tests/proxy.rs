@@ -29,6 +29,19 @@ struct ProxyMesh {
 const NAMES: [&str; 3] = ["echo-a", "echo-b", "echo-c"];
 
 async fn proxy_mesh(block: u8, backends: usize, echo_opts: &str, upstream: &str, ca: &Ca, client_ca: &Ca) -> ProxyMesh {
+    proxy_mesh_with(block, backends, echo_opts, upstream, ca, client_ca, |_| "echo").await
+}
+
+/// As [`proxy_mesh`]; backend i's certificate names the service `cert_service(i)`.
+async fn proxy_mesh_with(
+    block: u8,
+    backends: usize,
+    echo_opts: &str,
+    upstream: &str,
+    ca: &Ca,
+    client_ca: &Ca,
+    cert_service: impl Fn(usize) -> &'static str,
+) -> ProxyMesh {
     let key = murmur::gossip::Keyring::generate_base64();
     let mut cfg = config(block, 0, Some(&key), &[], &["web:1,check=none".into()]);
     with_proxy(&mut cfg, block, client_ca, None, &["web"], &[upstream]);
@@ -41,7 +54,7 @@ async fn proxy_mesh(block: u8, backends: usize, echo_opts: &str, upstream: &str,
         apps.push(Some(app));
         let spec = format!("echo:{port},interval=200ms,timeout=150ms{echo_opts}");
         let mut cfg = config(block, i, Some(&key), &[seed], &[spec]);
-        with_proxy(&mut cfg, block, ca, None, &["echo"], &[]);
+        with_proxy(&mut cfg, block, ca, Some("echo"), &[cert_service(i)], &[]);
         agents.push(Some(Agent::start(cfg).await.expect("backend agent")));
     }
     let reader = client.registry();
@@ -189,6 +202,7 @@ async fn killing_a_backend_app_or_agent_under_load_fails_nothing() {
     let stats = mesh.client.metrics().proxy.upstreams();
     let retries = stats[0].1.retries.get();
     eprintln!("retries: {retries}");
+    assert!(retries > 0, "calls did hit the dead app or agent and were retried");
     mesh.stop().await;
 }
 
@@ -196,10 +210,40 @@ async fn killing_a_backend_app_or_agent_under_load_fails_nothing() {
 async fn foreign_certificates_and_callers_outside_allow_are_refused() {
     let ca = Ca::generate().expect("ca");
     let other = Ca::generate().expect("other ca");
-    // A client with a certificate from another CA: every handshake fails.
-    let mesh = proxy_mesh(32, 1, "", "echo:80,retries=0", &ca, &other).await;
-    assert!(call(mesh.vip, b"x").await.is_err());
+    // A client that trusts the cluster CA but presents a certificate from another CA:
+    // the server refuses it.
+    let mesh = proxy_mesh(32, 1, "", "echo:80,retries=0", &ca, &ca).await;
     let backend = mesh.backends[0].as_ref().expect("backend");
+    let peer = backend.registry().snapshot().lookup(&"echo".parse().expect("name"), &Default::default())[0].clone();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.cert_der().expect("der")).expect("root");
+    let foreign = other.issue(&"intruder".parse().expect("node"), &["web".parse().expect("name")]).expect("issue");
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("tls13")
+        .with_root_certificates(roots)
+        .with_client_auth_cert(vec![foreign.cert], foreign.key)
+        .expect("client auth");
+    tls.alpn_protocols = vec![murmur::tls::ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic");
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    let server_name = murmur::tls::node_server_name(peer.node.as_str());
+    let attempt = async {
+        let conn = endpoint
+            .connect(peer.proxy.expect("sidecar"), &server_name)
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        send.write_all(b"x").await.map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 16];
+        recv.read(&mut buf).await.map_err(|e| e.to_string())
+    };
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), attempt).await.expect("settled").is_err(),
+        "a foreign certificate got through"
+    );
     let m = backend.metrics();
     eventually("handshake failure counted", || async { m.proxy.inbound.handshake_failures.get() > 0 }).await;
     assert_eq!(m.proxy.inbound.streams.get(), 0);
@@ -305,12 +349,19 @@ async fn udp_upstreams_ride_quic_datagrams_and_idle_flows_expire() {
             assert_eq!(&buf[..n], format!("pong:{msg}").as_bytes());
         }
     }
+    // A datagram too large for one QUIC datagram is dropped and counted, not sent.
+    let big = tokio::net::UdpSocket::bind((ip(block, 60), 0)).await.expect("socket");
+    big.send_to(&vec![7u8; 4000], vip).await.expect("send");
+    let up = client.metrics().proxy.upstreams()[0].1.clone();
+    eventually("oversize datagram counted", || async {
+        up.endpoints().iter().any(|(_, e)| e.failures(murmur::metrics::proxy::FailureCause::DatagramTooLarge) > 0)
+    })
+    .await;
     let inbound = backend.metrics();
-    assert_eq!(inbound.proxy.inbound.streams.get(), 2, "one stream per flow");
+    assert_eq!(inbound.proxy.inbound.streams.get(), 3, "one stream per flow");
     // Both flows idle out on both sides.
     eventually("idle flows closed", || async { inbound.proxy.inbound.active.get() == 0 }).await;
-    let up = &client.metrics().proxy.upstreams()[0].1;
-    assert_eq!(up.accepted.get(), 2);
+    assert_eq!(up.accepted.get(), 3);
     client.kill().await;
     backend.kill().await;
     app_task.abort();
@@ -406,4 +457,61 @@ async fn outlier_detection_ejects_what_health_checks_do_not_see() {
     let json = murmur::cli::ApiClient::new(mesh.client.api_addr()).get("/v1/upstreams").await.expect("api");
     assert!(json.contains("\"state\":\"ejected\""), "{json}");
     mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_whose_certificate_does_not_name_the_service_gets_none_of_its_traffic() {
+    let ca = Ca::generate().expect("ca");
+    // Backend 2 registers `echo` but its certificate names only `other`.
+    let mesh = proxy_mesh_with(38, 2, "", "echo:80", &ca, &ca, |i| if i == 1 { "echo" } else { "other" }).await;
+    for _ in 0..30 {
+        assert_eq!(call(mesh.vip, b"x").await.expect("call"), "echo-a", "only the genuine instance answers");
+    }
+    let up = mesh.client.metrics().proxy.upstreams()[0].1.clone();
+    let impostor =
+        up.endpoints().into_iter().find(|(_, e)| e.failures(murmur::metrics::proxy::FailureCause::Identity) > 0);
+    assert!(impostor.is_some(), "the impostor was tried and refused for its certificate");
+    let served = mesh.backends[1].as_ref().expect("impostor").metrics().proxy.inbound.streams.get();
+    assert_eq!(served, 0, "no stream ever reached the impostor");
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_behind_the_sidecars_reaches_the_app_as_a_reset() {
+    let ca = Ca::generate().expect("ca");
+    let block = 39;
+    let key = murmur::gossip::Keyring::generate_base64();
+    // An app that sends part of a reply, then dies with a reset.
+    let app = tokio::net::TcpListener::bind((ip(block, 1), 0)).await.expect("bind");
+    let port = app.local_addr().expect("addr").port();
+    let app_task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = app.accept().await {
+            let mut buf = [0u8; 16];
+            let _ = s.read(&mut buf).await;
+            let _ = s.write_all(b"partial reply").await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            #[allow(deprecated)]
+            let _ = s.set_linger(Some(Duration::ZERO));
+            drop(s);
+        }
+    });
+    let mut cfg = config(block, 1, Some(&key), &[], &[format!("flaky:{port},check=none")]);
+    with_proxy(&mut cfg, block, &ca, None, &["flaky"], &[]);
+    let backend = Agent::start(cfg).await.expect("backend");
+    let mut cfg = config(block, 0, Some(&key), &[backend.gossip_addr()], &["web:1,check=none".into()]);
+    with_proxy(&mut cfg, block, &ca, None, &["web"], &["flaky:80"]);
+    let client = Agent::start(cfg).await.expect("client");
+    let (_, ok) = client
+        .registry()
+        .wait_for(WAIT, |s| s.lookup(&"flaky".parse().expect("name"), &Default::default()).len() == 1)
+        .await;
+    assert!(ok);
+    let mut s = TcpStream::connect(SocketAddr::new(IpAddr::from([127, 201, block, 1]), 80)).await.expect("connect");
+    s.write_all(b"request").await.expect("write");
+    let mut got = Vec::new();
+    let r = s.read_to_end(&mut got).await;
+    assert!(r.is_err(), "a cut-off reply must not look whole: got Ok after {:?}", String::from_utf8_lossy(&got));
+    client.kill().await;
+    backend.kill().await;
+    app_task.abort();
 }

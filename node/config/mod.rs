@@ -277,6 +277,8 @@ impl Config {
                 }
             };
             let identity = l.proxy_identity.clone().or_else(|| services.first().map(|s| s.name.clone()));
+            tls.check(name.as_str(), identity.as_ref().map(|s| s.as_str()))
+                .map_err(|m| ConfigError::new("--tls-cert", m))?;
             if identity.is_none() && l.upstreams.as_ref().is_some_and(|u| !u.is_empty()) {
                 return Err(ConfigError::new(
                     "--proxy-identity",

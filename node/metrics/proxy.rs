@@ -25,19 +25,25 @@ pub enum FailureCause {
     AppUnreachable,
     /// The connection broke after the ack.
     Reset,
+    /// The peer's certificate does not name the service.
+    Identity,
+    /// A UDP datagram too large for a QUIC datagram on this path (dropped).
+    DatagramTooLarge,
     /// Any other I/O error before the ack.
     Other,
 }
 
 impl FailureCause {
     /// Every cause, in label order.
-    pub const ALL: [FailureCause; 7] = [
+    pub const ALL: [FailureCause; 9] = [
         FailureCause::ConnectRefused,
         FailureCause::ConnectTimeout,
         FailureCause::QuicConnect,
         FailureCause::Refused,
         FailureCause::AppUnreachable,
         FailureCause::Reset,
+        FailureCause::Identity,
+        FailureCause::DatagramTooLarge,
         FailureCause::Other,
     ];
 
@@ -50,6 +56,8 @@ impl FailureCause {
             FailureCause::Refused => "refused",
             FailureCause::AppUnreachable => "app_unreachable",
             FailureCause::Reset => "reset",
+            FailureCause::Identity => "identity",
+            FailureCause::DatagramTooLarge => "datagram_too_large",
             FailureCause::Other => "other",
         }
     }
@@ -122,7 +130,7 @@ pub struct EndpointStats {
     pub bytes_sent: Counter,
     /// Bytes endpoint → app.
     pub bytes_received: Counter,
-    failures: [Counter; 7],
+    failures: [Counter; 9],
     /// Times ejected.
     pub ejections: Counter,
     /// Unix ms until which it is ejected (0: not ejected).
@@ -180,6 +188,12 @@ impl UpstreamStats {
         map.entry(id.to_owned()).or_default().clone()
     }
 
+    /// Keeps only the endpoints `keep` says yes to.
+    pub fn retain_endpoints(&self, keep: impl Fn(&str, &EndpointStats) -> bool) {
+        let mut map = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|id, ep| keep(id, ep));
+    }
+
     /// Every endpoint seen, by id.
     pub fn endpoints(&self) -> Vec<(String, Arc<EndpointStats>)> {
         let map = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
@@ -198,6 +212,8 @@ pub struct InboundStats {
     pub streams: Counter,
     /// Streams open now.
     pub active: Gauge,
+    /// UDP replies too large for a QUIC datagram, dropped.
+    pub dropped_datagrams: Counter,
     refused: Mutex<BTreeMap<&'static str, u64>>,
 }
 

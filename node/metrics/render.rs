@@ -220,6 +220,13 @@ fn render_proxy(out: &mut String, m: &Metrics) {
         inb.streams.get(),
     );
     metric(out, "murmur_proxy_inbound_active_streams", "gauge", "Inbound streams open now.", inb.active.get());
+    metric(
+        out,
+        "murmur_proxy_inbound_dropped_datagrams_total",
+        "counter",
+        "UDP replies too large for a QUIC datagram, dropped.",
+        inb.dropped_datagrams.get(),
+    );
     header(out, "murmur_proxy_inbound_refused_total", "counter", "Inbound streams refused, by reason.");
     for (reason, n) in inb.refused() {
         let _ = writeln!(out, "murmur_proxy_inbound_refused_total{{reason=\"{reason}\"}} {n}");

@@ -32,9 +32,12 @@ impl PeakEwma {
         self.stamp = now;
     }
 
-    /// The current estimate.
-    pub fn get(&self) -> Duration {
-        Duration::from_nanos(self.value_ns as u64)
+    /// The estimate at `now`: it decays while no sample comes (as linkerd's does), so an
+    /// endpoint that was slow once is tried again after a while instead of losing every
+    /// comparison forever.
+    pub fn get(&self, now: Instant) -> Duration {
+        let elapsed = now.saturating_duration_since(self.stamp).as_nanos() as f64;
+        Duration::from_nanos((self.value_ns * (-elapsed / self.decay_ns).exp()) as u64)
     }
 }
 
@@ -47,10 +50,20 @@ mod tests {
         let t0 = Instant::now();
         let mut e = PeakEwma::new(Duration::from_millis(1), Duration::from_secs(10), t0);
         e.observe(Duration::from_millis(50), t0);
-        assert_eq!(e.get(), Duration::from_millis(50));
-        e.observe(Duration::from_millis(1), t0 + Duration::from_millis(1));
-        assert!(e.get() > Duration::from_millis(49), "a low sample right away barely moves it");
-        e.observe(Duration::from_millis(1), t0 + Duration::from_secs(60));
-        assert!(e.get() < Duration::from_millis(2), "after many time constants it follows: {:?}", e.get());
+        assert_eq!(e.get(t0), Duration::from_millis(50));
+        let t1 = t0 + Duration::from_millis(1);
+        e.observe(Duration::from_millis(1), t1);
+        assert!(e.get(t1) > Duration::from_millis(49), "a low sample right away barely moves it");
+        let t2 = t0 + Duration::from_secs(60);
+        e.observe(Duration::from_millis(1), t2);
+        assert!(e.get(t2) < Duration::from_millis(2), "after many time constants it follows: {:?}", e.get(t2));
+    }
+
+    #[test]
+    fn an_unused_slow_estimate_decays() {
+        let t0 = Instant::now();
+        let mut e = PeakEwma::new(Duration::from_millis(1), Duration::from_secs(10), t0);
+        e.observe(Duration::from_millis(1500), t0);
+        assert!(e.get(t0 + Duration::from_secs(60)) < Duration::from_millis(10));
     }
 }

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info_span, Instrument};
 
 use super::header::read_frame;
-use super::splice::splice;
+use super::splice::{abort_quic, abort_tcp, splice};
 use crate::local::LocalInstance;
 use crate::metrics::Metrics;
 use crate::tls::cert_names_service;
@@ -29,6 +29,11 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Idle timeout of inbound streams; the caller's side enforces its own, usually shorter.
 const INBOUND_IDLE: Duration = Duration::from_secs(3600);
+/// UDP flows one sidecar carries at once; more are refused.
+const MAX_INBOUND_FLOWS: usize = 4096;
+/// Inbound streams one sidecar serves at once, over every peer; more are reset at once,
+/// so no peer can make it hold unbounded tasks, app connections and buffers.
+pub const MAX_INBOUND_STREAMS: usize = 20_000;
 /// Idle expiry of inbound UDP flows; callers close theirs sooner by finishing the stream.
 const INBOUND_UDP_IDLE: Duration = Duration::from_secs(300);
 
@@ -44,6 +49,8 @@ pub struct InboundContext {
     pub metrics: Arc<Metrics>,
     /// UDP flows carried as QUIC datagrams.
     pub flows: Arc<super::udp::FlowTable>,
+    /// Permits for inbound streams ([`MAX_INBOUND_STREAMS`]).
+    pub streams: Arc<tokio::sync::Semaphore>,
 }
 
 /// Accepts QUIC connections until `cancel`.
@@ -88,11 +95,22 @@ fn peer_cert(conn: &Connection) -> Option<CertificateDer<'static>> {
 
 async fn serve_connection(conn: Connection, ctx: Arc<InboundContext>) {
     let cert = peer_cert(&conn);
-    while let Ok((send, recv)) = conn.accept_bi().await {
+    while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+        let Ok(permit) = ctx.streams.clone().try_acquire_owned() else {
+            ctx.metrics.proxy.inbound.refuse("overloaded");
+            super::splice::abort_quic(&mut send, &mut recv);
+            continue;
+        };
         let ctx = ctx.clone();
         let cert = cert.clone();
         let conn = conn.clone();
-        tokio::spawn(async move { serve_stream(conn, send, recv, cert, ctx).await }.in_current_span());
+        tokio::spawn(
+            async move {
+                serve_stream(conn, send, recv, cert, ctx).await;
+                drop(permit);
+            }
+            .in_current_span(),
+        );
     }
 }
 
@@ -169,14 +187,30 @@ async fn serve_stream(
                     .await
             }
         };
+        if ctx.flows.len() >= MAX_INBOUND_FLOWS {
+            return refuse(send, &ctx, RefuseCode::AppUnreachable, "too many UDP flows on this sidecar".into()).await;
+        }
+        // Registered before the ack, so the caller's first datagram finds its flow.
+        let from_caller = ctx.flows.register(&conn, u64::from(recv.id()));
         let mut send = send;
         if send.write_all(&Frame::Ack.encode()).await.is_err() {
             return;
         }
-        ctx.metrics.proxy.inbound.streams.inc();
-        ctx.metrics.proxy.inbound.active.inc();
-        super::udp::serve_inbound_flow(conn, recv, send, app, ctx.flows.clone(), INBOUND_UDP_IDLE).await;
-        ctx.metrics.proxy.inbound.active.dec();
+        let stats = &ctx.metrics.proxy.inbound;
+        stats.streams.inc();
+        stats.active.inc();
+        super::udp::serve_inbound_flow(
+            conn,
+            recv,
+            send,
+            app,
+            ctx.flows.clone(),
+            from_caller,
+            INBOUND_UDP_IDLE,
+            &stats.dropped_datagrams,
+        )
+        .await;
+        stats.active.dec();
         return;
     }
     let app = match tokio::time::timeout(APP_CONNECT_TIMEOUT, TcpStream::connect(target)).await {
@@ -197,16 +231,20 @@ async fn serve_stream(
     if send.write_all(&Frame::Ack.encode()).await.is_err() {
         return;
     }
-    let (app_r, mut app_w) = app.into_split();
-    if !early.is_empty() && app_w.write_all(&early).await.is_err() {
-        return;
-    }
+    let (mut app_r, mut app_w) = app.into_split();
     let stats = &ctx.metrics.proxy.inbound;
     stats.streams.inc();
     stats.active.inc();
-    let result = splice(recv, send, app_r, app_w, INBOUND_IDLE, None, None).await;
+    let mut recv = recv;
+    let result = match app_w.write_all(&early).await {
+        Ok(()) => splice(&mut recv, &mut send, &mut app_r, &mut app_w, INBOUND_IDLE, None, None).await,
+        Err(e) => Err(e),
+    };
     stats.active.dec();
     if let Err(e) = result {
+        // Reset both sides: a clean close would pass a cut-off reply off as whole.
+        abort_quic(&mut send, &mut recv);
+        abort_tcp(app_r, app_w);
         debug!(error = %e, "inbound stream ended with an error");
     }
 }

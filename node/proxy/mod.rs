@@ -39,9 +39,10 @@ use inbound::{serve_inbound, InboundContext};
 use outbound::{Caller, Upstream};
 use pool::Pool;
 
-/// Streams one peer may have open on a connection: enough for 10,000 proxied
-/// connections between one pair of sidecars.
-const MAX_STREAMS: u32 = 100_000;
+/// Streams one peer may have open on a connection: 10,000 proxied connections between
+/// one pair of sidecars, and no more (each costs the inbound side a task, an app
+/// connection and buffers).
+const MAX_STREAMS: u32 = 10_000;
 /// Keep-alive on pooled connections, well inside the idle timeout.
 const KEEP_ALIVE: Duration = Duration::from_secs(5);
 /// A pooled connection with no packets for this long is dead.
@@ -193,6 +194,7 @@ pub fn spawn_proxy(
         mutual: config.tls.is_mutual(),
         metrics: deps.metrics.clone(),
         flows: flows.clone(),
+        streams: Arc::new(tokio::sync::Semaphore::new(inbound::MAX_INBOUND_STREAMS)),
     });
     let inbound = serve_inbound(endpoint.clone(), ctx, cancel.clone()).instrument(info_span!("inbound"));
     tasks.spawn(async move { ("proxy inbound", inbound.await) });
@@ -202,7 +204,14 @@ pub fn spawn_proxy(
             let listen = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
             let stats = deps.metrics.proxy.add_upstream(spec.alias.as_str(), spec.service.as_str(), &listen);
             let alias = spec.alias.to_string();
-            let up = Arc::new(Upstream::new(spec, stats, deps.registry.clone(), pool.clone(), caller.clone()));
+            let up = Arc::new(Upstream::new(
+                spec,
+                stats,
+                deps.registry.clone(),
+                pool.clone(),
+                caller.clone(),
+                config.tls.is_mutual(),
+            ));
             upstreams.push(up.clone());
             let span = info_span!("upstream", %alias, %listen);
             match listener {
@@ -218,13 +227,17 @@ pub fn spawn_proxy(
         }
     }
     let refresh: Vec<Arc<Upstream>> = upstreams.clone();
+    let refresh_pool = pool.clone();
     let refresh_cancel = cancel.clone();
     tasks.spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
                 _ = refresh_cancel.cancelled() => return ("proxy refresh", Ok(())),
-                _ = tick.tick() => refresh.iter().for_each(|u| u.refresh_ejections()),
+                _ = tick.tick() => {
+                    refresh.iter().for_each(|u| u.refresh());
+                    refresh_pool.prune();
+                }
             }
         }
     });

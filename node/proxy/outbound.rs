@@ -23,7 +23,7 @@ use super::header::{read_frame, HeaderError};
 use super::outlier::{Outcome, OutlierDetector};
 use super::pool::Pool;
 use super::retry::RetryBudget;
-use super::splice::splice;
+use super::splice::{abort_quic, abort_tcp, splice};
 use crate::config::upstream::{DEFAULT_RETRY_FLOOR_PER_SEC, DEFAULT_RETRY_RATIO};
 use crate::config::UpstreamSpec;
 use crate::metrics::proxy::{EndpointStats, FailureCause, UpstreamStats};
@@ -62,6 +62,8 @@ pub struct Upstream {
     registry: RegistryReader,
     pool: Arc<Pool>,
     caller: Caller,
+    /// Whether peers are authenticated (mutual TLS), so their service can be checked.
+    verify_identity: bool,
     // Held only for picks and bookkeeping, never across an await.
     state: Mutex<State>,
 }
@@ -108,6 +110,7 @@ impl Upstream {
         registry: RegistryReader,
         pool: Arc<Pool>,
         caller: Caller,
+        verify_identity: bool,
     ) -> Self {
         let now = Instant::now();
         let state = State {
@@ -117,7 +120,7 @@ impl Upstream {
             ewma: HashMap::new(),
             outstanding: HashMap::new(),
         };
-        Self { spec, stats, registry, pool, caller, state: Mutex::new(state) }
+        Self { spec, stats, registry, pool, caller, verify_identity, state: Mutex::new(state) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -150,17 +153,16 @@ impl Upstream {
         let stats = &self.stats;
         stats.accepted.inc();
         // Circuit breaking: fail fast past the caps rather than queue.
-        if stats.active.get() >= u64::from(self.spec.max_connections)
-            || stats.pending.get() >= u64::from(self.spec.max_pending)
-        {
+        // Count first, then check: concurrent accepts cannot all slip under the caps.
+        let _active = GaugeGuard(&stats.active);
+        let pending = GaugeGuard(&stats.pending);
+        let active_now = stats.active.inc_get();
+        let pending_now = stats.pending.inc_get();
+        if active_now > u64::from(self.spec.max_connections) || pending_now > u64::from(self.spec.max_pending) {
             stats.breaker_rejections.inc();
             reset(client);
             return;
         }
-        stats.active.inc();
-        let _active = GaugeGuard(&stats.active);
-        stats.pending.inc();
-        let pending = GaugeGuard(&stats.pending);
         let _ = client.set_nodelay(true);
 
         let connected = self.establish(Transport::Tcp).await;
@@ -173,21 +175,32 @@ impl Upstream {
         ep_stats.connections.inc();
         ep_stats.active.inc();
         let started = Instant::now();
-        let (cr, mut cw) = client.into_split();
+        let (mut cr, mut cw) = client.into_split();
         let idle = self.spec.idle_timeout;
         let (up, down) = (Some(&ep_stats.bytes_sent), Some(&ep_stats.bytes_received));
+        // On any failure both sides are reset, never closed cleanly: a clean close would
+        // tell the app that a cut-off reply was whole.
         let result = match conn {
             Connected::Udp(_) => Ok(Default::default()),
-            Connected::Quic { send, recv, early, .. } => {
-                if !early.is_empty() && cw.write_all(&early).await.is_err() {
-                    Ok(Default::default())
-                } else {
-                    splice(cr, cw, recv, send, idle, up, down).await
+            Connected::Quic { mut send, mut recv, early, .. } => {
+                let r = match cw.write_all(&early).await {
+                    Ok(()) => splice(&mut cr, &mut cw, &mut recv, &mut send, idle, up, down).await,
+                    Err(e) => Err(e),
+                };
+                if r.is_err() {
+                    abort_quic(&mut send, &mut recv);
+                    abort_tcp(cr, cw);
                 }
+                r
             }
             Connected::Tcp(s) => {
-                let (sr, sw) = s.into_split();
-                splice(cr, cw, sr, sw, idle, up, down).await
+                let (mut sr, mut sw) = s.into_split();
+                let r = splice(&mut cr, &mut cw, &mut sr, &mut sw, idle, up, down).await;
+                if r.is_err() {
+                    abort_tcp(sr, sw);
+                    abort_tcp(cr, cw);
+                }
+                r
             }
         };
         if let Err(e) = result {
@@ -214,12 +227,13 @@ impl Upstream {
             stats.no_endpoints.inc();
             return None;
         }
-        let ids: Vec<InstanceId> = endpoints.iter().map(|e| e.id.clone()).collect();
-        self.lock().outlier.retain(&ids);
         let mut tried = vec![false; endpoints.len()];
         let mut connected = None;
         for attempt in 0..=self.spec.retries {
             let now = Instant::now();
+            if tried.iter().all(|&t| t) {
+                break;
+            }
             if attempt == 0 {
                 self.lock().budget.deposit(now);
             } else if !self.lock().budget.try_withdraw(now) {
@@ -261,7 +275,10 @@ impl Upstream {
                     ep_stats.failure(f.cause);
                     self.release(&ep.id);
                     debug!(upstream = %self.spec.alias, endpoint = %ep.id, cause = f.cause.as_str(), detail = %f.detail, "attempt failed");
-                    if f.cause != FailureCause::Refused || f.retryable {
+                    // Only local-origin failures count against the endpoint: a refusal
+                    // (draining, unknown service, not allowed) says nothing of its health,
+                    // and must not use up the ejection share during a rolling deploy.
+                    if f.cause != FailureCause::Refused {
                         self.record(ep, Outcome::Failure, endpoints.len(), None, &ep_stats);
                     }
                     if !f.retryable {
@@ -285,7 +302,7 @@ impl Upstream {
                 latency_ns: st
                     .ewma
                     .get(&e.id)
-                    .map(|w| w.get().as_nanos() as f64)
+                    .map(|w| w.get(now).as_nanos() as f64)
                     .unwrap_or(EWMA_INITIAL.as_nanos() as f64),
                 outstanding: st.outstanding.get(&e.id).copied().unwrap_or(0),
                 ejected: st.outlier.is_ejected(&e.id, now),
@@ -317,7 +334,7 @@ impl Upstream {
         if let Some(l) = latency {
             let w = st.ewma.entry(ep.id.clone()).or_insert_with(|| PeakEwma::new(EWMA_INITIAL, EWMA_DECAY, now));
             w.observe(l, now);
-            ep_stats.ewma_us.set(w.get().as_micros() as u64);
+            ep_stats.ewma_us.set(w.get(now).as_micros() as u64);
         }
         if let Some(ej) = st.outlier.record(&ep.id, outcome, pool, now) {
             ep_stats.ejections.inc();
@@ -331,15 +348,25 @@ impl Upstream {
         let fail = |cause, retryable, detail: String| Failure { cause, retryable, detail };
         match (ep.sidecar, ep.proxy) {
             (true, Some(peer)) => {
+                let server_name = node_server_name(ep.node.as_str());
                 let conn = self
                     .pool
-                    .get(peer, &node_server_name(ep.node.as_str()))
+                    .get(peer, &server_name)
                     .await
                     .map_err(|e| fail(FailureCause::QuicConnect, true, e.to_string()))?;
+                // The peer proved it is that node; it must also be allowed to serve the
+                // service, or any member could register a service and take its traffic.
+                if self.verify_identity && !peer_serves(&conn, self.spec.service.as_str()) {
+                    return Err(fail(
+                        FailureCause::Identity,
+                        true,
+                        format!("the certificate of {} does not name service {}", ep.node, self.spec.service),
+                    ));
+                }
                 let (mut send, mut recv) = match conn.open_bi().await {
                     Ok(s) => s,
                     Err(e) => {
-                        self.pool.evict(peer, &conn);
+                        self.pool.evict(peer, &server_name, &conn);
                         return Err(fail(FailureCause::QuicConnect, true, e.to_string()));
                     }
                 };
@@ -353,8 +380,8 @@ impl Upstream {
                 send.write_all(&Frame::Open(open).encode())
                     .await
                     .map_err(|e| fail(FailureCause::QuicConnect, true, e.to_string()))?;
-                match read_frame(&mut recv, self.spec.connect_timeout).await {
-                    Ok((Frame::Ack, early)) => Ok(Connected::Quic { conn, send, recv, early }),
+                let failed = match read_frame(&mut recv, self.spec.connect_timeout).await {
+                    Ok((Frame::Ack, early)) => return Ok(Connected::Quic { conn, send, recv, early }),
                     Ok((Frame::Refuse(r), _)) => {
                         let cause = if r.code == RefuseCode::AppUnreachable {
                             FailureCause::AppUnreachable
@@ -367,11 +394,15 @@ impl Upstream {
                     Err(HeaderError::Timeout(_)) => Err(fail(FailureCause::ConnectTimeout, true, "no ack".into())),
                     Err(e) => {
                         if conn.close_reason().is_some() {
-                            self.pool.evict(peer, &conn);
+                            self.pool.evict(peer, &server_name, &conn);
                         }
                         Err(fail(FailureCause::QuicConnect, true, e.to_string()))
                     }
-                }
+                };
+                // The attempt is abandoned: reset the stream so the inbound side drops
+                // whatever it opened rather than seeing a clean, empty connection.
+                abort_quic(&mut send, &mut recv);
+                failed
             }
             _ if transport == Transport::Udp => Ok(Connected::Udp(SocketAddr::new(ep.address, ep.port))),
             _ => {
@@ -415,10 +446,20 @@ impl Upstream {
         self.lock().outlier.is_ejected(id, Instant::now())
     }
 
-    /// Clears the ejected-until gauge of endpoints whose ejection has ended.
-    pub fn refresh_ejections(&self) {
+    /// Once a second: clears the ejected-until gauge of endpoints whose ejection has
+    /// ended, and forgets every piece of state of endpoints that left the registry (so
+    /// task churn does not grow memory or metric labels).
+    pub fn refresh(&self) {
         let now = Instant::now();
-        let st = self.lock();
+        let all = Query { health: crate::registry::HealthFilter::All, ..Default::default() };
+        let current: Vec<InstanceId> =
+            self.registry.snapshot().lookup(&self.spec.service, &all).iter().map(|i| i.id.clone()).collect();
+        let mut st = self.lock();
+        st.outlier.retain(&current);
+        st.ewma.retain(|id, _| current.contains(id));
+        st.outstanding.retain(|id, n| *n > 0 || current.contains(id));
+        let keep: Vec<String> = current.iter().map(|i| i.to_string()).collect();
+        self.stats.retain_endpoints(|id, ep| keep.iter().any(|k| k == id) || ep.active.get() > 0);
         for (id, ep) in self.stats.endpoints() {
             let Ok(id) = InstanceId::new(&id) else { continue };
             if !st.outlier.is_ejected(&id, now) {
@@ -426,6 +467,15 @@ impl Upstream {
             }
         }
     }
+}
+
+/// Whether the peer's certificate (verified against the CA in the handshake) names
+/// `service`.
+fn peer_serves(conn: &quinn::Connection, service: &str) -> bool {
+    conn.peer_identity()
+        .and_then(|any| any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok())
+        .and_then(|certs| certs.first().cloned())
+        .is_some_and(|cert| crate::tls::cert_names_service(&cert, service))
 }
 
 /// Closes an app connection with a reset, so the app sees a failure rather than an

@@ -105,14 +105,17 @@ impl<E: Clone + Eq + Hash> OutlierDetector<E> {
         } else {
             return None;
         };
-        let max_ejected = (pool * c.max_ejected_percent as usize / 100).max(1);
+        // At least one may be ejected (a pool of one still ejects; the balancer then
+        // panics back to it), unless ejection is turned off with 0%.
+        let max_ejected =
+            if c.max_ejected_percent == 0 { 0 } else { (pool * c.max_ejected_percent as usize / 100).max(1) };
         if self.ejected_count(now) >= max_ejected {
             return None;
         }
         let c = self.config.clone();
         let st = self.endpoints.get_mut(ep)?;
         st.times_ejected += 1;
-        let duration = (c.base_ejection * st.times_ejected).min(c.max_ejection);
+        let duration = c.base_ejection.checked_mul(st.times_ejected).unwrap_or(c.max_ejection).min(c.max_ejection);
         let until = now + duration;
         st.ejected_until = Some(until);
         st.consecutive = 0;

@@ -27,7 +27,9 @@ pub struct Pool {
     client: ClientConfig,
     // A std mutex only to find or add a slot; the per-peer async mutex is what is held
     // while connecting, so one slow peer never blocks the others.
-    slots: Mutex<HashMap<SocketAddr, Slot>>,
+    // Keyed by address and the node name verified in the handshake, so a connection
+    // made to one node is never reused for another at the same address.
+    slots: Mutex<HashMap<(SocketAddr, String), Slot>>,
 }
 
 impl Pool {
@@ -36,14 +38,22 @@ impl Pool {
         Self { endpoint, client, slots: Mutex::new(HashMap::new()) }
     }
 
-    fn slot(&self, addr: SocketAddr) -> Slot {
+    fn slot(&self, addr: SocketAddr, server_name: &str) -> Slot {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        slots.entry(addr).or_default().clone()
+        slots.entry((addr, server_name.to_owned())).or_default().clone()
+    }
+
+    /// Forgets slots whose connection has closed.
+    pub fn prune(&self) {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.retain(|_, s| {
+            s.try_lock().map(|g| g.as_ref().is_some_and(|c| c.close_reason().is_none())).unwrap_or(true)
+        });
     }
 
     /// The live connection to `addr`, connecting (as `server_name`) if there is none.
     pub async fn get(&self, addr: SocketAddr, server_name: &str) -> Result<Connection, PoolError> {
-        let slot = self.slot(addr);
+        let slot = self.slot(addr, server_name);
         let mut guard = slot.lock().await;
         if let Some(conn) = guard.as_ref() {
             if conn.close_reason().is_none() {
@@ -60,8 +70,8 @@ impl Pool {
     }
 
     /// Forgets the connection to `addr` if it is `conn` (it failed).
-    pub fn evict(&self, addr: SocketAddr, conn: &Connection) {
-        let slot = self.slot(addr);
+    pub fn evict(&self, addr: SocketAddr, server_name: &str, conn: &Connection) {
+        let slot = self.slot(addr, server_name);
         let Ok(mut guard) = slot.try_lock() else { return };
         if guard.as_ref().is_some_and(|c| c.stable_id() == conn.stable_id()) {
             *guard = None;

@@ -102,6 +102,26 @@ where
     }
 }
 
+/// The QUIC error code sent when a proxied connection breaks.
+pub const RESET_CODE: u32 = 1;
+
+/// Breaks a TCP connection with a reset rather than a FIN, so the app sees a failure
+/// rather than a clean end of a possibly cut-off reply.
+// tokio deprecates `set_linger` because a positive linger blocks the thread on drop; a
+// zero linger never blocks (the kernel sends RST at once), which is the intent here.
+#[allow(deprecated)]
+pub fn abort_tcp(read: tokio::net::tcp::OwnedReadHalf, write: tokio::net::tcp::OwnedWriteHalf) {
+    if let Ok(stream) = read.reunite(write) {
+        let _ = stream.set_linger(Some(Duration::ZERO));
+    }
+}
+
+/// Breaks a QUIC stream both ways (a dropped `SendStream` would finish it cleanly).
+pub fn abort_quic(send: &mut quinn::SendStream, recv: &mut quinn::RecvStream) {
+    let _ = send.reset(quinn::VarInt::from_u32(RESET_CODE));
+    let _ = recv.stop(quinn::VarInt::from_u32(RESET_CODE));
+}
+
 #[cfg(test)]
 mod tests {
     use tokio::io::duplex;

@@ -44,7 +44,18 @@ fn tag(flow: u64, payload: &[u8]) -> Bytes {
 }
 
 impl FlowTable {
-    fn register(self: &Arc<Self>, conn: &Connection, flow: u64) -> mpsc::Receiver<Bytes> {
+    /// Flows carried now, on every connection.
+    pub fn len(&self) -> usize {
+        self.flows.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether no flow is carried.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Routes datagrams of `flow` on `conn` to the returned receiver.
+    pub(crate) fn register(self: &Arc<Self>, conn: &Connection, flow: u64) -> mpsc::Receiver<Bytes> {
         let (tx, rx) = mpsc::channel(FLOW_QUEUE);
         self.flows.lock().unwrap_or_else(|p| p.into_inner()).insert((conn.stable_id(), flow), tx);
         let first = self.readers.lock().unwrap_or_else(|p| p.into_inner()).insert(conn.stable_id());
@@ -110,7 +121,7 @@ pub async fn serve_udp(
         }
         let (tx, rx) = mpsc::channel(FLOW_QUEUE);
         let _ = tx.try_send(payload);
-        flows.lock().unwrap_or_else(|p| p.into_inner()).insert(client, tx);
+        flows.lock().unwrap_or_else(|p| p.into_inner()).insert(client, tx.clone());
         let (up, socket, table, flows, cancel) =
             (up.clone(), socket.clone(), table.clone(), flows.clone(), cancel.clone());
         tokio::spawn(async move {
@@ -193,6 +204,12 @@ async fn relay_quic(
             _ = recv.read(&mut eof) => break,
             d = from_app.recv() => match d {
                 Some(d) => {
+                    // QUIC datagrams must fit one packet on the path (about 1,200-1,450
+                    // bytes): larger ones are dropped and counted, as a network would.
+                    if conn.max_datagram_size().is_none_or(|max| d.len() + 8 > max) {
+                        ep_stats.failure(crate::metrics::proxy::FailureCause::DatagramTooLarge);
+                        continue;
+                    }
                     ep_stats.bytes_sent.add(d.len() as u64);
                     if conn.send_datagram(tag(flow, &d)).is_err() {
                         ep_stats.failure(crate::metrics::proxy::FailureCause::Other);
@@ -244,16 +261,18 @@ async fn relay_direct(
 
 /// Inbound: carries one acknowledged UDP flow between the caller's datagrams and the
 /// local app, until the caller finishes the stream or the flow idles out.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve_inbound_flow(
     conn: Connection,
     mut recv: RecvStream,
     mut send: SendStream,
     app: UdpSocket,
     table: Arc<FlowTable>,
+    mut from_caller: mpsc::Receiver<Bytes>,
     idle: Duration,
+    dropped: &crate::metrics::Counter,
 ) {
     let flow = u64::from(recv.id());
-    let mut from_caller = table.register(&conn, flow);
     let mut buf = vec![0u8; MAX_PAYLOAD + 1];
     let mut eof = [0u8; 1];
     loop {
@@ -265,7 +284,10 @@ pub async fn serve_inbound_flow(
                 None => break,
             },
             r = app.recv(&mut buf) => match r {
-                Ok(n) => { let _ = conn.send_datagram(tag(flow, &buf[..n])); }
+                Ok(n) if conn.max_datagram_size().is_some_and(|max| n + 8 <= max) => {
+                    let _ = conn.send_datagram(tag(flow, &buf[..n]));
+                }
+                Ok(_) => dropped.inc(),
                 Err(_) => break,
             },
         }

@@ -56,10 +56,36 @@ impl TlsMaterial {
             .map_err(|e| format!("--tls-cert: cannot read a certificate from {}: {e}", cert.display()))?;
         let key = PrivateKeyDer::from_pem_file(key)
             .map_err(|e| format!("--tls-key: cannot read a key from {}: {e}", key.display()))?;
-        // Check the certificate against the CA now, so a mismatch fails at start.
+        // The key must match the certificate; `check` (run by config) then checks the
+        // certificate against the CA and the node's names, so mistakes fail at start.
         let material = TlsMaterial::Mutual { ca, identity: Identity { cert: cert_der, key } };
         material.server_config().map_err(|e| format!("--tls-cert: {e}"))?;
         Ok(material)
+    }
+
+    /// Checks that the certificate chains to the CA, names node `node` and, when given,
+    /// the service the sidecar calls as. Nothing to check without mutual TLS.
+    pub fn check(&self, node: &str, identity: Option<&str>) -> Result<(), String> {
+        let TlsMaterial::Mutual { ca, identity: id } = self else { return Ok(()) };
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider())
+            .build()
+            .map_err(|e| e.to_string())?;
+        verifier
+            .verify_client_cert(&id.cert, &[], UnixTime::now())
+            .map_err(|e| format!("the certificate does not chain to the CA in --tls-ca: {e}"))?;
+        let ee = webpki::EndEntityCert::try_from(&id.cert).map_err(|e| format!("not a certificate: {e}"))?;
+        let name = ServerName::try_from(node_server_name(node)).map_err(|e| e.to_string())?;
+        ee.verify_is_valid_for_subject_name(&name).map_err(|_| {
+            format!("the certificate is not for node {node}; issue one with `murmur cert issue --name {node}`")
+        })?;
+        if let Some(service) = identity {
+            if !cert_names_service(&id.cert, service) {
+                return Err(format!(
+                    "the certificate does not name service {service}; add --service {service} when issuing it"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Throwaway material for `--insecure` proxying.
