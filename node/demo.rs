@@ -75,8 +75,14 @@ fn agent_config(
         ..Default::default()
     };
     let mut config = Config::from_layer(layer, "").map_err(|e| anyhow::anyhow!("{e}"))?;
-    // Every sidecar gets a certificate from the demo's own CA naming its services.
-    let names: Vec<murmur_protocol::ServiceName> = specs.iter().map(|s| s.name.clone()).collect();
+    // Every sidecar gets a certificate from the demo's own CA naming the services it may
+    // serve: its own, and on node-1 also `orders`, which an app registers there at run
+    // time (a peer refuses to send `orders` traffic to a node whose certificate does not
+    // name it).
+    let mut names: Vec<murmur_protocol::ServiceName> = specs.iter().map(|s| s.name.clone()).collect();
+    if i == 1 {
+        names.push("orders".parse()?);
+    }
     let identity = ca.issue(&config.node.name, &names).map_err(anyhow::Error::msg)?;
     config.proxy = Some(ProxyConfig {
         bind: SocketAddr::new(ip, 0),

@@ -377,3 +377,13 @@ fn proxy_mode_with_certificates_from_the_cli() {
     drop(server);
     std::fs::remove_dir_all(&dir).expect("clean up");
 }
+
+#[test]
+fn the_demo_runs_and_fails_no_call() {
+    let start = Instant::now();
+    let out = Command::new(bin()).arg("demo").stdin(Stdio::null()).output().expect("demo runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "demo failed:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains(" calls, 0 failed"), "{text}");
+    assert!(start.elapsed() < Duration::from_secs(60), "the demo takes under a minute");
+}
