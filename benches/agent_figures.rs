@@ -1,5 +1,5 @@
 //! The agent's figures, measured on loopback with the real binary (release build):
-//! `cargo bench --bench agent_figures`. Ten agents, each on its own 127.40.0.x address:
+//! `cargo bench --bench agent_figures` (`MURMUR_BENCH_AGENTS=50` for more). Ten agents, each on its own 127.40.0.x address:
 //! convergence after start, time for a new instance to reach another agent's DNS
 //! answers, time for a dead app and for a kill -9'd agent to leave them, idle RSS per
 //! agent, and gossip bytes per agent per second. Prints a table and writes
@@ -14,7 +14,16 @@ use hickory_proto::rr::RecordType;
 use murmur::cli::ApiClient;
 use murmur::dns::client::{addresses, query};
 
-const N: u8 = 10;
+/// Agents, unless `MURMUR_BENCH_AGENTS` says otherwise (2-200).
+const DEFAULT_AGENTS: u8 = 10;
+
+fn agents_wanted() -> u8 {
+    std::env::var("MURMUR_BENCH_AGENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| (6..=200).contains(n))
+        .unwrap_or(DEFAULT_AGENTS)
+}
 const WAIT: Duration = Duration::from_secs(30);
 
 struct Agent {
@@ -112,6 +121,8 @@ async fn main() {
         String::from_utf8(Command::new(env!("CARGO_BIN_EXE_murmur")).arg("keygen").output().expect("keygen").stdout)
             .expect("utf8");
     let key = key.trim().to_owned();
+    #[allow(non_snake_case)]
+    let N = agents_wanted();
     let t0 = Instant::now();
     let mut agents: Vec<Option<Agent>> = (0..N).map(|i| Some(start(i, &key))).collect();
     let dns_of = |a: &Option<Agent>| a.as_ref().map(Agent::dns);
@@ -159,7 +170,7 @@ async fn main() {
 
     // A new instance registered on agent 0 reaching agent 9's DNS answers.
     let api0 = ApiClient::new(agents[0].as_ref().expect("runs").api());
-    let dns9 = agents[9].as_ref().expect("runs").dns();
+    let dns9 = agents[N as usize - 1].as_ref().expect("runs").dns();
     let mut appear = Vec::new();
     for k in 0..7 {
         let start = Instant::now();
@@ -196,7 +207,7 @@ async fn main() {
 
     // kill -9: time until every other agent's DNS stops answering the victim.
     let mut detect = Vec::new();
-    for victim in [9u8, 8, 7, 6, 5] {
+    for victim in (N - 5..N).rev() {
         let mut a = agents[victim as usize].take().expect("runs");
         let gone = a.ip;
         let start = Instant::now();
@@ -223,7 +234,7 @@ async fn main() {
     }
     let (detect_med, detect_max) = stats(detect.clone());
 
-    println!("\n| figure (10 agents, loopback, release build) | median | worst |");
+    println!("\n| figure ({N} agents, loopback, release build) | median | worst |");
     println!("|---|---|---|");
     println!("| convergence after start (all stubs answer all instances) | {:.0} ms | |", ms(converge));
     println!("| new instance appears in another agent's DNS answers | {appear_med:.0} ms | {appear_max:.0} ms |");
