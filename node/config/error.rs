@@ -1,22 +1,56 @@
 //! Configuration errors. Every one names the field it is about, in the form the user
 //! wrote it (`--dns-listen`, `MURMUR_DNS_LISTEN`, `dns.listen`), because the fix is
-//! always "change that field".
+//! always "change that field". Values checked after the layers are merged (where the
+//! source is no longer known) are named by their flag, and the message also names the
+//! variable and the file key that set the same value.
 
 use thiserror::Error;
 
 /// A configuration error; `main` prints it and exits with status 2.
 #[derive(Debug, Error)]
-#[error("{field}: {message}")]
+#[error("{field}{}: {message}", also(field))]
 pub struct ConfigError {
-    /// The field, as the user wrote it.
+    /// The field, as the user wrote it (or its flag, for merged values).
     pub field: String,
     /// What is wrong and what to do.
     pub message: String,
+}
+
+/// The other spellings of a flag whose value is checked after merging.
+fn also(field: &str) -> String {
+    let other = match field {
+        "--name" => ("MURMUR_NAME", "name"),
+        "--cluster" => ("MURMUR_CLUSTER", "cluster"),
+        "--namespace" => ("MURMUR_NAMESPACE", "namespace"),
+        "--zone" => ("MURMUR_ZONE", "zone"),
+        "--advertise" => ("MURMUR_ADVERTISE", "gossip.advertise"),
+        "--gossip-key" => ("MURMUR_GOSSIP_KEYS", "gossip.keys"),
+        "--gossip-interval" => ("MURMUR_GOSSIP_INTERVAL", "gossip.interval"),
+        "--dead-grace" => ("MURMUR_DEAD_GRACE", "gossip.dead_grace"),
+        "--drain" => ("MURMUR_DRAIN", "gossip.drain"),
+        "--tls-cert" => ("MURMUR_TLS_CERT", "proxy.tls_cert"),
+        "--proxy-identity" => ("MURMUR_PROXY_IDENTITY", "proxy.identity"),
+        "--vip-range" => ("MURMUR_VIP_RANGE", "proxy.vip_range"),
+        _ => return String::new(),
+    };
+    format!(" (or {}, or {} in the config file)", other.0, other.1)
 }
 
 impl ConfigError {
     /// An error about `field`.
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self { field: field.into(), message: message.into() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merged_fields_name_every_spelling() {
+        let e = ConfigError::new("--gossip-key", "no key");
+        assert_eq!(e.to_string(), "--gossip-key (or MURMUR_GOSSIP_KEYS, or gossip.keys in the config file): no key");
+        assert_eq!(ConfigError::new("dns.listen", "bad").to_string(), "dns.listen: bad");
     }
 }
