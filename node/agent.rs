@@ -287,7 +287,7 @@ impl Agent {
         // drain deadline, when the QUIC endpoint closes whatever is left.
         tokio::time::sleep(self.drain).await;
         if let Some(p) = &self.proxy {
-            p.close();
+            p.close_and_wait().await;
         }
         self.cancel.cancel();
         self.wait_tasks().await;

@@ -160,6 +160,13 @@ impl Proxy {
     pub fn close(&self) {
         self.endpoint.close(VarInt::from_u32(0), b"agent leaving");
     }
+
+    /// Closes every QUIC connection and waits (briefly) until peers were told, so they
+    /// drop their pooled connection at once instead of timing out.
+    pub async fn close_and_wait(&self) {
+        self.close();
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
 }
 
 /// What the proxy needs from the rest of the agent.
