@@ -321,3 +321,96 @@ fn packet_loss_causes_no_false_dead_verdicts() {
         assert_eq!(n, 0, "{percent}% loss caused {n} false dead verdicts");
     }
 }
+
+impl Net {
+    /// Drops every packet between the two groups of hosts.
+    fn partition(&self, left: &[usize], right: &[usize]) {
+        let br = self.bridge_ns();
+        for a in left {
+            for b in right {
+                for (from, to) in [(a, b), (b, a)] {
+                    let rule = format!("add rule bridge chaos fwd_rules iifname p{from} oifname p{to} drop");
+                    sh(&["ip", "netns", "exec", &br, "nft", &rule]);
+                }
+            }
+        }
+    }
+
+    /// The gossip address host `i` sees for member `name`, if alive.
+    fn address_seen_by(&self, i: usize, name: &str) -> Option<String> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.host_ns(i), env!("CARGO_BIN_EXE_murmur"), "members", "--json"])
+            .args(["--api", "127.0.0.1:8500"])
+            .output()
+            .ok()?;
+        let members: Vec<MemberJson> = serde_json::from_slice(&out.stdout).ok()?;
+        members.into_iter().find(|m| m.name == name && m.status == "alive").map(|m| m.address)
+    }
+
+    /// Starts an agent named `name` in host `i`'s namespace (a task restarted elsewhere).
+    fn start_as(&mut self, i: usize, name: &str) {
+        self.start(i);
+        // `start` names the agent after its host; restart it under the wanted name.
+        self.kill(i);
+        let ip = self.ip(i);
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.host_ns(i), env!("CARGO_BIN_EXE_murmur"), "agent"])
+            .args(["--name", name, "--bind", &format!("{ip}:7946"), "--gossip-key", &self.key])
+            .args(["--seed", &format!("{}:7946", self.ip(0)), "--seed", &format!("{}:7946", self.ip(1))])
+            .args(["--dns-listen", "127.0.0.1:8600", "--api-listen", "127.0.0.1:8500", "--dns-upstream", "127.0.0.1:1"])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("agent starts");
+        self.agents[i] = Some(child);
+    }
+}
+
+#[test]
+fn partitions_heal_restarts_move_and_joins_survive_a_dead_seed() {
+    if skip("partitions_heal_restarts_move_and_joins_survive_a_dead_seed") {
+        return;
+    }
+    const HOSTS: usize = 7;
+    let mut net = Net::new("p", 22, HOSTS);
+    for i in 0..5 {
+        net.start(i);
+    }
+    let five: Vec<usize> = (0..5).collect();
+    net.until_all_see(&five, &five, "every host to see every host");
+
+    // Partition into {0, 1} and {2, 3, 4}: each side keeps serving its own side.
+    let secs: u64 = std::env::var("MURMUR_CHAOS_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(30);
+    net.partition(&[0, 1], &[2, 3, 4]);
+    net.until_all_see(&[0, 1], &[0, 1], "the left side to see only itself");
+    net.until_all_see(&[2, 3, 4], &[2, 3, 4], "the right side to see only itself");
+    std::thread::sleep(Duration::from_secs(secs));
+    net.cut(0, false); // flushes every rule: the partition heals
+    let t = net.until_all_see(&five, &five, "everyone to see everyone after healing");
+    eprintln!("partition of {secs} s healed: everyone saw everyone after {t:?}");
+    assert!(t < Duration::from_secs(10), "healing took {t:?}");
+
+    // Host 4's task is killed and restarted at once on a new address (host 5's).
+    net.kill(4);
+    let start = Instant::now();
+    net.start_as(5, "host-4");
+    let new_ip = net.ip(5);
+    loop {
+        let moved = (0..4).all(|o| net.address_seen_by(o, "host-4").as_deref() == Some(new_ip.as_str()));
+        if moved {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "the restarted host never replaced its old address");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("restart on a new address: every host saw the new address after {:?}", start.elapsed());
+
+    // The first seed is down when a new host joins: it joins through the second.
+    net.kill(0);
+    net.start(6);
+    // (The agent in host 5's namespace is named host-4.)
+    let t = net.until_all_see(&[1, 2, 3, 5, 6], &[1, 2, 3, 4, 6], "host 6 to join with seed 0 down");
+    eprintln!("joined through the second seed after {t:?}");
+}
