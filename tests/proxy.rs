@@ -107,10 +107,11 @@ async fn traffic_reaches_both_instances_and_big_transfers_are_byte_exact() {
         let reply = query(mesh.client.dns_addr(), name, RecordType::A, Duration::from_secs(2)).await.expect("dns");
         assert_eq!(addresses(&reply), vec![mesh.vip.ip()], "{name}");
     }
-    let mut seen = std::collections::BTreeSet::new();
-    for _ in 0..40 {
-        seen.insert(call(mesh.vip, b"ping").await.expect("call"));
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..100 {
+        *seen.entry(call(mesh.vip, b"ping").await.expect("call")).or_insert(0) += 1;
     }
+    eprintln!("calls per instance: {seen:?}");
     assert_eq!(seen.len(), 2, "both instances answered: {seen:?}");
 
     // 100 MB each way (the echo sends every byte back), hashes compared.
@@ -180,7 +181,8 @@ fn load(vip: SocketAddr, stop: Arc<std::sync::atomic::AtomicBool>) -> tokio::tas
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_backend_app_or_agent_under_load_fails_nothing() {
     let ca = Ca::generate().expect("ca");
-    let mut mesh = proxy_mesh(31, 3, "", "echo:80", &ca, &ca).await;
+    // Round robin, so calls certainly reach the app and the agent that die.
+    let mut mesh = proxy_mesh(31, 3, "", "echo:80,balance=rr", &ca, &ca).await;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let traffic = load(mesh.vip, stop.clone());
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -436,7 +438,7 @@ async fn bad_headers_get_an_error_frame_and_a_counted_reason() {
 async fn outlier_detection_ejects_what_health_checks_do_not_see() {
     let ca = Ca::generate().expect("ca");
     // No health check: only real traffic can tell that an app died.
-    let mut mesh = proxy_mesh(37, 2, ",check=none", "echo:80", &ca, &ca).await;
+    let mut mesh = proxy_mesh(37, 2, ",check=none", "echo:80,balance=rr", &ca, &ca).await;
     if let Some(app) = mesh.apps[0].take() {
         app.abort();
     }

@@ -7,6 +7,9 @@ use rand::{Rng, RngExt};
 
 pub use crate::config::Policy;
 
+/// Relative difference in load below which two endpoints count as equally loaded.
+const TIE_MARGIN: f64 = 0.25;
+
 /// One endpoint as the balancer sees it.
 #[derive(Debug, Clone)]
 pub struct Candidate {
@@ -78,7 +81,11 @@ impl Balancer {
                     }
                     b = weighted_draw(&set, cands, rng);
                 }
-                Some(if cands[b].load() < cands[a].load() { b } else { a })
+                // Loads within a small margin count as equal and the random first draw
+                // stands: otherwise, at low concurrency, whichever endpoint measured a
+                // few microseconds faster would take nearly all traffic.
+                let (la, lb) = (cands[a].load(), cands[b].load());
+                Some(if lb * (1.0 + TIE_MARGIN) < la { b } else { a })
             }
         }
     }
@@ -150,6 +157,13 @@ mod tests {
             x.tried = true;
         }
         assert_eq!(Balancer::new(Policy::P2c).pick(&cands, &mut rand::rngs::StdRng::seed_from_u64(1)), None);
+    }
+
+    #[test]
+    fn near_equal_endpoints_share_the_traffic() {
+        let cands = [c(1.0, 0), c(1.1, 0)];
+        let hits = counts(&mut Balancer::new(Policy::P2c), &cands, 2000);
+        assert!(hits[0] > 800 && hits[1] > 800, "{hits:?}");
     }
 
     #[test]

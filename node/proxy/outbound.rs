@@ -30,9 +30,10 @@ use crate::metrics::proxy::{EndpointStats, FailureCause, UpstreamStats};
 use crate::registry::{Instance, Query, RegistryReader};
 use crate::tls::node_server_name;
 
-/// The EWMA's starting guess and time constant.
-const EWMA_INITIAL: Duration = Duration::from_millis(1);
-const EWMA_DECAY: Duration = Duration::from_secs(10);
+/// The EWMA's time constant. Shorter than linkerd's 10 s: between sidecars a connect
+/// is a sub-millisecond stream open, and a one-off spike (a scheduling hiccup) should
+/// not steer traffic for half a minute.
+const EWMA_DECAY: Duration = Duration::from_secs(3);
 /// How long retry deposits count.
 const BUDGET_WINDOW: Duration = Duration::from_secs(10);
 
@@ -82,6 +83,8 @@ pub(crate) enum Connected {
         send: SendStream,
         recv: RecvStream,
         early: Vec<u8>,
+        /// Time spent making a new QUIC connection for this attempt (zero when pooled).
+        handshake: Duration,
     },
     Tcp(TcpStream),
     /// A direct UDP endpoint (no sidecar): datagrams go straight to it.
@@ -266,7 +269,19 @@ impl Upstream {
             let elapsed = start.elapsed();
             match result {
                 Ok(c) => {
-                    self.record(ep, Outcome::Success, endpoints.len(), Some(elapsed), &ep_stats);
+                    // The balancer's estimate leaves out a one-off QUIC handshake: it would
+                    // make a freshly dialled endpoint look slow for the EWMA's whole decay.
+                    let handshake = match &c {
+                        Connected::Quic { handshake, .. } => *handshake,
+                        _ => Duration::ZERO,
+                    };
+                    self.record(
+                        ep,
+                        Outcome::Success,
+                        endpoints.len(),
+                        Some(elapsed.saturating_sub(handshake)),
+                        &ep_stats,
+                    );
                     ep_stats.connect_latency.record(elapsed);
                     connected = Some((c, ep.clone(), ep_stats));
                     break;
@@ -303,7 +318,9 @@ impl Upstream {
                     .ewma
                     .get(&e.id)
                     .map(|w| w.get(now).as_nanos() as f64)
-                    .unwrap_or(EWMA_INITIAL.as_nanos() as f64),
+                    // An endpoint never measured is tried first (optimistic), so it gets a
+                    // real estimate instead of losing every comparison to a guess.
+                    .unwrap_or(0.0),
                 outstanding: st.outstanding.get(&e.id).copied().unwrap_or(0),
                 ejected: st.outlier.is_ejected(&e.id, now),
                 tried,
@@ -332,7 +349,7 @@ impl Upstream {
         let now = Instant::now();
         let mut st = self.lock();
         if let Some(l) = latency {
-            let w = st.ewma.entry(ep.id.clone()).or_insert_with(|| PeakEwma::new(EWMA_INITIAL, EWMA_DECAY, now));
+            let w = st.ewma.entry(ep.id.clone()).or_insert_with(|| PeakEwma::new(l, EWMA_DECAY, now));
             w.observe(l, now);
             ep_stats.ewma_us.set(w.get(now).as_micros() as u64);
         }
@@ -349,11 +366,13 @@ impl Upstream {
         match (ep.sidecar, ep.proxy) {
             (true, Some(peer)) => {
                 let server_name = node_server_name(ep.node.as_str());
+                let pool_start = Instant::now();
                 let conn = self
                     .pool
                     .get(peer, &server_name)
                     .await
                     .map_err(|e| fail(FailureCause::QuicConnect, true, e.to_string()))?;
+                let handshake = pool_start.elapsed();
                 // The peer proved it is that node; it must also be allowed to serve the
                 // service, or any member could register a service and take its traffic.
                 if self.verify_identity && !peer_serves(&conn, self.spec.service.as_str()) {
@@ -381,7 +400,7 @@ impl Upstream {
                     .await
                     .map_err(|e| fail(FailureCause::QuicConnect, true, e.to_string()))?;
                 let failed = match read_frame(&mut recv, self.spec.connect_timeout).await {
-                    Ok((Frame::Ack, early)) => return Ok(Connected::Quic { conn, send, recv, early }),
+                    Ok((Frame::Ack, early)) => return Ok(Connected::Quic { conn, send, recv, early, handshake }),
                     Ok((Frame::Refuse(r), _)) => {
                         let cause = if r.code == RefuseCode::AppUnreachable {
                             FailureCause::AppUnreachable
