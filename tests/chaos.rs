@@ -101,16 +101,22 @@ impl Net {
 
     /// Starts (or restarts) the agent of host `i`, seeded by hosts 0 and 1.
     fn start(&mut self, i: usize) {
+        self.start_as(i, &format!("host-{i}"), &["--service", &format!("app:{},check=none", 8000 + i)]);
+    }
+
+    /// Starts an agent named `name` in host `i`'s namespace (also a task restarted
+    /// elsewhere under its old name).
+    fn start_as(&mut self, i: usize, name: &str, extra: &[&str]) {
         while self.agents.len() <= i {
             self.agents.push(None);
         }
         let ip = self.ip(i);
         let child = Command::new("ip")
             .args(["netns", "exec", &self.host_ns(i), env!("CARGO_BIN_EXE_murmur"), "agent"])
-            .args(["--name", &format!("host-{i}"), "--bind", &format!("{ip}:7946"), "--gossip-key", &self.key])
+            .args(["--name", name, "--bind", &format!("{ip}:7946"), "--gossip-key", &self.key])
             .args(["--seed", &format!("{}:7946", self.ip(0)), "--seed", &format!("{}:7946", self.ip(1))])
             .args(["--dns-listen", "127.0.0.1:8600", "--api-listen", "127.0.0.1:8500", "--dns-upstream", "127.0.0.1:1"])
-            .args(["--service", &format!("app:{},check=none", 8000 + i)])
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -128,15 +134,20 @@ impl Net {
         }
     }
 
-    /// The members host `i` sees alive (empty when its API does not answer).
-    fn alive_seen_by(&self, i: usize) -> Vec<String> {
-        let out = Command::new("ip")
+    /// The members host `i` knows (empty when its API does not answer).
+    fn members_seen_by(&self, i: usize) -> Vec<MemberJson> {
+        Command::new("ip")
             .args(["netns", "exec", &self.host_ns(i), env!("CARGO_BIN_EXE_murmur"), "members", "--json"])
             .args(["--api", "127.0.0.1:8500"])
-            .output();
-        let Ok(out) = out else { return Vec::new() };
-        let members: Vec<MemberJson> = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        members.into_iter().filter(|m| m.status == "alive").map(|m| m.name).collect()
+            .output()
+            .ok()
+            .and_then(|out| serde_json::from_slice(&out.stdout).ok())
+            .unwrap_or_default()
+    }
+
+    /// The members host `i` sees alive.
+    fn alive_seen_by(&self, i: usize) -> Vec<String> {
+        self.members_seen_by(i).into_iter().filter(|m| m.status == "alive").map(|m| m.name).collect()
     }
 
     /// Drops every packet to and from host `i` at the bridge (or lets them through again).
@@ -336,35 +347,9 @@ impl Net {
         }
     }
 
-    /// The gossip address host `i` sees for member `name`, if alive.
+    /// The address host `i` sees for member `name`, if alive.
     fn address_seen_by(&self, i: usize, name: &str) -> Option<String> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.host_ns(i), env!("CARGO_BIN_EXE_murmur"), "members", "--json"])
-            .args(["--api", "127.0.0.1:8500"])
-            .output()
-            .ok()?;
-        let members: Vec<MemberJson> = serde_json::from_slice(&out.stdout).ok()?;
-        members.into_iter().find(|m| m.name == name && m.status == "alive").map(|m| m.address)
-    }
-
-    /// Starts an agent named `name` in host `i`'s namespace (a task restarted elsewhere).
-    fn start_as(&mut self, i: usize, name: &str) {
-        self.start(i);
-        // `start` names the agent after its host; restart it under the wanted name.
-        self.kill(i);
-        let ip = self.ip(i);
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.host_ns(i), env!("CARGO_BIN_EXE_murmur"), "agent"])
-            .args(["--name", name, "--bind", &format!("{ip}:7946"), "--gossip-key", &self.key])
-            .args(["--seed", &format!("{}:7946", self.ip(0)), "--seed", &format!("{}:7946", self.ip(1))])
-            .args(["--dns-listen", "127.0.0.1:8600", "--api-listen", "127.0.0.1:8500", "--dns-upstream", "127.0.0.1:1"])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("agent starts");
-        self.agents[i] = Some(child);
+        self.members_seen_by(i).into_iter().find(|m| m.name == name && m.status == "alive").map(|m| m.address)
     }
 }
 
@@ -395,7 +380,7 @@ fn partitions_heal_restarts_move_and_joins_survive_a_dead_seed() {
     // Host 4's task is killed and restarted at once on a new address (host 5's).
     net.kill(4);
     let start = Instant::now();
-    net.start_as(5, "host-4");
+    net.start_as(5, "host-4", &[]);
     let new_ip = net.ip(5);
     loop {
         let moved = (0..4).all(|o| net.address_seen_by(o, "host-4").as_deref() == Some(new_ip.as_str()));
