@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, info_span, Instrument};
 
 use crate::api::{serve_api, types::AgentJson, ApiState};
+use crate::clock::unix_ms;
 use crate::config::Config;
 use crate::dns::{serve_dns, DnsSockets};
 use crate::gossip::{spawn_gossip, Gossip};
@@ -72,10 +73,6 @@ pub struct Agent {
     gossip_addr: SocketAddr,
     dns_addr: SocketAddr,
     api_addr: SocketAddr,
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 impl Agent {
@@ -253,10 +250,6 @@ impl Agent {
     /// Bound API address.
     pub fn api_addr(&self) -> SocketAddr {
         self.api_addr
-    }
-    /// The sidecar proxy, when on.
-    pub fn proxy(&self) -> Option<&Proxy> {
-        self.proxy.as_ref()
     }
 
     /// Runs until SIGTERM or SIGINT (then leaves gracefully) or until a part dies (then

@@ -17,6 +17,7 @@
 pub mod agent;
 pub mod api;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod dns;

@@ -10,6 +10,7 @@ use murmur_protocol::{encode_value, Health, HealthRecord, InstanceId, InstanceRe
 use thiserror::Error;
 use tokio::sync::{watch, Mutex, MutexGuard};
 
+use crate::clock::unix_ms;
 use crate::config::{CheckKind, CheckSpec, ServiceSpec};
 use crate::gossip::StateWriter;
 
@@ -58,10 +59,6 @@ pub struct Publisher {
     // after a deregistration.
     state: Arc<Mutex<State>>,
     local_tx: Arc<watch::Sender<Arc<Vec<LocalInstance>>>>,
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 impl Publisher {

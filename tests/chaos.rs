@@ -61,15 +61,8 @@ impl Net {
         sh(&["ip", "netns", "add", &br]);
         sh(&["ip", "-n", &br, "link", "add", "br0", "type", "bridge"]);
         sh(&["ip", "-n", &br, "link", "set", "br0", "up"]);
-        sh(&["ip", "netns", "exec", &br, "nft", "add", "table", "bridge", "chaos"]);
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            &br,
-            "nft",
-            "add chain bridge chaos fwd_rules { type filter hook forward priority 0; policy accept; }",
-        ]);
+        net.nft("add table bridge chaos");
+        net.nft("add chain bridge chaos fwd_rules { type filter hook forward priority 0; policy accept; }");
         for i in 0..hosts {
             let ns = net.host_ns(i);
             let (a, b) = (format!("{}a{i}", net.prefix), format!("{}b{i}", net.prefix));
@@ -150,44 +143,25 @@ impl Net {
         self.members_seen_by(i).into_iter().filter(|m| m.status == "alive").map(|m| m.name).collect()
     }
 
-    /// Drops every packet to and from host `i` at the bridge (or lets them through again).
-    fn cut(&self, i: usize, cut: bool) {
-        let br = self.bridge_ns();
-        if cut {
-            let port = format!("p{i}");
-            sh(&[
-                "ip",
-                "netns",
-                "exec",
-                &br,
-                "nft",
-                "add",
-                "rule",
-                "bridge",
-                "chaos",
-                "fwd_rules",
-                "iifname",
-                &port,
-                "drop",
-            ]);
-            sh(&[
-                "ip",
-                "netns",
-                "exec",
-                &br,
-                "nft",
-                "add",
-                "rule",
-                "bridge",
-                "chaos",
-                "fwd_rules",
-                "oifname",
-                &port,
-                "drop",
-            ]);
-        } else {
-            sh(&["ip", "netns", "exec", &br, "nft", "flush", "chain", "bridge", "chaos", "fwd_rules"]);
-        }
+    /// Runs one nft command in the bridge namespace, where every packet between hosts passes.
+    fn nft(&self, command: &str) {
+        sh(&["ip", "netns", "exec", &self.bridge_ns(), "nft", command]);
+    }
+
+    /// Adds a rule to the bridge's forward chain.
+    fn add_rule(&self, rule: &str) {
+        self.nft(&format!("add rule bridge chaos fwd_rules {rule}"));
+    }
+
+    /// Removes every rule: cuts, partitions and loss end.
+    fn heal(&self) {
+        self.nft("flush chain bridge chaos fwd_rules");
+    }
+
+    /// Drops every packet to and from host `i` at the bridge.
+    fn cut(&self, i: usize) {
+        self.add_rule(&format!("iifname p{i} drop"));
+        self.add_rule(&format!("oifname p{i} drop"));
     }
 
     /// Waits until every host in `observers` sees exactly `alive` as the alive members;
@@ -253,13 +227,13 @@ fn a_killed_or_cut_off_host_is_dropped_by_every_other_host() {
     assert!(t < Duration::from_secs(10), "detection took {t:?}");
 
     // Host 3 cut off the network with its agent still running.
-    net.cut(3, true);
+    net.cut(3);
     let t = net.until_all_see(&[0, 1, 2], &[0, 1, 2], "host 3 dropped after being cut off");
     eprintln!("cut off: every other host dropped host 3 after {t:?}");
     assert!(t < Duration::from_secs(10), "detection took {t:?}");
 
     // Healed: everyone sees everyone again, host 3 included.
-    net.cut(3, false);
+    net.heal();
     let t = net.until_all_see(&[0, 1, 2, 3], &[0, 1, 2, 3], "host 3 back after healing");
     eprintln!("healed: every host saw host 3 again after {t:?}");
 }
@@ -267,11 +241,9 @@ fn a_killed_or_cut_off_host_is_dropped_by_every_other_host() {
 impl Net {
     /// Drops `percent`% of all packets crossing the bridge (0 removes the rule).
     fn loss(&self, percent: u32) {
-        let br = self.bridge_ns();
-        sh(&["ip", "netns", "exec", &br, "nft", "flush", "chain", "bridge", "chaos", "fwd_rules"]);
+        self.heal();
         if percent > 0 {
-            let rule = format!("add rule bridge chaos fwd_rules numgen random mod 100 < {percent} drop");
-            sh(&["ip", "netns", "exec", &br, "nft", &rule]);
+            self.add_rule(&format!("numgen random mod 100 < {percent} drop"));
         }
     }
 
@@ -336,12 +308,10 @@ fn packet_loss_causes_no_false_dead_verdicts() {
 impl Net {
     /// Drops every packet between the two groups of hosts.
     fn partition(&self, left: &[usize], right: &[usize]) {
-        let br = self.bridge_ns();
         for a in left {
             for b in right {
                 for (from, to) in [(a, b), (b, a)] {
-                    let rule = format!("add rule bridge chaos fwd_rules iifname p{from} oifname p{to} drop");
-                    sh(&["ip", "netns", "exec", &br, "nft", &rule]);
+                    self.add_rule(&format!("iifname p{from} oifname p{to} drop"));
                 }
             }
         }
@@ -372,7 +342,7 @@ fn partitions_heal_restarts_move_and_joins_survive_a_dead_seed() {
     net.until_all_see(&[0, 1], &[0, 1], "the left side to see only itself");
     net.until_all_see(&[2, 3, 4], &[2, 3, 4], "the right side to see only itself");
     std::thread::sleep(Duration::from_secs(secs));
-    net.cut(0, false); // flushes every rule: the partition heals
+    net.heal();
     let t = net.until_all_see(&five, &five, "everyone to see everyone after healing");
     eprintln!("partition of {secs} s healed: everyone saw everyone after {t:?}");
     assert!(t < Duration::from_secs(10), "healing took {t:?}");

@@ -311,11 +311,23 @@ async fn the_breaker_rejects_past_its_cap_and_drain_finishes_open_transfers() {
     mesh.stop().await;
 }
 
+/// A client agent (`web`, calling `upstream`) and one backend agent serving `service` at
+/// `port` on its own address (no health check), both in proxy mode under `ca`.
+async fn pair(block: u8, ca: &Ca, service: &str, port: u16, upstream: &str) -> (Agent, Agent) {
+    let key = murmur::gossip::Keyring::generate_base64();
+    let mut cfg = config(block, 1, Some(&key), &[], &[format!("{service}:{port},check=none")]);
+    with_proxy(&mut cfg, block, ca, None, &[service], &[]);
+    let backend = Agent::start(cfg).await.expect("backend");
+    let mut cfg = config(block, 0, Some(&key), &[backend.gossip_addr()], &["web:1,check=none".into()]);
+    with_proxy(&mut cfg, block, ca, None, &["web"], &[upstream]);
+    let client = Agent::start(cfg).await.expect("client");
+    (client, backend)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_upstreams_ride_quic_datagrams_and_idle_flows_expire() {
     let ca = Ca::generate().expect("ca");
     let block = 35;
-    let key = murmur::gossip::Keyring::generate_base64();
     let app = tokio::net::UdpSocket::bind((ip(block, 1), 0)).await.expect("udp app");
     let app_port = app.local_addr().expect("addr").port();
     let app_task = tokio::spawn(async move {
@@ -326,12 +338,7 @@ async fn udp_upstreams_ride_quic_datagrams_and_idle_flows_expire() {
             let _ = app.send_to(&reply, from).await;
         }
     });
-    let mut cfg = config(block, 1, Some(&key), &[], &[format!("cache:{app_port},check=none")]);
-    with_proxy(&mut cfg, block, &ca, None, &["cache"], &[]);
-    let backend = Agent::start(cfg).await.expect("backend");
-    let mut cfg = config(block, 0, Some(&key), &[backend.gossip_addr()], &["web:1,check=none".into()]);
-    with_proxy(&mut cfg, block, &ca, None, &["web"], &["cache:53,proto=udp,idle-timeout=500ms"]);
-    let client = Agent::start(cfg).await.expect("client");
+    let (client, backend) = pair(block, &ca, "cache", app_port, "cache:53,proto=udp,idle-timeout=500ms").await;
     let reader = client.registry();
     let (_, ok) =
         reader.wait_for(WAIT, |s| s.lookup(&"cache".parse().expect("name"), &Default::default()).len() == 1).await;
@@ -482,7 +489,6 @@ async fn a_member_whose_certificate_does_not_name_the_service_gets_none_of_its_t
 async fn a_reset_behind_the_sidecars_reaches_the_app_as_a_reset() {
     let ca = Ca::generate().expect("ca");
     let block = 39;
-    let key = murmur::gossip::Keyring::generate_base64();
     // An app that sends part of a reply, then dies with a reset.
     let app = tokio::net::TcpListener::bind((ip(block, 1), 0)).await.expect("bind");
     let port = app.local_addr().expect("addr").port();
@@ -497,12 +503,7 @@ async fn a_reset_behind_the_sidecars_reaches_the_app_as_a_reset() {
             drop(s);
         }
     });
-    let mut cfg = config(block, 1, Some(&key), &[], &[format!("flaky:{port},check=none")]);
-    with_proxy(&mut cfg, block, &ca, None, &["flaky"], &[]);
-    let backend = Agent::start(cfg).await.expect("backend");
-    let mut cfg = config(block, 0, Some(&key), &[backend.gossip_addr()], &["web:1,check=none".into()]);
-    with_proxy(&mut cfg, block, &ca, None, &["web"], &["flaky:80"]);
-    let client = Agent::start(cfg).await.expect("client");
+    let (client, backend) = pair(block, &ca, "flaky", port, "flaky:80").await;
     let (_, ok) = client
         .registry()
         .wait_for(WAIT, |s| s.lookup(&"flaky".parse().expect("name"), &Default::default()).len() == 1)

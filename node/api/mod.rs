@@ -270,8 +270,7 @@ fn quantiles(q: crate::metrics::proxy::Quantiles) -> QuantilesJson {
 }
 
 async fn upstreams(State(state): State<ApiState>) -> Json<Vec<UpstreamJson>> {
-    let now_ms =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let now_ms = crate::clock::unix_ms();
     let list = state
         .metrics
         .proxy

@@ -45,6 +45,9 @@ pub enum Outcome {
 pub struct Zone {
     serial_base: u32,
     origin: Name,
+    /// The SOA's primary server and mailbox names, built once.
+    mname: Name,
+    rname: Name,
     origin_text: String,
     ttl: u32,
     max_answers: usize,
@@ -57,8 +60,12 @@ impl Zone {
     pub fn new(namespace: &str, ttl: u32, max_answers: usize, serial_base: u32) -> Result<Zone, String> {
         let origin = Name::from_ascii(format!("{namespace}."))
             .map_err(|e| format!("namespace `{namespace}` is not a DNS name: {e}"))?;
+        let name = |label: &str| Name::from_ascii(format!("{label}.{namespace}.")).unwrap_or_else(|_| origin.clone());
+        let (mname, rname) = (name("ns"), name("hostmaster"));
         Ok(Zone {
             serial_base,
+            mname,
+            rname,
             origin,
             origin_text: namespace.to_ascii_lowercase(),
             ttl,
@@ -79,13 +86,17 @@ impl Zone {
     }
 
     fn soa(&self, snapshot: &Snapshot) -> Record {
-        let mname = Name::from_ascii(format!("ns.{}.", self.origin_text)).unwrap_or_else(|_| self.origin.clone());
-        let rname =
-            Name::from_ascii(format!("hostmaster.{}.", self.origin_text)).unwrap_or_else(|_| self.origin.clone());
         // The serial follows the snapshot so secondaries (and people) can see change;
         // the minimum is the negative-caching TTL (RFC 2308), kept as short as answers.
-        let soa =
-            SOA::new(mname, rname, self.serial_base.wrapping_add(snapshot.version as u32), 3600, 600, 86400, self.ttl);
+        let soa = SOA::new(
+            self.mname.clone(),
+            self.rname.clone(),
+            self.serial_base.wrapping_add(snapshot.version as u32),
+            3600,
+            600,
+            86400,
+            self.ttl,
+        );
         Record::from_rdata(self.origin.clone(), self.ttl, RData::SOA(soa))
     }
 

@@ -228,8 +228,7 @@ pub async fn serve_dns(
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    let start =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as u32).unwrap_or(0);
+    let start = (crate::clock::unix_ms() / 1000) as u32;
     let zone = Zone::new(&config.namespace, config.ttl, config.max_answers, start)
         .map_err(anyhow::Error::msg)?
         .with_aliases(&config.aliases);

@@ -21,12 +21,8 @@ use chitchat::{ChitchatEnvelope, ChitchatMessage, ProtocolVersion};
 use tracing::{debug, warn};
 
 use super::frame::{FrameCodec, Reassembler, Reject, MAX_DATAGRAM};
+use crate::clock::unix_ms;
 use crate::metrics::Metrics;
-
-/// Unix milliseconds now. The only clock read of the transport, kept at the shell.
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
 
 /// A transport that hands chitchat one pre-bound, sealed socket.
 pub struct SealedTransport {

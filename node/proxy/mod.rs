@@ -147,15 +147,9 @@ impl ProxySockets {
 /// A running proxy.
 pub struct Proxy {
     endpoint: Endpoint,
-    upstreams: Vec<Arc<Upstream>>,
 }
 
 impl Proxy {
-    /// The upstream runtimes (for tests and tools).
-    pub fn upstreams(&self) -> &[Arc<Upstream>] {
-        &self.upstreams
-    }
-
     /// Closes every QUIC connection at once (the end of a drain).
     pub fn close(&self) {
         self.endpoint.close(VarInt::from_u32(0), b"agent leaving");
@@ -233,20 +227,19 @@ pub fn spawn_proxy(
             }
         }
     }
-    let refresh: Vec<Arc<Upstream>> = upstreams.clone();
-    let refresh_pool = pool.clone();
-    let refresh_cancel = cancel.clone();
+    // Once a second: ejections that ended, state of endpoints that left, closed
+    // pooled connections.
     tasks.spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
-                _ = refresh_cancel.cancelled() => return ("proxy refresh", Ok(())),
+                _ = cancel.cancelled() => return ("proxy refresh", Ok(())),
                 _ = tick.tick() => {
-                    refresh.iter().for_each(|u| u.refresh());
-                    refresh_pool.prune();
+                    upstreams.iter().for_each(|u| u.refresh());
+                    pool.prune();
                 }
             }
         }
     });
-    Proxy { endpoint, upstreams }
+    Proxy { endpoint }
 }

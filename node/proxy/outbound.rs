@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use murmur_protocol::{Frame, InstanceId, NodeName, Open, RefuseCode, ServiceName, Transport};
 use quinn::{RecvStream, SendStream};
@@ -91,9 +91,8 @@ pub(crate) enum Connected {
     Udp(SocketAddr),
 }
 
-fn unix_ms(at: Instant, now: Instant) -> u64 {
-    let wall = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-    wall + at.saturating_duration_since(now).as_millis() as u64
+fn unix_ms_at(at: Instant, now: Instant) -> u64 {
+    crate::clock::unix_ms() + at.saturating_duration_since(now).as_millis() as u64
 }
 
 /// Decrements a gauge when dropped, so every exit path keeps the gauges true.
@@ -249,12 +248,16 @@ impl Upstream {
             tried[i] = true;
             let ep = &endpoints[i];
             let ep_stats = stats.endpoint(ep.id.as_str());
+            // Written once per endpoint (an instance id keeps its address), not formatted
+            // on every attempt.
             if let Ok(mut via) = ep_stats.via.lock() {
-                *via = match (ep.sidecar, ep.proxy, transport) {
-                    (true, Some(p), _) => format!("quic {p}"),
-                    (_, _, Transport::Udp) => format!("udp {}:{}", ep.address, ep.port),
-                    _ => format!("tcp {}:{}", ep.address, ep.port),
-                };
+                if via.is_empty() {
+                    *via = match (ep.sidecar, ep.proxy, transport) {
+                        (true, Some(p), _) => format!("quic {p}"),
+                        (_, _, Transport::Udp) => format!("udp {}:{}", ep.address, ep.port),
+                        _ => format!("tcp {}:{}", ep.address, ep.port),
+                    };
+                }
             }
             let start = Instant::now();
             let result = tokio::time::timeout(self.spec.connect_timeout, self.connect(ep, transport))
@@ -355,7 +358,7 @@ impl Upstream {
         }
         if let Some(ej) = st.outlier.record(&ep.id, outcome, pool, now) {
             ep_stats.ejections.inc();
-            ep_stats.ejected_until_unix_ms.set(unix_ms(ej.until, now));
+            ep_stats.ejected_until_unix_ms.set(unix_ms_at(ej.until, now));
             info!(upstream = %self.spec.alias, endpoint = %ep.id, reason = ej.reason, times = ej.times,
                   seconds = ej.until.saturating_duration_since(now).as_secs(), "endpoint ejected");
         }
@@ -453,16 +456,6 @@ impl Upstream {
     /// Bookkeeping when a flow or connection to `id` ends.
     pub(crate) fn finished(&self, id: &InstanceId) {
         self.release(id);
-    }
-
-    /// The upstream's alias.
-    pub fn alias(&self) -> &str {
-        self.spec.alias.as_str()
-    }
-
-    /// Whether the outlier detector has `id` ejected now (tests, API).
-    pub fn is_ejected(&self, id: &InstanceId) -> bool {
-        self.lock().outlier.is_ejected(id, Instant::now())
     }
 
     /// Once a second: clears the ejected-until gauge of endpoints whose ejection has

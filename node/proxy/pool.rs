@@ -77,13 +77,4 @@ impl Pool {
             *guard = None;
         }
     }
-
-    /// Peers with a live connection.
-    pub fn connected(&self) -> usize {
-        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        slots
-            .values()
-            .filter(|s| s.try_lock().map(|g| g.as_ref().is_some_and(|c| c.close_reason().is_none())).unwrap_or(true))
-            .count()
-    }
 }

@@ -138,9 +138,4 @@ impl Snapshot {
     pub fn instance(&self, service: &ServiceName, id: &InstanceId) -> Option<Arc<Instance>> {
         self.services.get(service)?.iter().find(|i| &i.id == id).cloned()
     }
-
-    /// The member that is this agent.
-    pub fn local_member(&self) -> Option<&Member> {
-        self.members.iter().find(|m| m.is_self)
-    }
 }
