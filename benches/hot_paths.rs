@@ -1,0 +1,155 @@
+//! Hot paths, timed in-process: `cargo bench --bench hot_paths`. Each line is the
+//! median time per operation over 7 batches (with the fastest and slowest batch beside
+//! it), after a warm-up batch. No sockets, no sleeps: these are the costs the agent
+//! pays per gossip message, per snapshot rebuild, per DNS query and per proxied stream.
+//!
+//! - registry snapshot build from a cluster view (100 and 1,000 nodes, 5 instances each);
+//! - snapshot lookup of a service with 100 instances, and with a tag filter;
+//! - DNS answer building: A, SRV and a miss (NXDOMAIN), from a 100-node snapshot;
+//! - stream header (Open frame) encode and decode;
+//! - the sealed gossip transport: seal and open of a 1 KB and a 16 KB message.
+//!
+//! Absolute times depend on the machine and on what else runs on it; compare runs of
+//! the same machine, or use the counts of `valgrind --tool=callgrind` for exact ones.
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use std::str::FromStr;
+use std::time::Instant;
+
+use hickory_proto::rr::{Name, RecordType};
+use murmur::dns::answer::Zone;
+use murmur::gossip::{ClusterView, FrameCodec, Keyring, NodeView};
+use murmur::registry::{build_snapshot, HealthFilter, MemberStatus, Query};
+use murmur_protocol::{
+    encode_value, keys, Frame, Health, HealthRecord, InstanceId, InstanceRecord, Key, NodeName, NodeRecord, Open,
+    ServiceName, Tag, Transport,
+};
+
+/// Times `op`, run `per_batch` times per batch, and prints one line.
+fn time<T>(what: &str, per_batch: u32, mut op: impl FnMut() -> T) {
+    let mut batch = || {
+        let t = Instant::now();
+        for _ in 0..per_batch {
+            black_box(op());
+        }
+        t.elapsed().as_nanos() as f64 / f64::from(per_batch)
+    };
+    batch();
+    let mut v: Vec<f64> = (0..7).map(|_| batch()).collect();
+    v.sort_by(f64::total_cmp);
+    let show = |ns: f64| match ns {
+        ns if ns >= 1e6 => format!("{:.2} ms", ns / 1e6),
+        ns if ns >= 1e4 => format!("{:.1} µs", ns / 1e3),
+        ns => format!("{ns:.0} ns"),
+    };
+    println!("| {what} | {} | {} – {} |", show(v[3]), show(v[0]), show(v[6]));
+}
+
+/// A cluster of `nodes` nodes, each running 5 instances: one of `pool` (a service every
+/// node runs, 1 in 10 tagged `canary`) and four of its own.
+fn cluster(nodes: usize) -> ClusterView {
+    let nodes = (0..nodes)
+        .map(|n| {
+            let name = format!("node-{n}");
+            let ip = std::net::IpAddr::from([10, (n >> 16) as u8, (n >> 8) as u8, n as u8]);
+            let record = NodeRecord {
+                name: NodeName::new(&name).expect("valid name"),
+                zone: Some(format!("zone-{}", n % 3)),
+                agent_version: "bench".into(),
+                advertise: ip,
+                proxy: Some((ip, 7947).into()),
+                started_unix_ms: 1_700_000_000_000 + n as u64,
+            };
+            let mut values = vec![(keys::NODE.to_owned(), encode_value(&record))];
+            for k in 0..5 {
+                let service = if k == 0 { "pool".to_owned() } else { format!("svc-{n}-{k}") };
+                let id = InstanceId::new(&format!("{service}-{n}-{k}")).expect("valid id");
+                let tags = if k == 0 && n % 10 == 0 { vec![Tag::new("canary").expect("valid tag")] } else { vec![] };
+                let rec = InstanceRecord {
+                    service: ServiceName::new(&service).expect("valid service"),
+                    instance: id.clone(),
+                    address: ip,
+                    port: 8000 + k,
+                    sidecar: true,
+                    tags,
+                    attributes: BTreeMap::new(),
+                    weight: 1,
+                };
+                values.push((Key::Instance(id.clone()).render(), encode_value(&rec)));
+                values.push((Key::Health(id).render(), encode_value(&HealthRecord::new(Health::Passing, 1, ""))));
+            }
+            NodeView {
+                name,
+                generation: 1,
+                gossip_addr: (ip, 7946).into(),
+                status: MemberStatus::Alive,
+                is_self: n == 0,
+                values,
+            }
+        })
+        .collect();
+    ClusterView { nodes }
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    println!("| operation | median | fastest – slowest batch |");
+    println!("|---|---|---|");
+
+    let view_100 = cluster(100);
+    let view_1000 = cluster(1000);
+    time("snapshot build, 100 nodes × 5 instances", 50, || build_snapshot(&view_100, 1));
+    time("snapshot build, 1,000 nodes × 5 instances", 5, || build_snapshot(&view_1000, 1));
+
+    let (snapshot, bad) = build_snapshot(&view_100, 1);
+    assert!(bad.is_empty(), "the bench cluster decodes: {bad:?}");
+    let pool = ServiceName::new("pool").expect("valid");
+    assert_eq!(snapshot.lookup(&pool, &Query::default()).len(), 100);
+    time("lookup, 100 instances, healthy", 20_000, || snapshot.lookup(&pool, &Query::default()));
+    let canary =
+        Query { health: HealthFilter::default(), tag: Some(Tag::new("canary").expect("valid")), ..Query::default() };
+    assert_eq!(snapshot.lookup(&pool, &canary).len(), 10);
+    time("lookup, 100 instances, tag filter", 20_000, || snapshot.lookup(&pool, &canary));
+
+    let zone = Zone::new("bench.local", 5, 8, 1).expect("valid zone");
+    let mut rng = rand::rng();
+    let a = Name::from_str("pool.bench.local.").expect("valid");
+    let srv = Name::from_str("_pool._tcp.bench.local.").expect("valid");
+    let miss = Name::from_str("nothing.bench.local.").expect("valid");
+    time("DNS answer, A, 100 instances (8 returned)", 20_000, || zone.answer(&snapshot, &a, RecordType::A, &mut rng));
+    time("DNS answer, SRV, 100 instances (8 returned)", 20_000, || {
+        zone.answer(&snapshot, &srv, RecordType::SRV, &mut rng)
+    });
+    time("DNS answer, miss (NXDOMAIN)", 20_000, || zone.answer(&snapshot, &miss, RecordType::A, &mut rng));
+
+    let open = Frame::Open(Open {
+        service: ServiceName::new("orders").expect("valid"),
+        port: 8080,
+        caller: ServiceName::new("web").expect("valid"),
+        caller_node: NodeName::new("node-17").expect("valid"),
+        transport: Transport::Tcp,
+    });
+    let encoded = open.encode();
+    assert_eq!(Frame::decode(&encoded).expect("decodes"), Some((open.clone(), encoded.len())));
+    time("stream header (Open) encode", 200_000, || open.encode());
+    time("stream header (Open) decode", 200_000, || Frame::decode(&encoded));
+
+    let key = Keyring::from_base64(&[Keyring::generate_base64()]).expect("a fresh key");
+    let codec = FrameCodec::new(Some(key));
+    for size in [1024usize, 16 * 1024] {
+        let message = vec![0x5a; size];
+        let now = murmur::clock::unix_ms();
+        let sealed = codec.seal(&message, 7, now);
+        assert!(sealed.iter().all(|d| codec.open(d, now).is_ok()), "what is sealed opens");
+        let kb = size / 1024;
+        time(&format!("gossip seal, {kb} KB message ({} datagrams)", sealed.len()), 5_000, || {
+            codec.seal(&message, 7, now)
+        });
+        time(&format!("gossip open, {kb} KB message"), 5_000, || {
+            sealed.iter().map(|d| codec.open(d, now).is_ok()).count()
+        });
+    }
+}
