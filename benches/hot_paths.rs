@@ -149,7 +149,7 @@ fn main() {
             codec.seal(&message, 7, now)
         });
         time(&format!("gossip open, {kb} KB message"), 5_000, || {
-            sealed.iter().map(|d| codec.open(d, now).is_ok()).count()
+            sealed.iter().filter(|d| codec.open(d, now).is_ok()).count()
         });
     }
 }
