@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{info, warn};
 
 pub use build::{build_snapshot, BadValue};
 pub use snapshot::{HealthFilter, Instance, Member, MemberStatus, Query, Snapshot};
@@ -55,6 +55,7 @@ pub fn spawn_registry(
     let task = tokio::spawn(async move {
         let mut version = 0u64;
         let mut last_bad: Vec<BadValue> = Vec::new();
+        let mut statuses = MemberStatuses::default();
         loop {
             let view = view_rx.borrow_and_update().clone();
             version += 1;
@@ -65,6 +66,9 @@ pub fn spawn_registry(
                 warn!(node = %b.node, key = %b.key, error = %b.error, "skipped a gossip value that does not decode");
             }
             last_bad = bad;
+            for change in statuses.update(&snapshot.members) {
+                info!(member = %change.name, generation = change.generation, "member {}", change.what);
+            }
             let m = &metrics.members;
             let count = |s: MemberStatus| snapshot.members.iter().filter(|x| x.status == s).count() as u64;
             m.alive.set(count(MemberStatus::Alive));
@@ -82,4 +86,84 @@ pub fn spawn_registry(
         }
     });
     (RegistryReader { rx }, task)
+}
+
+/// A member whose status changed between two snapshots.
+#[derive(Debug, PartialEq, Eq)]
+struct StatusChange {
+    name: String,
+    generation: u64,
+    /// `joined`, `alive` (again), `dead`, `left` or `forgotten`.
+    what: &'static str,
+}
+
+/// The last status of every other member, so that each transition is logged once (an
+/// operator reads joins and failures from the log, as with Serf or Consul).
+#[derive(Default)]
+struct MemberStatuses(std::collections::BTreeMap<(String, u64), MemberStatus>);
+
+impl MemberStatuses {
+    fn update(&mut self, members: &[Member]) -> Vec<StatusChange> {
+        let mut changes = Vec::new();
+        let mut next = std::collections::BTreeMap::new();
+        for m in members.iter().filter(|m| !m.is_self) {
+            let key = (m.name.clone(), m.generation);
+            let what = match (self.0.get(&key), m.status) {
+                (Some(old), new) if *old == new => None,
+                (None, MemberStatus::Alive) => Some("joined"),
+                (_, MemberStatus::Alive) => Some("alive"),
+                (_, MemberStatus::Dead) => Some("dead"),
+                (_, MemberStatus::Left) => Some("left"),
+            };
+            if let Some(what) = what {
+                changes.push(StatusChange { name: m.name.clone(), generation: m.generation, what });
+            }
+            next.insert(key, m.status);
+        }
+        for (name, generation) in self.0.keys().filter(|k| !next.contains_key(*k)) {
+            changes.push(StatusChange { name: name.clone(), generation: *generation, what: "forgotten" });
+        }
+        self.0 = next;
+        changes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(name: &str, generation: u64, status: MemberStatus) -> Member {
+        Member {
+            name: name.into(),
+            gossip_addr: "127.0.0.1:7946".parse().expect("valid"),
+            advertise: None,
+            status,
+            generation,
+            zone: None,
+            agent_version: None,
+            instances: 0,
+            is_self: false,
+        }
+    }
+
+    #[test]
+    fn each_status_change_is_reported_once() {
+        let mut s = MemberStatuses::default();
+        let what = |c: Vec<StatusChange>| {
+            c.into_iter().map(|c| format!("{}/{} {}", c.name, c.generation, c.what)).collect::<Vec<_>>()
+        };
+        assert_eq!(what(s.update(&[member("a", 1, MemberStatus::Alive)])), ["a/1 joined"]);
+        assert!(s.update(&[member("a", 1, MemberStatus::Alive)]).is_empty());
+        assert_eq!(what(s.update(&[member("a", 1, MemberStatus::Dead)])), ["a/1 dead"]);
+        assert_eq!(what(s.update(&[member("a", 1, MemberStatus::Alive)])), ["a/1 alive"]);
+        // A restart: a new generation joins; the old one, once gone, is forgotten.
+        assert_eq!(
+            what(s.update(&[member("a", 1, MemberStatus::Dead), member("a", 2, MemberStatus::Alive)])),
+            ["a/1 dead", "a/2 joined"]
+        );
+        assert_eq!(what(s.update(&[member("a", 2, MemberStatus::Left)])), ["a/2 left", "a/1 forgotten"]);
+        let mut me = member("me", 1, MemberStatus::Alive);
+        me.is_self = true;
+        assert!(s.update(&[me]).iter().all(|c| c.name != "me"), "the local agent is not reported");
+    }
 }
