@@ -25,7 +25,7 @@ use super::*;
 
 const SETTLE: Duration = Duration::from_secs(5);
 const WINDOW: Duration = Duration::from_secs(30);
-const WAIT: Duration = Duration::from_secs(90);
+const WAIT: Duration = Duration::from_secs(60);
 const NFT_TABLE: &str = "murmur_peers_bench";
 
 #[derive(Clone, Copy, PartialEq)]
@@ -215,7 +215,11 @@ fn measure(tool: Tool, n: usize, counters: Option<&Counters>) -> serde_json::Val
     let spawned = t0.elapsed();
     let mut done = vec![None; n];
     while done.iter().any(Option::is_none) {
-        assert!(t0.elapsed() < WAIT, "{} agents never converged", tool.name());
+        if t0.elapsed() > WAIT {
+            let events = c.events.lock().expect("events lock");
+            let seen: Vec<usize> = (0..n).map(|i| events.iter().filter(|e| e.1 == i && e.2).count()).collect();
+            panic!("{} agents never converged: joins logged per agent {seen:?}", tool.name());
+        }
         c.procs.iter_mut().flatten().for_each(Proc::check_running);
         for (i, d) in done.iter_mut().enumerate().filter(|(_, d)| d.is_none()) {
             *d = c.converged_at(i, n);

@@ -13,38 +13,50 @@ use std::hash::Hash;
 /// Heartbeats a dead node must add before it counts as alive again.
 pub const REVIVE_BEATS: u64 = 3;
 
+/// What this agent last concluded about a node it has seen alive at least once.
+#[derive(Debug, Clone, Copy)]
+enum Verdict {
+    Alive,
+    /// Dead since this heartbeat.
+    Dead(u64),
+}
+
 /// The verdicts of one agent.
 #[derive(Debug)]
 pub struct Liveness<K> {
-    dead_at: HashMap<K, u64>,
+    verdicts: HashMap<K, Verdict>,
 }
 
 impl<K> Default for Liveness<K> {
     fn default() -> Self {
-        Self { dead_at: HashMap::new() }
+        Self { verdicts: HashMap::new() }
     }
 }
 
 impl<K: Eq + Hash + Clone> Liveness<K> {
-    /// Takes chitchat's verdict and the node's current heartbeat; returns ours.
+    /// Takes chitchat's verdict and the node's current heartbeat; returns ours. A node
+    /// never seen alive (just heard of, its heartbeats not yet counted) is not alive,
+    /// but it is not a dead node coming back either: it counts as alive as soon as
+    /// chitchat says so.
     pub fn judge(&mut self, node: &K, chitchat_alive: bool, heartbeat: u64) -> bool {
-        if !chitchat_alive {
-            self.dead_at.entry(node.clone()).or_insert(heartbeat);
-            return false;
-        }
-        match self.dead_at.get(node) {
-            Some(&at) if heartbeat < at.saturating_add(REVIVE_BEATS) => false,
-            Some(_) => {
-                self.dead_at.remove(node);
+        let verdict = self.verdicts.get(node).copied();
+        match (chitchat_alive, verdict) {
+            (false, Some(Verdict::Alive)) => {
+                self.verdicts.insert(node.clone(), Verdict::Dead(heartbeat));
+                false
+            }
+            (false, _) => false,
+            (true, Some(Verdict::Dead(at))) if heartbeat < at.saturating_add(REVIVE_BEATS) => false,
+            (true, _) => {
+                self.verdicts.insert(node.clone(), Verdict::Alive);
                 true
             }
-            None => true,
         }
     }
 
     /// Forgets nodes that are no longer known at all.
     pub fn retain(&mut self, known: impl Fn(&K) -> bool) {
-        self.dead_at.retain(|k, _| known(k));
+        self.verdicts.retain(|k, _| known(k));
     }
 }
 
@@ -63,5 +75,16 @@ mod tests {
         // It keeps beating: it is really back.
         assert!(l.judge(&"a", true, 13));
         assert!(l.judge(&"a", true, 14));
+    }
+
+    #[test]
+    fn a_new_node_is_alive_as_soon_as_chitchat_says_so() {
+        let mut l = Liveness::default();
+        // Heard of before its heartbeats were counted.
+        assert!(!l.judge(&"b", false, 1));
+        assert!(!l.judge(&"b", false, 2));
+        assert!(l.judge(&"b", true, 3), "a join is not a revival");
+        assert!(!l.judge(&"b", false, 3));
+        assert!(!l.judge(&"b", true, 4), "once it was alive and died, hysteresis applies");
     }
 }

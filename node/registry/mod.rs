@@ -97,10 +97,12 @@ struct StatusChange {
     what: &'static str,
 }
 
-/// The last status of every other member, so that each transition is logged once (an
-/// operator reads joins and failures from the log, as with Serf or Consul).
+/// The last status of every other member, and whether it was ever seen alive, so that
+/// each transition is logged once (an operator reads joins and failures from the log,
+/// as with Serf or Consul). A node is heard of before its first heartbeats are: until
+/// it has been alive it is not reported at all, so a join is never logged as a death.
 #[derive(Default)]
-struct MemberStatuses(std::collections::BTreeMap<(String, u64), MemberStatus>);
+struct MemberStatuses(std::collections::BTreeMap<(String, u64), (MemberStatus, bool)>);
 
 impl MemberStatuses {
     fn update(&mut self, members: &[Member]) -> Vec<StatusChange> {
@@ -108,19 +110,21 @@ impl MemberStatuses {
         let mut next = std::collections::BTreeMap::new();
         for m in members.iter().filter(|m| !m.is_self) {
             let key = (m.name.clone(), m.generation);
-            let what = match (self.0.get(&key), m.status) {
-                (Some(old), new) if *old == new => None,
-                (None, MemberStatus::Alive) => Some("joined"),
-                (_, MemberStatus::Alive) => Some("alive"),
-                (_, MemberStatus::Dead) => Some("dead"),
-                (_, MemberStatus::Left) => Some("left"),
+            let (old, was_alive) = self.0.get(&key).map_or((None, false), |(s, a)| (Some(*s), *a));
+            let what = match m.status {
+                _ if old == Some(m.status) => None,
+                MemberStatus::Alive if was_alive => Some("alive"),
+                MemberStatus::Alive => Some("joined"),
+                MemberStatus::Dead if was_alive => Some("dead"),
+                MemberStatus::Dead => None,
+                MemberStatus::Left => Some("left"),
             };
             if let Some(what) = what {
                 changes.push(StatusChange { name: m.name.clone(), generation: m.generation, what });
             }
-            next.insert(key, m.status);
+            next.insert(key, (m.status, was_alive || m.status == MemberStatus::Alive));
         }
-        for (name, generation) in self.0.keys().filter(|k| !next.contains_key(*k)) {
+        for ((name, generation), _) in self.0.iter().filter(|(k, (_, alive))| *alive && !next.contains_key(*k)) {
             changes.push(StatusChange { name: name.clone(), generation: *generation, what: "forgotten" });
         }
         self.0 = next;
@@ -152,6 +156,8 @@ mod tests {
         let what = |c: Vec<StatusChange>| {
             c.into_iter().map(|c| format!("{}/{} {}", c.name, c.generation, c.what)).collect::<Vec<_>>()
         };
+        // Heard of before its heartbeats: nothing yet; then it joins.
+        assert!(s.update(&[member("a", 1, MemberStatus::Dead)]).is_empty());
         assert_eq!(what(s.update(&[member("a", 1, MemberStatus::Alive)])), ["a/1 joined"]);
         assert!(s.update(&[member("a", 1, MemberStatus::Alive)]).is_empty());
         assert_eq!(what(s.update(&[member("a", 1, MemberStatus::Dead)])), ["a/1 dead"]);
