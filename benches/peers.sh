@@ -30,12 +30,14 @@ for svc in nginx haproxy unbound dnsmasq; do
   if command -v systemctl >/dev/null 2>&1; then systemctl stop "$svc" >/dev/null 2>&1 || true; fi
 done
 
-before=$(ls benches/results/peers-*.json 2>/dev/null | wc -l)
+shopt -s nullglob
+before=(benches/results/peers-*.json)
 cargo bench --bench peers
-results=$(ls -t benches/results/peers-*.json | head -1)
-if [ "$(ls benches/results/peers-*.json | wc -l)" -le "$before" ]; then
+after=(benches/results/peers-*.json)
+if [ ${#after[@]} -le ${#before[@]} ]; then
   echo "benches/peers.sh: the run wrote no results" >&2
   exit 1
 fi
+results=$(ls -t "${after[@]}" | head -1)
 cargo run --quiet --release --manifest-path benches/plot/Cargo.toml -- "$results" benches/results/plots "$font"
 echo "results: $results and ${results%.json}.md; plots: benches/results/plots/"

@@ -202,21 +202,44 @@ impl RequestHandler for Handler {
 /// The bound sockets of the stub, so start-up can fail on "address in use" before
 /// anything runs.
 pub struct DnsSockets {
-    udp: UdpSocket,
+    /// One UDP socket per core on the same address (`SO_REUSEPORT`): hickory reads and
+    /// answers each socket in one task, so one socket caps the stub at one core. The
+    /// kernel spreads clients over the sockets by their address and port.
+    udp: Vec<UdpSocket>,
     tcp: TcpListener,
 }
 
+/// At most this many UDP sockets, whatever the core count.
+const MAX_UDP_SOCKETS: usize = 4;
+
+fn reuseport_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::DGRAM, None)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
 impl DnsSockets {
-    /// Binds UDP and TCP on `listen`. With port 0, TCP takes the port UDP got.
+    /// Binds UDP and TCP on `listen`. With port 0, the other sockets take the port the
+    /// first UDP socket got. A port another agent already serves fails here all the same:
+    /// the UDP sockets could share it (same user, `SO_REUSEPORT`), but the TCP listener,
+    /// bound without port sharing, cannot.
     pub async fn bind(listen: SocketAddr) -> std::io::Result<DnsSockets> {
-        let udp = UdpSocket::bind(listen).await?;
-        let tcp = TcpListener::bind(udp.local_addr()?).await?;
+        let first = reuseport_udp(listen)?;
+        let addr = first.local_addr()?;
+        let mut udp = vec![first];
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_UDP_SOCKETS);
+        for _ in 1..cores {
+            udp.push(reuseport_udp(addr)?);
+        }
+        let tcp = TcpListener::bind(addr).await?;
         Ok(DnsSockets { udp, tcp })
     }
 
     /// The bound address.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.udp.local_addr()
+        self.tcp.local_addr()
     }
 }
 
@@ -234,7 +257,9 @@ pub async fn serve_dns(
         .with_aliases(&config.aliases);
     let handler = Handler { zone, registry, forwarder: forward::Forwarder::new(config.upstreams), metrics };
     let mut server = Server::new(handler);
-    server.register_socket(sockets.udp);
+    for udp in sockets.udp {
+        server.register_socket(udp);
+    }
     server.register_listener(sockets.tcp, TCP_IDLE, 64);
     tokio::select! {
         _ = cancel.cancelled() => {
