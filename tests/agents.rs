@@ -400,3 +400,103 @@ async fn seeds_are_retried_until_one_answers_and_dead_nodes_are_forgotten() {
     assert!(forgotten >= Duration::from_millis(1500), "forgotten too early: {forgotten:?}");
     early.kill().await;
 }
+
+/// Receives every datagram that reaches `sock` for `d`.
+async fn capture(sock: &tokio::net::UdpSocket, d: Duration) -> Vec<(Vec<u8>, SocketAddr)> {
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 65_536];
+    let end = tokio::time::Instant::now() + d;
+    while let Ok(Ok((n, from))) = tokio::time::timeout_at(end, sock.recv_from(&mut buf)).await {
+        got.push((buf[..n].to_vec(), from));
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn captured_gossip_reveals_nothing_and_replays_change_nothing() {
+    // A listener posing as a seed: agents gossip to it every round, so it captures real
+    // sealed datagrams, and it replays them from its own address, as an attacker on the
+    // path would.
+    let tap = tokio::net::UdpSocket::bind((ip(18, 99), 0)).await.expect("bind the tap");
+    let tap_addr = tap.local_addr().expect("addr");
+    let mesh = TestMesh::start_with(
+        18,
+        1,
+        |_| vec!["secretsvc:7000,check=none".into()],
+        |c| c.gossip.seeds.push(tap_addr.to_string()),
+    )
+    .await;
+    // Agent 0 alone: its Syn carries a digest that knows only itself.
+    let early = capture(&tap, Duration::from_millis(600)).await;
+    let early_syn = early.iter().map(|(d, _)| d.clone()).next().expect("agent 0 gossips to its seeds");
+    let key = mesh.key.clone();
+    let second =
+        Agent::start(config(18, 1, Some(&key), &[mesh.seed(), tap_addr], &["secretsvc:7001,check=none".into()]))
+            .await
+            .expect("agent 1 starts");
+    for a in [mesh.agent(0), &second] {
+        let (snap, ok) = a.registry().wait_for(WAIT, |s| s.services.values().map(Vec::len).sum::<usize>() == 2).await;
+        assert!(ok, "both instances everywhere: {:?}", snap.services);
+    }
+    // Nothing readable crosses the wire: no service, node or instance name in any datagram.
+    let captured = capture(&tap, Duration::from_millis(600)).await;
+    assert!(captured.len() >= 2, "both agents gossip to the tap");
+    for (d, _) in captured.iter().chain(early.iter()) {
+        for secret in [&b"secretsvc"[..], b"agent-0", b"agent-1"] {
+            assert!(
+                !d.windows(secret.len()).any(|w| w == secret),
+                "plaintext {:?} on the wire",
+                String::from_utf8_lossy(secret)
+            );
+        }
+    }
+    // Replay agent 0's early Syn to agent 1: it opens (right key, fresh timestamp) and
+    // agent 1 answers the tap with everything that Syn lacked, agent 1's instance included.
+    tap.send_to(&early_syn, second.gossip_addr()).await.expect("replay");
+    let answers: Vec<Vec<u8>> = capture(&tap, Duration::from_millis(400))
+        .await
+        .into_iter()
+        .filter(|(_, from)| *from == second.gossip_addr())
+        .map(|(d, _)| d)
+        .collect();
+    assert!(!answers.is_empty(), "agent 1 answered the replayed Syn");
+    let old_state = answers.iter().max_by_key(|d| d.len()).expect("an answer").clone();
+    // Control: the answer carries state. A fresh agent with the key and no seeds learns
+    // of agent 1 from that one replayed datagram.
+    let fresh = Agent::start(config(18, 2, Some(&key), &[], &[])).await.expect("agent 2 starts");
+    tap.send_to(&old_state, fresh.gossip_addr()).await.expect("replay");
+    let (snap, ok) = fresh.registry().wait_for(WAIT, |s| s.members.iter().any(|m| m.name == "agent-1")).await;
+    assert!(ok, "the replayed answer carried agent 1's state: {:?}", snap.members);
+    fresh.kill().await;
+
+    // Agent 1 deregisters its instance; agent 0 sees it go.
+    let api = ApiClient::new(second.api_addr());
+    api.delete("/v1/services/secretsvc/agent-1-7001").await.expect("deregister");
+    let (snap, ok) =
+        mesh.agent(0).registry().wait_for(WAIT, |s| s.services.values().map(Vec::len).sum::<usize>() == 1).await;
+    assert!(ok, "agent 0 saw the deregistration: {:?}", snap.services);
+
+    // Replaying the old state (and every other captured datagram) to both agents changes
+    // nothing: it opens, but chitchat's versions are older than what they hold.
+    let m0 = mesh.agent(0).metrics();
+    let (opened0, refused0) = (m0.gossip.packets_received.get(), m0.gossip.undecryptable.get());
+    for _ in 0..5 {
+        tap.send_to(&old_state, mesh.agent(0).gossip_addr()).await.expect("replay");
+        for (d, _) in captured.iter().chain(early.iter()) {
+            tap.send_to(d, mesh.agent(0).gossip_addr()).await.expect("replay");
+            tap.send_to(d, second.gossip_addr()).await.expect("replay");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(m0.gossip.packets_received.get() > opened0 + 5, "the replays arrived");
+    assert_eq!(m0.gossip.undecryptable.get(), refused0, "the replays opened: versions, not the key, stopped them");
+    for a in [mesh.agent(0), &second] {
+        let snap = a.registry().snapshot();
+        let ports: Vec<u16> = snap.services.values().flatten().map(|i| i.port).collect();
+        assert_eq!(ports, [7000], "{}: the deregistered instance stays gone", a.name());
+        assert_eq!(snap.members.iter().filter(|m| m.status == MemberStatus::Alive).count(), 2);
+    }
+    second.kill().await;
+    mesh.stop().await;
+}
