@@ -130,6 +130,16 @@ async fn until(deadline: Duration, cap_mb: f64, mut share: impl FnMut() -> f64) 
     }
 }
 
+/// Stops every agent at once, waiting at most 30 s: a CPU-starved simulation can take
+/// long to wind down one by one.
+async fn stop_all(nodes: Vec<Option<Gossip>>) {
+    let mut stops = tokio::task::JoinSet::new();
+    for g in nodes.into_iter().flatten() {
+        stops.spawn(g.stop());
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(30), async { while stops.join_next().await.is_some() {} }).await;
+}
+
 async fn simulate(n: usize, interval: Duration, deadline: Duration, cap_mb: f64) -> serde_json::Value {
     let keyring = Keyring::from_base64(&[Keyring::generate_base64()]).expect("a fresh key");
     let metrics = Arc::new(Metrics::default());
@@ -150,10 +160,24 @@ async fn simulate(n: usize, interval: Duration, deadline: Duration, cap_mb: f64)
             dead_grace: Duration::from_secs(3600),
             drain: Duration::ZERO,
         };
-        let socket = tokio::net::UdpSocket::bind(addr).await.unwrap_or_else(|e| panic!("bind {addr}: {e}"));
-        let gossip = spawn_gossip(&config, &format!("sim-{i}"), 1, socket, initial_state(i, ip(i)), metrics.clone())
-            .await
-            .expect("gossip starts");
+        let started = match tokio::net::UdpSocket::bind(addr).await {
+            Ok(socket) => {
+                spawn_gossip(&config, &format!("sim-{i}"), 1, socket, initial_state(i, ip(i)), metrics.clone())
+                    .await
+                    .map_err(|e| format!("{e:#}"))
+            }
+            Err(e) => Err(format!("bind {addr}: {e}")),
+        };
+        let gossip = match started {
+            Ok(g) => g,
+            Err(error) => {
+                // Typically the open-file limit: each agent holds a gossip socket and
+                // the two loopback sockets of its envelope codec.
+                println!("  N={n}: could not start agent {i}: {error}");
+                stop_all(nodes).await;
+                return serde_json::json!({"nodes": n, "gave_up": "start", "started": i, "error": error});
+            }
+        };
         nodes.push(Some(gossip));
     }
     let spawn_s = started.elapsed().as_secs_f64();
@@ -210,9 +234,7 @@ async fn simulate(n: usize, interval: Duration, deadline: Duration, cap_mb: f64)
     }
     report["cpu_seconds"] = (cpu_seconds() - cpu0).into();
     report["rss_mb"] = rss_mb().into();
-    for g in nodes.into_iter().flatten() {
-        g.stop().await;
-    }
+    stop_all(nodes).await;
     report
 }
 
