@@ -1,0 +1,214 @@
+//! 10,000 concurrent connections through one sidecar: `cargo bench --bench conns`
+//! (needs nginx, which `benches/peers.sh` installs). A client sidecar and a server
+//! sidecar (the real binary, mutual TLS) front nginx; this process opens connections
+//! through the client sidecar in steps of 2,500 up to `MURMUR_CONNS` (default 10,000),
+//! each an HTTP/1.1 keep-alive connection that must answer 200, then keeps every one
+//! busy (a request on each, round after round) for 20 s, then closes them all. It prints
+//! both sidecars' RSS at every step, through the hold and after the close, and fails if
+//! any request fails or a connection outlives its client. (RSS after the close shows
+//! what the allocator keeps, not live connections: the sidecar's own count of active
+//! connections is checked instead.) nginx runs as its own process so that the backend's sockets do not
+//! count against this process's open-file limit.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const BIN: &str = env!("CARGO_BIN_EXE_murmur");
+const CLIENT: &str = "127.69.0.1";
+const SERVER: &str = "127.69.0.2";
+const BACKEND: &str = "127.69.0.3";
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn run(args: &[&str]) -> String {
+    let out = Command::new(BIN).args(args).output().expect("murmur runs");
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn rss_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+/// One request on a keep-alive connection; the response is nginx's fixed 2-byte body.
+async fn request(s: &mut TcpStream) -> bool {
+    if s.write_all(b"GET / HTTP/1.1\r\nHost: conns\r\n\r\n").await.is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 512];
+    let mut got = Vec::new();
+    while !got.ends_with(b"\r\n\r\nok") {
+        match tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => return false,
+        }
+    }
+    got.starts_with(b"HTTP/1.1 200")
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let target: usize = std::env::var("MURMUR_CONNS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let dir = std::env::temp_dir().join(format!("murmur-conns-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("nginx")).expect("scratch directory");
+    let d = |p: &str| dir.join(p).to_string_lossy().into_owned();
+    let conf = format!(
+        "daemon off;\nmaster_process off;\nworker_processes 1;\nworker_rlimit_nofile 40000;\npid {n}/nginx.pid;\n\
+         error_log {n}/error.log warn;\nevents {{ worker_connections 30000; }}\nhttp {{\n  access_log off;\n  \
+         client_body_temp_path {n};\n  proxy_temp_path {n};\n  fastcgi_temp_path {n};\n  uwsgi_temp_path {n};\n  \
+         scgi_temp_path {n};\n  keepalive_requests 1000000;\n  keepalive_timeout 300s;\n  server {{\n    \
+         listen {BACKEND}:8080 backlog=4096;\n    location / {{ return 200 \"ok\"; }}\n  }}\n}}\n",
+        n = d("nginx")
+    );
+    std::fs::write(dir.join("nginx/nginx.conf"), conf).expect("nginx config");
+    let _nginx = Proc(
+        Command::new("nginx")
+            .args(["-p", &d("nginx"), "-c", &d("nginx/nginx.conf")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nginx (benches/peers.sh installs it)"),
+    );
+    run(&["ca", "init", "--dir", &d("ca")]);
+    run(&["cert", "issue", "--ca-dir", &d("ca"), "--name", "client", "--service", "loadgen", "--out", &d("client")]);
+    run(&["cert", "issue", "--ca-dir", &d("ca"), "--name", "server", "--service", "web", "--out", &d("server")]);
+    let key = run(&["keygen"]).trim().to_owned();
+    let agent = |name: &str, ip: &str, extra: &[String]| {
+        let c = |f: &str| d(&format!("{name}/{f}"));
+        Proc(
+            Command::new(BIN)
+                .args(["agent", "--name", name, "--bind", &format!("{ip}:7946"), "--dns-listen", &format!("{ip}:8600")])
+                .args(["--api-listen", &format!("{ip}:8500"), "--proxy-bind", &format!("{ip}:7947")])
+                .args(["--gossip-key", &key, "--dns-upstream", "127.0.0.1:1", "--tls-ca", &c("ca.pem")])
+                .args(["--tls-cert", &c("cert.pem"), "--tls-key", &c("key.pem")])
+                .args(extra)
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start murmur"),
+        )
+    };
+    let server = agent("server", SERVER, &["--service".into(), format!("web:8080,addr={BACKEND},check=none")]);
+    let client = agent(
+        "client",
+        CLIENT,
+        &[
+            "--seed".into(),
+            format!("{SERVER}:7946"),
+            "--service".into(),
+            "loadgen:1,check=none".into(),
+            "--upstream".into(),
+            format!("web:80,listen={CLIENT}:8080,max-connections=20000,max-pending=20000,idle-timeout=300s"),
+        ],
+    );
+    let (cpid, spid) = (client.0.id(), server.0.id());
+    let addr: SocketAddr = (CLIENT.parse::<IpAddr>().expect("ip"), 8080).into();
+    let start = Instant::now();
+    loop {
+        if let Ok(mut s) = TcpStream::connect(addr).await {
+            if request(&mut s).await {
+                break;
+            }
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "the client sidecar never reached nginx");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut rows = Vec::new();
+    let show = |label: String, rows: &mut Vec<serde_json::Value>| {
+        let (c, s) = (rss_mb(cpid), rss_mb(spid));
+        println!("| {label} | {c:.1} MB | {s:.1} MB |");
+        rows.push(serde_json::json!({"at": label, "client_rss_mb": c, "server_rss_mb": s}));
+    };
+    println!("| connections open | client sidecar RSS | server sidecar RSS |\n|---|---|---|");
+    show("0".into(), &mut rows);
+    let mut conns: Vec<TcpStream> = Vec::with_capacity(target);
+    while conns.len() < target {
+        let step = 2500.min(target - conns.len());
+        let mut opening = tokio::task::JoinSet::new();
+        for _ in 0..step {
+            opening.spawn(async move {
+                let mut s = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+                if request(&mut s).await {
+                    Ok(s)
+                } else {
+                    Err("first request failed".to_owned())
+                }
+            });
+        }
+        while let Some(r) = opening.join_next().await {
+            match r.expect("task") {
+                Ok(s) => conns.push(s),
+                Err(e) => panic!("connection {} of {target}: {e}", conns.len() + 1),
+            }
+        }
+        show(format!("{}", conns.len()), &mut rows);
+    }
+    // Hold: every connection makes a request every 2 s (about 5,000 requests/s in all).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut busy = tokio::task::JoinSet::new();
+    for (i, mut s) in std::mem::take(&mut conns).into_iter().enumerate() {
+        busy.spawn(async move {
+            // Spread the connections over the 2 s period.
+            tokio::time::sleep(Duration::from_micros((i as u64 * 2_000_000) / target as u64)).await;
+            let (mut ok, mut failed) = (0u64, 0u64);
+            while tokio::time::Instant::now() < deadline {
+                if request(&mut s).await {
+                    ok += 1;
+                } else {
+                    failed += 1;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            (s, ok, failed)
+        });
+    }
+    for t in [5, 10, 15] {
+        tokio::time::sleep_until(deadline - Duration::from_secs(20 - t)).await;
+        show(format!("{target}, {t} s into the hold"), &mut rows);
+    }
+    let (mut ok, mut failed) = (0, 0);
+    while let Some(r) = busy.join_next().await {
+        let (s, o, f) = r.expect("task");
+        ok += o;
+        failed += f;
+        conns.push(s);
+    }
+    show(format!("{target}, end of the hold ({ok} requests, {failed} failed)"), &mut rows);
+    assert_eq!(failed, 0, "requests failed during the hold");
+    drop(conns);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let upstreams = murmur::cli::ApiClient::new((CLIENT.parse::<IpAddr>().expect("ip"), 8500).into())
+        .get("/v1/upstreams")
+        .await
+        .unwrap_or_default();
+    let active =
+        upstreams.split("\"active\":").nth(1).and_then(|v| v.split([',', '}']).next()?.trim().parse::<u64>().ok());
+    show(format!("0 (all closed, 5 s later; the client sidecar counts {active:?} active)"), &mut rows);
+    assert_eq!(active, Some(0), "every proxied connection ended once its client closed");
+    let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/results");
+    let _ = std::fs::create_dir_all(&out);
+    let _ =
+        std::fs::write(out.join(format!("conns-{unix}.json")), serde_json::to_string_pretty(&rows).unwrap_or_default());
+    let _ = std::fs::remove_dir_all(&dir);
+}
