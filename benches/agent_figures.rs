@@ -6,10 +6,13 @@
 //! `benches/results/agent-<unix time>.json`. Absolute figures are noisy on a shared
 //! 2-core machine; each is a median over repeats with the worst case beside it.
 
+mod common;
+
 use std::net::{IpAddr, SocketAddr};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{agent_command, keygen, metric, rss_mb, write_json};
 use hickory_proto::rr::RecordType;
 use murmur::cli::ApiClient;
 use murmur::dns::client::{addresses, query};
@@ -53,17 +56,8 @@ fn ip(i: u8) -> IpAddr {
 
 fn start(i: u8, key: &str) -> Agent {
     let ip = ip(i);
-    let child = Command::new(env!("CARGO_BIN_EXE_murmur"))
-        .args(["agent", "--name", &format!("bench-{i}"), "--namespace", "bench.local"])
-        .args([
-            "--bind",
-            &format!("{ip}:7946"),
-            "--dns-listen",
-            &format!("{ip}:8600"),
-            "--api-listen",
-            &format!("{ip}:8500"),
-        ])
-        .args(["--seed", &format!("{}:7946", self::ip(0)), "--gossip-key", key, "--dns-upstream", "127.0.0.1:1"])
+    let child = agent_command(&format!("bench-{i}"), ip, key, None)
+        .args(["--namespace", "bench.local", "--seed", &format!("{}:7946", self::ip(0))])
         .args(["--service", "pool:80,check=none", "--service", &format!("n{i}:81,check=none")])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -92,17 +86,6 @@ where
     panic!("timed out waiting for {what}");
 }
 
-fn metric(text: &str, name: &str) -> u64 {
-    text.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0)
-}
-
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0)
-}
-
 fn stats(mut v: Vec<f64>) -> (f64, f64) {
     v.sort_by(|a, b| a.total_cmp(b));
     (v[v.len() / 2], v[v.len() - 1])
@@ -117,10 +100,7 @@ async fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let key =
-        String::from_utf8(Command::new(env!("CARGO_BIN_EXE_murmur")).arg("keygen").output().expect("keygen").stdout)
-            .expect("utf8");
-    let key = key.trim().to_owned();
+    let key = keygen();
     #[allow(non_snake_case)]
     let N = agents_wanted();
     let t0 = Instant::now();
@@ -165,7 +145,7 @@ async fn main() {
     let secs = w0.elapsed().as_secs_f64();
     let sent_per_agent = (s1 - s0) as f64 / secs / N as f64;
     let recv_per_agent = (r1 - r0) as f64 / secs / N as f64;
-    let rss: Vec<f64> = agents.iter().flatten().map(|a| rss_kb(a.child.id()) as f64 / 1024.0).collect();
+    let rss: Vec<f64> = agents.iter().flatten().map(|a| rss_mb(a.child.id())).collect();
     let (rss_med, rss_max) = stats(rss);
 
     // A new instance registered on agent 0 reaching agent 9's DNS answers.
@@ -247,7 +227,6 @@ async fn main() {
         "| gossip bytes per agent per second (sent / received) | {sent_per_agent:.0} / {recv_per_agent:.0} B/s | |"
     );
 
-    let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let json = serde_json::json!({
         "agents": N,
         "converge_ms": ms(converge),
@@ -257,10 +236,5 @@ async fn main() {
         "idle_rss_mb": {"median": rss_med, "max": rss_max},
         "gossip_bytes_per_agent_per_s": {"sent": sent_per_agent, "received": recv_per_agent},
     });
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/results");
-    let _ = std::fs::create_dir_all(&dir);
-    let path = dir.join(format!("agent-{unix}.json"));
-    if std::fs::write(&path, serde_json::to_string_pretty(&json).unwrap_or_default()).is_ok() {
-        println!("\nwrote {}", path.display());
-    }
+    write_json("agent", &json);
 }

@@ -11,39 +11,19 @@
 //! count against this process's open-file limit.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const BIN: &str = env!("CARGO_BIN_EXE_murmur");
+use common::{agent_command, keygen, murmur, rss_mb, start, write_json};
+
 const CLIENT: &str = "127.69.0.1";
 const SERVER: &str = "127.69.0.2";
 const BACKEND: &str = "127.69.0.3";
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn run(args: &[&str]) -> String {
-    let out = Command::new(BIN).args(args).output().expect("murmur runs");
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn rss_mb(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
-}
 
 /// One request on a keep-alive connection; the response is nginx's fixed 2-byte body.
 async fn request(s: &mut TcpStream) -> bool {
@@ -79,32 +59,21 @@ async fn main() {
         n = d("nginx")
     );
     std::fs::write(dir.join("nginx/nginx.conf"), conf).expect("nginx config");
-    let _nginx = Proc(
+    let _nginx = start(
+        "nginx",
         Command::new("nginx")
             .args(["-p", &d("nginx"), "-c", &d("nginx/nginx.conf")])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nginx (benches/peers.sh installs it)"),
+            .stderr(Stdio::null()),
     );
-    run(&["ca", "init", "--dir", &d("ca")]);
-    run(&["cert", "issue", "--ca-dir", &d("ca"), "--name", "client", "--service", "loadgen", "--out", &d("client")]);
-    run(&["cert", "issue", "--ca-dir", &d("ca"), "--name", "server", "--service", "web", "--out", &d("server")]);
-    let key = run(&["keygen"]).trim().to_owned();
+    murmur(&["ca", "init", "--dir", &d("ca")]);
+    murmur(&["cert", "issue", "--ca-dir", &d("ca"), "--name", "client", "--service", "loadgen", "--out", &d("client")]);
+    murmur(&["cert", "issue", "--ca-dir", &d("ca"), "--name", "server", "--service", "web", "--out", &d("server")]);
+    let key = keygen();
     let agent = |name: &str, ip: &str, extra: &[String]| {
-        let c = |f: &str| d(&format!("{name}/{f}"));
-        Proc(
-            Command::new(BIN)
-                .args(["agent", "--name", name, "--bind", &format!("{ip}:7946"), "--dns-listen", &format!("{ip}:8600")])
-                .args(["--api-listen", &format!("{ip}:8500"), "--proxy-bind", &format!("{ip}:7947")])
-                .args(["--gossip-key", &key, "--dns-upstream", "127.0.0.1:1", "--tls-ca", &c("ca.pem")])
-                .args(["--tls-cert", &c("cert.pem"), "--tls-key", &c("key.pem")])
-                .args(extra)
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start murmur"),
+        start(
+            name,
+            agent_command(name, ip, &key, Some(&d(name))).args(extra).stdout(Stdio::null()).stderr(Stdio::null()),
         )
     };
     let server = agent("server", SERVER, &["--service".into(), format!("web:8080,addr={BACKEND},check=none")]);
@@ -120,7 +89,7 @@ async fn main() {
             format!("web:80,listen={CLIENT}:8080,max-connections=20000,max-pending=20000,idle-timeout=300s"),
         ],
     );
-    let (cpid, spid) = (client.0.id(), server.0.id());
+    let (cpid, spid) = (client.pid(), server.pid());
     let addr: SocketAddr = (CLIENT.parse::<IpAddr>().expect("ip"), 8080).into();
     let start = Instant::now();
     loop {
@@ -201,14 +170,11 @@ async fn main() {
         .get("/v1/upstreams")
         .await
         .unwrap_or_default();
-    let active =
-        upstreams.split("\"active\":").nth(1).and_then(|v| v.split([',', '}']).next()?.trim().parse::<u64>().ok());
+    let active = serde_json::from_str::<Vec<murmur::api::types::UpstreamJson>>(&upstreams)
+        .ok()
+        .map(|ups| ups.iter().map(|u| u.active).sum::<u64>());
     show(format!("0 (all closed, 5 s later; the client sidecar counts {active:?} active)"), &mut rows);
     assert_eq!(active, Some(0), "every proxied connection ended once its client closed");
-    let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/results");
-    let _ = std::fs::create_dir_all(&out);
-    let _ =
-        std::fs::write(out.join(format!("conns-{unix}.json")), serde_json::to_string_pretty(&rows).unwrap_or_default());
+    write_json("conns", &rows.into());
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -11,9 +11,10 @@
 //! The flood and the prober share the machine's 2 cores with the agents: the figures show
 //! what a saturated agent still gives its own app, not a line rate.
 
+mod common;
+
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,34 +22,27 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use hickory_proto::op::{Message, Query};
 use hickory_proto::rr::{Name, RecordType};
+use murmur::api::types::MemberJson;
 use murmur::cli::ApiClient;
 use murmur::dns::client::{addresses, query};
+
+use common::{agent_command, keygen, metric, write_json, Proc};
 
 const A: [u8; 4] = [127, 68, 0, 1];
 const B: [u8; 4] = [127, 68, 0, 2];
 const PHASE: Duration = Duration::from_secs(10);
 
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn agent(name: &str, ip: [u8; 4], key: &str, extra: &[String]) -> Proc {
     let ip = IpAddr::from(ip);
-    let child = Command::new(env!("CARGO_BIN_EXE_murmur"))
-        .args(["agent", "--name", name, "--namespace", "flood.local", "--bind", &format!("{ip}:7946")])
-        .args(["--dns-listen", &format!("{ip}:8600"), "--api-listen", &format!("{ip}:8500")])
-        .args(["--gossip-key", key, "--dns-upstream", "127.0.0.1:1"])
-        .args(extra)
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start murmur");
-    Proc(child)
+    common::start(
+        name,
+        agent_command(name, ip, key, None)
+            .args(["--namespace", "flood.local"])
+            .args(extra)
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
 }
 
 /// Looks a name up every 2 ms until `stop`; returns the latencies (ns) and lost lookups.
@@ -146,12 +140,9 @@ fn us(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }
 
-fn metric(text: &str, name: &str) -> u64 {
-    text.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0)
-}
-
 async fn b_sees_a_alive(api: &ApiClient) -> bool {
-    api.get("/v1/members").await.map(|t| t.contains("\"name\":\"flood-a\"") && !t.contains("\"dead\"")).unwrap_or(false)
+    let members = api.get("/v1/members").await.ok().and_then(|t| serde_json::from_str::<Vec<MemberJson>>(&t).ok());
+    members.is_some_and(|m| m.iter().any(|m| m.name == "flood-a" && m.status == "alive"))
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -159,10 +150,8 @@ async fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let key =
-        String::from_utf8(Command::new(env!("CARGO_BIN_EXE_murmur")).arg("keygen").output().expect("keygen").stdout)
-            .expect("utf8");
-    let key = key.trim();
+    let key = keygen();
+    let key = key.as_str();
     let services: Vec<String> =
         (0..50).flat_map(|n| ["--service".to_owned(), format!("svc{n}:80,id=svc{n}-0,check=none")]).collect();
     let _a = agent("flood-a", A, key, &services);
@@ -229,11 +218,5 @@ async fn main() {
         println!("{phase}: {line}");
         report.insert(phase.into(), line);
     }
-    let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/results");
-    let _ = std::fs::create_dir_all(&out);
-    let path = out.join(format!("flood-{unix}.json"));
-    if std::fs::write(&path, serde_json::to_string_pretty(&report).unwrap_or_default()).is_ok() {
-        println!("wrote {}", path.display());
-    }
+    write_json("flood", &report.into());
 }

@@ -22,6 +22,7 @@
 //! (default 3), `MURMUR_PEERS_SIZES` (membership sizes, default `10,50,100`),
 //! `MURMUR_PEERS_KEEP` (keep the scratch directory with configs and logs).
 
+mod common;
 mod peers_support;
 
 use peers_support::*;

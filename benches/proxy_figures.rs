@@ -10,9 +10,10 @@
 //! On a shared 2-core machine the load generator, the apps and both sidecars compete
 //! for the same cores: absolute figures are noisy, the ratios less so.
 
+mod common;
+
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,22 +22,10 @@ use hdrhistogram::Histogram;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-const BIN: &str = env!("CARGO_BIN_EXE_murmur");
+use common::{agent_command, keygen, murmur, start, write_json};
+
 const CLIENT: [u8; 4] = [127, 60, 0, 1];
 const SERVER: [u8; 4] = [127, 60, 0, 2];
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn run(args: &[&str]) {
-    let out = Command::new(BIN).args(args).output().expect("murmur runs");
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
 
 async fn echo_server(l: TcpListener) {
     while let Ok((mut s, _)) = l.accept().await {
@@ -151,9 +140,9 @@ async fn main() {
     }
     let dir = std::env::temp_dir().join(format!("murmur-proxy-bench-{}", std::process::id()));
     let d = |p: &str| dir.join(p).to_string_lossy().into_owned();
-    run(&["ca", "init", "--dir", &d("ca")]);
-    run(&["cert", "issue", "--ca-dir", &d("ca"), "--name", "client", "--service", "web", "--out", &d("client")]);
-    run(&[
+    murmur(&["ca", "init", "--dir", &d("ca")]);
+    murmur(&["cert", "issue", "--ca-dir", &d("ca"), "--name", "client", "--service", "web", "--out", &d("client")]);
+    murmur(&[
         "cert",
         "issue",
         "--ca-dir",
@@ -169,8 +158,8 @@ async fn main() {
         "--out",
         &d("server"),
     ]);
-    let key = String::from_utf8(Command::new(BIN).arg("keygen").output().expect("keygen").stdout).expect("utf8");
-    let key = key.trim();
+    let key = keygen();
+    let key = key.as_str();
 
     let server_ip = std::net::IpAddr::from(SERVER);
     let echo = TcpListener::bind((server_ip, 0)).await.expect("bind");
@@ -183,16 +172,9 @@ async fn main() {
 
     let agent = |name: &str, ip: [u8; 4], extra: Vec<String>, certs: &str| {
         let ip = std::net::IpAddr::from(ip);
-        let mut cmd = Command::new(BIN);
-        cmd.args(["agent", "--name", name, "--bind", &format!("{ip}:7946"), "--dns-listen", &format!("{ip}:8600")])
-            .args(["--api-listen", &format!("{ip}:8500"), "--proxy-bind", &format!("{ip}:7947"), "--gossip-key", key])
-            .args(["--dns-upstream", "127.0.0.1:1", "--tls-ca", &d(&format!("{certs}/ca.pem"))])
-            .args(["--tls-cert", &d(&format!("{certs}/cert.pem")), "--tls-key", &d(&format!("{certs}/key.pem"))])
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        Proc(cmd.spawn().expect("agent starts"))
+        let mut cmd = agent_command(name, ip, key, Some(&d(certs)));
+        cmd.args(extra).stdout(Stdio::null()).stderr(Stdio::null());
+        start(name, &mut cmd)
     };
     let server = agent(
         "server",
@@ -286,17 +268,11 @@ async fn main() {
         best(&cps_proxy),
         100.0 * best(&cps_proxy) / best(&cps_direct)
     );
-    let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let json = serde_json::json!({
         "rr_us": {"direct": {"p50": dp50, "p99": dp99}, "proxied": {"p50": pp50, "p99": pp99}},
         "bulk_gbit_s": {"direct": tp_direct, "proxied": tp_proxy},
         "new_connections_per_s": {"direct": cps_direct, "proxied": cps_proxy},
         "client_upstreams": serde_json::from_str::<serde_json::Value>(&stats).unwrap_or_default(),
     });
-    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/results");
-    let _ = std::fs::create_dir_all(&out);
-    let path = out.join(format!("proxy-{unix}.json"));
-    if std::fs::write(&path, serde_json::to_string_pretty(&json).unwrap_or_default()).is_ok() {
-        println!("\nwrote {}", path.display());
-    }
+    write_json("proxy", &json);
 }

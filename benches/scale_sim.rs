@@ -15,9 +15,10 @@
 //! per-agent cost (digest size grows with N) meets one machine's CPU, not what N real
 //! hosts would see: see the printed CPU figure.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,21 +38,14 @@ fn ip(i: usize) -> IpAddr {
     IpAddr::from([127, 90 + (j >> 16) as u8, (j >> 8) as u8, j as u8])
 }
 
+/// CPU seconds this process has used.
 fn cpu_seconds() -> f64 {
-    // utime and stime, fields 14 and 15 of /proc/self/stat, in clock ticks (100/s here).
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let tick = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
-    (tick(11) + tick(12)) as f64 / 100.0
+    common::cpu_seconds(std::process::id())
 }
 
+/// This process's resident memory, MB.
 fn rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
+    common::rss_mb(std::process::id())
 }
 
 fn initial_state(i: usize, addr: IpAddr) -> Vec<(String, String)> {
@@ -259,12 +253,5 @@ async fn main() {
         // Let the sockets and tasks of this size go before the next.
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/results");
-    let _ = std::fs::create_dir_all(&out);
-    let path = out.join(format!("scale-{unix}.json"));
-    let json = serde_json::json!({ "runs": runs });
-    if std::fs::write(&path, serde_json::to_string_pretty(&json).unwrap_or_default()).is_ok() {
-        println!("wrote {}", path.display());
-    }
+    common::write_json("scale", &serde_json::json!({ "runs": runs }));
 }

@@ -38,7 +38,7 @@ fn queries(work: &WorkDir) -> String {
 }
 
 fn start_murmur(work: &WorkDir) -> Proc {
-    let key = output(MURMUR, &["keygen"]).trim().to_owned();
+    let key = keygen();
     let mut args: Vec<String> =
         ["agent", "--name", "dns-bench", "--namespace", ZONE].iter().map(|s| s.to_string()).collect();
     args.extend([
@@ -118,27 +118,17 @@ fn parse_dnsperf(out: &str) -> (f64, u64, u64, u64, u64) {
     (qps, lost, ok, nx, other)
 }
 
+/// dnsperf against `server` for `secs` from 4 clients, with `extra` options.
+fn dnsperf(server: &Server, queries: &str, secs: u64, extra: &[&str]) -> String {
+    let (port, secs) = (PORT.to_string(), secs.to_string());
+    let mut args = vec!["-s", server.ip, "-p", &port, "-d", queries, "-l", &secs, "-c", "4"];
+    args.extend_from_slice(extra);
+    output("dnsperf", &args)
+}
+
 fn saturate(server: &Server, queries: &str, secs: u64) -> serde_json::Value {
     let usage = Usage::start(vec![server.proc.pid()]);
-    let out = output(
-        "dnsperf",
-        &[
-            "-s",
-            server.ip,
-            "-p",
-            &PORT.to_string(),
-            "-d",
-            queries,
-            "-l",
-            &secs.to_string(),
-            "-c",
-            "4",
-            "-T",
-            "2",
-            "-q",
-            "200",
-        ],
-    );
+    let out = dnsperf(server, queries, secs, &["-T", "2", "-q", "200"]);
     let (cpu, rss) = usage.finish();
     let (qps, lost, ok, nx, other) = parse_dnsperf(&out);
     assert!(qps > 0.0 && other == 0, "{} answered badly under dnsperf:\n{out}", server.name);
@@ -154,26 +144,7 @@ fn saturate(server: &Server, queries: &str, secs: u64) -> serde_json::Value {
 }
 
 fn paced(server: &Server, queries: &str, secs: u64) -> serde_json::Value {
-    let out = output(
-        "dnsperf",
-        &[
-            "-s",
-            server.ip,
-            "-p",
-            &PORT.to_string(),
-            "-d",
-            queries,
-            "-l",
-            &secs.to_string(),
-            "-c",
-            "4",
-            "-T",
-            "1",
-            "-Q",
-            "20000",
-            "-v",
-        ],
-    );
+    let out = dnsperf(server, queries, secs, &["-T", "1", "-Q", "20000", "-v"]);
     let mut lat: Vec<f64> = out
         .lines()
         .filter(|l| l.starts_with("> "))
@@ -210,6 +181,7 @@ pub fn run(settings: &Settings, work: &WorkDir) -> (serde_json::Value, String) {
                 break;
             }
             assert!(start.elapsed().as_secs() < 30, "{} never answered {last}", s.name);
+            std::thread::sleep(std::time::Duration::from_millis(50));
         }
     }
     let mut sat: Vec<Vec<serde_json::Value>> = vec![Vec::new(); servers.len()];

@@ -86,11 +86,8 @@ impl Cluster {
         let seed = tool.ip(0);
         let mut cmd = match tool {
             Tool::Murmur => {
-                let mut c = Command::new(MURMUR);
-                c.args(["agent", "--name", &tool.node(i), "--bind", &format!("{ip}:7946")])
-                    .args(["--api-listen", &format!("{ip}:8500"), "--dns-listen", &format!("{ip}:8600")])
-                    .args(["--gossip-key", key, "--dns-upstream", "127.0.0.1:1"])
-                    .args(["--seed", &format!("{seed}:7946")])
+                let mut c = agent_command(&tool.node(i), &ip, key, None);
+                c.args(["--seed", &format!("{seed}:7946")])
                     .env("RUST_LOG", "warn,murmur::registry=info")
                     .env("NO_COLOR", "1");
                 c
@@ -105,12 +102,9 @@ impl Cluster {
                 c
             }
         };
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {}: {e} (benches/peers.sh installs it)", tool.name()));
+        let mut proc =
+            start(&format!("{} {}", tool.name(), tool.node(i)), cmd.stdout(Stdio::piped()).stderr(Stdio::piped()));
+        let child = &mut proc.child;
         for pipe in [
             child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
             child.stderr.take().map(|p| Box::new(p) as _),
@@ -127,7 +121,7 @@ impl Cluster {
                 }
             });
         }
-        self.procs.push(Some(Proc { child, name: format!("{} {}", tool.name(), tool.node(i)), log: None }));
+        self.procs.push(Some(proc));
     }
 
     fn pids(&self) -> Vec<u32> {
@@ -203,7 +197,7 @@ impl Drop for Counters {
 
 fn measure(tool: Tool, n: usize, counters: Option<&Counters>) -> serde_json::Value {
     println!("  membership: {n} {} agents", tool.name());
-    let key = output(MURMUR, &["keygen"]).trim().to_owned();
+    let key = keygen();
     let mut c = Cluster { tool, procs: Vec::new(), events: Arc::default() };
     let t0 = Instant::now();
     c.start_agent(0, &key);

@@ -5,12 +5,10 @@ pub mod dns;
 pub mod membership;
 pub mod proxy;
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-pub const MURMUR: &str = env!("CARGO_BIN_EXE_murmur");
+pub use crate::common::*;
 
 /// What to run and for how long.
 pub struct Settings {
@@ -83,147 +81,6 @@ impl Drop for WorkDir {
             return;
         }
         let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A child process killed (SIGKILL) and reaped when dropped.
-pub struct Proc {
-    pub child: Child,
-    pub name: String,
-    /// Where its output goes, if to a file.
-    pub log: Option<PathBuf>,
-}
-
-impl Proc {
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Panics with the process's name if it already exited (a bad config, a port in use).
-    pub fn check_running(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            let log = self.log.as_ref().and_then(|p| std::fs::read_to_string(p).ok()).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect();
-            panic!("{} exited early ({status}); the end of its output:\n{}", self.name, tail.join("\n"));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `program args`, logging to `log`.
-pub fn spawn(name: &str, program: &str, args: &[&str], log: &Path) -> Proc {
-    let out = std::fs::File::create(log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
-    let err = out.try_clone().expect("clone the log handle");
-    let child = Command::new(program)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {program}: {e} (is it installed? benches/peers.sh installs it)"));
-    Proc { child, name: name.to_owned(), log: Some(log.to_owned()) }
-}
-
-/// Runs a command to completion and returns its stdout; panics with stderr on failure.
-pub fn output(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("run {program}: {e} (is it installed? benches/peers.sh installs it)"));
-    assert!(out.status.success(), "{program} {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Waits until something accepts TCP connections on `addr`.
-pub fn wait_tcp(addr: SocketAddr, what: &str) {
-    let start = Instant::now();
-    while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(20), "{what} never listened on {addr}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// CPU seconds (user + system) a process has used.
-pub fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-    let tick = |i: usize| fields.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
-    (tick(11) + tick(12)) as f64 / clock_ticks()
-}
-
-fn clock_ticks() -> f64 {
-    output("getconf", &["CLK_TCK"]).trim().parse().unwrap_or(100.0)
-}
-
-fn status_kb(pid: u32, field: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0.0)
-}
-
-/// Resident memory now, MB.
-pub fn rss_mb(pid: u32) -> f64 {
-    status_kb(pid, "VmRSS:") / 1024.0
-}
-
-/// Peak resident memory since start or the last [`reset_peak`], MB.
-pub fn peak_rss_mb(pid: u32) -> f64 {
-    status_kb(pid, "VmHWM:") / 1024.0
-}
-
-/// Resets a process's peak RSS (`/proc/PID/clear_refs`, value 5), so that the next
-/// [`peak_rss_mb`] covers one run.
-pub fn reset_peak(pid: u32) {
-    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
-}
-
-/// CPU seconds and peak RSS of a set of processes over one run.
-pub struct Usage {
-    pids: Vec<u32>,
-    cpu0: f64,
-}
-
-impl Usage {
-    pub fn start(pids: Vec<u32>) -> Usage {
-        pids.iter().for_each(|&p| reset_peak(p));
-        let cpu0 = pids.iter().map(|&p| cpu_seconds(p)).sum();
-        Usage { pids, cpu0 }
-    }
-
-    /// (CPU seconds, summed peak RSS in MB).
-    pub fn finish(self) -> (f64, f64) {
-        let cpu = self.pids.iter().map(|&p| cpu_seconds(p)).sum::<f64>() - self.cpu0;
-        (cpu, self.pids.iter().map(|&p| peak_rss_mb(p)).sum())
-    }
-}
-
-pub fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-pub fn ratio(a: f64, b: f64) -> f64 {
-    if b > 0.0 {
-        a / b
-    } else {
-        f64::NAN
     }
 }
 

@@ -115,7 +115,7 @@ fn nginx_config(work: &WorkDir) -> String {
 
 fn certificates(work: &WorkDir) {
     let certs = work.text("certs");
-    output(MURMUR, &["ca", "init", "--dir", &format!("{certs}/ca")]);
+    murmur(&["ca", "init", "--dir", &format!("{certs}/ca")]);
     let issue = |name: &str, services: &[&str]| {
         let mut args = vec!["cert", "issue", "--ca-dir"];
         let ca = format!("{certs}/ca");
@@ -124,7 +124,7 @@ fn certificates(work: &WorkDir) {
         for s in services {
             args.extend(["--service", s]);
         }
-        output(MURMUR, &args);
+        murmur(&args);
         let pem =
             [std::fs::read_to_string(format!("{out}/cert.pem")), std::fs::read_to_string(format!("{out}/key.pem"))];
         let [Ok(cert), Ok(key)] = pem else { panic!("murmur cert issue wrote no PEM files in {out}") };
@@ -138,35 +138,8 @@ fn certificates(work: &WorkDir) {
 
 fn murmur_agent(work: &WorkDir, name: &str, ip: &str, key: &str, extra: &[String]) -> Proc {
     let certs = work.text(&format!("certs/{name}"));
-    let mut args: Vec<String> = [
-        "agent",
-        "--name",
-        name,
-        "--bind",
-        &format!("{ip}:7946"),
-        "--dns-listen",
-        &format!("{ip}:8600"),
-        "--api-listen",
-        &format!("{ip}:8500"),
-        "--proxy-bind",
-        &format!("{ip}:7947"),
-        "--gossip-key",
-        key,
-        "--dns-upstream",
-        "127.0.0.1:1",
-        "--tls-ca",
-        &format!("{certs}/ca.pem"),
-        "--tls-cert",
-        &format!("{certs}/cert.pem"),
-        "--tls-key",
-        &format!("{certs}/key.pem"),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(extra.iter().cloned());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    spawn(&format!("murmur agent {name}"), MURMUR, &args, &work.path(&format!("{name}.log")))
+    let mut cmd = agent_command(name, ip, key, Some(&certs));
+    spawn_logged(&format!("murmur agent {name}"), cmd.args(extra), &work.path(&format!("{name}.log")))
 }
 
 fn run_wrk(threads: u32, conns: u32, close: bool, secs: u64, target: SocketAddr) -> WrkRun {
@@ -201,7 +174,7 @@ pub fn run(settings: &Settings, work: &WorkDir) -> (serde_json::Value, String) {
         spawn("nginx", "nginx", &["-p", &work.text("nginx"), "-c", &nginx_config(work)], &work.path("nginx.log")),
         spawn("iperf3 -s", "iperf3", &["-s", "-B", BACKEND, "-p", &IPERF_PORT.to_string()], &work.path("iperf3.log")),
     ];
-    let key = output(MURMUR, &["keygen"]).trim().to_owned();
+    let key = keygen();
     let services =
         |svc: &str, port: u16| vec!["--service".to_owned(), format!("{svc}:{port},addr={BACKEND},check=none")];
     let server = murmur_agent(

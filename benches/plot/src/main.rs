@@ -23,8 +23,18 @@ fn color(name: &str, i: usize) -> RGBColor {
     }
 }
 
+type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
+
+/// Fills `root` white, writes `title` across its top and returns the area below.
+fn page<'a>(root: &Area<'a>, title: &str) -> Result<Area<'a>> {
+    root.fill(&WHITE)?;
+    let (top, body) = root.split_vertically(40);
+    top.draw(&Text::new(title.to_owned(), (10, 10), (FONT, 22)))?;
+    Ok(body)
+}
+
 /// One bar chart: a bar per target, its value written above it.
-fn bars(area: &DrawingArea<BitMapBackend, plotters::coord::Shift>, title: &str, bars: &[(String, f64)]) -> Result<()> {
+fn bars(area: &Area, title: &str, bars: &[(String, f64)]) -> Result<()> {
     let top = bars.iter().map(|b| b.1).filter(|v| v.is_finite()).fold(0.0, f64::max).max(1e-9) * 1.2;
     let n = bars.len() as u32;
     let mut chart = ChartBuilder::on(area)
@@ -71,9 +81,7 @@ fn proxy(json: &Value, out: &Path) -> Result<()> {
     let labels = ["direct", "murmur", "HAProxy", "HAProxy mTLS"];
     let file = out.join("proxy.png");
     let root = BitMapBackend::new(&file, (1500, 820)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let (title, body) = root.split_vertically(40);
-    title.draw(&Text::new("Proxy path: client → proxy → proxy → nginx (medians, one run)", (10, 10), (FONT, 22)))?;
+    let body = page(&root, "Proxy path: client → proxy → proxy → nginx (medians, one run)")?;
     let panels = body.split_evenly((2, 3));
     let charts = [
         ("1 connection: p50 latency, µs (lower is better)", "rr_c1", "p50_us"),
@@ -96,13 +104,7 @@ fn dns(json: &Value, out: &Path) -> Result<()> {
     let servers = ["murmur", "dnsmasq", "unbound"];
     let file = out.join("dns.png");
     let root = BitMapBackend::new(&file, (1500, 430)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let (title, body) = root.split_vertically(40);
-    title.draw(&Text::new(
-        "DNS: 50 A names, 50 SRV names, 50 misses (dnsperf; medians, one run)",
-        (10, 10),
-        (FONT, 22),
-    ))?;
+    let body = page(&root, "DNS: 50 A names, 50 SRV names, 50 misses (dnsperf; medians, one run)")?;
     let panels = body.split_evenly((1, 3));
     let charts = [
         ("queries/s, saturated (higher is better)", "qps"),
@@ -121,9 +123,7 @@ fn membership(json: &Value, out: &Path) -> Result<()> {
     let runs = json["runs"].as_array().cloned().unwrap_or_default();
     let file = out.join("membership.png");
     let root = BitMapBackend::new(&file, (1500, 820)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let (title, body) = root.split_vertically(40);
-    title.draw(&Text::new("Membership: murmur and Serf, N agents on loopback (one run)", (10, 10), (FONT, 22)))?;
+    let body = page(&root, "Membership: murmur and Serf, N agents on loopback (one run)")?;
     let panels = body.split_evenly((2, 2));
     let charts = [
         ("kill -9 until every other agent drops it, ms", "/kill9_detect_ms/all"),
