@@ -6,7 +6,9 @@
 //! gossip ports (10,000 per second, then as fast as it can), at once. It reports
 //! the prober's p50/p99/p99.9 and lost lookups in each phase, how many flood queries A
 //! answered, A's counters of datagrams it refused, and whether B kept A alive throughout
-//! (garbage at the gossip port must not cost A its membership).
+//! (garbage at the gossip port must not cost A its membership). The phases run twice:
+//! with A's per-source rate limit off, then at its default. The prober, like the
+//! standard resolver, asks from a fresh socket each time; each flood sender uses one.
 //!
 //! The flood and the prober share the machine's 2 cores with the agents: the figures show
 //! what a saturated agent still gives its own app, not a line rate.
@@ -151,10 +153,24 @@ async fn main() {
         return;
     }
     let key = keygen();
-    let key = key.as_str();
-    let services: Vec<String> =
+    let mut report = serde_json::Map::new();
+    // The same phases with the stub's per-source rate limit off, then at its default.
+    let default = murmur::config::DEFAULT_DNS_RATE_LIMIT;
+    let settings = [("no rate limit".to_owned(), 0), (format!("default rate limit ({default}/s per socket)"), default)];
+    for (setting, limit) in settings {
+        println!("{setting}:");
+        report.insert(setting, phases(&key, limit).await.into());
+    }
+    write_json("flood", &report.into());
+}
+
+/// Starts the two agents, A's stub limited to `limit` queries/s per socket, and runs
+/// every phase.
+async fn phases(key: &str, limit: u32) -> serde_json::Map<String, serde_json::Value> {
+    let mut a_args: Vec<String> =
         (0..50).flat_map(|n| ["--service".to_owned(), format!("svc{n}:80,id=svc{n}-0,check=none")]).collect();
-    let _a = agent("flood-a", A, key, &services);
+    a_args.extend(["--dns-rate-limit".to_owned(), limit.to_string()]);
+    let _a = agent("flood-a", A, key, &a_args);
     let _b = agent("flood-b", B, key, &["--seed".into(), format!("{}:7946", IpAddr::from(A))]);
     let dns: SocketAddr = (IpAddr::from(A), 8600).into();
     let (api_a, api_b) =
@@ -166,7 +182,6 @@ async fn main() {
     }
 
     let mut report = serde_json::Map::new();
-    // (phase, offered query rate in total; 0 = unbounded).
     // (phase, offered queries and garbage datagrams per second; 0 = unbounded).
     let phases = [
         ("idle", None),
@@ -210,13 +225,14 @@ async fn main() {
             "p50_us": us(&h, 0.5), "p99_us": us(&h, 0.99), "p999_us": us(&h, 0.999),
             "flood_queries_per_s": sent.load(Ordering::Relaxed) as f64 / secs,
             "flood_answered_per_s": answered.load(Ordering::Relaxed) as f64 / secs,
+            "rate_limited_per_s": delta("murmur_dns_rate_limited_total") as f64 / secs,
             "garbage_datagrams_per_s": garbage.load(Ordering::Relaxed) as f64 / secs,
             "gossip_refused": delta("murmur_gossip_dropped_packets_total{reason=\"undecryptable\"}")
                 + delta("murmur_gossip_dropped_packets_total{reason=\"malformed\"}"),
             "b_saw_a_dead": a_dropped,
         });
-        println!("{phase}: {line}");
+        println!("  {phase}: {line}");
         report.insert(phase.into(), line);
     }
-    write_json("flood", &report.into());
+    report
 }

@@ -36,15 +36,23 @@ const LEAVE_SETTLE: Duration = Duration::from_millis(300);
 #[derive(Debug, Error)]
 pub enum StartError {
     /// The sidecar proxy could not start.
-    #[error("{0}")]
+    #[error(transparent)]
     Proxy(#[from] crate::proxy::ProxyError),
-    /// A socket could not be bound.
-    #[error("{setting}: {source} (got {addr})")]
+    /// A socket could not be bound (the OS error is the source).
+    #[error("{setting}: cannot bind {addr}")]
     Bind {
         /// The setting that names the address.
         setting: &'static str,
         /// The address.
         addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The hosts file could not be written.
+    #[error("--hosts-file: cannot write {}", path.display())]
+    HostsFile {
+        /// The file.
+        path: std::path::PathBuf,
         /// The OS error.
         source: std::io::Error,
     },
@@ -112,7 +120,7 @@ impl Agent {
         if let (Some(p), false) = (&config.proxy, aliases.is_empty()) {
             if let Some(path) = &p.hosts_file {
                 crate::proxy::vip::write_hosts(path, &aliases, &config.dns.namespace)
-                    .map_err(|source| StartError::Bind { setting: "--hosts-file", addr: api_addr, source })?;
+                    .map_err(|source| StartError::HostsFile { path: path.clone(), source })?;
             }
         }
 

@@ -54,6 +54,10 @@ fn start_murmur(work: &WorkDir) -> Proc {
         "127.0.0.1:1".into(),
         "--dns-ttl".into(),
         "60s".into(),
+        // dnsmasq and unbound have no per-source limit by default; dnsperf's 4 sockets
+        // would each be held to murmur's.
+        "--dns-rate-limit".into(),
+        "0".into(),
     ]);
     for n in 0..SERVICES {
         args.extend(["--service".into(), format!("svc{n}:80,id=svc{n}-0,check=none")]);

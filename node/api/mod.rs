@@ -207,8 +207,9 @@ fn spec_from_json(name: &str, instance: &str, body: RegisterJson) -> Result<Serv
     if let Some(i) = body.interval {
         spec.check.interval = parse_duration(&i).map_err(bad_request)?;
     }
-    if let Some(t) = body.timeout {
-        spec.check.timeout = parse_duration(&t).map_err(bad_request)?;
+    match body.timeout {
+        Some(t) => spec.check.timeout = parse_duration(&t).map_err(bad_request)?,
+        None => spec.check.fit_default_timeout(),
     }
     if let Some(n) = body.failures {
         spec.check.failures_before_critical = n;

@@ -65,6 +65,10 @@ pub struct AgentArgs {
     /// TTL of DNS answers (default 1s).
     #[arg(long, value_name = "DURATION")]
     pub dns_ttl: Option<String>,
+    /// UDP DNS queries answered per second per client socket (address and port); the
+    /// rest are dropped and counted (default 2000; 0: no limit).
+    #[arg(long, value_name = "N")]
+    pub dns_rate_limit: Option<u32>,
     /// Admin API address (default 127.0.0.1:8500).
     #[arg(long, value_name = "IP:PORT")]
     pub api_listen: Option<SocketAddr>,
@@ -143,6 +147,7 @@ impl AgentArgs {
             dns_upstreams: (!self.dns_upstreams.is_empty()).then(|| self.dns_upstreams.clone()),
             dns_ttl: duration_flag("--dns-ttl", &self.dns_ttl)?.map(|d| ttl_secs("--dns-ttl", d)).transpose()?,
             dns_max_answers: None,
+            dns_rate_limit: self.dns_rate_limit,
             api_listen: self.api_listen,
             services,
             log_json: self.log_json.then_some(true),

@@ -56,6 +56,7 @@ pub struct Layer {
     pub dns_upstreams: Option<Vec<SocketAddr>>,
     pub dns_ttl: Option<u32>,
     pub dns_max_answers: Option<usize>,
+    pub dns_rate_limit: Option<u32>,
     pub api_listen: Option<SocketAddr>,
     pub services: Option<Vec<ServiceSpec>>,
     pub log_json: Option<bool>,
@@ -102,6 +103,7 @@ impl Layer {
             dns_upstreams,
             dns_ttl,
             dns_max_answers,
+            dns_rate_limit,
             api_listen,
             services,
             log_json,
@@ -221,6 +223,9 @@ pub fn from_env(env: &dyn Env) -> Result<Layer, ConfigError> {
     if let Some((k, v)) = get("MURMUR_DNS_TTL") {
         l.dns_ttl = Some(ttl_secs(&k, duration_field(&k, &v)?)?);
     }
+    if let Some((k, v)) = get("MURMUR_DNS_RATE_LIMIT") {
+        l.dns_rate_limit = Some(parse_field(&k, &v)?);
+    }
     if let Some((k, v)) = get("MURMUR_API_LISTEN") {
         l.api_listen = Some(parse_field(&k, &v)?);
     }
@@ -334,6 +339,7 @@ struct FileDns {
     upstreams: Option<Vec<String>>,
     ttl: Option<String>,
     max_answers: Option<usize>,
+    rate_limit: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -409,8 +415,9 @@ fn file_service(i: usize, s: FileService) -> Result<ServiceSpec, ConfigError> {
     if let Some(d) = opt(&field("interval"), s.interval, duration_field)? {
         spec.check.interval = d;
     }
-    if let Some(d) = opt(&field("timeout"), s.timeout, duration_field)? {
-        spec.check.timeout = d;
+    match opt(&field("timeout"), s.timeout, duration_field)? {
+        Some(d) => spec.check.timeout = d,
+        None => spec.check.fit_default_timeout(),
     }
     if let Some(n) = s.failures {
         spec.check.failures_before_critical = n;
@@ -448,6 +455,7 @@ pub fn from_toml(text: &str) -> Result<Layer, ConfigError> {
         dns_upstreams: list("dns.upstreams", f.dns.upstreams)?,
         dns_ttl: opt("dns.ttl", f.dns.ttl, duration_field)?.map(|d| ttl_secs("dns.ttl", d)).transpose()?,
         dns_max_answers: f.dns.max_answers,
+        dns_rate_limit: f.dns.rate_limit,
         api_listen: opt("api.listen", f.api.listen, parse_field)?,
         services: f
             .service

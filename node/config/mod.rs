@@ -50,8 +50,15 @@ pub const MAX_DRAIN: Duration = Duration::from_secs(600);
 pub const DEFAULT_DNS_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8600);
 /// Default DNS TTL in seconds: the replica is live, short TTLs keep client caches fresh.
 pub const DEFAULT_DNS_TTL: u32 = 1;
+/// Default log filter: hickory's server logs every query at info, which a busy stub
+/// cannot afford, so it is held to warnings.
+pub const DEFAULT_LOG_FILTER: &str = "info,hickory_server=warn";
 /// Default cap on A/AAAA/SRV records per answer (as Cloud Map's multivalue answers).
 pub const DEFAULT_DNS_MAX_ANSWERS: usize = 8;
+/// Default per-source DNS rate limit, queries per second per client socket (address and
+/// port). The standard resolver opens a socket per lookup; a flood from one socket is
+/// held to this. (AWS's VPC resolver allows 1,024 packets/s per network interface.)
+pub const DEFAULT_DNS_RATE_LIMIT: u32 = 2000;
 /// Default admin API address (Consul's HTTP port, on loopback only).
 pub const DEFAULT_API_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8500);
 /// Default DNS namespace.
@@ -106,6 +113,8 @@ pub struct DnsConfig {
     pub ttl: u32,
     /// Cap on records per answer.
     pub max_answers: usize,
+    /// UDP queries per second answered per client socket; 0: no limit.
+    pub rate_limit: u32,
     /// Proxy-mode aliases and the VIPs they answer (filled in by the agent at start).
     pub aliases: Vec<(String, IpAddr)>,
 }
@@ -332,13 +341,14 @@ impl Config {
                 upstreams,
                 ttl: l.dns_ttl.unwrap_or(DEFAULT_DNS_TTL),
                 max_answers,
+                rate_limit: l.dns_rate_limit.unwrap_or(DEFAULT_DNS_RATE_LIMIT),
                 aliases: Vec::new(),
             },
             api: ApiConfig { listen: l.api_listen.unwrap_or(DEFAULT_API_LISTEN) },
             services,
             log: LogConfig {
                 json: l.log_json.unwrap_or(false),
-                filter: l.log_filter.unwrap_or_else(|| "info".to_owned()),
+                filter: l.log_filter.unwrap_or_else(|| DEFAULT_LOG_FILTER.to_owned()),
             },
         })
     }
@@ -418,6 +428,19 @@ mod tests {
         assert_eq!(c.dns.listen.port(), 2);
         assert_eq!(c.dns.namespace, "file.local");
         assert_eq!(c.dns.ttl, 5);
+        assert_eq!(c.dns.rate_limit, DEFAULT_DNS_RATE_LIMIT);
+    }
+
+    #[test]
+    fn the_dns_rate_limit_comes_from_every_source() {
+        let file = from_toml("insecure = true\nname = \"n\"\n[dns]\nrate_limit = 10\n").expect("valid toml");
+        assert_eq!(Config::from_layer(file.clone(), "").expect("valid").dns.rate_limit, 10);
+        let from_vars = from_env(&env(&[("MURMUR_DNS_RATE_LIMIT", "20")])).expect("valid env");
+        assert_eq!(Config::from_layer(file.clone().stack(from_vars.clone()), "").expect("valid").dns.rate_limit, 20);
+        let flags = AgentArgs { dns_rate_limit: Some(0), ..Default::default() }.to_layer().expect("valid flags");
+        assert_eq!(Config::from_layer(file.stack(from_vars).stack(flags), "").expect("valid").dns.rate_limit, 0);
+        let err = from_env(&env(&[("MURMUR_DNS_RATE_LIMIT", "-1")])).expect_err("negative");
+        assert_eq!(err.field, "MURMUR_DNS_RATE_LIMIT");
     }
 
     #[test]

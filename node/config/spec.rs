@@ -70,6 +70,14 @@ impl Default for CheckSpec {
     }
 }
 
+impl CheckSpec {
+    /// For a check whose timeout was not given: the default timeout, or the interval
+    /// when that is shorter (`interval=500ms` alone is valid, as it is in Consul).
+    pub fn fit_default_timeout(&mut self) {
+        self.timeout = DEFAULT_CHECK_TIMEOUT.min(self.interval);
+    }
+}
+
 /// One service instance this agent registers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceSpec {
@@ -188,6 +196,7 @@ pub fn parse_service_spec(text: &str) -> Result<ServiceSpec, String> {
     let name = ServiceName::new(name).map_err(|e| e.to_string())?;
     let port: u16 = port.parse().map_err(|_| format!("port `{port}` is not a number 1-65535"))?;
     let mut spec = ServiceSpec::new(name, port);
+    let mut timeout_given = false;
     while !rest.is_empty() {
         let (item, tail) = if rest.starts_with("check=exec:") {
             (rest, "")
@@ -200,6 +209,10 @@ pub fn parse_service_spec(text: &str) -> Result<ServiceSpec, String> {
         rest = tail;
         let (key, value) = item.split_once('=').ok_or_else(|| format!("`{item}` must be key=value"))?;
         apply_service_option(&mut spec, key, value)?;
+        timeout_given |= key == "timeout";
+    }
+    if !timeout_given {
+        spec.check.fit_default_timeout();
     }
     spec.validate()?;
     Ok(spec)
@@ -274,6 +287,14 @@ mod tests {
     }
 
     #[test]
+    fn a_short_interval_alone_shortens_the_default_timeout() {
+        let s = parse_service_spec("o:1,interval=500ms").expect("valid");
+        assert_eq!((s.check.interval, s.check.timeout), (Duration::from_millis(500), Duration::from_millis(500)));
+        let s = parse_service_spec("o:1,interval=5s").expect("valid");
+        assert_eq!(s.check.timeout, DEFAULT_CHECK_TIMEOUT);
+    }
+
+    #[test]
     fn bad_specs_say_what_is_wrong() {
         for (spec, needle) in [
             ("orders", "NAME:PORT"),
@@ -283,6 +304,7 @@ mod tests {
             ("o:1,check=ftp", "unknown check"),
             ("o:1,interval=2x", "unit"),
             ("o:1,timeout=5s", "timeout"),
+            ("o:1,interval=500ms,timeout=1s", "timeout"),
             ("o:1,frobnicate=1", "unknown service option"),
             ("o:1,check=http:nopath", "start with '/'"),
             ("o:1,tags", "key=value"),

@@ -6,6 +6,7 @@
 pub mod answer;
 pub mod client;
 mod forward;
+pub mod limit;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,6 +38,7 @@ struct Handler {
     registry: RegistryReader,
     forwarder: forward::Forwarder,
     metrics: Arc<Metrics>,
+    limit: Option<limit::RateLimit>,
 }
 
 fn qtype_label(t: RecordType) -> QType {
@@ -182,6 +184,18 @@ fn trim_additionals(
 #[async_trait::async_trait]
 impl RequestHandler for Handler {
     async fn handle_request<R: ResponseHandler, T: Time>(&self, request: &Request, response: R) -> ResponseInfo {
+        // Over its source's rate, a UDP query is dropped before any work: no answer to
+        // build or send (a flood from one socket costs the stub as little as possible).
+        // TCP needs a handshake, so it is not limited.
+        if let Some(limit) = &self.limit {
+            let udp = request.protocol() == hickory_server::net::xfer::Protocol::Udp;
+            if udp && !limit.allow(request.src(), std::time::Instant::now()) {
+                self.metrics.dns.rate_limited.inc();
+                let mut meta = Metadata::response_from_request(&request.metadata);
+                meta.response_code = ResponseCode::Refused;
+                return ResponseInfo::from(hickory_proto::op::Header { metadata: meta, counts: Default::default() });
+            }
+        }
         let qtype = request.request_info().map(|i| qtype_label(i.query.query_type())).unwrap_or(QType::Other);
         match self.respond(request, response).await {
             Ok(info) => {
@@ -255,7 +269,8 @@ pub async fn serve_dns(
     let zone = Zone::new(&config.namespace, config.ttl, config.max_answers, start)
         .map_err(anyhow::Error::msg)?
         .with_aliases(&config.aliases);
-    let handler = Handler { zone, registry, forwarder: forward::Forwarder::new(config.upstreams), metrics };
+    let forwarder = forward::Forwarder::new(config.upstreams);
+    let handler = Handler { zone, registry, forwarder, metrics, limit: limit::RateLimit::new(config.rate_limit) };
     let mut server = Server::new(handler);
     for udp in sockets.udp {
         server.register_socket(udp);

@@ -150,6 +150,8 @@ pub struct DnsMetrics {
     pub forwarded: Counter,
     /// Forwarded queries no upstream answered.
     pub forward_failures: Counter,
+    /// UDP queries dropped unanswered: their source was over `dns.rate_limit`.
+    pub rate_limited: Counter,
 }
 
 impl DnsMetrics {

@@ -79,6 +79,13 @@ pub fn render_prometheus(m: &Metrics) -> String {
         "Forwarded DNS queries no upstream answered.",
         m.dns.forward_failures.get(),
     );
+    metric(
+        &mut out,
+        "murmur_dns_rate_limited_total",
+        "counter",
+        "UDP DNS queries dropped unanswered because their source socket was over the rate limit.",
+        m.dns.rate_limited.get(),
+    );
     let _ = writeln!(
         out,
         "# HELP murmur_health_checks_total Health checks run, by result.\n# TYPE murmur_health_checks_total counter\n\
