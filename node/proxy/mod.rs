@@ -56,8 +56,8 @@ const CONNECTION_WINDOW: u32 = 64 * 1024 * 1024;
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    /// A socket could not be bound.
-    #[error("{setting}: {source} (got {addr})")]
+    /// A socket could not be bound (the OS error is the source).
+    #[error("{setting}: cannot bind {addr}")]
     Bind {
         /// The setting naming the address.
         setting: &'static str,
@@ -93,9 +93,10 @@ impl Listener {
     }
 }
 
-fn transport() -> Arc<TransportConfig> {
+/// QUIC settings of every connection, the peer allowed `max_streams` streams on each.
+fn transport(max_streams: u32) -> Arc<TransportConfig> {
     let mut t = TransportConfig::default();
-    t.max_concurrent_bidi_streams(VarInt::from_u32(MAX_STREAMS));
+    t.max_concurrent_bidi_streams(VarInt::from_u32(max_streams));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
     t.keep_alive_interval(Some(KEEP_ALIVE));
     t.max_idle_timeout(Some(QUIC_IDLE.try_into().unwrap_or(VarInt::from_u32(30_000).into())));
@@ -111,11 +112,11 @@ impl ProxySockets {
         let server = config.tls.server_config().map_err(ProxyError::Tls)?;
         let server = QuicServerConfig::try_from(server).map_err(|e| ProxyError::Tls(e.to_string()))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(server));
-        server.transport_config(transport());
+        server.transport_config(transport(MAX_STREAMS));
         let client = config.tls.client_config().map_err(ProxyError::Tls)?;
         let client = QuicClientConfig::try_from(client).map_err(|e| ProxyError::Tls(e.to_string()))?;
         let mut client = quinn::ClientConfig::new(Arc::new(client));
-        client.transport_config(transport());
+        client.transport_config(transport(MAX_STREAMS));
         let endpoint = Endpoint::server(server, config.bind).map_err(|source| ProxyError::Bind {
             setting: "--proxy-bind",
             addr: config.bind,
@@ -230,7 +231,9 @@ pub fn spawn_proxy(
         }
     }
     // Once a second: ejections that ended, state of endpoints that left, closed
-    // pooled connections.
+    // pooled connections. On every registry change: connections to peers that died or
+    // restarted are closed.
+    let mut changes = deps.registry.subscribe();
     tasks.spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
@@ -239,6 +242,13 @@ pub fn spawn_proxy(
                 _ = tick.tick() => {
                     upstreams.iter().for_each(|u| u.refresh());
                     pool.prune();
+                }
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        return ("proxy refresh", Ok(()));
+                    }
+                    let snapshot = changes.borrow_and_update().clone();
+                    pool.close_stale(&snapshot.members);
                 }
             }
         }

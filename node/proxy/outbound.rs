@@ -21,14 +21,13 @@ use super::balance::{Balancer, Candidate};
 use super::ewma::PeakEwma;
 use super::header::{read_frame, HeaderError};
 use super::outlier::{Outcome, OutlierDetector};
-use super::pool::Pool;
+use super::pool::{Opened, Pool};
 use super::retry::RetryBudget;
 use super::splice::{abort_quic, abort_tcp, splice};
 use crate::config::upstream::{DEFAULT_RETRY_FLOOR_PER_SEC, DEFAULT_RETRY_RATIO};
 use crate::config::UpstreamSpec;
 use crate::metrics::proxy::{EndpointStats, FailureCause, UpstreamStats};
 use crate::registry::{Instance, Query, RegistryReader};
-use crate::tls::node_server_name;
 
 /// The EWMA's time constant. Shorter than linkerd's 10 s: between sidecars a connect
 /// is a sub-millisecond stream open, and a one-off spike (a scheduling hiccup) should
@@ -368,30 +367,22 @@ impl Upstream {
         let fail = |cause, retryable, detail: String| Failure { cause, retryable, detail };
         match (ep.sidecar, ep.proxy) {
             (true, Some(peer)) => {
-                let server_name = node_server_name(ep.node.as_str());
-                let pool_start = Instant::now();
-                let conn = self
+                let node = ep.node.as_str();
+                let Opened { conn, mut send, mut recv, handshake } = self
                     .pool
-                    .get(peer, &server_name)
+                    .open(peer, node)
                     .await
                     .map_err(|e| fail(FailureCause::QuicConnect, true, e.to_string()))?;
-                let handshake = pool_start.elapsed();
                 // The peer proved it is that node; it must also be allowed to serve the
                 // service, or any member could register a service and take its traffic.
                 if self.verify_identity && !peer_serves(&conn, self.spec.service.as_str()) {
+                    abort_quic(&mut send, &mut recv);
                     return Err(fail(
                         FailureCause::Identity,
                         true,
                         format!("the certificate of {} does not name service {}", ep.node, self.spec.service),
                     ));
                 }
-                let (mut send, mut recv) = match conn.open_bi().await {
-                    Ok(s) => s,
-                    Err(e) => {
-                        self.pool.evict(peer, &server_name, &conn);
-                        return Err(fail(FailureCause::QuicConnect, true, e.to_string()));
-                    }
-                };
                 let open = Open {
                     service: self.spec.service.clone(),
                     port: ep.port,
@@ -416,7 +407,7 @@ impl Upstream {
                     Err(HeaderError::Timeout(_)) => Err(fail(FailureCause::ConnectTimeout, true, "no ack".into())),
                     Err(e) => {
                         if conn.close_reason().is_some() {
-                            self.pool.evict(peer, &server_name, &conn);
+                            self.pool.evict(peer, node, &conn);
                         }
                         Err(fail(FailureCause::QuicConnect, true, e.to_string()))
                     }
