@@ -344,7 +344,9 @@ async fn udp_truncates_tcp_carries_and_other_names_are_forwarded() {
         1,
         None,
         &[],
-        &(0..12).map(|i| format!("big:{},id=big-instance-number-{i},check=none", 1000 + i)).collect::<Vec<_>>(),
+        &(0..12)
+            .map(|i| format!("big:{},id=big-instance-with-a-long-name-number-{i},check=none", 1000 + i))
+            .collect::<Vec<_>>(),
     );
     cfg.dns.upstreams = vec![upstream.dns_addr()];
     let agent = Agent::start(cfg).await.expect("agent");
@@ -352,7 +354,8 @@ async fn udp_truncates_tcp_carries_and_other_names_are_forwarded() {
     let reader = agent.registry();
     eventually("12 big instances", || async { reader.snapshot().services.values().map(Vec::len).sum::<usize>() == 12 })
         .await;
-    // 8 SRV answers with their 8 addresses do not fit 512 bytes: UDP without EDNS truncates.
+    // 8 SRV answers (without their addresses, which are left out first) do not fit 512
+    // bytes: UDP without EDNS truncates.
     let udp = query(dns, "big.test.local.", RecordType::SRV, T).await.expect("udp");
     assert!(udp.metadata.truncation, "answers: {}", udp.answers.len());
     let tcp = tcp_query(dns, "big.test.local.", RecordType::SRV).await;
@@ -499,4 +502,76 @@ async fn captured_gossip_reveals_nothing_and_replays_change_nothing() {
     }
     second.kill().await;
     mesh.stop().await;
+}
+
+/// Sends `bytes` to `dns` from a fresh socket; the reply, if one comes within 300 ms.
+async fn raw_udp(dns: SocketAddr, bytes: &[u8]) -> Option<Message> {
+    let sock = tokio::net::UdpSocket::bind((ip(19, 9), 0)).await.expect("bind");
+    sock.send_to(bytes, dns).await.expect("send");
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_millis(300), sock.recv(&mut buf)).await.ok()?.ok()?;
+    Some(Message::from_vec(&buf[..n]).expect("the stub's reply decodes"))
+}
+
+fn question(id: u16, op: OpCode, name: &str) -> Message {
+    let mut m = Message::new(id, MessageType::Query, op);
+    m.add_query(DnsQuery::query(Name::from_ascii(name).expect("name"), RecordType::A));
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_udp_stub_answers_malformed_and_unusual_queries_as_a_resolver_expects() {
+    let mut cfg = config(19, 0, None, &[], &["web:80,check=none".into()]);
+    cfg.dns.rate_limit = 50;
+    let agent = Agent::start(cfg).await.expect("agent");
+    let dns = agent.dns_addr();
+    let reader = agent.registry();
+    eventually("web registered", || async { !reader.snapshot().services.is_empty() }).await;
+
+    // A header followed by garbage: FORMERR, same id.
+    let mut garbage = question(0x4242, OpCode::Query, "web.test.local.").to_vec().expect("encode");
+    garbage.truncate(12);
+    garbage[5] = 3; // three questions announced, none present
+    let r = raw_udp(dns, &garbage).await.expect("FORMERR comes back");
+    assert_eq!((r.metadata.id, r.metadata.response_code), (0x4242, ResponseCode::FormErr));
+    // A response, or anything shorter than a header, gets nothing (no reflection).
+    let mut response = question(7, OpCode::Query, "web.test.local.");
+    response.metadata.message_type = MessageType::Response;
+    assert!(raw_udp(dns, &response.to_vec().expect("encode")).await.is_none());
+    assert!(raw_udp(dns, b"short").await.is_none());
+    // An opcode other than QUERY: NOTIMP.
+    let r = raw_udp(dns, &question(8, OpCode::Notify, "web.test.local.").to_vec().expect("encode")).await;
+    assert_eq!(r.expect("reply").metadata.response_code, ResponseCode::NotImp);
+    // EDNS: our OPT comes back with the payload size capped at 1232; version 1 is BADVERS.
+    let mut q = question(9, OpCode::Query, "web.test.local.");
+    let mut edns = hickory_proto::op::Edns::new();
+    edns.set_max_payload(4096);
+    q.set_edns(edns.clone());
+    let r = raw_udp(dns, &q.to_vec().expect("encode")).await.expect("reply");
+    assert_eq!(addresses(&r), vec![ip(19, 0)]);
+    assert_eq!(r.edns.as_ref().map(|e| e.max_payload()), Some(1232));
+    edns.set_version(1);
+    q.set_edns(edns);
+    let r = raw_udp(dns, &q.to_vec().expect("encode")).await.expect("reply");
+    // BADVERS and BADSIG share code 16; hickory decodes it as the latter.
+    assert_eq!(u16::from(r.metadata.response_code), 16, "{:?}", r.metadata.response_code);
+
+    // One socket asking 200 times at once is answered 50 times (the rate limit's burst,
+    // plus what refills while it asks); a fresh socket is still answered.
+    let flood = tokio::net::UdpSocket::bind((ip(19, 8), 0)).await.expect("bind");
+    for id in 0..200u16 {
+        flood
+            .send_to(&question(id, OpCode::Query, "web.test.local.").to_vec().expect("encode"), dns)
+            .await
+            .expect("send");
+    }
+    let mut answered = 0;
+    let mut buf = vec![0u8; 4096];
+    while tokio::time::timeout(Duration::from_millis(300), flood.recv(&mut buf)).await.is_ok() {
+        answered += 1;
+    }
+    assert!((50..=60).contains(&answered), "{answered} of 200 answered at 50 queries/s");
+    assert!(agent.metrics().dns.rate_limited.get() >= 140);
+    assert!(!a_records(dns, "web.test.local.").await.is_empty(), "a fresh socket was held back");
+    agent.kill().await;
 }

@@ -1,7 +1,13 @@
-//! The DNS stub: hickory-server on UDP and TCP, answering the namespace from the
-//! registry snapshot ([`answer`]) and forwarding every other name ([`forward`]).
-//! Truncation follows the client's EDNS size (512 bytes without EDNS); TCP carries the
-//! rest.
+//! The DNS stub: answers the namespace from the registry snapshot ([`answer`]) and
+//! forwards every other name ([`forward`]). Truncation follows the client's EDNS size
+//! (512 bytes without EDNS); TCP carries the rest.
+//!
+//! UDP is served by a loop of our own per socket ([`serve_udp`]), with hickory-proto for
+//! the wire format: hickory-server spawns a task per datagram and parses it before any
+//! hook runs, so a flood from one socket cost a task and a parse per query before it
+//! could be refused. The loop checks the per-source rate limit ([`limit`]) first, then
+//! answers in place. TCP, where a handshake already bounds a client, stays on
+//! hickory-server; both share the same answer logic ([`Handler::plan`]).
 
 pub mod answer;
 pub mod client;
@@ -12,8 +18,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hickory_proto::op::{Edns, MessageType, Metadata, OpCode, ResponseCode};
+use hickory_proto::op::{Edns, Header, Message, MessageType, Metadata, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Record, RecordType};
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 use hickory_server::net::runtime::Time;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
@@ -63,98 +70,240 @@ fn rcode_label(c: ResponseCode) -> Rcode {
     }
 }
 
+/// What a query gets, whichever transport carries it.
+enum Plan {
+    /// A response with these header fields and sections.
+    Reply { meta: Metadata, answers: Vec<Record>, authorities: Vec<Record>, additionals: Vec<Record> },
+    /// A response with this code and no records.
+    Error(ResponseCode),
+    /// The name is outside the namespace: ask the upstreams.
+    Forward,
+}
+
+/// Our OPT record for a request that had one: the payload size we accept.
+fn response_edns(request: Option<&Edns>) -> Option<Edns> {
+    request.map(|req| {
+        let mut e = Edns::new();
+        e.set_max_payload(req.max_payload().clamp(512, MAX_UDP_PAYLOAD));
+        e
+    })
+}
+
 impl Handler {
-    async fn respond<R: ResponseHandler>(&self, request: &Request, mut response: R) -> Result<ResponseInfo, String> {
-        let edns = request.edns.as_ref().map(|req| {
-            let mut e = Edns::new();
-            e.set_max_payload(req.max_payload().clamp(512, MAX_UDP_PAYLOAD));
-            e
-        });
-        let builder = || {
-            let mut b = MessageResponseBuilder::from_message_request(request);
-            if let Some(e) = &edns {
-                b.edns(e);
-            }
-            b
-        };
-        let info = match request.request_info() {
-            Ok(info) => info,
-            Err(_) => {
-                let msg = builder().error_msg(&request.metadata, ResponseCode::FormErr);
-                return response.send_response(msg).await.map_err(|e| e.to_string());
-            }
-        };
-        let qtype = info.query.query_type();
-        if request.metadata.op_code != OpCode::Query || request.metadata.message_type != MessageType::Query {
-            let msg = builder().error_msg(&request.metadata, ResponseCode::NotImp);
-            return response.send_response(msg).await.map_err(|e| e.to_string());
+    /// The response to a parsed query (`query` is `None` when it has no single
+    /// question). `udp`: the reply must fit `edns`'s payload size (512 without).
+    fn plan(&self, req: &Metadata, query: Option<&Query>, req_edns: Option<&Edns>, udp: bool) -> Plan {
+        let Some(query) = query else { return Plan::Error(ResponseCode::FormErr) };
+        if req.op_code != OpCode::Query || req.message_type != MessageType::Query {
+            return Plan::Error(ResponseCode::NotImp);
         }
         // RFC 6891 §6.1.3: an EDNS version we do not speak gets BADVERS with our OPT.
-        if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
-            let msg = builder().error_msg(&request.metadata, ResponseCode::BADVERS);
-            return response.send_response(msg).await.map_err(|e| e.to_string());
+        if req_edns.is_some_and(|e| e.version() > 0) {
+            return Plan::Error(ResponseCode::BADVERS);
         }
-        let qname = info.query.name().clone().into();
         let snapshot = self.registry.snapshot();
-        let outcome = self.zone.answer(&snapshot, &qname, qtype, &mut rand::rng());
+        let outcome = self.zone.answer(&snapshot, query.name(), query.query_type(), &mut rand::rng());
         drop(snapshot);
-        let mut meta = Metadata::response_from_request(&request.metadata);
+        let mut meta = Metadata::response_from_request(req);
         meta.recursion_available = true;
-        let empty: [Record; 0] = [];
-        let result = match outcome {
+        meta.authoritative = true;
+        match outcome {
             Outcome::Answer { answers, mut additionals } => {
-                meta.authoritative = true;
-                if request.protocol() == hickory_server::net::xfer::Protocol::Udp {
+                if udp {
+                    let edns = response_edns(req_edns);
                     let limit = edns.as_ref().map(|e| e.max_payload()).unwrap_or(512);
-                    trim_additionals(&meta, info.query.original(), &answers, &mut additionals, edns.as_ref(), limit);
+                    trim_additionals(&meta, query, &answers, &mut additionals, edns.as_ref(), limit);
                 }
-                let msg = builder().build(meta, answers.iter(), empty.iter(), empty.iter(), additionals.iter());
-                response.send_response(msg).await
+                Plan::Reply { meta, answers, authorities: Vec::new(), additionals }
             }
             Outcome::NoData(soa) => {
-                meta.authoritative = true;
-                let msg = builder().build(meta, empty.iter(), empty.iter(), std::iter::once(&soa), empty.iter());
-                response.send_response(msg).await
+                Plan::Reply { meta, answers: Vec::new(), authorities: vec![soa], additionals: Vec::new() }
             }
             Outcome::NxDomain(soa) => {
-                meta.authoritative = true;
                 meta.response_code = ResponseCode::NXDomain;
-                let msg = builder().build(meta, empty.iter(), empty.iter(), std::iter::once(&soa), empty.iter());
-                response.send_response(msg).await
+                Plan::Reply { meta, answers: Vec::new(), authorities: vec![soa], additionals: Vec::new() }
             }
-            Outcome::Forward => {
-                self.metrics.dns.forwarded.inc();
-                match self.forwarder.forward(request.as_slice(), info.query.original(), request.metadata.id).await {
-                    Ok(reply) => {
-                        meta.response_code = reply.metadata.response_code;
-                        // A reply still truncated after the TCP retry stays marked so:
-                        // the client must not cache a partial answer as whole.
-                        meta.truncation = reply.metadata.truncation;
-                        meta.authoritative = false;
-                        meta.authentic_data = reply.metadata.authentic_data;
-                        let msg = builder().build(
-                            meta,
-                            reply.answers.iter(),
-                            reply.authorities.iter(),
-                            empty.iter(),
-                            reply.additionals.iter(),
-                        );
-                        response.send_response(msg).await
-                    }
-                    Err(e) => {
-                        self.metrics.dns.forward_failures.inc();
-                        debug!(name = %info.query.name(), error = ?e, "not forwarded");
-                        let code = match e {
-                            forward::ForwardError::Busy => ResponseCode::Refused,
-                            forward::ForwardError::NoAnswer => ResponseCode::ServFail,
-                        };
-                        let msg = builder().error_msg(&request.metadata, code);
-                        response.send_response(msg).await
-                    }
+            Outcome::Forward => Plan::Forward,
+        }
+    }
+
+    /// Asks the upstreams `raw` (the query as the app sent it); the response carries
+    /// their answer under our header, or an error code when none answered.
+    async fn forwarded(&self, raw: &[u8], req: &Metadata, query: &Query) -> Plan {
+        self.metrics.dns.forwarded.inc();
+        match self.forwarder.forward(raw, query, req.id).await {
+            Ok(reply) => {
+                let mut meta = Metadata::response_from_request(req);
+                meta.recursion_available = true;
+                meta.response_code = reply.metadata.response_code;
+                // A reply still truncated after the TCP retry stays marked so: the client
+                // must not cache a partial answer as whole.
+                meta.truncation = reply.metadata.truncation;
+                meta.authentic_data = reply.metadata.authentic_data;
+                Plan::Reply {
+                    meta,
+                    answers: reply.answers,
+                    authorities: reply.authorities,
+                    additionals: reply.additionals,
                 }
             }
+            Err(e) => {
+                self.metrics.dns.forward_failures.inc();
+                debug!(name = %query.name(), error = ?e, "not forwarded");
+                Plan::Error(match e {
+                    forward::ForwardError::Busy => ResponseCode::Refused,
+                    forward::ForwardError::NoAnswer => ResponseCode::ServFail,
+                })
+            }
+        }
+    }
+
+    /// Over TCP, through hickory-server.
+    async fn respond_tcp<R: ResponseHandler>(
+        &self,
+        request: &Request,
+        mut response: R,
+    ) -> Result<ResponseInfo, String> {
+        let query = request.request_info().ok().map(|i| i.query.original().clone());
+        let mut plan = self.plan(&request.metadata, query.as_ref(), request.edns.as_ref(), false);
+        if let (Plan::Forward, Some(q)) = (&plan, &query) {
+            plan = self.forwarded(request.as_slice(), &request.metadata, q).await;
+        }
+        let edns = response_edns(request.edns.as_ref());
+        let mut builder = MessageResponseBuilder::from_message_request(request);
+        if let Some(e) = &edns {
+            builder.edns(e);
+        }
+        let sent = match &plan {
+            Plan::Reply { meta, answers, authorities, additionals } => {
+                let empty: [Record; 0] = [];
+                let msg = builder.build(*meta, answers.iter(), authorities.iter(), empty.iter(), additionals.iter());
+                response.send_response(msg).await
+            }
+            Plan::Error(code) => response.send_response(builder.error_msg(&request.metadata, *code)).await,
+            // Only when the request had no question to forward, which plan() refuses.
+            Plan::Forward => response.send_response(builder.error_msg(&request.metadata, ResponseCode::FormErr)).await,
         };
-        result.map_err(|e| e.to_string())
+        sent.map_err(|e| e.to_string())
+    }
+
+    /// Counts one response.
+    fn count(&self, query: Option<&Query>, code: ResponseCode) {
+        let qtype = query.map(|q| qtype_label(q.query_type())).unwrap_or(QType::Other);
+        self.metrics.dns.query(qtype, rcode_label(code));
+    }
+}
+
+/// The wire form of `plan` as a UDP reply to `req`: at most `req_edns`'s payload size
+/// (512 without EDNS); a reply that does not fit goes out truncated (TC, no records),
+/// so the client asks again over TCP. `Plan::Forward` must have been resolved first.
+fn encode_udp(plan: Plan, req: &Metadata, query: Option<&Query>, req_edns: Option<&Edns>) -> Option<Vec<u8>> {
+    let edns = response_edns(req_edns);
+    let limit = usize::from(edns.as_ref().map(|e| e.max_payload()).unwrap_or(512));
+    let mut m = Message::new(req.id, MessageType::Response, req.op_code);
+    match plan {
+        Plan::Reply { meta, answers, authorities, additionals } => {
+            m.metadata = meta;
+            m.answers = answers;
+            m.authorities = authorities;
+            m.additionals = additionals;
+        }
+        Plan::Error(code) => {
+            m.metadata = Metadata::response_from_request(req);
+            m.metadata.response_code = code;
+        }
+        Plan::Forward => return None,
+    }
+    if let Some(q) = query {
+        m.add_query(q.clone());
+    }
+    if let Some(e) = edns {
+        m.set_edns(e);
+    }
+    let bytes = m.to_vec().ok()?;
+    if bytes.len() <= limit {
+        return Some(bytes);
+    }
+    m.truncate().to_vec().ok()
+}
+
+/// Serves one UDP socket until `cancel`. Each datagram over its source's rate limit is
+/// dropped before it is even parsed; names in the namespace are answered in this task
+/// (a few microseconds, no task per query); forwarded ones get a task each, since they
+/// wait on an upstream. Responses and datagrams shorter than a header get nothing.
+async fn serve_udp(socket: UdpSocket, handler: Arc<Handler>, cancel: CancellationToken) -> anyhow::Result<()> {
+    let socket = Arc::new(socket);
+    let mut buf = vec![0u8; 65_535];
+    loop {
+        let (len, src) = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            r = socket.recv_from(&mut buf) => match r {
+                Ok(r) => r,
+                Err(e) => {
+                    debug!(error = %e, "DNS receive failed");
+                    continue;
+                }
+            },
+        };
+        if let Some(limit) = &handler.limit {
+            if !limit.allow(src, std::time::Instant::now()) {
+                handler.metrics.dns.rate_limited.inc();
+                continue;
+            }
+        }
+        let raw = &buf[..len];
+        let (req, query, edns, plan) = match Message::from_vec(raw) {
+            Ok(m) if m.metadata.message_type == MessageType::Response => continue,
+            Ok(m) => {
+                let query = (m.queries.len() == 1).then(|| m.queries[0].clone());
+                let plan = handler.plan(&m.metadata, query.as_ref(), m.edns.as_ref(), true);
+                (m.metadata, query, m.edns, plan)
+            }
+            Err(_) => {
+                // A header we can read gets FORMERR, as hickory-server answers; a
+                // response or anything shorter gets nothing (no reflection).
+                let Ok(header) = Header::read(&mut BinDecoder::new(raw)) else { continue };
+                if header.metadata.message_type == MessageType::Response {
+                    continue;
+                }
+                (header.metadata, None, None, Plan::Error(ResponseCode::FormErr))
+            }
+        };
+        if let (Plan::Forward, Some(q)) = (&plan, &query) {
+            let (handler, socket, raw) = (handler.clone(), socket.clone(), raw.to_vec());
+            let q = q.clone();
+            tokio::spawn(async move {
+                let plan = handler.forwarded(&raw, &req, &q).await;
+                send_udp(&handler, &socket, src, plan, &req, Some(&q), edns.as_ref()).await;
+            });
+            continue;
+        }
+        send_udp(&handler, &socket, src, plan, &req, query.as_ref(), edns.as_ref()).await;
+    }
+}
+
+async fn send_udp(
+    handler: &Handler,
+    socket: &UdpSocket,
+    to: SocketAddr,
+    plan: Plan,
+    req: &Metadata,
+    query: Option<&Query>,
+    edns: Option<&Edns>,
+) {
+    let code = match &plan {
+        Plan::Reply { meta, .. } => meta.response_code,
+        Plan::Error(code) => *code,
+        Plan::Forward => ResponseCode::ServFail,
+    };
+    match encode_udp(plan, req, query, edns) {
+        Some(bytes) => {
+            handler.count(query, code);
+            if let Err(e) = socket.send_to(&bytes, to).await {
+                debug!(error = %e, %to, "could not send a DNS response");
+            }
+        }
+        None => handler.count(query, ResponseCode::ServFail),
     }
 }
 
@@ -181,30 +330,21 @@ fn trim_additionals(
     }
 }
 
+/// hickory-server's entry point, for TCP only (UDP is served by [`serve_udp`]).
+struct TcpHandler(Arc<Handler>);
+
 #[async_trait::async_trait]
-impl RequestHandler for Handler {
+impl RequestHandler for TcpHandler {
     async fn handle_request<R: ResponseHandler, T: Time>(&self, request: &Request, response: R) -> ResponseInfo {
-        // Over its source's rate, a UDP query is dropped before any work: no answer to
-        // build or send (a flood from one socket costs the stub as little as possible).
-        // TCP needs a handshake, so it is not limited.
-        if let Some(limit) = &self.limit {
-            let udp = request.protocol() == hickory_server::net::xfer::Protocol::Udp;
-            if udp && !limit.allow(request.src(), std::time::Instant::now()) {
-                self.metrics.dns.rate_limited.inc();
-                let mut meta = Metadata::response_from_request(&request.metadata);
-                meta.response_code = ResponseCode::Refused;
-                return ResponseInfo::from(hickory_proto::op::Header { metadata: meta, counts: Default::default() });
-            }
-        }
-        let qtype = request.request_info().map(|i| qtype_label(i.query.query_type())).unwrap_or(QType::Other);
-        match self.respond(request, response).await {
+        let query = request.request_info().ok().map(|i| i.query.original().clone());
+        match self.0.respond_tcp(request, response).await {
             Ok(info) => {
-                self.metrics.dns.query(qtype, rcode_label(info.response_code));
+                self.0.count(query.as_ref(), info.response_code);
                 info
             }
             Err(e) => {
                 debug!(error = %e, "could not send a DNS response");
-                self.metrics.dns.query(qtype, Rcode::ServFail);
+                self.0.count(query.as_ref(), ResponseCode::ServFail);
                 let mut meta = Metadata::response_from_request(&request.metadata);
                 meta.response_code = ResponseCode::ServFail;
                 ResponseInfo::from(hickory_proto::op::Header { metadata: meta, counts: Default::default() })
@@ -270,16 +410,23 @@ pub async fn serve_dns(
         .map_err(anyhow::Error::msg)?
         .with_aliases(&config.aliases);
     let forwarder = forward::Forwarder::new(config.upstreams);
-    let handler = Handler { zone, registry, forwarder, metrics, limit: limit::RateLimit::new(config.rate_limit) };
-    let mut server = Server::new(handler);
-    for udp in sockets.udp {
-        server.register_socket(udp);
+    let limit = limit::RateLimit::new(config.rate_limit);
+    let handler = Arc::new(Handler { zone, registry, forwarder, metrics, limit });
+    let mut udp = tokio::task::JoinSet::new();
+    for socket in sockets.udp {
+        udp.spawn(serve_udp(socket, handler.clone(), cancel.clone()));
     }
+    let mut server = Server::new(TcpHandler(handler));
     server.register_listener(sockets.tcp, TCP_IDLE, 64);
     tokio::select! {
         _ = cancel.cancelled() => {
             server.shutdown_gracefully().await.map_err(|e| anyhow::anyhow!("dns shutdown: {e}"))?;
             Ok(())
+        }
+        Some(r) = udp.join_next() => {
+            let r = r.map_err(|e| anyhow::anyhow!("dns udp task: {e}")).and_then(|r| r);
+            r?;
+            if cancel.is_cancelled() { Ok(()) } else { Err(anyhow::anyhow!("dns udp stopped unexpectedly")) }
         }
         r = server.block_until_done() => {
             r.map_err(|e| anyhow::anyhow!("dns server stopped: {e}"))?;
