@@ -8,7 +8,8 @@
 //! answered, A's counters of datagrams it refused, and whether B kept A alive throughout
 //! (garbage at the gossip port must not cost A its membership). The phases run twice:
 //! with A's per-source rate limit off, then at its default. The prober, like the
-//! standard resolver, asks from a fresh socket each time; each flood sender uses one.
+//! standard resolver, asks from a fresh socket each time, from a thread and runtime of
+//! its own; each flood sender uses one socket.
 //!
 //! The flood and the prober share the machine's 2 cores with the agents: the figures show
 //! what a saturated agent still gives its own app, not a line rate.
@@ -47,17 +48,29 @@ fn agent(name: &str, ip: [u8; 4], key: &str, extra: &[String]) -> Proc {
     )
 }
 
-/// Looks a name up every 2 ms until `stop`; returns the latencies (ns) and lost lookups.
+/// Looks a name up every 2 ms until `stop`, each lookup on its own with a 500 ms
+/// timeout (so a lost one does not hold up the next); returns the latencies (ns) and
+/// the lookups lost.
 async fn probe(dns: SocketAddr, stop: Arc<AtomicBool>) -> (Histogram<u64>, u64) {
-    let mut h = Histogram::<u64>::new(3).expect("histogram");
-    let mut lost = 0;
     let mut tick = tokio::time::interval(Duration::from_millis(2));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut lookups = tokio::task::JoinSet::new();
     while !stop.load(Ordering::Relaxed) {
         tick.tick().await;
-        let t = Instant::now();
-        match query(dns, "svc7.flood.local.", RecordType::A, Duration::from_millis(500)).await {
-            Ok(m) if !addresses(&m).is_empty() => h.record(t.elapsed().as_nanos() as u64).expect("record"),
-            _ => lost += 1,
+        lookups.spawn(async move {
+            let t = Instant::now();
+            match query(dns, "svc7.flood.local.", RecordType::A, Duration::from_millis(500)).await {
+                Ok(m) if !addresses(&m).is_empty() => Some(t.elapsed().as_nanos() as u64),
+                _ => None,
+            }
+        });
+    }
+    let mut h = Histogram::<u64>::new(3).expect("histogram");
+    let mut lost = 0;
+    while let Some(r) = lookups.join_next().await {
+        match r.ok().flatten() {
+            Some(ns) => h.record(ns).expect("record"),
+            None => lost += 1,
         }
     }
     (h, lost)
@@ -204,7 +217,15 @@ async fn phases(key: &str, limit: u32) -> serde_json::Map<String, serde_json::Va
             let targets = vec![dns, (IpAddr::from(A), 7946).into()];
             tasks.push(tokio::spawn(garbage_flood(targets, garbage_rate, stop.clone(), garbage.clone())));
         }
-        let prober = tokio::spawn(probe(dns, stop.clone()));
+        // The prober runs on a thread and runtime of its own, so that its latencies are
+        // the stub's, not the wait behind the flood senders' tasks in this runtime.
+        let prober = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+                rt.block_on(probe(dns, stop))
+            })
+        };
         // Watch membership through the phase: B must keep A alive.
         let phase_start = Instant::now();
         let mut a_dropped = false;
@@ -213,7 +234,7 @@ async fn phases(key: &str, limit: u32) -> serde_json::Map<String, serde_json::Va
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
         stop.store(true, Ordering::Relaxed);
-        let (h, lost) = prober.await.expect("prober");
+        let (h, lost) = prober.join().expect("prober");
         for t in tasks {
             let _ = t.await;
         }

@@ -728,3 +728,45 @@ fn a_connection_through_a_killed_sidecar_is_reset_within_the_detection_time() {
     // connections before, is 30 s.
     assert!(after < Duration::from_secs(10), "the connection ended only after {after:?}");
 }
+
+#[test]
+fn a_delayed_network_causes_no_false_dead_verdicts() {
+    if skip("a_delayed_network_causes_no_false_dead_verdicts") {
+        return;
+    }
+    const HOSTS: usize = 3;
+    let mut net = Net::new("d", 25, HOSTS);
+    // nftables can drop but not delay; delay needs the kernel's sch_netem, which some
+    // kernels (this project's development machine's among them) do not have.
+    let namespaces: Vec<String> = (0..HOSTS).map(|i| net.host_ns(i)).collect();
+    let netem = |i: usize, args: &[&str]| {
+        let ns = &namespaces[i];
+        let mut cmd = vec!["ip", "netns", "exec", ns.as_str(), "tc", "qdisc"];
+        cmd.extend_from_slice(args);
+        Command::new(cmd[0]).args(&cmd[1..]).output()
+    };
+    let probe = netem(0, &["add", "dev", "eth0", "root", "netem", "delay", "1ms"]);
+    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
+        let why = probe.map(|o| String::from_utf8_lossy(&o.stderr).trim().to_owned()).unwrap_or_else(|e| e.to_string());
+        eprintln!(
+            "\n*** SKIPPED a_delayed_network_causes_no_false_dead_verdicts: no delay injection here \
+             (`tc qdisc add ... netem` failed: {why}); nothing was tested ***\n"
+        );
+        return;
+    }
+    let _ = netem(0, &["del", "dev", "eth0", "root"]);
+    for i in 0..HOSTS {
+        net.start(i);
+    }
+    let all: Vec<usize> = (0..HOSTS).collect();
+    net.until_all_see(&all, &all, "every host to see every host");
+    // 100 ms ± 20 ms on every host's outgoing packets: 200 ms round trips, reordered.
+    for i in 0..HOSTS {
+        let out = netem(i, &["add", "dev", "eth0", "root", "netem", "delay", "100ms", "20ms"]).expect("tc runs");
+        assert!(out.status.success(), "netem on host {i}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let secs: u64 = std::env::var("MURMUR_CHAOS_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(30);
+    let n = net.false_verdicts(Duration::from_secs(secs));
+    eprintln!("100 ms ± 20 ms delay on every host for {secs} s: {n} false dead verdicts");
+    assert_eq!(n, 0, "delay caused {n} false dead verdicts");
+}

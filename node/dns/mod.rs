@@ -240,7 +240,10 @@ async fn serve_udp(socket: UdpSocket, handler: Arc<Handler>, cancel: Cancellatio
             r = socket.recv_from(&mut buf) => match r {
                 Ok(r) => r,
                 Err(e) => {
+                    // Not expected on a bound UDP socket; a pause keeps a lasting error
+                    // from spinning a core.
                     debug!(error = %e, "DNS receive failed");
+                    tokio::time::sleep(Duration::from_millis(1)).await;
                     continue;
                 }
             },
