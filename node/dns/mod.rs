@@ -233,7 +233,7 @@ fn encode_udp(plan: Plan, req: &Metadata, query: Option<&Query>, req_edns: Optio
 /// wait on an upstream. Responses and datagrams shorter than a header get nothing.
 async fn serve_udp(socket: UdpSocket, handler: Arc<Handler>, cancel: CancellationToken) -> anyhow::Result<()> {
     let socket = Arc::new(socket);
-    let mut buf = vec![0u8; 65_535];
+    let mut buf = vec![0u8; MAX_QUERY];
     loop {
         let (len, src) = tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
@@ -359,15 +359,19 @@ impl RequestHandler for TcpHandler {
 /// The bound sockets of the stub, so start-up can fail on "address in use" before
 /// anything runs.
 pub struct DnsSockets {
-    /// One UDP socket per core on the same address (`SO_REUSEPORT`): hickory reads and
-    /// answers each socket in one task, so one socket caps the stub at one core. The
-    /// kernel spreads clients over the sockets by their address and port.
+    /// [`UDP_SOCKETS`] UDP sockets on the same address (`SO_REUSEPORT`), each read by
+    /// one task. The kernel spreads clients over them by a hash of their address and
+    /// port, which does two things: the stub uses every core (one socket capped it at
+    /// one), and a flood from a few sockets fills only the queues it hashes to, while
+    /// other clients' lookups mostly land on queues that drain.
     udp: Vec<UdpSocket>,
     tcp: TcpListener,
 }
 
-/// At most this many UDP sockets, whatever the core count.
-const MAX_UDP_SOCKETS: usize = 4;
+/// UDP sockets of the stub, whatever the core count.
+const UDP_SOCKETS: usize = 16;
+/// Largest query read; a longer datagram is cut and gets FORMERR.
+const MAX_QUERY: usize = 4096;
 
 fn reuseport_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::DGRAM, None)?;
@@ -386,8 +390,7 @@ impl DnsSockets {
         let first = reuseport_udp(listen)?;
         let addr = first.local_addr()?;
         let mut udp = vec![first];
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_UDP_SOCKETS);
-        for _ in 1..cores {
+        for _ in 1..UDP_SOCKETS {
             udp.push(reuseport_udp(addr)?);
         }
         let tcp = TcpListener::bind(addr).await?;
