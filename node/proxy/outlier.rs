@@ -1,7 +1,9 @@
 //! Outlier detection from real traffic (Envoy's model): consecutive local-origin
 //! failures, or a failure percentage over an interval with a minimum volume, eject an
 //! endpoint for `base × times ejected` (capped); never more than a maximum share of the
-//! endpoints at once. Pure: outcomes and `now` in, ejections out.
+//! endpoints at once. As in Envoy, the multiplier comes down by one for every `interval`
+//! an endpoint spends back in service, so an endpoint that failed once, long ago, is not
+//! ejected for longer the next time. Pure: outcomes and `now` in, ejections out.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -39,6 +41,30 @@ struct EndpointState {
     failures: u32,
     ejected_until: Option<Instant>,
     times_ejected: u32,
+    /// Time in service up to here has already lowered `times_ejected`.
+    decayed_to: Instant,
+}
+
+impl EndpointState {
+    /// Lowers the multiplier by one per whole `interval` in service since the last
+    /// ejection ended (or since the last decrement).
+    fn decay(&mut self, now: Instant, interval: std::time::Duration) {
+        if self.times_ejected == 0 || interval.is_zero() || self.ejected_until.is_some_and(|u| u > now) {
+            return;
+        }
+        let from = self.ejected_until.map_or(self.decayed_to, |u| u.max(self.decayed_to));
+        let steps = now.saturating_duration_since(from).as_nanos() / interval.as_nanos();
+        match u32::try_from(steps) {
+            Ok(steps) if steps < self.times_ejected => {
+                self.times_ejected -= steps;
+                self.decayed_to = from + interval * steps;
+            }
+            _ => {
+                self.times_ejected = 0;
+                self.decayed_to = now;
+            }
+        }
+    }
 }
 
 /// Outlier state of one upstream's endpoints.
@@ -74,7 +100,9 @@ impl<E: Clone + Eq + Hash> OutlierDetector<E> {
             failures: 0,
             ejected_until: None,
             times_ejected: 0,
+            decayed_to: now,
         });
+        st.decay(now, interval);
         if now.saturating_duration_since(st.window_start) >= interval {
             st.window_start = now;
             st.requests = 0;
@@ -168,6 +196,30 @@ mod tests {
         }
         let e = d.record(&"a", Outcome::Failure, 4, t2).expect("ejected again");
         assert_eq!(e.until, t2 + Duration::from_secs(60), "base × times ejected");
+    }
+
+    #[test]
+    fn time_back_in_service_brings_the_multiplier_down() {
+        let t = Instant::now();
+        let mut d = OutlierDetector::new(cfg());
+        fn fail3(d: &mut OutlierDetector<&'static str>, at: Instant) -> Option<Ejection<&'static str>> {
+            (0..3).filter_map(|_| d.record(&"a", Outcome::Failure, 4, at)).last()
+        }
+        let e = fail3(&mut d, t).expect("ejected");
+        let e = fail3(&mut d, e.until).expect("ejected again at once");
+        assert_eq!(e.times, 2);
+        // Back at e.until; 10 s (one interval) in service takes one off, 20 s both.
+        let back = e.until;
+        assert!(d.record(&"a", Outcome::Success, 4, back + Duration::from_secs(10)).is_none());
+        assert_eq!(d.times_ejected(&"a"), 1);
+        let e = fail3(&mut d, back + Duration::from_secs(12)).expect("ejected a third time");
+        assert_eq!(e.times, 2, "one interval in service took one off");
+        assert_eq!(e.until, back + Duration::from_secs(12 + 60));
+        let back = e.until;
+        assert!(d.record(&"a", Outcome::Success, 4, back + Duration::from_secs(25)).is_none());
+        assert_eq!(d.times_ejected(&"a"), 0, "two intervals in service took both off");
+        let e = fail3(&mut d, back + Duration::from_secs(30)).expect("ejected");
+        assert_eq!(e.until, back + Duration::from_secs(30 + 30), "the base time again");
     }
 
     #[test]
