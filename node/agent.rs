@@ -76,6 +76,9 @@ pub struct Agent {
     draining: Arc<AtomicBool>,
     drain: Duration,
     proxy: Option<Proxy>,
+    /// Where the sidecar's TLS material is read again on SIGHUP, and what it must name
+    /// (node, and the service the sidecar calls as).
+    tls_reload: Option<(crate::config::TlsFiles, String, Option<String>)>,
     /// The hosts file this agent wrote alias lines into, and its namespace.
     hosts_file: Option<(std::path::PathBuf, String)>,
     gossip_addr: SocketAddr,
@@ -220,6 +223,10 @@ impl Agent {
             draining,
             drain: config.gossip.drain,
             proxy,
+            tls_reload: config.proxy.as_ref().and_then(|p| {
+                let identity = p.identity.as_ref().map(|s| s.as_str().to_owned());
+                p.tls_files.clone().map(|f| (f, config.node.name.as_str().to_owned(), identity))
+            }),
             hosts_file: config
                 .proxy
                 .as_ref()
@@ -260,19 +267,45 @@ impl Agent {
         self.api_addr
     }
 
+    /// Reads the sidecar's TLS files again and, when they hold a certificate that
+    /// chains to the CA and names this node (and its service), puts them in service:
+    /// new handshakes use them, connections already made keep theirs. Bad files change
+    /// nothing. Without TLS files (no proxy, `--insecure`) there is nothing to reload.
+    pub fn reload_tls(&self) -> Result<(), String> {
+        let (Some(proxy), Some((files, node, identity))) = (&self.proxy, &self.tls_reload) else {
+            return Err("no TLS files to reload (the sidecar runs without --tls-cert)".into());
+        };
+        let tls = files.reload(node, identity.as_deref())?;
+        proxy.set_tls(&tls).map_err(|e| e.to_string())
+    }
+
     /// Runs until SIGTERM or SIGINT (then leaves gracefully) or until a part dies (then
-    /// returns its error).
+    /// returns its error). SIGHUP reloads the TLS files ([`Agent::reload_tls`]).
     pub async fn run_until_signal(mut self) -> anyhow::Result<()> {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = term.recv() => info!("SIGTERM: leaving"),
-            _ = tokio::signal::ctrl_c() => info!("SIGINT: leaving"),
-            Some(done) = self.tasks.join_next() => {
-                let (part, result) = done.unwrap_or(("task", Err(anyhow::anyhow!("a task panicked"))));
-                let err = result.err().unwrap_or_else(|| anyhow::anyhow!("stopped unexpectedly"));
-                error!(part, error = %err, "a part of the agent died");
-                self.kill().await;
-                return Err(err.context(format!("{part} died")));
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                _ = term.recv() => {
+                    info!("SIGTERM: leaving");
+                    break;
+                }
+                _ = tokio::signal::ctrl_c() => {
+                    info!("SIGINT: leaving");
+                    break;
+                }
+                _ = hup.recv() => match self.reload_tls() {
+                    Ok(()) => info!("SIGHUP: TLS certificate, key and CA reloaded"),
+                    Err(e) => error!(error = %e, "SIGHUP: TLS files not reloaded; the old ones stay in service"),
+                },
+                Some(done) = self.tasks.join_next() => {
+                    let (part, result) = done.unwrap_or(("task", Err(anyhow::anyhow!("a task panicked"))));
+                    let err = result.err().unwrap_or_else(|| anyhow::anyhow!("stopped unexpectedly"));
+                    error!(part, error = %err, "a part of the agent died");
+                    self.kill().await;
+                    return Err(err.context(format!("{part} died")));
+                }
             }
         }
         self.shutdown().await;

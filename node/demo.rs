@@ -87,6 +87,7 @@ fn agent_config(
     config.proxy = Some(ProxyConfig {
         bind: SocketAddr::new(ip, 0),
         tls: TlsMaterial::Mutual { ca: ca.cert_der().map_err(anyhow::Error::msg)?, identity },
+        tls_files: None,
         identity: names.first().cloned(),
         upstreams: upstreams
             .iter()

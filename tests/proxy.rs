@@ -518,3 +518,63 @@ async fn a_reset_behind_the_sidecars_reaches_the_app_as_a_reset() {
     backend.kill().await;
     app_task.abort();
 }
+
+/// The certificate a QUIC connection's peer presented.
+fn presented(conn: &quinn::Connection) -> Vec<u8> {
+    conn.peer_identity()
+        .and_then(|any| any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok())
+        .and_then(|certs| certs.first().map(|c| c.as_ref().to_vec()))
+        .expect("the peer presented a certificate")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reloaded_certificate_is_presented_to_new_connections_and_bad_files_change_nothing() {
+    use murmur::config::TlsFiles;
+    use murmur::tls::ca::{cert_pem, key_pem};
+    use murmur::tls::TlsMaterial;
+    let ca = Ca::generate().expect("ca");
+    let dir = std::env::temp_dir().join(format!("murmur-tls-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let files = TlsFiles { ca: dir.join("ca.pem"), cert: dir.join("cert.pem"), key: dir.join("key.pem") };
+    let write = |id: &murmur::tls::Identity| {
+        std::fs::write(&files.ca, ca.cert_pem()).expect("write ca");
+        std::fs::write(&files.cert, cert_pem(&id.cert)).expect("write cert");
+        std::fs::write(&files.key, key_pem(&id.key)).expect("write key");
+    };
+    let mut cfg = config(39, 0, None, &[], &["echo:80,check=none".into()]);
+    with_proxy(&mut cfg, 39, &ca, Some("echo"), &["echo"], &[]);
+    let node = cfg.node.name.clone();
+    let echo: murmur_protocol::ServiceName = "echo".parse().expect("name");
+    let first = ca.issue(&node, std::slice::from_ref(&echo)).expect("issue");
+    write(&first);
+    let peer = SocketAddr::new(ip(39, 0), 7947);
+    if let Some(p) = cfg.proxy.as_mut() {
+        p.bind = peer;
+        p.tls = TlsMaterial::load(&files.ca, &files.cert, &files.key).expect("load");
+        p.tls_files = Some(files.clone());
+    }
+    let agent = Agent::start(cfg).await.expect("agent");
+    let before = raw_client(&ca, &["web"], peer, node.as_str()).await;
+    assert_eq!(presented(&before), first.cert.as_ref());
+
+    // A renewed certificate in the same files: new connections get it; the old one stays.
+    let second = ca.issue(&node, &[echo]).expect("issue");
+    write(&second);
+    agent.reload_tls().expect("reload");
+    let after = raw_client(&ca, &["web"], peer, node.as_str()).await;
+    assert_eq!(presented(&after), second.cert.as_ref());
+    assert!(before.close_reason().is_none(), "a connection made before the reload was closed");
+
+    // Files that do not make a certificate for this node are refused; the last good
+    // material stays in service.
+    let stranger = ca.issue(&"someone-else".parse().expect("node"), &[]).expect("issue");
+    write(&stranger);
+    let err = agent.reload_tls().expect_err("a certificate for another node");
+    assert!(err.contains("not for node"), "{err}");
+    std::fs::write(&files.cert, "not a certificate").expect("write");
+    assert!(agent.reload_tls().is_err());
+    let still = raw_client(&ca, &["web"], peer, node.as_str()).await;
+    assert_eq!(presented(&still), second.cert.as_ref());
+    agent.kill().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -126,6 +126,27 @@ pub struct ApiConfig {
     pub listen: SocketAddr,
 }
 
+/// The PEM files of a sidecar's mutual TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// `--tls-ca`.
+    pub ca: std::path::PathBuf,
+    /// `--tls-cert`.
+    pub cert: std::path::PathBuf,
+    /// `--tls-key`.
+    pub key: std::path::PathBuf,
+}
+
+impl TlsFiles {
+    /// Reads the files again and checks the certificate as at start: it chains to the
+    /// CA and names `node` (and `identity`, when given).
+    pub fn reload(&self, node: &str, identity: Option<&str>) -> Result<TlsMaterial, String> {
+        let tls = TlsMaterial::load(&self.ca, &self.cert, &self.key)?;
+        tls.check(node, identity)?;
+        Ok(tls)
+    }
+}
+
 /// Proxy-mode settings; present only when the sidecar proxy runs.
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
@@ -133,6 +154,9 @@ pub struct ProxyConfig {
     pub bind: SocketAddr,
     /// What the sidecar's TLS is built from.
     pub tls: TlsMaterial,
+    /// The files `tls` was read from, read again on SIGHUP (`None`: built in memory,
+    /// as with `--insecure`).
+    pub tls_files: Option<TlsFiles>,
     /// The service this sidecar calls as.
     pub identity: Option<murmur_protocol::ServiceName>,
     /// Upstreams the local app calls.
@@ -312,6 +336,12 @@ impl Config {
             Some(ProxyConfig {
                 bind: l.proxy_bind.unwrap_or(SocketAddr::new(advertise_ip, upstream::DEFAULT_PROXY_PORT)),
                 tls,
+                tls_files: match (&l.tls_ca, &l.tls_cert, &l.tls_key) {
+                    (Some(ca), Some(cert), Some(key)) => {
+                        Some(TlsFiles { ca: ca.clone(), cert: cert.clone(), key: key.clone() })
+                    }
+                    _ => None,
+                },
                 identity,
                 upstreams,
                 vip_base,

@@ -35,6 +35,7 @@ use crate::config::{ProxyConfig, UpstreamSpec};
 use crate::local::LocalInstance;
 use crate::metrics::Metrics;
 use crate::registry::RegistryReader;
+use crate::tls::TlsMaterial;
 use inbound::{serve_inbound, InboundContext};
 use outbound::{Caller, Upstream};
 use pool::Pool;
@@ -106,17 +107,23 @@ fn transport(max_streams: u32) -> Arc<TransportConfig> {
     Arc::new(t)
 }
 
+/// The QUIC server and client configs built from `tls`.
+fn quic_configs(tls: &TlsMaterial) -> Result<(quinn::ServerConfig, quinn::ClientConfig), ProxyError> {
+    let server = tls.server_config().map_err(ProxyError::Tls)?;
+    let server = QuicServerConfig::try_from(server).map_err(|e| ProxyError::Tls(e.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(server));
+    server.transport_config(transport(MAX_STREAMS));
+    let client = tls.client_config().map_err(ProxyError::Tls)?;
+    let client = QuicClientConfig::try_from(client).map_err(|e| ProxyError::Tls(e.to_string()))?;
+    let mut client = quinn::ClientConfig::new(Arc::new(client));
+    client.transport_config(transport(MAX_STREAMS));
+    Ok((server, client))
+}
+
 impl ProxySockets {
     /// Binds the QUIC endpoint and every upstream listener.
     pub async fn bind(config: &ProxyConfig) -> Result<ProxySockets, ProxyError> {
-        let server = config.tls.server_config().map_err(ProxyError::Tls)?;
-        let server = QuicServerConfig::try_from(server).map_err(|e| ProxyError::Tls(e.to_string()))?;
-        let mut server = quinn::ServerConfig::with_crypto(Arc::new(server));
-        server.transport_config(transport(MAX_STREAMS));
-        let client = config.tls.client_config().map_err(ProxyError::Tls)?;
-        let client = QuicClientConfig::try_from(client).map_err(|e| ProxyError::Tls(e.to_string()))?;
-        let mut client = quinn::ClientConfig::new(Arc::new(client));
-        client.transport_config(transport(MAX_STREAMS));
+        let (server, client) = quic_configs(&config.tls)?;
         let endpoint = Endpoint::server(server, config.bind).map_err(|source| ProxyError::Bind {
             setting: "--proxy-bind",
             addr: config.bind,
@@ -150,9 +157,20 @@ impl ProxySockets {
 /// A running proxy.
 pub struct Proxy {
     endpoint: Endpoint,
+    pool: Arc<Pool>,
 }
 
 impl Proxy {
+    /// Puts new TLS material in service (certificate rotation): handshakes from now on,
+    /// inbound and outbound, use it. Connections already made keep the certificates
+    /// they were made with until they close.
+    pub fn set_tls(&self, tls: &TlsMaterial) -> Result<(), ProxyError> {
+        let (server, client) = quic_configs(tls)?;
+        self.endpoint.set_server_config(Some(server));
+        self.pool.set_client(client);
+        Ok(())
+    }
+
     /// Closes every QUIC connection at once (the end of a drain).
     pub fn close(&self) {
         self.endpoint.close(VarInt::from_u32(0), b"agent leaving");
@@ -234,6 +252,7 @@ pub fn spawn_proxy(
     // pooled connections. On every registry change: connections to peers that died or
     // restarted are closed.
     let mut changes = deps.registry.subscribe();
+    let proxy = Proxy { endpoint, pool: pool.clone() };
     tasks.spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
@@ -253,5 +272,5 @@ pub fn spawn_proxy(
             }
         }
     });
-    Proxy { endpoint }
+    proxy
 }

@@ -73,7 +73,8 @@ type Slot = Arc<tokio::sync::Mutex<Vec<Pooled>>>;
 /// The pool.
 pub struct Pool {
     endpoint: Endpoint,
-    client: ClientConfig,
+    /// Replaced when the TLS material is (certificate rotation).
+    client: Mutex<ClientConfig>,
     // A std mutex only to find or add a slot; the per-peer async mutex is what is held
     // while connecting, so one slow peer never blocks the others.
     // Keyed by address and node name (verified in the handshake), so a connection made
@@ -93,7 +94,12 @@ fn open_now(conn: &Connection) -> Option<Result<(SendStream, RecvStream), quinn:
 impl Pool {
     /// A pool dialling from `endpoint` with `client`.
     pub fn new(endpoint: Endpoint, client: ClientConfig) -> Self {
-        Self { endpoint, client, slots: Mutex::new(HashMap::new()) }
+        Self { endpoint, client: Mutex::new(client), slots: Mutex::new(HashMap::new()) }
+    }
+
+    /// New connections from now on present and verify with `client`.
+    pub fn set_client(&self, client: ClientConfig) {
+        *self.client.lock().unwrap_or_else(|p| p.into_inner()) = client;
     }
 
     fn slot(&self, addr: SocketAddr, node: &str) -> Slot {
@@ -133,9 +139,10 @@ impl Pool {
         }
         let (conn, handshake) = if conns.len() < MAX_CONNECTIONS_PER_PEER {
             let start = Instant::now();
+            let client = self.client.lock().unwrap_or_else(|p| p.into_inner()).clone();
             let connecting = self
                 .endpoint
-                .connect_with(self.client.clone(), addr, &node_server_name(node))
+                .connect_with(client, addr, &node_server_name(node))
                 .map_err(|e| PoolError::Connect(addr, e.to_string()))?;
             let conn = connecting.await.map_err(|e| PoolError::Handshake(addr, e.to_string()))?;
             conns.push(Pooled { conn: conn.clone(), opened_unix_ms: crate::clock::unix_ms() });

@@ -159,6 +159,7 @@ pub fn with_proxy(
     cfg.proxy = Some(ProxyConfig {
         bind: SocketAddr::new(cfg.node.advertise, 0),
         tls,
+        tls_files: None,
         identity: identity.map(|s| s.parse().expect("valid identity")).or_else(|| services.first().cloned()),
         upstreams: upstreams.iter().map(|u| parse_upstream_spec(u).expect("valid upstream")).collect(),
         vip_base: std::net::Ipv4Addr::new(127, 201, block, 1),
