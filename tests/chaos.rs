@@ -1,8 +1,12 @@
 //! Multi-host tests: each host is a network namespace with one murmur agent (the real
 //! binary), joined by a bridge that lives in its own namespace, on 198.18.0.0/15.
-//! nftables rules in the bridge namespace cut hosts off and drop packets. These tests
-//! need root; without it they say so loudly and skip. Every namespace and process they
-//! make is removed when the harness drops, also on failure.
+//! nftables rules in the bridge namespace cut hosts off and drop packets; `tc netem`
+//! delays them where the kernel has it. The traffic scenarios add apps per host
+//! (tests/chaos_apps: this binary, started again in the host's namespace) that resolve
+//! through the host's resolv.conf. The membership scenarios also run with Serf in
+//! place of murmur, opt-in (`serf_*`, ignored by default), for RELIABILITY.md. These
+//! tests need root; without it they say so loudly and skip. Every namespace and process
+//! they make is removed when the harness drops, also on failure.
 
 mod chaos_apps;
 
