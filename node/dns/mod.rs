@@ -257,10 +257,10 @@ async fn serve_udp(socket: UdpSocket, handler: Arc<Handler>, cancel: Cancellatio
         let raw = &buf[..len];
         let (req, query, edns, plan) = match Message::from_vec(raw) {
             Ok(m) if m.metadata.message_type == MessageType::Response => continue,
-            Ok(m) => {
-                let query = (m.queries.len() == 1).then(|| m.queries[0].clone());
-                let plan = handler.plan(&m.metadata, query.as_ref(), m.edns.as_ref(), true);
-                (m.metadata, query, m.edns, plan)
+            Ok(Message { metadata, mut queries, edns, .. }) => {
+                let query = (queries.len() == 1).then(|| queries.swap_remove(0));
+                let plan = handler.plan(&metadata, query.as_ref(), edns.as_ref(), true);
+                (metadata, query, edns, plan)
             }
             Err(_) => {
                 // A header we can read gets FORMERR, as hickory-server answers; a
