@@ -17,7 +17,7 @@ use hickory_proto::rr::RecordType;
 use murmur::cli::ApiClient;
 use murmur::dns::client::{addresses, query};
 
-/// Agents, unless `MURMUR_BENCH_AGENTS` says otherwise (2-200).
+/// Agents, unless `MURMUR_BENCH_AGENTS` says otherwise (6-200).
 const DEFAULT_AGENTS: u8 = 10;
 
 fn agents_wanted() -> u8 {

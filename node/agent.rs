@@ -76,9 +76,9 @@ pub struct Agent {
     draining: Arc<AtomicBool>,
     drain: Duration,
     proxy: Option<Proxy>,
-    /// Where the sidecar's TLS material is read again on SIGHUP, and what it must name
-    /// (node, and the service the sidecar calls as).
-    tls_reload: Option<(crate::config::TlsFiles, String, Option<String>)>,
+    /// Where the sidecar's TLS material is read again on SIGHUP, and the service it must
+    /// name besides this node (the one the sidecar calls as).
+    tls_reload: Option<(crate::config::TlsFiles, Option<String>)>,
     /// The hosts file this agent wrote alias lines into, and its namespace.
     hosts_file: Option<(std::path::PathBuf, String)>,
     gossip_addr: SocketAddr,
@@ -225,7 +225,7 @@ impl Agent {
             proxy,
             tls_reload: config.proxy.as_ref().and_then(|p| {
                 let identity = p.identity.as_ref().map(|s| s.as_str().to_owned());
-                p.tls_files.clone().map(|f| (f, config.node.name.as_str().to_owned(), identity))
+                p.tls_files.clone().map(|f| (f, identity))
             }),
             hosts_file: config
                 .proxy
@@ -272,10 +272,10 @@ impl Agent {
     /// new handshakes use them, connections already made keep theirs. Bad files change
     /// nothing. Without TLS files (no proxy, `--insecure`) there is nothing to reload.
     pub fn reload_tls(&self) -> Result<(), String> {
-        let (Some(proxy), Some((files, node, identity))) = (&self.proxy, &self.tls_reload) else {
+        let (Some(proxy), Some((files, identity))) = (&self.proxy, &self.tls_reload) else {
             return Err("no TLS files to reload (the sidecar runs without --tls-cert)".into());
         };
-        let tls = files.reload(node, identity.as_deref())?;
+        let tls = files.reload(&self.name, identity.as_deref())?;
         proxy.set_tls(&tls).map_err(|e| e.to_string())
     }
 

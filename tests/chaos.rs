@@ -56,6 +56,16 @@ fn skip_serf(test: &str) -> bool {
     !present
 }
 
+/// Whether `child` has exited.
+fn exited(child: &mut Child) -> bool {
+    child.try_wait().expect("wait for a process").is_some()
+}
+
+/// How long loss and partition phases last: `MURMUR_CHAOS_SECS`, default 30.
+fn chaos_secs() -> u64 {
+    std::env::var("MURMUR_CHAOS_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(30)
+}
+
 fn sh(args: &[&str]) {
     let out = Command::new(args[0]).args(&args[1..]).output().expect("command runs");
     assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
@@ -145,6 +155,36 @@ impl Net {
         format!("198.18.{}.{}", self.subnet, 10 + i)
     }
 
+    /// A command to run in host `i`'s namespace (with its /etc/netns files).
+    fn in_host(&self, i: usize) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.host_ns(i)]);
+        cmd
+    }
+
+    /// `murmur ARGS --json` against host `i`'s agent API, decoded (`None` when the agent
+    /// does not answer).
+    fn murmur_api<T: serde::de::DeserializeOwned>(&self, i: usize, args: &[&str]) -> Option<T> {
+        let out = self
+            .in_host(i)
+            .arg(env!("CARGO_BIN_EXE_murmur"))
+            .args(args)
+            .args(["--json", "--api", "127.0.0.1:8500"])
+            .output();
+        out.ok().and_then(|out| serde_json::from_slice(&out.stdout).ok())
+    }
+
+    /// Polls `done` every 20 ms until it holds; returns how long that took. Bounded by
+    /// the network's wait.
+    fn until(&self, what: &str, mut done: impl FnMut() -> bool) -> Duration {
+        let start = Instant::now();
+        while !done() {
+            assert!(start.elapsed() < self.wait, "timed out after {:?} waiting for {what}", self.wait);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        start.elapsed()
+    }
+
     /// Starts (or restarts) the agent of host `i`, seeded by hosts 0 and 1.
     fn start(&mut self, i: usize) {
         self.start_as(i, &format!("host-{i}"), &["--service", &format!("app:{},check=none", 8000 + i)]);
@@ -161,8 +201,8 @@ impl Net {
             return;
         }
         let ip = self.ip(i);
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.host_ns(i), env!("CARGO_BIN_EXE_murmur"), "agent"])
+        let mut cmd = self.in_host(i);
+        cmd.args([env!("CARGO_BIN_EXE_murmur"), "agent"])
             .args(["--name", name, "--bind", &format!("{ip}:7946"), "--gossip-key", &self.key])
             .args(["--seed", &format!("{}:7946", self.ip(0)), "--seed", &format!("{}:7946", self.ip(1))])
             .args(["--dns-listen", self.dns, "--api-listen", "127.0.0.1:8500", "--dns-upstream", "127.0.0.1:1"]);
@@ -191,8 +231,8 @@ impl Net {
     /// 0 and 1 (retried, as murmur retries its seeds), with Serf's default LAN timing.
     fn start_serf(&mut self, i: usize, name: &str) {
         let ip = self.ip(i);
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.host_ns(i), "serf", "agent"])
+        let mut cmd = self.in_host(i);
+        cmd.args(["serf", "agent"])
             .args([format!("-node={name}"), format!("-bind={ip}:7946"), "-rpc-addr=127.0.0.1:7373".into()])
             .args(["-retry-interval=1s", "-log-level=warn"]);
         for seed in [0, 1].into_iter().filter(|&s| s != i) {
@@ -216,21 +256,13 @@ impl Net {
         if self.serf {
             return self.serf_members_seen_by(i);
         }
-        let members: Vec<MemberJson> = Command::new("ip")
-            .args(["netns", "exec", &self.host_ns(i), env!("CARGO_BIN_EXE_murmur"), "members", "--json"])
-            .args(["--api", "127.0.0.1:8500"])
-            .output()
-            .ok()
-            .and_then(|out| serde_json::from_slice(&out.stdout).ok())
-            .unwrap_or_default();
+        let members: Vec<MemberJson> = self.murmur_api(i, &["members"]).unwrap_or_default();
         members.into_iter().map(|m| Seen { name: m.name, address: m.address, status: m.status }).collect()
     }
 
     /// `serf members -format=json` in host `i`: `{"members": [{"name", "addr", "status"}]}`.
     fn serf_members_seen_by(&self, i: usize) -> Vec<Seen> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.host_ns(i), "serf", "members", "-format=json", "-rpc-addr=127.0.0.1:7373"])
-            .output();
+        let out = self.in_host(i).args(["serf", "members", "-format=json", "-rpc-addr=127.0.0.1:7373"]).output();
         let json: serde_json::Value =
             out.ok().and_then(|o| serde_json::from_slice(&o.stdout).ok()).unwrap_or(serde_json::Value::Null);
         let field = |m: &serde_json::Value, k: &str| m[k].as_str().unwrap_or_default().to_owned();
@@ -279,19 +311,13 @@ impl Net {
     fn until_all_see(&self, observers: &[usize], alive: &[usize], what: &str) -> Duration {
         let mut want: Vec<String> = alive.iter().map(|i| format!("host-{i}")).collect();
         want.sort();
-        let start = Instant::now();
-        loop {
-            let done = observers.iter().all(|&o| {
+        self.until(what, || {
+            observers.iter().all(|&o| {
                 let mut seen = self.alive_seen_by(o);
                 seen.sort();
                 seen == want
-            });
-            if done {
-                return start.elapsed();
-            }
-            assert!(start.elapsed() < self.wait, "timed out after {:?} waiting for {what}", self.wait);
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            })
+        })
     }
 
     fn teardown(&self) {
@@ -473,7 +499,7 @@ fn loss(serf: bool, tag: &str, subnet: u8) -> Vec<(u32, usize)> {
     }
     let all: Vec<usize> = (0..HOSTS).collect();
     net.until_all_see(&all, &all, "every host to see every host");
-    let secs: u64 = std::env::var("MURMUR_CHAOS_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(30);
+    let secs = chaos_secs();
     let mut results = Vec::new();
     for percent in [10, 30, 50] {
         net.loss(percent);
@@ -547,7 +573,7 @@ fn partition_restart_seed(serf: bool, tag: &str, subnet: u8) -> PartitionRestart
     net.until_all_see(&five, &five, "every host to see every host");
 
     // Partition into {0, 1} and {2, 3, 4}: each side keeps serving its own side.
-    let secs: u64 = std::env::var("MURMUR_CHAOS_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(30);
+    let secs = chaos_secs();
     net.partition(&[0, 1], &[2, 3, 4]);
     net.until_all_see(&[0, 1], &[0, 1], "the left side to see only itself");
     net.until_all_see(&[2, 3, 4], &[2, 3, 4], "the right side to see only itself");
@@ -643,8 +669,8 @@ impl Net {
     fn start_app(&mut self, i: usize, role: &'static str, env: &[(&str, String)]) {
         let exe = std::env::current_exe().expect("the test binary's path");
         let log = self.log(&format!("{role}-{i}"));
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.host_ns(i)])
+        let child = self
+            .in_host(i)
             .arg(exe)
             .args(["--exact", "app_process", "--ignored", "--nocapture", "--test-threads", "1"])
             .env("MURMUR_CHAOS_APP", role)
@@ -668,37 +694,21 @@ impl Net {
         let mut agent = self.agents[i].take().expect("the agent runs");
         // `ip netns exec` execs the agent, so this pid is the agent's.
         sh(&["kill", "-TERM", &agent.id().to_string()]);
-        let start = Instant::now();
-        while agent.try_wait().expect("wait for the agent").is_none() {
-            assert!(start.elapsed() < WAIT, "host {i}'s agent did not exit on SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        start.elapsed()
+        self.until(&format!("host {i}'s agent to exit on SIGTERM"), || exited(&mut agent))
     }
 
     /// Waits until every host in `observers` sees a healthy `service` instance on each
     /// host in `serving`, and no other; returns how long that took.
     fn until_all_serve(&self, observers: &[usize], serving: &[usize], service: &str) -> Duration {
         let want: Vec<String> = serving.iter().map(|i| format!("host-{i}")).collect();
-        let start = Instant::now();
-        loop {
-            let done = observers.iter().all(|&o| {
-                let out = Command::new("ip")
-                    .args(["netns", "exec", &self.host_ns(o), env!("CARGO_BIN_EXE_murmur"), "services", service])
-                    .args(["--json", "--api", "127.0.0.1:8500"])
-                    .output();
-                let seen: Vec<InstanceJson> =
-                    out.ok().and_then(|out| serde_json::from_slice(&out.stdout).ok()).unwrap_or_default();
+        self.until(&format!("every host to see {want:?} serve"), || {
+            observers.iter().all(|&o| {
+                let seen: Vec<InstanceJson> = self.murmur_api(o, &["services", service]).unwrap_or_default();
                 let mut nodes: Vec<String> = seen.into_iter().map(|s| s.node).collect();
                 nodes.sort();
                 nodes == want
-            });
-            if done {
-                return start.elapsed();
-            }
-            assert!(start.elapsed() < WAIT, "timed out after {WAIT:?} waiting for every host to see {want:?} serve");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            })
+        })
     }
 }
 
@@ -742,11 +752,7 @@ impl Net {
     fn stop_client(&mut self, run: ClientRun) -> Report {
         std::fs::write(&run.stop, "").expect("write the stop file");
         let mut child = self.take_app(run.host, "client");
-        let start = Instant::now();
-        while child.try_wait().expect("wait for the client").is_none() {
-            assert!(start.elapsed() < WAIT, "host {}'s client did not stop", run.host);
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.until(&format!("host {}'s client to stop", run.host), || exited(&mut child));
         Report::read(&run.out).unwrap_or_else(|| panic!("host {}'s client wrote no report", run.host))
     }
 }
@@ -830,12 +836,7 @@ impl Net {
     /// The hosts whose `files` endpoint has a connection open now, as host `i`'s
     /// sidecar counts them.
     fn active_endpoints_of(&self, i: usize) -> Vec<usize> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.host_ns(i), env!("CARGO_BIN_EXE_murmur"), "stats", "--json"])
-            .args(["--api", "127.0.0.1:8500"])
-            .output()
-            .expect("murmur stats");
-        let upstreams: Vec<UpstreamJson> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let upstreams: Vec<UpstreamJson> = self.murmur_api(i, &["stats"]).unwrap_or_default();
         let active = upstreams.iter().flat_map(|u| &u.endpoints).filter(|e| e.active > 0);
         // Instance ids are `<node>-<port>`: host-N-9000.
         active.filter_map(|e| e.instance.strip_prefix("host-")?.split('-').next()?.parse().ok()).collect()
@@ -858,11 +859,9 @@ fn a_connection_through_a_killed_sidecar_is_reset_within_the_detection_time() {
             "hold",
             &[("MURMUR_CHAOS_NAME", "files".to_owned()), ("MURMUR_CHAOS_OUT", out.display().to_string())],
         );
-        let start = Instant::now();
-        while !std::fs::read_to_string(&out).is_ok_and(|t| t.starts_with("held")) {
-            assert!(start.elapsed() < WAIT, "the holding app never got its echo");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        net.until("the holding app to get its echo", || {
+            std::fs::read_to_string(&out).is_ok_and(|t| t.starts_with("held"))
+        });
         match net.active_endpoints_of(0).as_slice() {
             [h] if *h != 0 => {
                 target = Some((*h, out));
@@ -872,7 +871,9 @@ fn a_connection_through_a_killed_sidecar_is_reset_within_the_detection_time() {
                 let mut app = net.take_app(0, "hold");
                 let _ = app.kill();
                 let _ = app.wait();
-                std::thread::sleep(Duration::from_millis(100));
+                net.until("the closed connection to leave the sidecar's count", || {
+                    net.active_endpoints_of(0).is_empty()
+                });
             }
         }
     }
@@ -910,14 +911,8 @@ fn a_delayed_network_causes_no_false_dead_verdicts() {
     let mut net = Net::new("d", 25, HOSTS);
     // nftables can drop but not delay; delay needs the kernel's sch_netem, which some
     // kernels (this project's development machine's among them) do not have.
-    let namespaces: Vec<String> = (0..HOSTS).map(|i| net.host_ns(i)).collect();
-    let netem = |i: usize, args: &[&str]| {
-        let ns = &namespaces[i];
-        let mut cmd = vec!["ip", "netns", "exec", ns.as_str(), "tc", "qdisc"];
-        cmd.extend_from_slice(args);
-        Command::new(cmd[0]).args(&cmd[1..]).output()
-    };
-    let probe = netem(0, &["add", "dev", "eth0", "root", "netem", "delay", "1ms"]);
+    let netem = |net: &Net, i: usize, args: &[&str]| net.in_host(i).args(["tc", "qdisc"]).args(args).output();
+    let probe = netem(&net, 0, &["add", "dev", "eth0", "root", "netem", "delay", "1ms"]);
     if !probe.as_ref().is_ok_and(|o| o.status.success()) {
         let why = probe.map(|o| String::from_utf8_lossy(&o.stderr).trim().to_owned()).unwrap_or_else(|e| e.to_string());
         eprintln!(
@@ -926,7 +921,7 @@ fn a_delayed_network_causes_no_false_dead_verdicts() {
         );
         return;
     }
-    let _ = netem(0, &["del", "dev", "eth0", "root"]);
+    let _ = netem(&net, 0, &["del", "dev", "eth0", "root"]);
     for i in 0..HOSTS {
         net.start(i);
     }
@@ -934,10 +929,10 @@ fn a_delayed_network_causes_no_false_dead_verdicts() {
     net.until_all_see(&all, &all, "every host to see every host");
     // 100 ms ± 20 ms on every host's outgoing packets: 200 ms round trips, reordered.
     for i in 0..HOSTS {
-        let out = netem(i, &["add", "dev", "eth0", "root", "netem", "delay", "100ms", "20ms"]).expect("tc runs");
+        let out = netem(&net, i, &["add", "dev", "eth0", "root", "netem", "delay", "100ms", "20ms"]).expect("tc runs");
         assert!(out.status.success(), "netem on host {i}: {}", String::from_utf8_lossy(&out.stderr));
     }
-    let secs: u64 = std::env::var("MURMUR_CHAOS_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(30);
+    let secs = chaos_secs();
     let n = net.false_verdicts(Duration::from_secs(secs));
     eprintln!("100 ms ± 20 ms delay on every host for {secs} s: {n} false dead verdicts");
     assert_eq!(n, 0, "delay caused {n} false dead verdicts");

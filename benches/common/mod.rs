@@ -142,13 +142,13 @@ pub fn rss_mb(pid: u32) -> f64 {
 }
 
 /// Peak resident memory since start or the last [`reset_peak`], MB.
-pub fn peak_rss_mb(pid: u32) -> f64 {
+fn peak_rss_mb(pid: u32) -> f64 {
     status_kb(pid, "VmHWM:") / 1024.0
 }
 
 /// Resets a process's peak RSS (`/proc/PID/clear_refs`, value 5), so that the next
 /// [`peak_rss_mb`] covers one run.
-pub fn reset_peak(pid: u32) {
+fn reset_peak(pid: u32) {
     let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
 }
 

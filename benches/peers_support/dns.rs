@@ -17,6 +17,9 @@ const PORT: u16 = 10053;
 const ZONE: &str = "bench.murmur";
 /// Where every name points: murmur answers with the registering agent's address.
 const ANSWER_IP: &str = "127.62.0.1";
+/// Where dnsmasq and unbound listen.
+const DNSMASQ_IP: &str = "127.62.0.2";
+const UNBOUND_IP: &str = "127.62.0.3";
 
 struct Server {
     name: &'static str,
@@ -167,8 +170,8 @@ pub fn run(settings: &Settings, work: &WorkDir) -> (serde_json::Value, String) {
     let queries = queries(work);
     let mut servers = vec![
         Server { name: "murmur", ip: ANSWER_IP, proc: start_murmur(work) },
-        Server { name: "dnsmasq", ip: "127.62.0.2", proc: start_dnsmasq(work, "127.62.0.2") },
-        Server { name: "unbound", ip: "127.62.0.3", proc: start_unbound(work, "127.62.0.3") },
+        Server { name: "dnsmasq", ip: DNSMASQ_IP, proc: start_dnsmasq(work, DNSMASQ_IP) },
+        Server { name: "unbound", ip: UNBOUND_IP, proc: start_unbound(work, UNBOUND_IP) },
     ];
     // Wait until each server answers the last service (murmur: once its registry has it).
     let last = format!("svc{}.{ZONE}", SERVICES - 1);

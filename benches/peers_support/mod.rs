@@ -1,5 +1,6 @@
-//! The pieces of the side-by-side runner: processes, /proc readings, tool output
-//! parsing and the results files. Each part (proxy, dns, membership) is a module.
+//! The pieces of the side-by-side runner: its settings and scratch directory, tool
+//! output parsing and the results files (processes and /proc readings are in
+//! benches/common). Each part (proxy, dns, membership) is a module.
 
 pub mod dns;
 pub mod membership;

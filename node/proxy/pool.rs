@@ -257,17 +257,7 @@ mod tests {
     }
 
     fn member(status: MemberStatus, generation: u64) -> Member {
-        Member {
-            name: "peer".into(),
-            gossip_addr: "127.0.0.1:1".parse().expect("addr"),
-            advertise: None,
-            status,
-            generation,
-            zone: None,
-            agent_version: None,
-            instances: 1,
-            is_self: false,
-        }
+        Member::other("peer", generation, status)
     }
 
     #[tokio::test]

@@ -137,17 +137,7 @@ mod tests {
     use super::*;
 
     fn member(name: &str, generation: u64, status: MemberStatus) -> Member {
-        Member {
-            name: name.into(),
-            gossip_addr: "127.0.0.1:7946".parse().expect("valid"),
-            advertise: None,
-            status,
-            generation,
-            zone: None,
-            agent_version: None,
-            instances: 0,
-            is_self: false,
-        }
+        Member::other(name, generation, status)
     }
 
     #[test]

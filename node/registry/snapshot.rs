@@ -33,6 +33,24 @@ pub struct Member {
     pub is_self: bool,
 }
 
+#[cfg(test)]
+impl Member {
+    /// Another node named `name` at `generation` with `status`, the rest empty (tests).
+    pub(crate) fn other(name: &str, generation: u64, status: MemberStatus) -> Member {
+        Member {
+            name: name.into(),
+            gossip_addr: "127.0.0.1:7946".parse().expect("valid"),
+            advertise: None,
+            status,
+            generation,
+            zone: None,
+            agent_version: None,
+            instances: 0,
+            is_self: false,
+        }
+    }
+}
+
 /// One service instance with its health.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Instance {
