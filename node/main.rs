@@ -50,6 +50,21 @@ async fn main() -> ExitCode {
             println!("{}", Keyring::generate_base64());
             Ok(())
         }
+        Command::Simulate(args) => match args.config() {
+            Ok(config) => {
+                let report = murmur::simulate::run(config);
+                if args.json {
+                    println!("{}", serde_json::to_string(&report).unwrap_or_default());
+                } else {
+                    print!("{}", report.table());
+                }
+                Ok(())
+            }
+            Err(e) => {
+                eprintln!("murmur: {e}");
+                return ExitCode::from(2);
+            }
+        },
         Command::Demo => {
             init_logs(false, "warn");
             murmur::demo::run().await

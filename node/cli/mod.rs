@@ -75,6 +75,8 @@ pub enum Command {
     },
     /// Start a local mesh, show discovery and failure detection, and exit.
     Demo,
+    /// Run the membership code for N agents on a simulated network in virtual time.
+    Simulate(crate::simulate::SimulateArgs),
 }
 
 /// `murmur ca ...`.

@@ -6,6 +6,7 @@
 mod frame;
 mod keyring;
 mod liveness;
+pub mod swim;
 mod transport;
 
 use std::net::SocketAddr;

@@ -13,6 +13,7 @@ pub mod keys;
 pub mod limits;
 pub mod names;
 pub mod record;
+pub mod swim;
 
 pub use codec::{decode_value, encode_value};
 pub use error::{DecodeError, NameError};
