@@ -33,7 +33,7 @@ mod members;
 pub mod store;
 mod suspicion;
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -221,8 +221,9 @@ pub struct Swim<S> {
     joined: bool,
     next_join: Instant,
     ahead: HashMap<MemberIdx, Vec<u64>>,
-    behind: HashMap<MemberIdx, Behind>,
-    pulls: HashMap<u32, (MemberIdx, Instant)>,
+    // Ordered maps where the core iterates, so a seeded run replays exactly.
+    behind: BTreeMap<MemberIdx, Behind>,
+    pulls: BTreeMap<u32, (MemberIdx, Instant)>,
     next_pull: Instant,
     forget: VecDeque<(Instant, MemberIdx, Arc<str>, u64)>,
     nudged: HashMap<MemberIdx, Instant>,
@@ -266,8 +267,8 @@ impl<S: Store> Swim<S> {
             joined: true,
             next_join: now,
             ahead: HashMap::new(),
-            behind: HashMap::new(),
-            pulls: HashMap::new(),
+            behind: BTreeMap::new(),
+            pulls: BTreeMap::new(),
             next_pull: now,
             forget: VecDeque::new(),
             nudged: HashMap::new(),
@@ -1106,9 +1107,12 @@ impl<S: Store> Swim<S> {
 
     // ----- dissemination and anti-entropy -----
 
+    /// Sends per rumor: `retransmit_mult · ⌈log10(N + 1)⌉`, times `1 + loss_extra` on a
+    /// lossy network, where each send is less likely to arrive and a missed rumor
+    /// otherwise waits for an anti-entropy exchange.
     fn retransmit_limit(&self) -> u32 {
         let n = self.cluster_size() as f64;
-        self.config.retransmit_mult * ((n + 1.0).log10().ceil() as u32).max(1)
+        self.config.retransmit_mult * ((n + 1.0).log10().ceil() as u32).max(1) * (1 + self.loss_extra())
     }
 
     fn gossip_round(&mut self) {
