@@ -150,7 +150,12 @@ async fn simulate(n: usize, interval: Duration, deadline: Duration, cap_mb: f64)
             seeds: seeds.clone(),
             keyring: Some(keyring.clone()),
             interval,
-            phi_threshold: murmur::config::DEFAULT_PHI_THRESHOLD,
+            probe_interval: murmur::config::DEFAULT_PROBE_INTERVAL,
+            probe_timeout: murmur::config::DEFAULT_PROBE_TIMEOUT,
+            indirect_probes: murmur::config::DEFAULT_INDIRECT_PROBES,
+            suspicion_mult: murmur::config::DEFAULT_SUSPICION_MULT,
+            retransmit_mult: murmur::config::DEFAULT_RETRANSMIT_MULT,
+            sync_interval: murmur::config::DEFAULT_SYNC_INTERVAL,
             dead_grace: Duration::from_secs(3600),
             drain: Duration::ZERO,
         };

@@ -39,8 +39,7 @@ fn imports_follow_the_map() {
     assert!(files.len() > 20, "found the sources");
     // External crates confined to the parts that own them (main, demo and these tests are
     // the edges and may use anything).
-    let confined: [(&str, &[&str]); 6] = [
-        ("chitchat", &["gossip"]),
+    let confined: [(&str, &[&str]); 5] = [
         ("quinn", &["proxy", "tls"]),
         ("rustls", &["proxy", "tls"]),
         ("hickory_", &["dns"]),
@@ -94,6 +93,19 @@ fn imports_follow_the_map() {
         for banned in ["tokio", "std::net::UdpSocket", "std::net::TcpStream", "std::fs", "SystemTime", "Instant"] {
             if text.contains(banned) {
                 broken.push(format!("{} uses {banned}: protocol is pure", file.display()));
+            }
+        }
+    }
+    // The membership core runs in the agent and in the simulator's virtual time: it
+    // never reads a clock, sleeps or touches a socket.
+    let mut swim = Vec::new();
+    sources(&root.join("gossip/swim"), &mut swim);
+    assert!(!swim.is_empty(), "found the membership core");
+    for file in swim.iter().filter(|f| !f.ends_with("tests.rs")) {
+        let text = code(file);
+        for banned in ["tokio", "UdpSocket", "Instant::now", "SystemTime", "std::thread", "std::fs"] {
+            if text.contains(banned) {
+                broken.push(format!("{} uses {banned}: the membership core has no I/O and no clock", file.display()));
             }
         }
     }

@@ -299,7 +299,7 @@ pub async fn run() -> anyhow::Result<()> {
     })
     .await?;
     println!(
-        "   127.0.0.13 left node-1's DNS answers after {}  (failure detector, phi threshold 6 x 200 ms gossip)",
+        "   127.0.0.13 left node-1's DNS answers after {}  (SWIM: a failed probe, suspicion, then dead everywhere)",
         ms(d)
     );
     let members: Vec<MemberJson> = serde_json::from_str(&api.get("/v1/members").await?)?;

@@ -224,14 +224,14 @@ async fn graceful_leave_drains_then_leaves() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_agent_on_a_new_address_replaces_its_old_self() {
-    // A failure detector so slow (phi 50: ten seconds of silence) that only the
+    // A failure detector so slow (suspicions of ten seconds and more) that only the
     // generation rule can explain a quick replacement.
     let mut mesh = TestMesh::start_with(
         13,
         3,
         |i| vec![format!("db:{},check=none", 5432 + i)],
         |c| {
-            c.gossip.phi_threshold = 50.0;
+            c.gossip.suspicion_mult = 40.0;
         },
     )
     .await;
@@ -417,9 +417,9 @@ async fn capture(sock: &tokio::net::UdpSocket, d: Duration) -> Vec<(Vec<u8>, Soc
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn captured_gossip_reveals_nothing_and_replays_change_nothing() {
-    // A listener posing as a seed: agents gossip to it every round, so it captures real
-    // sealed datagrams, and it replays them from its own address, as an attacker on the
-    // path would.
+    // A listener posing as a seed that never answers: an agent asks its seeds to let it
+    // join until one does, so it captures real sealed datagrams, and it replays them
+    // from its own address, as an attacker on the path would.
     let tap = tokio::net::UdpSocket::bind((ip(18, 99), 0)).await.expect("bind the tap");
     let tap_addr = tap.local_addr().expect("addr");
     let mesh = TestMesh::start_with(
@@ -429,22 +429,24 @@ async fn captured_gossip_reveals_nothing_and_replays_change_nothing() {
         |c| c.gossip.seeds.push(tap_addr.to_string()),
     )
     .await;
-    // Agent 0 alone: its Syn carries a digest that knows only itself.
-    let early = capture(&tap, Duration::from_millis(600)).await;
-    let early_syn = early.iter().map(|(d, _)| d.clone()).next().expect("agent 0 gossips to its seeds");
+    // Agent 0 alone: its join request carries a digest that knows only itself.
+    let early = capture(&tap, Duration::from_millis(1200)).await;
+    let early_syn = early.iter().map(|(d, _)| d.clone()).next().expect("agent 0 asks its seeds to join");
     let key = mesh.key.clone();
-    let second =
-        Agent::start(config(18, 1, Some(&key), &[mesh.seed(), tap_addr], &["secretsvc:7001,check=none".into()]))
-            .await
-            .expect("agent 1 starts");
+    let (second, during) = tokio::join!(
+        Agent::start(config(18, 1, Some(&key), &[mesh.seed(), tap_addr], &["secretsvc:7001,check=none".into()])),
+        capture(&tap, Duration::from_millis(600))
+    );
+    let second = second.expect("agent 1 starts");
     for a in [mesh.agent(0), &second] {
         let (snap, ok) = a.registry().wait_for(WAIT, |s| s.services.values().map(Vec::len).sum::<usize>() == 2).await;
         assert!(ok, "both instances everywhere: {:?}", snap.services);
     }
     // Nothing readable crosses the wire: no service, node or instance name in any datagram.
-    let captured = capture(&tap, Duration::from_millis(600)).await;
-    assert!(captured.len() >= 2, "both agents gossip to the tap");
-    for (d, _) in captured.iter().chain(early.iter()) {
+    let captured = [early.clone(), during].concat();
+    let senders: std::collections::BTreeSet<SocketAddr> = captured.iter().map(|(_, from)| *from).collect();
+    assert!(senders.len() >= 2, "both agents asked the tap: {senders:?}");
+    for (d, _) in &captured {
         for secret in [&b"secretsvc"[..], b"agent-0", b"agent-1"] {
             assert!(
                 !d.windows(secret.len()).any(|w| w == secret),
@@ -464,7 +466,7 @@ async fn captured_gossip_reveals_nothing_and_replays_change_nothing() {
         .collect();
     assert!(!answers.is_empty(), "agent 1 answered the replayed Syn");
     let old_state = answers.iter().max_by_key(|d| d.len()).expect("an answer").clone();
-    // Control: the answer carries state. A fresh agent with the key and no seeds learns
+    // Control: the answer carries membership. A fresh agent with the key and no seeds learns
     // of agent 1 from that one replayed datagram.
     let fresh = Agent::start(config(18, 2, Some(&key), &[], &[])).await.expect("agent 2 starts");
     tap.send_to(&old_state, fresh.gossip_addr()).await.expect("replay");
@@ -480,12 +482,12 @@ async fn captured_gossip_reveals_nothing_and_replays_change_nothing() {
     assert!(ok, "agent 0 saw the deregistration: {:?}", snap.services);
 
     // Replaying the old state (and every other captured datagram) to both agents changes
-    // nothing: it opens, but chitchat's versions are older than what they hold.
+    // nothing: it opens, but its versions and incarnations are older than what they hold.
     let m0 = mesh.agent(0).metrics();
     let (opened0, refused0) = (m0.gossip.packets_received.get(), m0.gossip.undecryptable.get());
     for _ in 0..5 {
         tap.send_to(&old_state, mesh.agent(0).gossip_addr()).await.expect("replay");
-        for (d, _) in captured.iter().chain(early.iter()) {
+        for (d, _) in &captured {
             tap.send_to(d, mesh.agent(0).gossip_addr()).await.expect("replay");
             tap.send_to(d, second.gossip_addr()).await.expect("replay");
         }

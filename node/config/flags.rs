@@ -47,9 +47,27 @@ pub struct AgentArgs {
     /// Run without a gossip key (anyone who can reach the port can join). Tests only.
     #[arg(long)]
     pub insecure: bool,
-    /// Time between gossip rounds (default 200ms).
+    /// How often waiting membership changes are pushed to three members (default 200ms).
     #[arg(long, value_name = "DURATION")]
     pub gossip_interval: Option<String>,
+    /// How often one member is probed (default 250ms).
+    #[arg(long, value_name = "DURATION")]
+    pub probe_interval: Option<String>,
+    /// How long a ping waits for its ack before others are asked to probe (default 100ms).
+    #[arg(long, value_name = "DURATION")]
+    pub probe_timeout: Option<String>,
+    /// How many others probe a member that missed a direct ping (default 3).
+    #[arg(long, value_name = "N")]
+    pub indirect_probes: Option<u32>,
+    /// Shortest suspicion, in probe intervals times max(1, log10 N) (default 1).
+    #[arg(long, value_name = "X")]
+    pub suspicion_mult: Option<f64>,
+    /// Each change is sent this many times ceil(log10(N + 1)) (default 4).
+    #[arg(long, value_name = "N")]
+    pub retransmit_mult: Option<u32>,
+    /// Full-state repair interval at up to 32 members; it grows with N (default 30s).
+    #[arg(long, value_name = "DURATION")]
+    pub sync_interval: Option<String>,
     /// How long a dead node is remembered before it is forgotten (default 5m).
     #[arg(long, value_name = "DURATION")]
     pub dead_grace: Option<String>,
@@ -140,7 +158,12 @@ impl AgentArgs {
             seeds: nonempty(&self.seeds),
             gossip_keys: nonempty(&self.gossip_keys),
             gossip_interval: duration_flag("--gossip-interval", &self.gossip_interval)?,
-            phi_threshold: None,
+            probe_interval: duration_flag("--probe-interval", &self.probe_interval)?,
+            probe_timeout: duration_flag("--probe-timeout", &self.probe_timeout)?,
+            indirect_probes: self.indirect_probes,
+            suspicion_mult: self.suspicion_mult,
+            retransmit_mult: self.retransmit_mult,
+            sync_interval: duration_flag("--sync-interval", &self.sync_interval)?,
             dead_grace: duration_flag("--dead-grace", &self.dead_grace)?,
             drain: duration_flag("--drain", &self.drain)?,
             dns_listen: self.dns_listen,

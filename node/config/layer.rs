@@ -49,7 +49,12 @@ pub struct Layer {
     pub seeds: Option<Vec<String>>,
     pub gossip_keys: Option<Vec<String>>,
     pub gossip_interval: Option<Duration>,
-    pub phi_threshold: Option<f64>,
+    pub probe_interval: Option<Duration>,
+    pub probe_timeout: Option<Duration>,
+    pub indirect_probes: Option<u32>,
+    pub suspicion_mult: Option<f64>,
+    pub retransmit_mult: Option<u32>,
+    pub sync_interval: Option<Duration>,
     pub dead_grace: Option<Duration>,
     pub drain: Option<Duration>,
     pub dns_listen: Option<SocketAddr>,
@@ -96,7 +101,12 @@ impl Layer {
             seeds,
             gossip_keys,
             gossip_interval,
-            phi_threshold,
+            probe_interval,
+            probe_timeout,
+            indirect_probes,
+            suspicion_mult,
+            retransmit_mult,
+            sync_interval,
             dead_grace,
             drain,
             dns_listen,
@@ -207,6 +217,24 @@ pub fn from_env(env: &dyn Env) -> Result<Layer, ConfigError> {
     }
     if let Some((k, v)) = get("MURMUR_GOSSIP_INTERVAL") {
         l.gossip_interval = Some(duration_field(&k, &v)?);
+    }
+    if let Some((k, v)) = get("MURMUR_PROBE_INTERVAL") {
+        l.probe_interval = Some(duration_field(&k, &v)?);
+    }
+    if let Some((k, v)) = get("MURMUR_PROBE_TIMEOUT") {
+        l.probe_timeout = Some(duration_field(&k, &v)?);
+    }
+    if let Some((k, v)) = get("MURMUR_INDIRECT_PROBES") {
+        l.indirect_probes = Some(parse_field(&k, &v)?);
+    }
+    if let Some((k, v)) = get("MURMUR_SUSPICION_MULT") {
+        l.suspicion_mult = Some(parse_field(&k, &v)?);
+    }
+    if let Some((k, v)) = get("MURMUR_RETRANSMIT_MULT") {
+        l.retransmit_mult = Some(parse_field(&k, &v)?);
+    }
+    if let Some((k, v)) = get("MURMUR_SYNC_INTERVAL") {
+        l.sync_interval = Some(duration_field(&k, &v)?);
     }
     if let Some((k, v)) = get("MURMUR_DEAD_GRACE") {
         l.dead_grace = Some(duration_field(&k, &v)?);
@@ -327,7 +355,12 @@ struct FileGossip {
     seeds: Option<Vec<String>>,
     keys: Option<Vec<String>>,
     interval: Option<String>,
-    phi_threshold: Option<f64>,
+    probe_interval: Option<String>,
+    probe_timeout: Option<String>,
+    indirect_probes: Option<u32>,
+    suspicion_mult: Option<f64>,
+    retransmit_mult: Option<u32>,
+    sync_interval: Option<String>,
     dead_grace: Option<String>,
     drain: Option<String>,
 }
@@ -448,7 +481,12 @@ pub fn from_toml(text: &str) -> Result<Layer, ConfigError> {
         seeds: g.seeds,
         gossip_keys: g.keys,
         gossip_interval: opt("gossip.interval", g.interval, duration_field)?,
-        phi_threshold: g.phi_threshold,
+        probe_interval: opt("gossip.probe_interval", g.probe_interval, duration_field)?,
+        probe_timeout: opt("gossip.probe_timeout", g.probe_timeout, duration_field)?,
+        indirect_probes: g.indirect_probes,
+        suspicion_mult: g.suspicion_mult,
+        retransmit_mult: g.retransmit_mult,
+        sync_interval: opt("gossip.sync_interval", g.sync_interval, duration_field)?,
         dead_grace: opt("gossip.dead_grace", g.dead_grace, duration_field)?,
         drain: opt("gossip.drain", g.drain, duration_field)?,
         dns_listen: opt("dns.listen", f.dns.listen, parse_field)?,

@@ -27,15 +27,27 @@ use crate::tls::TlsMaterial;
 
 /// Default gossip bind address: every interface, the port Serf and Consul use.
 pub const DEFAULT_GOSSIP_BIND: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 7946);
-/// Default time between gossip rounds. Each round sends one digest to three peers; the
-/// failure detector sees a heartbeat about this often, so detection time scales with it
-/// (see [`DEFAULT_PHI_THRESHOLD`]).
+/// Default time between pushes of waiting membership changes to three random members.
+/// Nothing is sent when nothing waits, so an idle cluster pays only for probes.
 pub const DEFAULT_GOSSIP_INTERVAL: Duration = Duration::from_millis(200);
-/// Default failure-detector threshold: chitchat's phi is "time since the last heartbeat
-/// divided by the mean heartbeat interval", so 6 declares a node dead after about six
-/// silent gossip intervals (1.2 s at 200 ms): fast, yet several lost rounds in a row are
-/// needed for a false verdict.
-pub const DEFAULT_PHI_THRESHOLD: f64 = 6.0;
+/// Default probe interval: one member probed per period. Four pings and four acks a
+/// second at about 100 bytes each keep an idle agent under 1 KB/s, and a dead member
+/// is first missed within a period or two.
+pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_millis(250);
+/// Default probe timeout: a LAN answers in well under a millisecond; 100 ms leaves room
+/// for a loaded host before others are asked to probe.
+pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_millis(100);
+/// Default number of members asked to probe indirectly (SWIM's k; memberlist's 3).
+pub const DEFAULT_INDIRECT_PROBES: u32 = 3;
+/// Default shortest suspicion, in probe intervals times `max(1, log10 N)`: 0.5 s at 100
+/// members, 0.75 s at 1,000 (longer on a lossy network; 6× that with no confirmation).
+pub const DEFAULT_SUSPICION_MULT: f64 = 1.0;
+/// Default retransmit multiplier: each change is sent `4 · ⌈log10(N + 1)⌉` times, as
+/// memberlist does.
+pub const DEFAULT_RETRANSMIT_MULT: u32 = 4;
+/// Default full-state repair interval up to 32 members (memberlist's push/pull); it
+/// grows as `⌈log2(N / 32)⌉ + 1` times this above.
+pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_secs(30);
 /// Default time a dead node is remembered (listed as dead) before it is forgotten.
 /// Minutes, not chitchat's 24 h: tasks churn all the time.
 pub const DEFAULT_DEAD_GRACE: Duration = Duration::from_secs(300);
@@ -90,10 +102,20 @@ pub struct GossipConfig {
     pub seeds: Vec<String>,
     /// Keys; `None` only with `insecure`.
     pub keyring: Option<Keyring>,
-    /// Time between rounds.
+    /// How often waiting changes are pushed.
     pub interval: Duration,
-    /// Failure-detector threshold.
-    pub phi_threshold: f64,
+    /// How often one member is probed.
+    pub probe_interval: Duration,
+    /// How long a ping waits for its ack.
+    pub probe_timeout: Duration,
+    /// Members asked to probe indirectly.
+    pub indirect_probes: u32,
+    /// Shortest suspicion in probe intervals times `max(1, log10 N)`.
+    pub suspicion_mult: f64,
+    /// Sends per change: this times `⌈log10(N + 1)⌉`.
+    pub retransmit_mult: u32,
+    /// Full-state repair interval (up to 32 members).
+    pub sync_interval: Duration,
     /// How long dead nodes are remembered.
     pub dead_grace: Duration,
     /// Drain period before leaving.
@@ -255,9 +277,32 @@ impl Config {
         if interval < Duration::from_millis(10) || interval > Duration::from_secs(10) {
             return Err(ConfigError::new("--gossip-interval", "must be between 10ms and 10s"));
         }
-        let phi_threshold = l.phi_threshold.unwrap_or(DEFAULT_PHI_THRESHOLD);
-        if !(1.0..=100.0).contains(&phi_threshold) {
-            return Err(ConfigError::new("gossip.phi_threshold", "must be between 1 and 100"));
+        let probe_interval = l.probe_interval.unwrap_or(DEFAULT_PROBE_INTERVAL);
+        if probe_interval < Duration::from_millis(20) || probe_interval > Duration::from_secs(10) {
+            return Err(ConfigError::new("--probe-interval", "must be between 20ms and 10s"));
+        }
+        let probe_timeout = l.probe_timeout.unwrap_or(DEFAULT_PROBE_TIMEOUT.min(probe_interval / 2));
+        if probe_timeout < Duration::from_millis(1) || probe_timeout >= probe_interval {
+            return Err(ConfigError::new(
+                "--probe-timeout",
+                "must be at least 1ms and shorter than the probe interval",
+            ));
+        }
+        let indirect_probes = l.indirect_probes.unwrap_or(DEFAULT_INDIRECT_PROBES);
+        if indirect_probes > 16 {
+            return Err(ConfigError::new("--indirect-probes", "must be at most 16"));
+        }
+        let suspicion_mult = l.suspicion_mult.unwrap_or(DEFAULT_SUSPICION_MULT);
+        if !(0.25..=64.0).contains(&suspicion_mult) {
+            return Err(ConfigError::new("--suspicion-mult", "must be between 0.25 and 64"));
+        }
+        let retransmit_mult = l.retransmit_mult.unwrap_or(DEFAULT_RETRANSMIT_MULT);
+        if !(1..=16).contains(&retransmit_mult) {
+            return Err(ConfigError::new("--retransmit-mult", "must be between 1 and 16"));
+        }
+        let sync_interval = l.sync_interval.unwrap_or(DEFAULT_SYNC_INTERVAL);
+        if sync_interval < Duration::from_secs(1) || sync_interval > Duration::from_secs(3600) {
+            return Err(ConfigError::new("--sync-interval", "must be between 1s and 1h"));
         }
         let dead_grace = l.dead_grace.unwrap_or(DEFAULT_DEAD_GRACE);
         if dead_grace < Duration::from_secs(1) || dead_grace > MAX_DEAD_GRACE {
@@ -361,7 +406,12 @@ impl Config {
                 seeds: l.seeds.unwrap_or_default(),
                 keyring,
                 interval,
-                phi_threshold,
+                probe_interval,
+                probe_timeout,
+                indirect_probes,
+                suspicion_mult,
+                retransmit_mult,
+                sync_interval,
                 dead_grace,
                 drain,
             },

@@ -1,52 +1,55 @@
-//! Gossip: chitchat wired to our sealed transport. The only module (with the snapshot
-//! builder's input type) that knows chitchat. It publishes this node's keys through a
-//! [`StateWriter`] and turns chitchat's state into a plain [`ClusterView`] on every change,
-//! which the registry builds snapshots from.
+//! Gossip: the SWIM membership core ([`swim`]) behind our sealed UDP socket. The only
+//! module that knows the membership protocol. It publishes this node's keys through a
+//! [`StateWriter`] and turns the core's members and their state into a plain
+//! [`ClusterView`] on every change, which the registry builds snapshots from.
+//!
+//! The core is pure (it takes `(now, datagram)` and timer calls and returns datagrams to
+//! send); this shell owns the socket, the clock, the seal and the seeds. Everything runs
+//! in one task, so the core needs no lock.
 
 mod frame;
 mod keyring;
-mod liveness;
 pub mod swim;
-mod transport;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use chitchat::{
-    spawn_chitchat, Chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, ProtocolVersion,
-};
-use tokio::sync::{watch, Mutex};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 pub use frame::{FrameCodec, Reject, MAX_DATAGRAM};
 pub use keyring::{Keyring, KEY_LEN};
-pub use transport::SealedTransport;
 
+use crate::clock::unix_ms;
 use crate::config::GossipConfig;
 use crate::metrics::Metrics;
-use murmur_protocol::keys;
+use frame::Reassembler;
+use murmur_protocol::swim::Status;
+use swim::{Identity, MapStore, Swim, SwimConfig};
 
-/// How often the cluster view is rebuilt even without a change, so that dead nodes move
-/// from "alive" to "dead" to forgotten in the view on time, and revived ones come back.
-const VIEW_REFRESH: Duration = Duration::from_millis(500);
+/// How often DNS seeds are resolved again, so a seed name that moves is followed.
+const RESOLVE_EVERY: Duration = Duration::from_secs(60);
+/// How soon seeds that did not resolve are tried again.
+const RESOLVE_RETRY: Duration = Duration::from_secs(1);
 
 /// What a node is, as this agent sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum MemberStatus {
-    /// Heartbeats arrive.
+    /// Answers probes (a suspect still counts as alive until it is declared dead).
     Alive,
-    /// The failure detector declared it dead; forgotten after the dead grace.
+    /// Declared dead; forgotten after the dead grace.
     Dead,
     /// It left gracefully.
     Left,
 }
 
-/// One node's gossiped state, copied out of chitchat.
+/// One node's gossiped state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeView {
-    /// Node name (chitchat node id).
+    /// Node name.
     pub name: String,
     /// Generation: the start time of this incarnation, so a restart is told apart.
     pub generation: u64,
@@ -63,42 +66,64 @@ pub struct NodeView {
 /// Every node this agent knows, at one moment.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClusterView {
-    /// Nodes, in chitchat id order.
+    /// Nodes, in name order.
     pub nodes: Vec<NodeView>,
+}
+
+enum Command {
+    Set(String, Option<String>),
+    Leave(oneshot::Sender<()>),
 }
 
 /// The one write path into this node's gossip state.
 #[derive(Clone)]
 pub struct StateWriter {
-    chitchat: Arc<Mutex<Chitchat>>,
+    tx: mpsc::UnboundedSender<Command>,
 }
 
 impl StateWriter {
     /// Sets a key of this node.
     pub async fn set(&self, key: &str, value: String) {
-        self.chitchat.lock().await.self_node_state().set(key, value);
+        let _ = self.tx.send(Command::Set(key.to_owned(), Some(value)));
     }
 
-    /// Deletes a key of this node (a tombstone peers learn about).
+    /// Deletes a key of this node (peers learn of the deletion).
     pub async fn delete(&self, key: &str) {
-        self.chitchat.lock().await.self_node_state().delete(key);
+        let _ = self.tx.send(Command::Set(key.to_owned(), None));
     }
 }
 
 /// A running gossip member.
 pub struct Gossip {
-    handle: ChitchatHandle,
+    tx: mpsc::UnboundedSender<Command>,
     view_rx: watch::Receiver<Arc<ClusterView>>,
     cancel: CancellationToken,
+    advertise: SocketAddr,
+    done_rx: watch::Receiver<Option<Result<(), String>>>,
+}
+
+/// The membership settings in `config`.
+pub fn swim_config(config: &GossipConfig) -> SwimConfig {
+    SwimConfig {
+        probe_interval: config.probe_interval,
+        probe_timeout: config.probe_timeout,
+        indirect_probes: config.indirect_probes,
+        suspicion_mult: config.suspicion_mult,
+        retransmit_mult: config.retransmit_mult,
+        gossip_interval: config.interval,
+        sync_interval: config.sync_interval,
+        dead_grace: config.dead_grace,
+        ..SwimConfig::default()
+    }
 }
 
 /// Starts gossip on an already-bound socket, with `initial` keys set before the first
-/// round so peers never see this node without its record.
+/// datagram so peers never see this node without its record.
 pub async fn spawn_gossip(
     config: &GossipConfig,
     name: &str,
     generation: u64,
-    socket: tokio::net::UdpSocket,
+    socket: UdpSocket,
     initial: Vec<(String, String)>,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<Gossip> {
@@ -108,100 +133,43 @@ pub async fn spawn_gossip(
     } else {
         config.advertise
     };
-    let chitchat_config = ChitchatConfig {
-        chitchat_id: ChitchatId::new(name.to_owned(), generation, advertise),
-        cluster_id: config.cluster.clone(),
-        gossip_interval: config.interval,
-        listen_addr,
-        seed_nodes: config.seeds.clone(),
-        failure_detector_config: FailureDetectorConfig {
-            phi_threshold: config.phi_threshold,
-            sampling_window_size: 200,
-            max_interval: config.interval * 10,
-            initial_interval: config.interval,
-            dead_node_grace_period: config.dead_grace,
-        },
-        marked_for_deletion_grace_period: config.dead_grace * 2,
-        catchup_callback: None,
-        extra_liveness_predicate: Some(Box::new(|state| !state.contains_key(keys::LEFT))),
-        protocol_version: ProtocolVersion::V1,
-    };
-    let transport = SealedTransport::new(socket, FrameCodec::new(config.keyring.clone()), metrics.clone());
-    let handle = spawn_chitchat(chitchat_config, initial, &transport).await?;
-    let (view_tx, view_rx) = watch::channel(Arc::new(ClusterView::default()));
-    let cancel = CancellationToken::new();
-    tokio::spawn(view_loop(handle.chitchat(), view_tx, cancel.clone()));
-    info!(%advertise, seeds = ?config.seeds, "gossip started");
-    Ok(Gossip { handle, view_rx, cancel })
-}
-
-/// Copies chitchat's state out as a [`ClusterView`]. Holds the chitchat lock only while
-/// copying; never across an await.
-fn read_view(chitchat: &Chitchat, liveness: &mut liveness::Liveness<ChitchatId>) -> ClusterView {
-    let self_id = chitchat.self_chitchat_id().clone();
-    let live: std::collections::HashSet<&ChitchatId> = chitchat.live_nodes().collect();
-    liveness.retain(|id| chitchat.node_states().contains_key(id));
-    let nodes = chitchat
-        .node_states()
-        .iter()
-        .map(|(id, state)| {
-            let alive = liveness.judge(id, live.contains(id) || *id == self_id, heartbeat_value(state.heartbeat()));
-            let status = if state.contains_key(keys::LEFT) {
-                MemberStatus::Left
-            } else if alive {
-                MemberStatus::Alive
-            } else {
-                MemberStatus::Dead
-            };
-            NodeView {
-                name: id.node_id.to_string(),
-                generation: id.generation_id,
-                gossip_addr: id.gossip_advertise_addr,
-                status,
-                is_self: *id == self_id,
-                values: state.key_values().map(|(k, v)| (k.to_owned(), v.to_owned())).collect(),
-            }
-        })
-        .collect();
-    ClusterView { nodes }
-}
-
-/// chitchat keeps a heartbeat's number crate-private but serialises it as a plain
-/// number; that is the only way to read it from outside.
-fn heartbeat_value(h: chitchat::Heartbeat) -> u64 {
-    serde_json::to_value(h).ok().and_then(|v| v.as_u64()).unwrap_or(0)
-}
-
-async fn view_loop(
-    chitchat: Arc<Mutex<Chitchat>>,
-    view_tx: watch::Sender<Arc<ClusterView>>,
-    cancel: CancellationToken,
-) {
-    let mut live_rx = chitchat.lock().await.live_nodes_watcher();
-    let mut tick = tokio::time::interval(VIEW_REFRESH);
-    let mut liveness = liveness::Liveness::default();
-    loop {
-        let view = read_view(&*chitchat.lock().await, &mut liveness);
-        view_tx.send_if_modified(|current| {
-            if **current == view {
-                false
-            } else {
-                *current = Arc::new(view);
-                true
-            }
-        });
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            changed = live_rx.changed() => if changed.is_err() { return },
-            _ = tick.tick() => {}
-        }
+    let me = Identity { name: name.to_owned(), generation, addr: advertise };
+    let mut core = Swim::new(me, swim_config(config), MapStore::default(), rand::random(), Instant::now());
+    for (key, value) in &initial {
+        core.set_local(key, Some(value));
     }
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (view_tx, view_rx) = watch::channel(Arc::new(ClusterView::default()));
+    let (done_tx, done_rx) = watch::channel(None);
+    let cancel = CancellationToken::new();
+    let shell = Shell {
+        core,
+        socket,
+        codec: FrameCodec::new(config.keyring.clone()),
+        reassembler: Reassembler::default(),
+        metrics,
+        view_tx,
+        name: name.to_owned(),
+        generation,
+        advertise,
+        seeds: config.seeds.clone(),
+        resolved: Vec::new(),
+        next_message_id: rand::random(),
+        dirty: true,
+    };
+    let task_cancel = cancel.clone();
+    tokio::spawn(async move {
+        let result = shell.run(rx, task_cancel).await.map_err(|e| format!("{e:#}"));
+        let _ = done_tx.send(Some(result));
+    });
+    info!(%advertise, seeds = ?config.seeds, "gossip started");
+    Ok(Gossip { tx, view_rx, cancel, advertise, done_rx })
 }
 
 impl Gossip {
     /// The write path into this node's state.
     pub fn writer(&self) -> StateWriter {
-        StateWriter { chitchat: self.handle.chitchat() }
+        StateWriter { tx: self.tx.clone() }
     }
 
     /// The cluster view, updated on every change.
@@ -211,23 +179,16 @@ impl Gossip {
 
     /// The advertised gossip address.
     pub fn advertise_addr(&self) -> SocketAddr {
-        self.handle.chitchat_id().gossip_advertise_addr
+        self.advertise
     }
 
-    /// Leaves gracefully: marks this node as left, pushes that to every live peer at
-    /// once (rather than waiting for random rounds), waits a moment for the exchange,
+    /// Leaves gracefully: tells every live member at once (so they drop this node
+    /// without waiting for the failure detector), waits a moment for the datagrams,
     /// then stops.
     pub async fn leave(self, settle: Duration) {
-        let peers: Vec<SocketAddr> = {
-            let mut c = self.handle.chitchat().lock_owned().await;
-            c.self_node_state().set(keys::LEFT, "1");
-            let me = c.self_chitchat_id().clone();
-            c.live_nodes().filter(|id| **id != me).map(|id| id.gossip_advertise_addr).collect()
-        };
-        for peer in peers {
-            if let Err(e) = self.handle.gossip(peer) {
-                warn!(%peer, error = %e, "could not push leave");
-            }
+        let (done_tx, done_rx) = oneshot::channel();
+        if self.tx.send(Command::Leave(done_tx)).is_ok() {
+            let _ = tokio::time::timeout(settle, done_rx).await;
         }
         tokio::time::sleep(settle).await;
         self.stop().await;
@@ -236,13 +197,188 @@ impl Gossip {
     /// Stops gossip without telling anyone (as a crash would look to peers).
     pub async fn stop(self) {
         self.cancel.cancel();
-        if let Err(e) = self.handle.shutdown().await {
-            warn!(error = %e, "gossip stopped with an error");
+        let mut done = self.done_rx.clone();
+        let _ = tokio::time::timeout(Duration::from_secs(2), done.wait_for(Option::is_some)).await;
+    }
+
+    /// Resolves when the gossip loop ends on its own (a fatal socket error).
+    pub fn died(&self) -> impl std::future::Future<Output = anyhow::Result<()>> + use<> {
+        let mut done = self.done_rx.clone();
+        async move {
+            match done.wait_for(Option::is_some).await {
+                Ok(r) => match r.clone() {
+                    Some(Err(e)) => Err(anyhow::anyhow!(e)),
+                    _ => Ok(()),
+                },
+                Err(_) => Ok(()),
+            }
+        }
+    }
+}
+
+struct Shell {
+    core: Swim<MapStore>,
+    socket: UdpSocket,
+    codec: FrameCodec,
+    reassembler: Reassembler,
+    metrics: Arc<Metrics>,
+    view_tx: watch::Sender<Arc<ClusterView>>,
+    name: String,
+    generation: u64,
+    advertise: SocketAddr,
+    seeds: Vec<String>,
+    resolved: Vec<SocketAddr>,
+    next_message_id: u32,
+    dirty: bool,
+}
+
+impl Shell {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>, cancel: CancellationToken) -> anyhow::Result<()> {
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        let mut next_resolve = tokio::time::Instant::now();
+        let mut leaving = false;
+        loop {
+            self.flush().await;
+            self.publish();
+            let wake = tokio::time::Instant::from_std(self.core.poll_timeout());
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                r = self.socket.recv_from(&mut buf) => match r {
+                    Ok((len, from)) => self.receive(&buf[..len], from),
+                    // An ICMP error from an earlier send (a peer gone) surfaces here; it
+                    // says nothing about our socket.
+                    Err(e) => {
+                        debug!(error = %e, "gossip receive error");
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                },
+                _ = tokio::time::sleep_until(wake), if !leaving => self.core.handle_timeout(Instant::now()),
+                _ = tokio::time::sleep_until(next_resolve), if !leaving && !self.seeds.is_empty() => {
+                    let ok = self.resolve_seeds().await;
+                    next_resolve = tokio::time::Instant::now() + if ok { RESOLVE_EVERY } else { RESOLVE_RETRY };
+                }
+                cmd = rx.recv() => match cmd {
+                    Some(Command::Set(key, value)) => self.core.set_local(&key, value.as_deref()),
+                    Some(Command::Leave(done)) => {
+                        self.core.leave();
+                        self.flush().await;
+                        leaving = true;
+                        let _ = done.send(());
+                    }
+                    None => return Ok(()),
+                },
+            }
         }
     }
 
-    /// Resolves when chitchat's server loop ends on its own (a fatal socket error).
-    pub fn died(&self) -> impl std::future::Future<Output = anyhow::Result<()>> + use<> {
-        self.handle.termination_watcher()
+    fn receive(&mut self, datagram: &[u8], from: SocketAddr) {
+        let m = &self.metrics.gossip;
+        m.packets_received.inc();
+        m.bytes_received.add(datagram.len() as u64);
+        let chunk = match self.codec.open(datagram, unix_ms()) {
+            Ok(c) => c,
+            Err(reject) => {
+                match reject {
+                    Reject::Unsealable => m.undecryptable.inc(),
+                    Reject::Malformed => m.malformed.inc(),
+                    Reject::Stale => m.stale.inc(),
+                }
+                return;
+            }
+        };
+        let Some(message) = self.reassembler.push(from, chunk, Instant::now()) else { return };
+        let before = self.core.refused().malformed;
+        self.core.handle_datagram(from, &message, Instant::now());
+        if self.core.refused().malformed > before {
+            m.malformed.inc();
+        }
+    }
+
+    async fn flush(&mut self) {
+        while let Some(tx) = self.core.poll_transmit() {
+            self.next_message_id = self.next_message_id.wrapping_add(1);
+            for datagram in self.codec.seal(&tx.bytes, self.next_message_id, unix_ms()) {
+                match self.socket.send_to(&datagram, tx.to).await {
+                    Ok(_) => {
+                        self.metrics.gossip.packets_sent.inc();
+                        self.metrics.gossip.bytes_sent.add(datagram.len() as u64);
+                    }
+                    Err(e) => debug!(to = %tx.to, error = %e, "gossip send failed"),
+                }
+            }
+        }
+        // Any event changes the view; the registry logs member changes as it sees them.
+        while self.core.poll_event().is_some() {
+            self.dirty = true;
+        }
+    }
+
+    /// Builds the view from the core when something changed, and publishes it.
+    fn publish(&mut self) {
+        if !self.dirty {
+            return;
+        }
+        self.dirty = false;
+        let store = self.core.store();
+        // A member up but none of whose state has arrived yet (its pull is under way) is
+        // left out: readers would see a node without its record.
+        let mut nodes: Vec<NodeView> = self
+            .core
+            .members()
+            .filter(|m| !m.is_up() || m.version > 0)
+            .map(|m| NodeView {
+                name: m.name.to_string(),
+                generation: m.generation,
+                gossip_addr: m.addr,
+                status: match m.status {
+                    Status::Alive | Status::Suspect => MemberStatus::Alive,
+                    Status::Dead => MemberStatus::Dead,
+                    Status::Left => MemberStatus::Left,
+                },
+                is_self: false,
+                values: store.values(&m.name),
+            })
+            .collect();
+        nodes.push(NodeView {
+            name: self.name.clone(),
+            generation: self.generation,
+            gossip_addr: self.advertise,
+            status: MemberStatus::Alive,
+            is_self: true,
+            values: store.values(&self.name),
+        });
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        let view = ClusterView { nodes };
+        self.view_tx.send_if_modified(|current| {
+            if **current == view {
+                false
+            } else {
+                *current = Arc::new(view);
+                true
+            }
+        });
+    }
+
+    /// Resolves the seeds (names too) and joins through them when the set changed or
+    /// this agent knows no live member. Returns whether every seed resolved.
+    async fn resolve_seeds(&mut self) -> bool {
+        let mut addrs = Vec::new();
+        let mut all = true;
+        for seed in &self.seeds {
+            match tokio::net::lookup_host(seed.as_str()).await {
+                Ok(found) => addrs.extend(found.filter(|a| a.is_ipv4() == self.advertise.is_ipv4())),
+                Err(e) => {
+                    all = false;
+                    warn!(%seed, error = %e, "seed does not resolve");
+                }
+            }
+        }
+        addrs.sort();
+        addrs.dedup();
+        if addrs != self.resolved || self.core.up() == 0 {
+            self.resolved = addrs.clone();
+            self.core.join(addrs, Instant::now());
+        }
+        all
     }
 }

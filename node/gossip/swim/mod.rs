@@ -149,6 +149,8 @@ const JOIN_RETRY: Duration = Duration::from_secs(1);
 /// The anti-entropy interval right after a join, and after an exchange found
 /// differences: fresh and diverged agents catch up in a few exchanges.
 const FAST_SYNC: Duration = Duration::from_millis(500);
+/// One member held dead is pinged every this many probe intervals.
+const RECONNECT_EVERY: u32 = 4;
 /// How often a member we hold dead is told so when it talks to us.
 const NUDGE_EVERY: Duration = Duration::from_secs(1);
 /// Weight of one probe in the moving share of unanswered direct pings.
@@ -227,6 +229,7 @@ pub struct Swim<S> {
     next_pull: Instant,
     forget: VecDeque<(Instant, MemberIdx, Arc<str>, u64)>,
     nudged: HashMap<MemberIdx, Instant>,
+    next_reconnect: Instant,
     out: VecDeque<Transmit>,
     events: VecDeque<Event>,
     refused: Refused,
@@ -272,6 +275,7 @@ impl<S: Store> Swim<S> {
             next_pull: now,
             forget: VecDeque::new(),
             nudged: HashMap::new(),
+            next_reconnect: now,
             out: VecDeque::new(),
             events: VecDeque::new(),
             refused: Refused::default(),
@@ -408,6 +412,7 @@ impl<S: Store> Swim<S> {
         consider((!self.joined).then_some(self.next_join));
         consider((!self.behind.is_empty() || !self.pulls.is_empty()).then_some(self.next_pull));
         consider(self.forget.front().map(|x| x.0));
+        consider((!self.forget.is_empty()).then_some(self.next_reconnect));
         t
     }
 
@@ -422,6 +427,15 @@ impl<S: Store> Swim<S> {
         if now >= self.next_gossip {
             self.next_gossip = now + self.config.gossip_interval;
             self.gossip_round();
+        }
+        // An agent that holds nobody alive (cut off, or everyone else restarted) goes
+        // back to its seeds until one answers.
+        if self.joined && self.members.up() == 0 && !self.seeds.is_empty() {
+            self.joined = false;
+        }
+        if now >= self.next_reconnect {
+            self.next_reconnect = now + self.config.probe_interval * RECONNECT_EVERY;
+            self.reconnect();
         }
         if !self.joined && now >= self.next_join {
             self.next_join = now + JOIN_RETRY;
@@ -502,10 +516,10 @@ impl<S: Store> Swim<S> {
             Body::Gossip => {}
             Body::Sync { seq, reply, me, buckets } => {
                 let is_seed = self.seeds.contains(&src);
-                // A joiner is news: its arrival spreads as a rumor from whoever it
-                // joined through. A member already known is not.
-                let new = self.members.find(&me.name).is_none();
-                self.merge(&me, &from, new, now);
+                // A joiner is news (a new member, or a new generation of a known one):
+                // its arrival spreads as a rumor from whoever it joined through. A claim
+                // that changes nothing is not passed on.
+                self.merge(&me, &from, true, now);
                 if self.members.find(&me.name).is_some() && (is_seed || !self.joined) {
                     self.joined = true;
                 }
@@ -554,6 +568,24 @@ impl<S: Store> Swim<S> {
         let mut bytes = swim::encode_message(&Message { from: self.me.name.clone(), body: Body::Gossip });
         bytes.extend(swim::encode_rumor(&rumor));
         self.out.push_back(Transmit { to: src, bytes });
+    }
+
+    /// Pings one member held dead (not one that left): nobody probes the dead, so after
+    /// a partition heals, or after a wrong verdict, this is how the two sides find each
+    /// other again. Whoever holds the other dead tells it so, and it refutes.
+    fn reconnect(&mut self) {
+        if self.forget.is_empty() {
+            return;
+        }
+        let pick = self.rng.random_range(0..self.forget.len());
+        let Some(&(_, idx, ref name, generation)) = self.forget.get(pick) else { return };
+        let Some(m) = self.members.get(idx) else { return };
+        if m.name != *name || m.generation != generation || m.status != Status::Dead {
+            return;
+        }
+        let (addr, target) = (m.addr, m.name.to_string());
+        let seq = self.next_seq();
+        self.send(addr, Body::Ping { seq, target }, None);
     }
 
     // ----- probing -----
@@ -940,6 +972,10 @@ impl<S: Store> Swim<S> {
 
     fn mark_behind(&mut self, idx: MemberIdx, holder: SocketAddr, now: Instant) {
         self.behind.entry(idx).and_modify(|b| b.holder = holder).or_insert(Behind { holder, since: now });
+        // A member none of whose state is held has nothing in flight to wait for: ask now.
+        if self.members.get(idx).is_some_and(|m| m.version == 0) {
+            self.next_pull = self.next_pull.min(now);
+        }
     }
 
     fn apply_update(&mut self, u: Update, src: SocketAddr, now: Instant) {
