@@ -20,11 +20,12 @@ use std::time::Instant;
 use hickory_proto::rr::{Name, RecordType};
 use murmur::dns::answer::Zone;
 use murmur::gossip::{ClusterView, FrameCodec, Keyring, NodeView};
-use murmur::registry::{build_snapshot, HealthFilter, MemberStatus, Query};
+use murmur::registry::{build_snapshot, HealthFilter, MemberStatus, Query, SnapshotBuilder};
 use murmur_protocol::{
     encode_value, keys, Frame, Health, HealthRecord, InstanceId, InstanceRecord, Key, NodeName, NodeRecord, Open,
     ServiceName, Tag, Transport,
 };
+use std::sync::Arc;
 
 /// Times `op`, run `per_batch` times per batch, and prints one line.
 fn time<T>(what: &str, per_batch: u32, mut op: impl FnMut() -> T) {
@@ -79,14 +80,14 @@ fn cluster(nodes: usize) -> ClusterView {
                 values.push((Key::Instance(id.clone()).render(), encode_value(&rec)));
                 values.push((Key::Health(id).render(), encode_value(&HealthRecord::new(Health::Passing, 1, ""))));
             }
-            NodeView {
+            Arc::new(NodeView {
                 name,
                 generation: 1,
                 gossip_addr: (ip, 7946).into(),
                 status: MemberStatus::Alive,
                 is_self: n == 0,
                 values,
-            }
+            })
         })
         .collect();
     ClusterView { nodes }
@@ -103,6 +104,31 @@ fn main() {
     let view_1000 = cluster(1000);
     time("snapshot build, 100 nodes × 5 instances", 50, || build_snapshot(&view_100, 1));
     time("snapshot build, 1,000 nodes × 5 instances", 5, || build_snapshot(&view_1000, 1));
+
+    // The replica at 10,000 agents: one node's health flips per change, and the builder
+    // keeps everything else. At 50 changes a second (a deployment), this times 50 is the
+    // share of a core the agent spends on its replica.
+    let mut view = cluster(10_000);
+    let mut builder = SnapshotBuilder::default();
+    let _ = builder.build(&view, 1);
+    let mut version = 1;
+    let flipped: Vec<Arc<NodeView>> = view
+        .nodes
+        .iter()
+        .map(|n| {
+            let mut changed = (**n).clone();
+            if let Some((_, v)) = changed.values.iter_mut().find(|(k, _)| k.starts_with("h/")) {
+                *v = encode_value(&HealthRecord::new(Health::Warning, 2, "flapped"));
+            }
+            Arc::new(changed)
+        })
+        .collect();
+    time("snapshot update, 10,000 nodes × 5 instances, one health flip", 20, || {
+        version += 1;
+        let k = (version as usize * 7919) % view.nodes.len();
+        view.nodes[k] = flipped[k].clone();
+        builder.build(&view, version)
+    });
 
     let (snapshot, bad) = build_snapshot(&view_100, 1);
     assert!(bad.is_empty(), "the bench cluster decodes: {bad:?}");

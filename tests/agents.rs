@@ -352,8 +352,10 @@ async fn udp_truncates_tcp_carries_and_other_names_are_forwarded() {
     let agent = Agent::start(cfg).await.expect("agent");
     let dns = agent.dns_addr();
     let reader = agent.registry();
-    eventually("12 big instances", || async { reader.snapshot().services.values().map(Vec::len).sum::<usize>() == 12 })
-        .await;
+    eventually("12 big instances", || async {
+        reader.snapshot().services.values().map(|v| v.len()).sum::<usize>() == 12
+    })
+    .await;
     // 8 SRV answers (without their addresses, which are left out first) do not fit 512
     // bytes: UDP without EDNS truncates.
     let udp = query(dns, "big.test.local.", RecordType::SRV, T).await.expect("udp");
@@ -439,7 +441,8 @@ async fn captured_gossip_reveals_nothing_and_replays_change_nothing() {
     );
     let second = second.expect("agent 1 starts");
     for a in [mesh.agent(0), &second] {
-        let (snap, ok) = a.registry().wait_for(WAIT, |s| s.services.values().map(Vec::len).sum::<usize>() == 2).await;
+        let (snap, ok) =
+            a.registry().wait_for(WAIT, |s| s.services.values().map(|v| v.len()).sum::<usize>() == 2).await;
         assert!(ok, "both instances everywhere: {:?}", snap.services);
     }
     // Nothing readable crosses the wire: no service, node or instance name in any datagram.
@@ -478,7 +481,7 @@ async fn captured_gossip_reveals_nothing_and_replays_change_nothing() {
     let api = ApiClient::new(second.api_addr());
     api.delete("/v1/services/secretsvc/agent-1-7001").await.expect("deregister");
     let (snap, ok) =
-        mesh.agent(0).registry().wait_for(WAIT, |s| s.services.values().map(Vec::len).sum::<usize>() == 1).await;
+        mesh.agent(0).registry().wait_for(WAIT, |s| s.services.values().map(|v| v.len()).sum::<usize>() == 1).await;
     assert!(ok, "agent 0 saw the deregistration: {:?}", snap.services);
 
     // Replaying the old state (and every other captured datagram) to both agents changes
@@ -498,7 +501,7 @@ async fn captured_gossip_reveals_nothing_and_replays_change_nothing() {
     assert_eq!(m0.gossip.undecryptable.get(), refused0, "the replays opened: versions, not the key, stopped them");
     for a in [mesh.agent(0), &second] {
         let snap = a.registry().snapshot();
-        let ports: Vec<u16> = snap.services.values().flatten().map(|i| i.port).collect();
+        let ports: Vec<u16> = snap.services.values().flat_map(|v| v.iter()).map(|i| i.port).collect();
         assert_eq!(ports, [7000], "{}: the deregistered instance stays gone", a.name());
         assert_eq!(snap.members.iter().filter(|m| m.status == MemberStatus::Alive).count(), 2);
     }

@@ -216,7 +216,12 @@ async fn foreign_certificates_and_callers_outside_allow_are_refused() {
     // the server refuses it.
     let mesh = proxy_mesh(32, 1, "", "echo:80,retries=0", &ca, &ca).await;
     let backend = mesh.backends[0].as_ref().expect("backend");
-    let peer = backend.registry().snapshot().lookup(&"echo".parse().expect("name"), &Default::default())[0].clone();
+    let (snap, ok) = backend
+        .registry()
+        .wait_for(WAIT, |s| !s.lookup(&"echo".parse().expect("name"), &Default::default()).is_empty())
+        .await;
+    assert!(ok, "the backend sees its own instance");
+    let peer = snap.lookup(&"echo".parse().expect("name"), &Default::default())[0].clone();
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.cert_der().expect("der")).expect("root");
     let foreign = other.issue(&"intruder".parse().expect("node"), &["web".parse().expect("name")]).expect("issue");
@@ -409,7 +414,13 @@ async fn bad_headers_get_an_error_frame_and_a_counted_reason() {
     let ca = Ca::generate().expect("ca");
     let mesh = proxy_mesh(36, 1, "", "echo:80", &ca, &ca).await;
     let backend = mesh.backends[0].as_ref().expect("backend");
-    let peer = backend.registry().snapshot().lookup(&"echo".parse().expect("name"), &Default::default())[0].clone();
+    // The backend's own snapshot may trail the client's by one coalescing window.
+    let (snap, ok) = backend
+        .registry()
+        .wait_for(WAIT, |s| !s.lookup(&"echo".parse().expect("name"), &Default::default()).is_empty())
+        .await;
+    assert!(ok, "the backend sees its own instance");
+    let peer = snap.lookup(&"echo".parse().expect("name"), &Default::default())[0].clone();
     let conn = raw_client(&ca, &["web"], peer.proxy.expect("sidecar"), peer.node.as_str()).await;
     let open = |service: &str, port: u16, caller: &str| {
         Frame::Open(Open {

@@ -276,9 +276,11 @@ mod tests {
             (0..12).map(|i| inst("web", &format!("w{i}"), &format!("10.0.0.{i}"), Health::Passing, &[])).collect();
         web.push(inst("web", "w-sick", "10.0.1.1", Health::Critical, &["canary"]));
         web.push(inst("web", "w-six", "fd00::1", Health::Passing, &["canary"]));
-        s.services.insert(ServiceName::new("web").expect("valid"), web);
-        s.services
-            .insert(ServiceName::new("db").expect("valid"), vec![inst("db", "d1", "10.0.2.1", Health::Critical, &[])]);
+        s.services.insert(ServiceName::new("web").expect("valid"), Arc::new(web));
+        s.services.insert(
+            ServiceName::new("db").expect("valid"),
+            Arc::new(vec![inst("db", "d1", "10.0.2.1", Health::Critical, &[])]),
+        );
         s
     }
 

@@ -11,6 +11,7 @@ mod frame;
 mod keyring;
 pub mod swim;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,7 +29,7 @@ use crate::config::GossipConfig;
 use crate::metrics::Metrics;
 use frame::Reassembler;
 use murmur_protocol::swim::Status;
-use swim::{Identity, MapStore, Swim, SwimConfig};
+use swim::{Event, Identity, MapStore, Swim, SwimConfig};
 
 /// How often DNS seeds are resolved again, so a seed name that moves is followed.
 const RESOLVE_EVERY: Duration = Duration::from_secs(60);
@@ -63,11 +64,12 @@ pub struct NodeView {
     pub values: Vec<(String, String)>,
 }
 
-/// Every node this agent knows, at one moment.
+/// Every node this agent knows, at one moment. A node that did not change between two
+/// views is the same `Arc` in both, so readers rebuild only what changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClusterView {
     /// Nodes, in name order.
-    pub nodes: Vec<NodeView>,
+    pub nodes: Vec<Arc<NodeView>>,
 }
 
 enum Command {
@@ -155,7 +157,8 @@ pub async fn spawn_gossip(
         seeds: config.seeds.clone(),
         resolved: Vec::new(),
         next_message_id: rand::random(),
-        dirty: true,
+        changed: BTreeSet::from([Arc::from(name)]),
+        views: BTreeMap::new(),
     };
     let task_cancel = cancel.clone();
     tokio::spawn(async move {
@@ -229,7 +232,10 @@ struct Shell {
     seeds: Vec<String>,
     resolved: Vec<SocketAddr>,
     next_message_id: u32,
-    dirty: bool,
+    /// Members whose view must be built again (they changed since the last publish).
+    changed: BTreeSet<Arc<str>>,
+    /// The last view of every member, shared with the published views.
+    views: BTreeMap<Arc<str>, Arc<NodeView>>,
 }
 
 impl Shell {
@@ -307,48 +313,60 @@ impl Shell {
                 }
             }
         }
-        // Any event changes the view; the registry logs member changes as it sees them.
-        while self.core.poll_event().is_some() {
-            self.dirty = true;
+        // Each event names the member whose view changed; the registry logs member
+        // changes as it sees them.
+        while let Some(event) = self.core.poll_event() {
+            let name = match event {
+                Event::Up(n) | Event::Down(n, _) | Event::State(n, _) | Event::Forgotten(n) => n,
+            };
+            self.changed.insert(name);
         }
     }
 
-    /// Builds the view from the core when something changed, and publishes it.
+    /// Builds the views of the members that changed, and publishes the whole view (the
+    /// others are shared, unchanged, with the last one).
     fn publish(&mut self) {
-        if !self.dirty {
+        if self.changed.is_empty() {
             return;
         }
-        self.dirty = false;
         let store = self.core.store();
-        // A member up but none of whose state has arrived yet (its pull is under way) is
-        // left out: readers would see a node without its record.
-        let mut nodes: Vec<NodeView> = self
-            .core
-            .members()
-            .filter(|m| !m.is_up() || m.version > 0)
-            .map(|m| NodeView {
-                name: m.name.to_string(),
-                generation: m.generation,
-                gossip_addr: m.addr,
-                status: match m.status {
-                    Status::Alive | Status::Suspect => MemberStatus::Alive,
-                    Status::Dead => MemberStatus::Dead,
-                    Status::Left => MemberStatus::Left,
-                },
-                is_self: false,
-                values: store.values(&m.name),
-            })
-            .collect();
-        nodes.push(NodeView {
-            name: self.name.clone(),
-            generation: self.generation,
-            gossip_addr: self.advertise,
-            status: MemberStatus::Alive,
-            is_self: true,
-            values: store.values(&self.name),
-        });
-        nodes.sort_by(|a, b| a.name.cmp(&b.name));
-        let view = ClusterView { nodes };
+        for name in std::mem::take(&mut self.changed) {
+            let view = if *name == *self.name {
+                Some(NodeView {
+                    name: self.name.clone(),
+                    generation: self.generation,
+                    gossip_addr: self.advertise,
+                    status: MemberStatus::Alive,
+                    is_self: true,
+                    values: store.values(&self.name),
+                })
+            } else {
+                // A member up but none of whose state has arrived yet (its pull is under
+                // way) is left out: readers would see a node without its record.
+                self.core.member(&name).filter(|m| !m.is_up() || m.version > 0).map(|m| NodeView {
+                    name: m.name.to_string(),
+                    generation: m.generation,
+                    gossip_addr: m.addr,
+                    status: match m.status {
+                        Status::Alive | Status::Suspect => MemberStatus::Alive,
+                        Status::Dead => MemberStatus::Dead,
+                        Status::Left => MemberStatus::Left,
+                    },
+                    is_self: false,
+                    values: store.values(&m.name),
+                })
+            };
+            match view {
+                Some(v) if self.views.get(&name).is_some_and(|old| **old == v) => {}
+                Some(v) => {
+                    self.views.insert(name, Arc::new(v));
+                }
+                None => {
+                    self.views.remove(&name);
+                }
+            }
+        }
+        let view = ClusterView { nodes: self.views.values().cloned().collect() };
         self.view_tx.send_if_modified(|current| {
             if **current == view {
                 false

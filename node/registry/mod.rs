@@ -12,11 +12,16 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-pub use build::{build_snapshot, BadValue};
+pub use build::{build_snapshot, BadValue, SnapshotBuilder};
 pub use snapshot::{HealthFilter, Instance, Member, MemberStatus, Query, Snapshot};
 
 use crate::gossip::ClusterView;
 use crate::metrics::Metrics;
+
+/// Shortest time between two snapshots: changes that come faster (a deployment, a
+/// mass join) are taken together, at most 20 snapshots a second, and no answer lags the
+/// replica by more than this.
+const COALESCE: Duration = Duration::from_millis(50);
 
 /// Read access to the replica; cheap to clone.
 #[derive(Clone)]
@@ -56,10 +61,11 @@ pub fn spawn_registry(
         let mut version = 0u64;
         let mut last_bad: Vec<BadValue> = Vec::new();
         let mut statuses = MemberStatuses::default();
+        let mut builder = SnapshotBuilder::default();
         loop {
             let view = view_rx.borrow_and_update().clone();
             version += 1;
-            let (snapshot, bad) = build_snapshot(&view, version);
+            let (snapshot, bad) = builder.build(&view, version);
             // Count and log each bad value once, not on every rebuild.
             for b in bad.iter().filter(|b| !last_bad.contains(b)) {
                 metrics.gossip.bad_values.inc();
@@ -77,11 +83,18 @@ pub fn spawn_registry(
             m.instances.set(snapshot.services.values().map(|v| v.len() as u64).sum());
             m.snapshots.inc();
             tx.send_replace(Arc::new(snapshot));
+            let built = tokio::time::Instant::now();
             tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
                 changed = view_rx.changed() => if changed.is_err() {
                     return if cancel.is_cancelled() { Ok(()) } else { Err(anyhow::anyhow!("gossip view closed")) };
                 }
+            }
+            // Changes that come in a burst (a deployment, a join) are taken together: at
+            // most one snapshot per COALESCE, built from the latest view.
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                _ = tokio::time::sleep_until(built + COALESCE) => {}
             }
         }
     });

@@ -110,14 +110,16 @@ pub struct Query {
 }
 
 /// An immutable picture of the cluster. Shared as `Arc<Snapshot>`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
     /// Increases with every rebuild; used as the DNS SOA serial.
     pub version: u64,
-    /// Every known member, by name.
-    pub members: Vec<Member>,
-    /// Instances of live nodes, by service, in instance-id order.
-    pub services: BTreeMap<ServiceName, Vec<Arc<Instance>>>,
+    /// Every known member, by name; shared with the snapshots before and after it until
+    /// a member changes.
+    pub members: Arc<Vec<Member>>,
+    /// Instances of live nodes, by service, in instance-id order. Each list is shared
+    /// with the snapshots before and after it until that service changes.
+    pub services: BTreeMap<ServiceName, Arc<Vec<Arc<Instance>>>>,
 }
 
 impl Snapshot {

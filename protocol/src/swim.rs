@@ -134,6 +134,10 @@ pub enum Body {
         seq: u32,
         /// The member probed.
         target: String,
+        /// How many members the sender holds up, itself included: a receiver that holds
+        /// another count has missed a join or a death (or the sender has) and starts an
+        /// anti-entropy exchange with it.
+        members: u32,
     },
     /// The answer to a ping; `version` is the sender's own state version.
     Ack {
@@ -342,7 +346,7 @@ mod tests {
 
     fn every_body() -> Vec<Body> {
         vec![
-            Body::Ping { seq: 7, target: "b".into() },
+            Body::Ping { seq: 7, target: "b".into(), members: 12 },
             Body::Ack { seq: 7, version: 99 },
             Body::PingReq { seq: 8, target: "c".into(), addr: "[::1]:1".parse().expect("valid") },
             Body::Nack { seq: 8 },
@@ -389,7 +393,7 @@ mod tests {
     fn a_ping_is_small() {
         let ping = encode_message(&Message {
             from: "web-1234".into(),
-            body: Body::Ping { seq: 123_456, target: "orders-9".into() },
+            body: Body::Ping { seq: 123_456, target: "orders-9".into(), members: 1000 },
         });
         assert!(ping.len() < 32, "{} bytes", ping.len());
     }

@@ -149,6 +149,8 @@ const JOIN_RETRY: Duration = Duration::from_secs(1);
 /// The anti-entropy interval right after a join, and after an exchange found
 /// differences: fresh and diverged agents catch up in a few exchanges.
 const FAST_SYNC: Duration = Duration::from_millis(500);
+/// Least time between two exchanges started because a prober's member count differed.
+const COUNT_SYNC_EVERY: Duration = Duration::from_secs(2);
 /// One member held dead is pinged every this many probe intervals.
 const RECONNECT_EVERY: u32 = 4;
 /// How often a member we hold dead is told so when it talks to us.
@@ -230,6 +232,7 @@ pub struct Swim<S> {
     forget: VecDeque<(Instant, MemberIdx, Arc<str>, u64)>,
     nudged: HashMap<MemberIdx, Instant>,
     next_reconnect: Instant,
+    next_count_sync: Instant,
     out: VecDeque<Transmit>,
     events: VecDeque<Event>,
     refused: Refused,
@@ -276,6 +279,7 @@ impl<S: Store> Swim<S> {
             forget: VecDeque::new(),
             nudged: HashMap::new(),
             next_reconnect: now,
+            next_count_sync: now,
             out: VecDeque::new(),
             events: VecDeque::new(),
             refused: Refused::default(),
@@ -494,10 +498,11 @@ impl<S: Store> Swim<S> {
         let from = message.from;
         self.nudge_if_dead(&from, src, now);
         match message.body {
-            Body::Ping { seq, target } => {
+            Body::Ping { seq, target, members } => {
                 if target == self.me.name {
                     let version = self.version;
                     self.send(src, Body::Ack { seq, version }, None);
+                    self.compare_counts(members, src, now);
                 }
             }
             Body::Ack { seq, version } => self.on_ack(seq, version, now),
@@ -506,7 +511,12 @@ impl<S: Store> Swim<S> {
                 let deadline = now + self.health.scale(self.config.probe_timeout);
                 self.relays.insert(relay_seq, Relay { asker: src, asker_seq: seq, deadline });
                 self.relay_deadlines.insert((deadline, relay_seq));
-                self.send(addr, Body::Ping { seq: relay_seq, target: target.clone() }, Some(Topic::Member(target)));
+                let members = self.cluster_size() as u32;
+                self.send(
+                    addr,
+                    Body::Ping { seq: relay_seq, target: target.clone(), members },
+                    Some(Topic::Member(target)),
+                );
             }
             Body::Nack { seq } => {
                 if let Some(p) = self.probe.as_mut().filter(|p| p.seq == seq) {
@@ -551,6 +561,18 @@ impl<S: Store> Swim<S> {
         }
     }
 
+    /// A prober holds another number of members up than we do: one of us missed a join
+    /// or a death that the rumors did not bring. An exchange with it settles which (at
+    /// most one such exchange per [`COUNT_SYNC_EVERY`], since counts also differ for a
+    /// moment while a change spreads).
+    fn compare_counts(&mut self, theirs: u32, src: SocketAddr, now: Instant) {
+        if theirs == self.cluster_size() as u32 || now < self.next_count_sync {
+            return;
+        }
+        self.next_count_sync = now + COUNT_SYNC_EVERY;
+        self.send_sync(src, false, now);
+    }
+
     /// A member we hold dead or departed is still talking to us: it does not know. Tell
     /// it (at most once a second), so it refutes at once instead of at its next
     /// anti-entropy exchange.
@@ -585,7 +607,8 @@ impl<S: Store> Swim<S> {
         }
         let (addr, target) = (m.addr, m.name.to_string());
         let seq = self.next_seq();
-        self.send(addr, Body::Ping { seq, target }, None);
+        let members = self.cluster_size() as u32;
+        self.send(addr, Body::Ping { seq, target, members }, None);
     }
 
     // ----- probing -----
@@ -633,7 +656,8 @@ impl<S: Store> Swim<S> {
         let Some(m) = self.members.get(target) else { return };
         let (name, addr) = (m.name.clone(), m.addr);
         let seq = self.next_seq();
-        self.send(addr, Body::Ping { seq, target: name.to_string() }, Some(Topic::Member(name.to_string())));
+        let members = self.cluster_size() as u32;
+        self.send(addr, Body::Ping { seq, target: name.to_string(), members }, Some(Topic::Member(name.to_string())));
         self.probe = Some(Probe {
             target,
             name,
@@ -658,7 +682,8 @@ impl<S: Store> Swim<S> {
         }
         // A second direct ping beside the indirect ones: on a lossy path it is the
         // likeliest of them to get through (two datagrams against four).
-        self.send(addr, Body::Ping { seq, target: name.clone() }, Some(Topic::Member(name.clone())));
+        let members = self.cluster_size() as u32;
+        self.send(addr, Body::Ping { seq, target: name.clone(), members }, Some(Topic::Member(name.clone())));
         for h in helpers {
             if let Some(to) = self.members.get(h).map(|m| m.addr) {
                 self.send(to, Body::PingReq { seq, target: name.clone(), addr }, None);
@@ -684,7 +709,11 @@ impl<S: Store> Swim<S> {
             Some((idx, n)) if idx == p.target => n + 1,
             _ => 1,
         };
-        if failures >= self.config.suspect_after + self.loss_extra() {
+        // One more failed cycle on a lossy network, three more on a very lossy one: at
+        // 30% loss a cycle of a live member fails about one time in nine, so three
+        // cycles in a row would still accuse one member a second in a thousand.
+        let extra = [0, 1, 3][self.loss_extra() as usize];
+        if failures >= self.config.suspect_after + extra {
             self.retry = None;
             self.suspect(p.target, p.end_at);
         } else {
@@ -740,9 +769,9 @@ impl<S: Store> Swim<S> {
         self.members.up() + 1
     }
 
-    /// How lossy this agent finds the network: 0 clean, 1 lossy, 2 very lossy. Each step
-    /// asks one more failed cycle before suspecting, and gives a suspicion one more
-    /// shortest timeout, since refutations then take longer to get through.
+    /// How lossy this agent finds the network: 0 clean, 1 lossy, 2 very lossy. It asks
+    /// more failed cycles before suspecting, more sends per rumor, and gives a suspicion
+    /// one more shortest timeout per step, since refutations take longer to get through.
     fn loss_extra(&self) -> u32 {
         u32::from(self.ping_loss > LOSSY) + u32::from(self.ping_loss > VERY_LOSSY)
     }
@@ -1143,12 +1172,12 @@ impl<S: Store> Swim<S> {
 
     // ----- dissemination and anti-entropy -----
 
-    /// Sends per rumor: `retransmit_mult · ⌈log10(N + 1)⌉`, times `1 + loss_extra` on a
-    /// lossy network, where each send is less likely to arrive and a missed rumor
-    /// otherwise waits for an anti-entropy exchange.
+    /// Sends per rumor: `retransmit_mult · ⌈log10(N + 1)⌉`, twice that on a lossy
+    /// network, where each send is less likely to arrive and a missed rumor otherwise
+    /// waits for an anti-entropy exchange.
     fn retransmit_limit(&self) -> u32 {
         let n = self.cluster_size() as f64;
-        self.config.retransmit_mult * ((n + 1.0).log10().ceil() as u32).max(1) * (1 + self.loss_extra())
+        self.config.retransmit_mult * ((n + 1.0).log10().ceil() as u32).max(1) * (1 + self.loss_extra().min(1))
     }
 
     fn gossip_round(&mut self) {
