@@ -1,0 +1,87 @@
+//! `murmur simulate` at 1,000 agents, with kills, without loss and at 30% loss: the
+//! scale the agent cannot be tested at as processes on one machine. It runs the release
+//! binary (the simulation is CPU-bound and a debug build is about eight times slower),
+//! building it first if needed. Runs are seeded and deterministic, so these bounds hold
+//! or fail the same way every time for the same code.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+
+fn release_binary() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--release", "--quiet", "--bin", "murmur"])
+        .current_dir(&root)
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "the release build failed");
+    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("target"));
+    target.join("release").join("murmur")
+}
+
+/// Runs one simulation, bounded in time, and returns its JSON report.
+fn simulate(args: &[&str]) -> Value {
+    let mut child = Command::new(release_binary())
+        .arg("simulate")
+        .args(args)
+        .arg("--json")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    let deadline = std::time::Instant::now() + Duration::from_secs(600);
+    loop {
+        if child.try_wait().expect("wait works").is_some() {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("murmur simulate {args:?} did not finish within 600 s");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = child.wait_with_output().expect("output");
+    assert!(out.status.success(), "murmur simulate {args:?} failed");
+    let report: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    println!("simulate {args:?}: {report}");
+    report
+}
+
+fn f(r: &Value, key: &str) -> f64 {
+    r[key].as_f64().unwrap_or_else(|| panic!("{key} missing or null in {r}"))
+}
+
+#[test]
+fn a_thousand_agents_converge_detect_kills_and_spread_changes() {
+    let r = simulate(&["--nodes", "1000", "--kill", "10", "--duration", "40s", "--seed", "7"]);
+    assert!(f(&r, "converged_s") <= 5.0, "convergence (goal: 5 s)");
+    assert_eq!(r["kills_detected"], r["kills"], "every kill seen dead by every live agent");
+    assert!(f(&r, "detect_p50_s") <= 2.0, "detection p50 (goal 1.5 s, not met: README)");
+    assert!(f(&r, "detect_p99_s") <= 2.5, "detection p99 (goal: 2.5 s)");
+    assert!(f(&r, "spread_p99_s") <= 1.0, "spread p99 (goal: 1 s)");
+    assert_eq!(f(&r, "false_dead"), 0.0);
+    assert!(f(&r, "max_datagram") <= 1300.0, "datagrams stay under the limit");
+}
+
+#[test]
+fn a_thousand_agents_at_10_percent_loss_give_no_false_verdict() {
+    let r = simulate(&["--nodes", "1000", "--kill", "5", "--loss", "10", "--duration", "60s", "--seed", "7"]);
+    assert_eq!(r["kills_detected"], r["kills"]);
+    assert!(f(&r, "detect_p99_s") <= 4.0, "detection p99 at 10% loss (goal: 4 s)");
+    assert!(f(&r, "spread_p99_s") <= 1.5, "spread p99 at 10% loss");
+    assert_eq!(f(&r, "false_dead"), 0.0, "false dead verdicts at 10% loss (goal: 0)");
+}
+
+#[test]
+fn a_thousand_agents_at_30_percent_loss_hold_together() {
+    let r = simulate(&["--nodes", "1000", "--kill", "5", "--loss", "30", "--duration", "60s", "--seed", "7"]);
+    assert_eq!(r["kills_detected"], r["kills"], "every kill seen dead by every live agent");
+    assert!(f(&r, "detect_p99_s") <= 10.0, "detection p99 at 30% loss");
+    assert!(f(&r, "spread_p99_s") <= 8.0, "spread p99 at 30% loss");
+    // The goal is 0 and is not met (50 in this run: README). This bounds a regression
+    // toward the storm that 50% loss still is.
+    assert!(f(&r, "false_dead") <= 100.0, "false dead verdicts at 30% loss");
+}
