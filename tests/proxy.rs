@@ -216,12 +216,7 @@ async fn foreign_certificates_and_callers_outside_allow_are_refused() {
     // the server refuses it.
     let mesh = proxy_mesh(32, 1, "", "echo:80,retries=0", &ca, &ca).await;
     let backend = mesh.backends[0].as_ref().expect("backend");
-    let (snap, ok) = backend
-        .registry()
-        .wait_for(WAIT, |s| !s.lookup(&"echo".parse().expect("name"), &Default::default()).is_empty())
-        .await;
-    assert!(ok, "the backend sees its own instance");
-    let peer = snap.lookup(&"echo".parse().expect("name"), &Default::default())[0].clone();
+    let peer = own_echo(backend).await;
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.cert_der().expect("der")).expect("root");
     let foreign = other.issue(&"intruder".parse().expect("node"), &["web".parse().expect("name")]).expect("issue");
@@ -382,6 +377,15 @@ async fn udp_upstreams_ride_quic_datagrams_and_idle_flows_expire() {
 }
 
 /// A raw QUIC client with a certificate of `ca` naming `services`, connected to `peer`.
+/// The backend's own `echo` instance, once its snapshot lists it (it may trail the
+/// client's by one coalescing window).
+async fn own_echo(backend: &Agent) -> Arc<murmur::registry::Instance> {
+    let echo = "echo".parse().expect("name");
+    let (snap, ok) = backend.registry().wait_for(WAIT, |s| !s.lookup(&echo, &Default::default()).is_empty()).await;
+    assert!(ok, "the backend sees its own instance");
+    snap.lookup(&echo, &Default::default())[0].clone()
+}
+
 async fn raw_client(ca: &Ca, services: &[&str], peer: SocketAddr, server_node: &str) -> quinn::Connection {
     use murmur::tls::TlsMaterial;
     let names: Vec<murmur_protocol::ServiceName> = services.iter().map(|s| s.parse().expect("name")).collect();
@@ -414,13 +418,7 @@ async fn bad_headers_get_an_error_frame_and_a_counted_reason() {
     let ca = Ca::generate().expect("ca");
     let mesh = proxy_mesh(36, 1, "", "echo:80", &ca, &ca).await;
     let backend = mesh.backends[0].as_ref().expect("backend");
-    // The backend's own snapshot may trail the client's by one coalescing window.
-    let (snap, ok) = backend
-        .registry()
-        .wait_for(WAIT, |s| !s.lookup(&"echo".parse().expect("name"), &Default::default()).is_empty())
-        .await;
-    assert!(ok, "the backend sees its own instance");
-    let peer = snap.lookup(&"echo".parse().expect("name"), &Default::default())[0].clone();
+    let peer = own_echo(backend).await;
     let conn = raw_client(&ca, &["web"], peer.proxy.expect("sidecar"), peer.node.as_str()).await;
     let open = |service: &str, port: u16, caller: &str| {
         Frame::Open(Open {

@@ -173,6 +173,13 @@ fn a_silent_member_is_suspected_then_declared_dead_by_everyone() {
     }
 }
 
+/// A gossip datagram from m0 carrying one claim about a member, by m0.
+fn claim_from_m0(entry: Entry) -> Vec<u8> {
+    let mut bytes = swim::encode_message(&Message { from: "m0".into(), body: Body::Gossip });
+    bytes.extend(swim::encode_rumor(&Rumor::Member { entry, by: "m0".into() }));
+    bytes
+}
+
 #[test]
 fn a_suspect_refutes_and_stays_alive() {
     let mut net = Net::new(3);
@@ -180,9 +187,7 @@ fn a_suspect_refutes_and_stays_alive() {
     net.run(Duration::from_secs(3));
     // m0 wrongly accuses m1 (as a probe lost on a bad path would).
     let entry = net.nodes[0].member("m1").expect("present").entry();
-    let rumor = Rumor::Member { entry: Entry { status: Status::Suspect, ..entry }, by: "m0".into() };
-    let mut bytes = swim::encode_message(&Message { from: "m0".into(), body: Body::Gossip });
-    bytes.extend(swim::encode_rumor(&rumor));
+    let bytes = claim_from_m0(Entry { status: Status::Suspect, ..entry });
     let now = net.at();
     net.nodes[2].handle_datagram(addr(0), &bytes, now);
     assert_eq!(net.status(2, 1), Some(Status::Suspect));
@@ -200,9 +205,7 @@ fn a_member_declared_dead_while_alive_is_told_and_comes_back() {
     net.join_all();
     net.run(Duration::from_secs(3));
     let entry = net.nodes[0].member("m2").expect("present").entry();
-    let rumor = Rumor::Member { entry: Entry { status: Status::Dead, ..entry }, by: "m0".into() };
-    let mut bytes = swim::encode_message(&Message { from: "m0".into(), body: Body::Gossip });
-    bytes.extend(swim::encode_rumor(&rumor));
+    let bytes = claim_from_m0(Entry { status: Status::Dead, ..entry });
     let now = net.at();
     net.nodes[0].handle_datagram(addr(0), &bytes, now);
     net.nodes[1].handle_datagram(addr(0), &bytes, now);
