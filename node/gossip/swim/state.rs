@@ -1,0 +1,193 @@
+//! Members' versioned state: rumored keys applied by version, the watermark of what
+//! is held completely, pulls that fill gaps, and serving those pulls.
+
+use super::*;
+
+impl<S: Store> Swim<S> {
+    /// Records that `holder` has `entry.name`'s state up to `entry.version`.
+    pub(super) fn note_version(&mut self, entry: &Entry, holder: SocketAddr, now: Instant) {
+        let Some(idx) = self.members.find(&entry.name) else { return };
+        let Some(m) = self.members.get(idx) else { return };
+        if m.generation != entry.generation || !m.is_up() {
+            return;
+        }
+        let (known, version) = (m.known, m.version);
+        if entry.version > known {
+            self.members.update(idx, |m| m.known = entry.version);
+        }
+        if entry.version > version {
+            self.mark_behind(idx, holder, now);
+        }
+    }
+
+    pub(super) fn mark_behind(&mut self, idx: MemberIdx, holder: SocketAddr, now: Instant) {
+        self.behind.entry(idx).and_modify(|b| b.holder = holder).or_insert(Behind { holder, since: now });
+        // A member none of whose state is held has nothing in flight to wait for: ask now.
+        if self.members.get(idx).is_some_and(|m| m.version == 0) {
+            self.next_pull = self.next_pull.min(now);
+        }
+    }
+
+    pub(super) fn apply_update(&mut self, u: Update, src: SocketAddr, now: Instant) {
+        if u.owner == self.me.name {
+            return;
+        }
+        let Some(idx) = self.members.find(&u.owner) else { return };
+        let Some(m) = self.members.get(idx) else { return };
+        if m.generation != u.generation || u.version <= m.version {
+            return;
+        }
+        let ahead = self.ahead.entry(idx).or_default();
+        if ahead.contains(&u.version) {
+            return;
+        }
+        let name = m.name.clone();
+        self.store.apply(&u.owner, &u.key, u.value.as_deref(), u.version);
+        let contiguous = u.version == m.version + 1;
+        if contiguous {
+            self.advance(idx, u.version);
+        } else if let Some(ahead) = self.ahead.get_mut(&idx) {
+            ahead.push(u.version);
+        }
+        let (version, known) = self.members.get(idx).map(|m| (m.version, m.known)).unwrap_or_default();
+        if u.version > known {
+            self.members.update(idx, |m| m.known = u.version);
+        }
+        if self.members.get(idx).is_some_and(|m| m.known > m.version) {
+            self.mark_behind(idx, src, now);
+        } else {
+            self.behind.remove(&idx);
+        }
+        self.events.push_back(Event::State(name, version));
+        let topic = Topic::Key(u.owner.clone(), u.key.clone());
+        self.queue.push(topic, swim::encode_rumor(&Rumor::Update(u)));
+    }
+
+    /// Moves a member's watermark to `to`, and past every version already held above it.
+    pub(super) fn advance(&mut self, idx: MemberIdx, to: u64) {
+        let mut version = to;
+        if let Some(ahead) = self.ahead.get_mut(&idx) {
+            ahead.retain(|v| *v > version);
+            ahead.sort_unstable();
+            while ahead.first() == Some(&(version + 1)) {
+                version += 1;
+                ahead.remove(0);
+            }
+            if ahead.is_empty() {
+                self.ahead.remove(&idx);
+            }
+        }
+        self.members.update(idx, |m| {
+            m.version = m.version.max(version);
+            m.known = m.known.max(m.version);
+        });
+    }
+
+    pub(super) fn run_pulls(&mut self, now: Instant) {
+        let expired: Vec<u32> = self.pulls.iter().filter(|(_, (_, at))| *at <= now).map(|(s, _)| *s).collect();
+        for seq in expired {
+            self.pulls.remove(&seq);
+        }
+        if self.behind.is_empty() {
+            return;
+        }
+        let room = MAX_PULLS.saturating_sub(self.pulls.len());
+        if room == 0 {
+            return;
+        }
+        let in_flight: Vec<MemberIdx> = self.pulls.values().map(|(i, _)| *i).collect();
+        let grace = self.config.gossip_interval * 2;
+        let mut due: Vec<(MemberIdx, Behind)> = Vec::new();
+        let mut settled = Vec::new();
+        for (&idx, &b) in &self.behind {
+            if due.len() >= room {
+                break;
+            }
+            let Some(m) = self.members.get(idx) else {
+                settled.push(idx);
+                continue;
+            };
+            if !m.is_up() || m.known <= m.version {
+                settled.push(idx);
+                continue;
+            }
+            if in_flight.contains(&idx) {
+                continue;
+            }
+            // A fresh member has nothing to wait for; a gap may still fill from rumors
+            // in flight, so it waits a little.
+            if m.version == 0 || now >= b.since + grace {
+                due.push((idx, b));
+            }
+        }
+        for idx in settled {
+            self.behind.remove(&idx);
+        }
+        for (idx, b) in due {
+            let Some(m) = self.members.get(idx) else { continue };
+            // Ask the last holder heard of; once a gap has lasted past two pull
+            // timeouts, ask the member itself.
+            let to = if b.since + PULL_TIMEOUT * 2 <= now { m.addr } else { b.holder };
+            let (owner, generation, from) = (m.name.to_string(), m.generation, m.version);
+            let seq = self.next_seq();
+            self.pulls.insert(seq, (idx, now + PULL_TIMEOUT));
+            self.send(to, Body::StateRequest { seq, owner, generation, from }, None);
+        }
+    }
+
+    pub(super) fn serve_state(&mut self, to: SocketAddr, seq: u32, owner: &str, generation: u64, from: u64) {
+        let upto = if owner == self.me.name && generation == self.me.generation {
+            self.version
+        } else {
+            match self.members.find(owner).and_then(|i| self.members.get(i)) {
+                Some(m) if m.generation == generation => m.version,
+                _ => return,
+            }
+        };
+        if upto <= from {
+            return;
+        }
+        let budget = MAX_MESSAGE - 64 - owner.len();
+        let (updates, complete) = self.store.delta(owner, from, upto, budget);
+        let to_version = match updates.last() {
+            Some(kv) if !complete => kv.version.min(upto),
+            _ => upto,
+        };
+        let body = Body::StateReply { seq, owner: owner.to_owned(), generation, to: to_version, updates };
+        self.send(to, body, None);
+    }
+
+    pub(super) fn on_state_reply(
+        &mut self,
+        seq: u32,
+        owner: &str,
+        generation: u64,
+        to: u64,
+        updates: Vec<KeyValue>,
+        now: Instant,
+    ) {
+        if self.pulls.remove(&seq).is_none() {
+            return;
+        }
+        let Some(idx) = self.members.find(owner) else { return };
+        let Some(m) = self.members.get(idx) else { return };
+        if m.generation != generation || to <= m.version {
+            return;
+        }
+        let name = m.name.clone();
+        for kv in &updates {
+            self.store.apply(owner, &kv.key, kv.value.as_deref(), kv.version);
+        }
+        self.advance(idx, to);
+        let Some(m) = self.members.get(idx) else { return };
+        let version = m.version;
+        if m.known <= m.version {
+            self.behind.remove(&idx);
+        } else if let Some(b) = self.behind.get_mut(&idx) {
+            // More to fetch: ask again at once rather than after the gap grace.
+            b.since = now - self.config.gossip_interval * 2;
+        }
+        self.events.push_back(Event::State(name, version));
+        self.next_pull = self.next_pull.min(now);
+    }
+}

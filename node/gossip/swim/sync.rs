@@ -1,0 +1,69 @@
+//! Dissemination rounds and anti-entropy: gossip datagrams while rumors wait, the
+//! bucketed digest exchange and the entries of buckets that differ.
+
+use super::*;
+
+impl<S: Store> Swim<S> {
+    pub(super) fn gossip_round(&mut self) {
+        if self.queue.is_empty() {
+            return;
+        }
+        for idx in self.random_up(self.config.gossip_fanout as usize, &[]) {
+            if let Some(to) = self.members.get(idx).map(|m| m.addr) {
+                self.send(to, Body::Gossip, None);
+            }
+        }
+    }
+
+    pub(super) fn sync_period(&self) -> Duration {
+        let n = self.cluster_size();
+        if n <= 32 {
+            return self.config.sync_interval;
+        }
+        let factor = ((n as f64 / 32.0).log2().ceil() as u32) + 1;
+        self.config.sync_interval * factor
+    }
+
+    pub(super) fn digest(&self) -> Vec<u64> {
+        let mut d = self.members.digest().to_vec();
+        let me = self.my_entry();
+        d[bucket_of(&me.name)] ^= entry_hash(&me.name, me.generation, me.incarnation, me.status, me.version);
+        d
+    }
+
+    pub(super) fn differing(&self, theirs: &[u64]) -> u64 {
+        self.digest().iter().zip(theirs).enumerate().filter(|(_, (a, b))| a != b).fold(0, |m, (i, _)| m | (1 << i))
+    }
+
+    pub(super) fn send_sync(&mut self, to: SocketAddr, reply: bool, _now: Instant) {
+        let seq = self.next_seq();
+        let body = Body::Sync { seq, reply, me: self.my_entry(), buckets: self.digest() };
+        self.send(to, body, None);
+    }
+
+    pub(super) fn send_members(&mut self, to: SocketAddr, seq: u32, differ: u64) {
+        let mut entries: Vec<Entry> = self
+            .members
+            .iter()
+            .filter(|(_, m)| differ & (1 << bucket_of(&m.name)) != 0)
+            .map(|(_, m)| m.entry())
+            .collect();
+        if differ & (1 << bucket_of(&self.me.name)) != 0 {
+            entries.push(self.my_entry());
+        }
+        let mut batch = Vec::new();
+        let mut size = 0;
+        for e in entries {
+            let len = e.name.len() + ENTRY_LEN;
+            if size + len > MAX_MESSAGE - 64 && !batch.is_empty() {
+                self.send(to, Body::Members { seq, entries: std::mem::take(&mut batch) }, None);
+                size = 0;
+            }
+            size += len;
+            batch.push(e);
+        }
+        if !batch.is_empty() {
+            self.send(to, Body::Members { seq, entries: batch }, None);
+        }
+    }
+}
