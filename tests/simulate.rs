@@ -10,7 +10,13 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+/// The release binary, built once for all the tests of this file.
 fn release_binary() -> PathBuf {
+    static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BINARY.get_or_init(build_release).clone()
+}
+
+fn build_release() -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)

@@ -105,7 +105,7 @@ pub struct Gossip {
 }
 
 /// The membership settings in `config`.
-pub fn swim_config(config: &GossipConfig) -> SwimConfig {
+fn swim_config(config: &GossipConfig) -> SwimConfig {
     SwimConfig {
         probe_interval: config.probe_interval,
         probe_timeout: config.probe_timeout,

@@ -51,7 +51,7 @@ pub fn key_name(owner: usize, key: u16) -> String {
 
 /// The value of `owner`'s key at `version`: the real encoded record an agent writes.
 pub fn value(owner: usize, key: u16, version: u64) -> String {
-    let node = NodeName::new(&format!("n{owner}")).unwrap_or_else(|_| unreachable_name());
+    let node = NodeName::new(&format!("n{owner}")).expect("`n` and digits is a valid node name");
     match key {
         0 => encode_value(&NodeRecord {
             name: node,
@@ -64,8 +64,10 @@ pub fn value(owner: usize, key: u16, version: u64) -> String {
         k if u32::from(k) <= INSTANCES => {
             let port = 8000 + u16::from(k as u8);
             encode_value(&InstanceRecord {
-                service: ServiceName::new(&format!("svc-{}", owner % 50)).unwrap_or_else(|_| unreachable_service()),
-                instance: InstanceId::new(&format!("n{owner}-{port}")).unwrap_or_else(|_| unreachable_instance()),
+                service: ServiceName::new(&format!("svc-{}", owner % 50))
+                    .expect("`svc-` and digits is a valid service name"),
+                instance: InstanceId::new(&format!("n{owner}-{port}"))
+                    .expect("`n`, digits, `-`, digits is a valid instance id"),
                 address: std::net::IpAddr::from([127, 0, 0, 1]),
                 port,
                 sidecar: true,
@@ -80,18 +82,6 @@ pub fn value(owner: usize, key: u16, version: u64) -> String {
             output: String::new(),
         }),
     }
-}
-
-fn unreachable_name() -> NodeName {
-    NodeName::new("n").unwrap_or_else(|_| unreachable!("`n` is a valid node name"))
-}
-
-fn unreachable_service() -> ServiceName {
-    ServiceName::new("svc").unwrap_or_else(|_| unreachable!("`svc` is a valid service name"))
-}
-
-fn unreachable_instance() -> InstanceId {
-    InstanceId::new("i").unwrap_or_else(|_| unreachable!("`i` is a valid instance id"))
 }
 
 /// The store of one simulated agent: nothing of its own, the shared history behind it.

@@ -448,7 +448,7 @@ impl<S: Store> Swim<S> {
         if !self.joined && now >= self.next_join {
             self.next_join = now + JOIN_RETRY;
             for seed in self.seeds.clone() {
-                self.send_sync(seed, false, now);
+                self.send_sync(seed, false);
             }
         }
         if now >= self.next_sync {
@@ -456,7 +456,7 @@ impl<S: Store> Swim<S> {
             self.synced = false;
             if let Some(idx) = self.random_up(1, &[]).first().copied() {
                 if let Some(addr) = self.members.get(idx).map(|m| m.addr) {
-                    self.send_sync(addr, false, now);
+                    self.send_sync(addr, false);
                 }
             }
         }

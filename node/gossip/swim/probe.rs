@@ -14,7 +14,7 @@ impl<S: Store> Swim<S> {
             return;
         }
         self.next_count_sync = now + COUNT_SYNC_EVERY;
-        self.send_sync(src, false, now);
+        self.send_sync(src, false);
     }
 
     /// A member we hold dead or departed is still talking to us: it does not know. Tell
@@ -58,7 +58,7 @@ impl<S: Store> Swim<S> {
     pub(super) fn run_probe(&mut self, now: Instant) {
         if let Some(p) = &self.probe {
             if !p.acked && !p.indirect && now >= p.timeout_at {
-                self.ask_others(now);
+                self.ask_others();
             }
         }
         if self.probe.as_ref().is_some_and(|p| now >= p.end_at) {
@@ -113,7 +113,7 @@ impl<S: Store> Swim<S> {
         });
     }
 
-    pub(super) fn ask_others(&mut self, _now: Instant) {
+    pub(super) fn ask_others(&mut self) {
         let Some(p) = self.probe.as_mut() else { return };
         p.indirect = true;
         let (target, seq, name) = (p.target, p.seq, p.name.to_string());

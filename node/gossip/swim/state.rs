@@ -37,8 +37,7 @@ impl<S: Store> Swim<S> {
         if m.generation != u.generation || u.version <= m.version {
             return;
         }
-        let ahead = self.ahead.entry(idx).or_default();
-        if ahead.contains(&u.version) {
+        if self.ahead.get(&idx).is_some_and(|a| a.contains(&u.version)) {
             return;
         }
         let name = m.name.clone();
@@ -46,8 +45,8 @@ impl<S: Store> Swim<S> {
         let contiguous = u.version == m.version + 1;
         if contiguous {
             self.advance(idx, u.version);
-        } else if let Some(ahead) = self.ahead.get_mut(&idx) {
-            ahead.push(u.version);
+        } else {
+            self.ahead.entry(idx).or_default().push(u.version);
         }
         let (version, known) = self.members.get(idx).map(|m| (m.version, m.known)).unwrap_or_default();
         if u.version > known {

@@ -35,7 +35,7 @@ impl<S: Store> Swim<S> {
         self.digest().iter().zip(theirs).enumerate().filter(|(_, (a, b))| a != b).fold(0, |m, (i, _)| m | (1 << i))
     }
 
-    pub(super) fn send_sync(&mut self, to: SocketAddr, reply: bool, _now: Instant) {
+    pub(super) fn send_sync(&mut self, to: SocketAddr, reply: bool) {
         let seq = self.next_seq();
         let body = Body::Sync { seq, reply, me: self.my_entry(), buckets: self.digest() };
         self.send(to, body, None);
