@@ -205,6 +205,10 @@ struct Sim {
     cut_active: bool,
     healed_at: Option<u64>,
     converged: Option<u64>,
+    /// Agents alive (not killed).
+    live: usize,
+    /// Agents that hold every other agent up with its initial state.
+    full: usize,
     changes: Vec<Change>,
     kills: Vec<Kill>,
     false_dead: u64,
@@ -265,6 +269,8 @@ impl Sim {
             cut_active: false,
             healed_at: None,
             converged: None,
+            live: n,
+            full: 0,
             changes: Vec::new(),
             kills: Vec::new(),
             false_dead: 0,
@@ -411,7 +417,10 @@ impl Sim {
                 let (version, up) = (m.version, m.is_up());
                 if up && version >= INITIAL_VERSION && set_bit(&mut self.agents[i].have, j, true) {
                     self.agents[i].have_count += 1;
-                    self.check_converged();
+                    if self.agents[i].have_count + 1 == self.agents.len() {
+                        self.full += 1;
+                        self.check_converged();
+                    }
                 }
                 for c in self.changes.iter_mut().filter(|c| c.owner == j && c.done.is_none()) {
                     if version >= c.version && up && set_bit(&mut c.reached, i, true) {
@@ -433,6 +442,9 @@ impl Sim {
     fn on_down(&mut self, i: usize, name: &str, status: Option<Status>) {
         let Some(j) = owner_index(name).filter(|&j| j < self.agents.len()) else { return };
         if set_bit(&mut self.agents[i].have, j, false) {
+            if self.agents[i].have_count + 1 == self.agents.len() {
+                self.full -= 1;
+            }
             self.agents[i].have_count -= 1;
         }
         // Each verdict counts once, as the agents first hear of it: a member at an
@@ -467,16 +479,11 @@ impl Sim {
         self.settle();
     }
 
-    fn live(&self) -> usize {
-        self.agents.iter().filter(|a| a.alive).count()
-    }
-
     fn check_converged(&mut self) {
         if self.converged.is_some() {
             return;
         }
-        let n = self.agents.len();
-        if self.agents.iter().all(|a| a.have_count == n - 1) {
+        if self.full == self.agents.len() {
             self.converged = Some(self.now);
             for a in &mut self.agents {
                 a.sent_at_converged = a.sent;
@@ -508,7 +515,7 @@ impl Sim {
 
     /// Marks changes and kills that every live agent has seen.
     fn settle(&mut self) {
-        let live = self.live();
+        let live = self.live;
         let now = self.now;
         for c in self.changes.iter_mut().filter(|c| c.done.is_none()) {
             if c.count >= live {
@@ -527,6 +534,7 @@ impl Sim {
         let candidates: Vec<usize> = (SEEDS.min(n)..n).filter(|&i| self.agents[i].alive && !self.cut[i]).collect();
         let Some(&victim) = candidates.get(self.rng.random_range(0..candidates.len().max(1))) else { return };
         self.agents[victim].alive = false;
+        self.live -= 1;
         let mut seen = vec![0; self.words];
         let mut count = 0;
         // Agents that already hold it down (none, normally) count from the start.

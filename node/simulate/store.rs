@@ -7,7 +7,7 @@
 //! encodings, so the bytes on the simulated wire are those the agent would send.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 
 use murmur_protocol::swim::KeyValue;
@@ -26,12 +26,16 @@ pub const INSTANCES: u32 = 5;
 #[derive(Debug, Default)]
 pub struct History {
     changes: Vec<Vec<(u64, u16)>>,
+    /// Replies already built, by (owner, from, upto): a history only grows at its end,
+    /// so a reply up to a version never changes. Thousands of agents pull the same
+    /// initial state of each member; encoding its records once saves most of a run.
+    replies: HashMap<(usize, u64, u64, usize), (Vec<KeyValue>, bool)>,
 }
 
 impl History {
     /// A history for `nodes` members, none with changes yet.
     pub fn new(nodes: usize) -> Self {
-        Self { changes: vec![Vec::new(); nodes] }
+        Self { changes: vec![Vec::new(); nodes], replies: HashMap::new() }
     }
 
     /// Records that `owner` wrote key `key` at `version`.
@@ -109,7 +113,10 @@ impl Store for SimStore {
 
     fn delta(&self, owner: &str, from: u64, upto: u64, budget: usize) -> (Vec<KeyValue>, bool) {
         let Some(i) = owner_index(owner) else { return (Vec::new(), true) };
-        let history = self.history.borrow();
+        let mut history = self.history.borrow_mut();
+        if let Some(reply) = history.replies.get(&(i, from, upto, budget)) {
+            return reply.clone();
+        }
         let Some(changes) = history.changes.get(i) else { return (Vec::new(), true) };
         let mut latest: BTreeMap<u16, u64> = BTreeMap::new();
         for &(version, key) in changes.iter().take_while(|(v, _)| *v <= upto) {
@@ -121,7 +128,9 @@ impl Store for SimStore {
             .map(|(key, version)| KeyValue { version, key: key_name(i, key), value: Some(value(i, key, version)) })
             .collect();
         out.sort_by_key(|kv| kv.version);
-        take_within(out, budget)
+        let reply = take_within(out, budget);
+        history.replies.insert((i, from, upto, budget), reply.clone());
+        reply
     }
 
     fn remove(&mut self, _owner: &str) {}

@@ -11,13 +11,23 @@ impl<S: Store> Swim<S> {
         if m.generation != entry.generation || !m.is_up() {
             return;
         }
-        let (known, version) = (m.known, m.version);
+        let (known, version, addr) = (m.known, m.version, m.addr);
         if entry.version > known {
             self.members.update(idx, |m| m.known = entry.version);
         }
         if entry.version > version {
             self.mark_behind(idx, holder, now);
+        } else if entry.version == 0 && known == 0 {
+            // Whoever told us of it holds none of its state either (it learned of the
+            // member moments ago): nobody but the member can say what there is.
+            self.mark_behind(idx, addr, now);
         }
+    }
+
+    /// Whether a member's state is all held: every version heard of, and something
+    /// heard of (a member whose version nobody has told us yet is asked itself).
+    fn settled(m: &Member) -> bool {
+        m.known <= m.version && m.version > 0
     }
 
     pub(super) fn mark_behind(&mut self, idx: MemberIdx, holder: SocketAddr, now: Instant) {
@@ -106,7 +116,7 @@ impl<S: Store> Swim<S> {
                 settled.push(idx);
                 continue;
             };
-            if !m.is_up() || m.known <= m.version {
+            if !m.is_up() || Self::settled(m) {
                 settled.push(idx);
                 continue;
             }
@@ -126,7 +136,7 @@ impl<S: Store> Swim<S> {
             let Some(m) = self.members.get(idx) else { continue };
             // Ask the last holder heard of; once a gap has lasted past two pull
             // timeouts, ask the member itself.
-            let to = if b.since + PULL_TIMEOUT * 2 <= now { m.addr } else { b.holder };
+            let to = if b.since + PULL_TIMEOUT * 2 <= now || m.known == 0 { m.addr } else { b.holder };
             let (owner, generation, from) = (m.name.to_string(), m.generation, m.version);
             let seq = self.next_seq();
             self.pulls.insert(seq, (idx, now + PULL_TIMEOUT));
@@ -143,7 +153,9 @@ impl<S: Store> Swim<S> {
                 _ => return,
             }
         };
-        if upto <= from {
+        // A member asked for its own state answers even when it has none, so that the
+        // asker stops asking; a holder with nothing newer stays silent.
+        if upto <= from && !(upto == 0 && owner == self.me.name) {
             return;
         }
         let budget = MAX_MESSAGE - 64 - owner.len();
@@ -170,7 +182,15 @@ impl<S: Store> Swim<S> {
         }
         let Some(idx) = self.members.find(owner) else { return };
         let Some(m) = self.members.get(idx) else { return };
-        if m.generation != generation || to <= m.version {
+        if m.generation != generation {
+            return;
+        }
+        if to == 0 {
+            // The member has no state at all.
+            self.behind.remove(&idx);
+            return;
+        }
+        if to <= m.version {
             return;
         }
         let name = m.name.clone();
@@ -180,7 +200,7 @@ impl<S: Store> Swim<S> {
         self.advance(idx, to);
         let Some(m) = self.members.get(idx) else { return };
         let version = m.version;
-        if m.known <= m.version {
+        if Self::settled(m) {
             self.behind.remove(&idx);
         } else if let Some(b) = self.behind.get_mut(&idx) {
             // More to fetch: ask again at once rather than after the gap grace.
