@@ -27,7 +27,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use murmur_protocol::swim::Status;
+use murmur_protocol::swim::{Entry, Status};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
@@ -63,6 +63,10 @@ pub struct SimConfig {
     pub changes_per_s: f64,
     /// One-way delay of a datagram: uniform between these.
     pub delay: (Duration, Duration),
+    /// Start from a converged cluster (every agent already holds every other with its
+    /// initial state) instead of all joining at once. For sizes where simulating the
+    /// mass join itself would take too long; `converged_s` is then 0.
+    pub warm: bool,
     /// The membership settings of every agent.
     pub swim: SwimConfig,
 }
@@ -78,6 +82,7 @@ impl Default for SimConfig {
             seed: 1,
             changes_per_s: 1.0,
             delay: (Duration::from_micros(100), Duration::from_micros(600)),
+            warm: false,
             swim: SwimConfig::default(),
         }
     }
@@ -90,6 +95,8 @@ pub struct Report {
     pub nodes: usize,
     /// Uniform loss, percent.
     pub loss_pct: f64,
+    /// Whether the run started from a converged cluster.
+    pub warm: bool,
     /// Until every agent held every other with its state; `None`: never in the run.
     pub converged_s: Option<f64>,
     /// Kills made.
@@ -225,6 +232,7 @@ impl Sim {
     fn new(cfg: SimConfig) -> Self {
         let base = Instant::now();
         let n = cfg.nodes;
+        let warm = cfg.warm;
         let history = Rc::new(RefCell::new(History::new(n)));
         let words = n.div_ceil(64);
         let mut rng = StdRng::seed_from_u64(cfg.seed);
@@ -232,7 +240,9 @@ impl Sim {
         for i in 0..n {
             let me = Identity { name: format!("n{i}"), generation: 1, addr: addr(i) };
             let store = SimStore::new(history.clone());
-            let mut core = Swim::new(me, cfg.swim.clone(), store, rng.random(), base);
+            // A warm cluster has run a while: its agents' timers are out of step.
+            let start = if cfg.warm { base + cfg.swim.probe_interval.mul_f64(rng.random::<f64>()) } else { base };
+            let mut core = Swim::new(me, cfg.swim.clone(), store, rng.random(), start);
             for key in 0..INITIAL_VERSION as u16 {
                 history.borrow_mut().record(i, u64::from(key) + 1, key);
                 core.set_local(&store::key_name(i, key), Some("x"));
@@ -246,6 +256,26 @@ impl Sim {
                 have: vec![0; words],
                 have_count: 0,
             });
+        }
+        if cfg.warm {
+            let entries: Vec<Entry> = agents
+                .iter()
+                .enumerate()
+                .map(|(i, a)| Entry {
+                    name: format!("n{i}"),
+                    generation: 1,
+                    incarnation: 0,
+                    status: Status::Alive,
+                    addr: addr(i),
+                    version: a.core.version(),
+                })
+                .collect();
+            for (i, a) in agents.iter_mut().enumerate() {
+                a.core.adopt(&entries, base);
+                a.have = vec![u64::MAX; words];
+                set_bit(&mut a.have, i, false);
+                a.have_count = n - 1;
+            }
         }
         let mut cut = vec![false; n];
         let cut_count = ((n as f64) * cfg.partition).round() as usize;
@@ -270,7 +300,7 @@ impl Sim {
             healed_at: None,
             converged: None,
             live: n,
-            full: 0,
+            full: if warm { n } else { 0 },
             changes: Vec::new(),
             kills: Vec::new(),
             false_dead: 0,
@@ -303,13 +333,20 @@ impl Sim {
         let n = self.cfg.nodes;
         let end = self.cfg.duration.as_nanos() as u64;
         let seeds: Vec<SocketAddr> = (0..SEEDS.min(n)).map(addr).collect();
-        for i in 0..n {
-            // All start at once, within a millisecond of each other.
-            let t = self.rng.random_range(0..1_000_000u64);
-            let now = self.at(t);
-            self.agents[i].core.join(seeds.clone(), now);
-            self.now = t;
-            self.drain(i);
+        if self.cfg.warm {
+            self.check_converged();
+            for i in 0..n {
+                self.drain(i);
+            }
+        } else {
+            for i in 0..n {
+                // All start at once, within a millisecond of each other.
+                let t = self.rng.random_range(0..1_000_000u64);
+                let now = self.at(t);
+                self.agents[i].core.join(seeds.clone(), now);
+                self.now = t;
+                self.drain(i);
+            }
         }
         self.now = 0;
         if self.cfg.partition > 0.0 {
@@ -362,6 +399,22 @@ impl Sim {
                             a.core.pull_state(&format!("n{j}"))
                         );
                     }
+                }
+            }
+            for c in self.changes.iter().filter(|c| c.done.is_none()) {
+                let missing: Vec<usize> =
+                    (0..self.agents.len()).filter(|&i| self.agents[i].alive && !bit(&c.reached, i)).take(5).collect();
+                eprintln!(
+                    "change n{} v{} at {:.2}s reached {} of {}; missing {missing:?}",
+                    c.owner,
+                    c.version,
+                    c.at as f64 / 1e9,
+                    c.count,
+                    self.live
+                );
+                for &i in &missing {
+                    let m = self.agents[i].core.member(&format!("n{}", c.owner));
+                    eprintln!("  n{i} holds {:?}", m.map(|m| (m.status, m.incarnation, m.version, m.known)));
                 }
             }
             for (k, (n, b, r)) in &self.by_kind {
@@ -425,6 +478,9 @@ impl Sim {
                 for c in self.changes.iter_mut().filter(|c| c.owner == j && c.done.is_none()) {
                     if version >= c.version && up && set_bit(&mut c.reached, i, true) {
                         c.count += 1;
+                        if self.debug && self.now - c.at > NS {
+                            eprintln!("  n{i} got n{j} v{} late, at {:.2}s", c.version, (self.now - c.at) as f64 / 1e9);
+                        }
                     }
                 }
                 for k in self.kills.iter_mut().filter(|k| k.victim == j) {
@@ -520,6 +576,9 @@ impl Sim {
         for c in self.changes.iter_mut().filter(|c| c.done.is_none()) {
             if c.count >= live {
                 c.done = Some(now);
+                if self.debug && now - c.at > NS {
+                    eprintln!("change n{} v{} took {:.2}s", c.owner, c.version, (now - c.at) as f64 / 1e9);
+                }
             }
         }
         for k in self.kills.iter_mut().filter(|k| k.done.is_none()) {
@@ -598,6 +657,7 @@ impl Sim {
         Report {
             nodes: self.cfg.nodes,
             loss_pct: self.cfg.loss * 100.0,
+            warm: self.cfg.warm,
             converged_s: self.converged.map(secs),
             kills: self.kills.len(),
             kills_detected: self.kills.iter().filter(|k| k.done.is_some()).count(),
@@ -647,6 +707,10 @@ pub struct SimulateArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Start from a converged cluster instead of all agents joining at once (for large
+    /// N, where simulating the mass join takes long); convergence is then not measured.
+    #[arg(long)]
+    pub warm: bool,
     /// Probe interval (the agent's `--probe-interval`).
     #[arg(long, value_parser = crate::config::spec::parse_duration)]
     pub probe_interval: Option<Duration>,
@@ -725,6 +789,7 @@ impl SimulateArgs {
             duration: self.duration,
             seed: self.seed,
             changes_per_s: self.changes_per_s,
+            warm: self.warm,
             ..SimConfig::default()
         })
     }
@@ -740,6 +805,7 @@ impl Report {
         let rows = [
             ("agents", self.nodes.to_string()),
             ("loss", format!("{}%", self.loss_pct)),
+            ("start", if self.warm { "warm (converged)" } else { "cold (all join at once)" }.to_owned()),
             ("converged", show(self.converged_s)),
             ("kills detected", format!("{} of {}", self.kills_detected, self.kills)),
             ("detection p50", show(self.detect_p50_s)),

@@ -7,8 +7,9 @@
 //! encodings, so the bytes on the simulated wire are those the agent would send.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use murmur_protocol::swim::KeyValue;
 use murmur_protocol::{
@@ -30,12 +31,14 @@ pub struct History {
     /// so a reply up to a version never changes. Thousands of agents pull the same
     /// initial state of each member; encoding its records once saves most of a run.
     replies: HashMap<(usize, u64, u64, usize), (Vec<KeyValue>, bool)>,
+    /// One allocation per member name, shared by every agent's table.
+    names: HashSet<Arc<str>>,
 }
 
 impl History {
     /// A history for `nodes` members, none with changes yet.
     pub fn new(nodes: usize) -> Self {
-        Self { changes: vec![Vec::new(); nodes], replies: HashMap::new() }
+        Self { changes: vec![Vec::new(); nodes], replies: HashMap::new(), names: HashSet::new() }
     }
 
     /// Records that `owner` wrote key `key` at `version`.
@@ -134,4 +137,14 @@ impl Store for SimStore {
     }
 
     fn remove(&mut self, _owner: &str) {}
+
+    fn intern(&mut self, name: &str) -> Arc<str> {
+        let mut history = self.history.borrow_mut();
+        if let Some(held) = history.names.get(name) {
+            return held.clone();
+        }
+        let name: Arc<str> = name.into();
+        history.names.insert(name.clone());
+        name
+    }
 }

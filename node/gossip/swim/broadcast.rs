@@ -1,9 +1,18 @@
 //! The rumor queue: changes waiting to ride outgoing datagrams. Each rumor is sent a
 //! bounded number of times (the caller gives the limit, about λ·log N), the least-sent
 //! first, and a newer rumor about the same member or the same key replaces the older
-//! one, so a flapping value costs one slot, not one per flap. Pure.
+//! one, so a flapping value costs one slot, not one per flap. The queue holds at most
+//! [`MAX_RUMORS`]: past that (a mass join, where every agent hears of thousands of new
+//! members at once) the rumor sent most, oldest among equals, is dropped, and what it
+//! carried reaches the rest through anti-entropy. Pure.
 
 use std::collections::{BTreeSet, HashMap};
+
+/// Most rumors queued. A datagram carries about twenty and an agent sends about twenty
+/// datagrams a second, so at up to 32 sends per rumor this is well over half a minute
+/// of backlog: anything older goes faster by anti-entropy. It bounds the memory a burst
+/// of changes takes (about 200 bytes per rumor).
+pub const MAX_RUMORS: usize = 1024;
 
 /// What a rumor is about; a newer rumor with the same topic replaces the older.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -32,6 +41,7 @@ pub struct Broadcasts {
     items: HashMap<u64, Queued>,
     by_topic: HashMap<Topic, u64>,
     next_id: u64,
+    dropped: u64,
 }
 
 impl Broadcasts {
@@ -45,9 +55,14 @@ impl Broadcasts {
         self.items.len()
     }
 
-    /// Whether nothing waits.
-    pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
+    /// Rumors dropped so far because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// How often the least-sent rumor waiting has been sent (`None`: nothing waits).
+    pub fn least_sent(&self) -> Option<u32> {
+        self.order.first().map(|&(sent, _)| sent)
     }
 
     /// Queues an encoded rumor, replacing any older one on the same topic.
@@ -68,6 +83,30 @@ impl Broadcasts {
         self.order.insert((0, id));
         self.by_topic.insert(topic.clone(), id);
         self.items.insert(id, Queued { topic, bytes, sent: 0, extra });
+        while self.items.len() > MAX_RUMORS && self.evict() {}
+    }
+
+    /// Drops the rumor sent most, the oldest among equals; never a refutation (one
+    /// queued with extra sends), which is this agent's own defence.
+    fn evict(&mut self) -> bool {
+        let Some(&(most, _)) = self.order.last() else { return false };
+        let mut victim = None;
+        for sent in (0..=most).rev() {
+            victim = self
+                .order
+                .range((sent, 0)..(sent + 1, 0))
+                .find(|(_, id)| self.items.get(id).is_some_and(|q| q.extra == 0));
+            if victim.is_some() {
+                break;
+            }
+        }
+        let Some(&(sent, id)) = victim else { return false };
+        self.order.remove(&(sent, id));
+        if let Some(q) = self.items.remove(&id) {
+            self.by_topic.remove(&q.topic);
+        }
+        self.dropped += 1;
+        true
     }
 
     /// Appends to `out` as many rumors as fit in `room` bytes, least sent first, and
@@ -141,7 +180,27 @@ mod tests {
             }
         }
         assert_eq!(sends, 3);
-        assert!(q.is_empty());
+        assert_eq!(q.len(), 0);
+    }
+
+    #[test]
+    fn a_full_queue_drops_the_most_sent_oldest_first_and_keeps_refutations() {
+        let mut q = Broadcasts::new();
+        q.push_extra(member("me"), vec![9], 8);
+        let mut out = Vec::new();
+        // Sent once each: "me" and "a" (room for two one-byte rumors).
+        q.push(member("a"), vec![1]);
+        q.fill(&mut out, 2, 100, None);
+        for i in 0..MAX_RUMORS - 1 {
+            q.push(member(&format!("n{i}")), vec![2]);
+        }
+        assert_eq!(q.len(), MAX_RUMORS);
+        assert_eq!(q.dropped(), 1);
+        assert!(q.by_topic.contains_key(&member("me")), "the refutation stays");
+        assert!(!q.by_topic.contains_key(&member("a")), "the most sent goes first");
+        q.push(member("late"), vec![3]);
+        assert!(!q.by_topic.contains_key(&member("n0")), "then the oldest of the least sent");
+        assert!(q.by_topic.contains_key(&member("late")), "the newest is kept");
     }
 
     #[test]

@@ -2,11 +2,11 @@
 //! decide which of two claims about a member stands, and the anti-entropy digest kept
 //! up to date as members change. Pure: no clock reads (times are given), no I/O.
 
-use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
+use hashbrown::HashTable;
 use murmur_protocol::swim::{Entry, Status, SYNC_BUCKETS};
 
 /// Index of a member in the table; stable while the member is held.
@@ -29,8 +29,6 @@ pub struct Member {
     pub version: u64,
     /// The highest version of its state heard of.
     pub known: u64,
-    /// When `status` last changed.
-    pub since: Instant,
 }
 
 impl Member {
@@ -108,12 +106,22 @@ pub fn entry_hash(name: &str, generation: u64, incarnation: u32, status: Status,
     fnv(&version.to_le_bytes(), h)
 }
 
+/// The hash of the name held at slot `i` (every slot in the index holds a member).
+fn name_hash(hasher: &RandomState, slots: &[Option<Member>], i: MemberIdx) -> u64 {
+    slots[i as usize].as_ref().map_or(0, |m| hasher.hash_one(&*m.name))
+}
+
 /// Every member known, by index and by name, with the digest kept current.
+///
+/// Compact on purpose: the simulator holds ten thousand of these tables of ten
+/// thousand members each. The name index holds slot numbers only (the name is read
+/// from the slot), and names come from the store's interner.
 #[derive(Debug, Default)]
 pub struct Members {
     slots: Vec<Option<Member>>,
     free: Vec<MemberIdx>,
-    by_name: HashMap<Arc<str>, MemberIdx>,
+    by_name: HashTable<MemberIdx>,
+    hasher: RandomState,
     up: usize,
     /// XOR of the entry hashes of the members in each bucket.
     buckets: Vec<u64>,
@@ -137,7 +145,16 @@ impl Members {
 
     /// Looks a member up by name.
     pub fn find(&self, name: &str) -> Option<MemberIdx> {
-        self.by_name.get(name).copied()
+        let slots = &self.slots;
+        let held = |&i: &MemberIdx| slots[i as usize].as_ref().is_some_and(|m| &*m.name == name);
+        self.by_name.find(self.hasher.hash_one(name), held).copied()
+    }
+
+    /// Makes room for `more` members without growing again.
+    pub fn reserve(&mut self, more: usize) {
+        self.slots.reserve_exact(more.saturating_sub(self.free.len()));
+        let (slots, hasher) = (&self.slots, &self.hasher);
+        self.by_name.reserve(more, |&i| name_hash(hasher, slots, i));
     }
 
     /// The member at an index, if one is held there.
@@ -169,7 +186,8 @@ impl Members {
                 (self.slots.len() - 1) as MemberIdx
             }
         };
-        self.by_name.insert(name, idx);
+        let (slots, hasher) = (&self.slots, &self.hasher);
+        self.by_name.insert_unique(hasher.hash_one(&*name), idx, |&i| name_hash(hasher, slots, i));
         idx
     }
 
@@ -188,7 +206,9 @@ impl Members {
     pub fn remove(&mut self, idx: MemberIdx) -> Option<Member> {
         let member = self.slots.get_mut(idx as usize)?.take()?;
         self.account(&member, false);
-        self.by_name.remove(&*member.name);
+        if let Ok(entry) = self.by_name.find_entry(self.hasher.hash_one(&*member.name), |&i| i == idx) {
+            entry.remove();
+        }
         self.free.push(idx);
         Some(member)
     }
@@ -244,7 +264,6 @@ mod tests {
             status,
             version: 0,
             known: 0,
-            since: Instant::now(),
         }
     }
 

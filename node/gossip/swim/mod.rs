@@ -188,6 +188,27 @@ struct Relay {
     deadline: Instant,
 }
 
+/// A member held dead or departed, to forget at `at` unless it has changed since.
+#[derive(Debug, Clone)]
+struct Forget {
+    at: Instant,
+    idx: MemberIdx,
+    name: Arc<str>,
+    generation: u64,
+    incarnation: u32,
+    status: Status,
+}
+
+impl Forget {
+    /// Whether `m` is still the member this was booked for, as it was then.
+    fn matches(&self, m: &Member) -> bool {
+        m.name == self.name
+            && m.generation == self.generation
+            && m.incarnation == self.incarnation
+            && m.status == self.status
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Behind {
     holder: SocketAddr,
@@ -214,12 +235,17 @@ pub struct Swim<S> {
     probe_pos: usize,
     probe: Option<Probe>,
     retry: Option<(MemberIdx, u32)>,
+    /// A member suspected by another, to probe next (see `probe_suspect_early`).
+    early: Option<MemberIdx>,
     next_probe: Instant,
     relays: HashMap<u32, Relay>,
     relay_deadlines: BTreeSet<(Instant, u32)>,
     suspicions: HashMap<MemberIdx, Suspicion>,
     suspicion_deadlines: BTreeSet<(Instant, MemberIdx)>,
     next_gossip: Instant,
+    /// A verdict (a suspicion, a confirmation, a death, a departure, a refutation) was
+    /// queued: push a gossip round at once instead of at the next tick.
+    urgent: bool,
     next_sync: Instant,
     /// Whether the last anti-entropy exchange came back and found nothing to repair;
     /// until one does (after a join, after a difference, after a lost exchange), the
@@ -233,7 +259,7 @@ pub struct Swim<S> {
     behind: BTreeMap<MemberIdx, Behind>,
     pulls: BTreeMap<u32, (MemberIdx, Instant)>,
     next_pull: Instant,
-    forget: VecDeque<(Instant, MemberIdx, Arc<str>, u64)>,
+    forget: VecDeque<Forget>,
     nudged: HashMap<MemberIdx, Instant>,
     next_reconnect: Instant,
     next_count_sync: Instant,
@@ -257,6 +283,7 @@ impl<S: Store> Swim<S> {
             ping_loss: 0.0,
             next_probe: now + config.probe_interval,
             next_gossip: now + config.gossip_interval,
+            urgent: false,
             next_sync: now + FAST_SYNC,
             synced: false,
             config,
@@ -269,6 +296,7 @@ impl<S: Store> Swim<S> {
             probe_pos: 0,
             probe: None,
             retry: None,
+            early: None,
             relays: HashMap::new(),
             relay_deadlines: BTreeSet::new(),
             suspicions: HashMap::new(),
@@ -296,6 +324,38 @@ impl<S: Store> Swim<S> {
         self.joined = self.seeds.is_empty();
         self.next_join = now;
         self.handle_timeout(now);
+    }
+
+    /// Takes `entries` as members already held, with all their state up to each
+    /// entry's version, as a finished join and its pulls would leave them, and counts
+    /// this agent as joined and in sync (its first anti-entropy exchange comes at a
+    /// random point of the usual interval). No events are raised. The simulator's warm
+    /// start uses it to begin at a converged cluster of thousands without simulating
+    /// the mass join; the store must already hold that state. An agent never calls it:
+    /// it joins.
+    pub fn adopt(&mut self, entries: &[Entry], now: Instant) {
+        self.members.reserve(entries.len());
+        for e in entries {
+            if e.name == self.me.name || e.status != Status::Alive || self.members.find(&e.name).is_some() {
+                continue;
+            }
+            let member = Member {
+                name: self.store.intern(&e.name),
+                addr: e.addr,
+                generation: e.generation,
+                incarnation: e.incarnation,
+                status: e.status,
+                version: e.version,
+                known: e.version,
+            };
+            let idx = self.members.insert(member);
+            self.probe_order.push(idx);
+        }
+        self.probe_order.shuffle(&mut self.rng);
+        self.probe_pos = 0;
+        self.joined = true;
+        self.synced = true;
+        self.next_sync = now + self.sync_period().mul_f64(self.rng.random::<f64>());
     }
 
     /// Sets one key of this agent's state (`None` deletes it) and spreads the change.
@@ -401,6 +461,11 @@ impl<S: Store> Swim<S> {
         self.queue.len()
     }
 
+    /// Rumors dropped unsent because the queue was full.
+    pub fn rumors_dropped(&self) -> u64 {
+        self.queue.dropped()
+    }
+
     /// When the core next needs `handle_timeout`.
     pub fn poll_timeout(&self) -> Instant {
         let mut t = match &self.probe {
@@ -415,11 +480,11 @@ impl<S: Store> Swim<S> {
         };
         consider(self.relay_deadlines.first().map(|x| x.0));
         consider(self.suspicion_deadlines.first().map(|x| x.0));
-        consider((!self.queue.is_empty()).then_some(self.next_gossip));
+        consider(self.gossip_due().then_some(self.next_gossip));
         consider(Some(self.next_sync));
         consider((!self.joined).then_some(self.next_join));
         consider((!self.behind.is_empty() || !self.pulls.is_empty()).then_some(self.next_pull));
-        consider(self.forget.front().map(|x| x.0));
+        consider(self.forget.front().map(|f| f.at));
         consider((!self.forget.is_empty()).then_some(self.next_reconnect));
         t
     }
@@ -429,6 +494,11 @@ impl<S: Store> Swim<S> {
         if self.leaving {
             return;
         }
+        self.run_timers(now);
+        self.push_urgent();
+    }
+
+    fn run_timers(&mut self, now: Instant) {
         self.run_probe(now);
         self.expire_relays(now);
         self.expire_suspicions(now);
@@ -464,23 +534,19 @@ impl<S: Store> Swim<S> {
             self.next_pull = now + self.config.gossip_interval;
             self.run_pulls(now);
         }
-        while let Some(&(at, idx, ref name, generation)) = self.forget.front() {
-            if at > now {
-                break;
-            }
-            let name = name.clone();
-            self.forget.pop_front();
-            let due = self.members.get(idx).is_some_and(|m| {
-                m.name == name && m.generation == generation && !m.is_up() && m.since + self.config.dead_grace <= now
-            });
-            if due {
-                self.members.remove(idx);
-                self.nudged.remove(&idx);
-                self.store.remove(&name);
-                self.ahead.remove(&idx);
-                self.behind.remove(&idx);
-                self.events.push_back(Event::Forgotten(name));
-            }
+        while self.forget.front().is_some_and(|f| f.at <= now) {
+            let Some(Forget { idx, name, .. }) = self.forget.pop_front().filter(|f| {
+                // A member that came back, or died again since, has a later booking.
+                self.members.get(f.idx).is_some_and(|m| f.matches(m))
+            }) else {
+                continue;
+            };
+            self.members.remove(idx);
+            self.nudged.remove(&idx);
+            self.store.remove(&name);
+            self.ahead.remove(&idx);
+            self.behind.remove(&idx);
+            self.events.push_back(Event::Forgotten(name));
         }
     }
 
@@ -489,6 +555,21 @@ impl<S: Store> Swim<S> {
         if self.leaving {
             return;
         }
+        self.on_datagram(src, bytes, now);
+        self.push_urgent();
+    }
+
+    /// A verdict waits: one gossip round now. Each agent does this once per verdict it
+    /// learns (a claim that changes nothing is not passed on), so a death reaches every
+    /// agent in a few network round trips instead of one gossip interval per hop, at a
+    /// cost of `gossip_fanout` datagrams per agent per verdict.
+    fn push_urgent(&mut self) {
+        if std::mem::take(&mut self.urgent) {
+            self.gossip_round();
+        }
+    }
+
+    fn on_datagram(&mut self, src: SocketAddr, bytes: &[u8], now: Instant) {
         let Ok((message, rumors)) = swim::decode(bytes) else {
             self.refused.malformed += 1;
             return;

@@ -44,9 +44,9 @@ impl<S: Store> Swim<S> {
             return;
         }
         let pick = self.rng.random_range(0..self.forget.len());
-        let Some(&(_, idx, ref name, generation)) = self.forget.get(pick) else { return };
-        let Some(m) = self.members.get(idx) else { return };
-        if m.name != *name || m.generation != generation || m.status != Status::Dead {
+        let Some(f) = self.forget.get(pick) else { return };
+        let Some(m) = self.members.get(f.idx) else { return };
+        if !f.matches(m) || m.status != Status::Dead {
             return;
         }
         let (addr, target) = (m.addr, m.name.to_string());
@@ -75,6 +75,11 @@ impl<S: Store> Swim<S> {
                 return Some(idx);
             }
             self.retry = None;
+        }
+        if let Some(idx) = self.early.take() {
+            if self.members.get(idx).is_some_and(|m| m.status == Status::Suspect) {
+                return Some(idx);
+            }
         }
         for _ in 0..2 {
             while self.probe_pos < self.probe_order.len() {

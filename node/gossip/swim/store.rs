@@ -1,9 +1,10 @@
 //! Where members' versioned key-value state is kept. The membership core decides what
-//! to apply and what to serve; a [`Store`] only holds it. The agent's store is chitchat's
-//! per-node state; the simulator's remembers versions only, so that ten thousand
-//! replicas fit in one process; [`MapStore`] is a plain map for tests.
+//! to apply and what to serve; a [`Store`] only holds it. The agent's store is its
+//! replica of every member's records; the simulator's remembers versions only, so that
+//! ten thousand replicas fit in one process; [`MapStore`] is a plain map for tests.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use murmur_protocol::swim::KeyValue;
 
@@ -27,6 +28,12 @@ pub trait Store {
 
     /// Forgets everything of `owner` (it was forgotten, or a new generation replaced it).
     fn remove(&mut self, owner: &str);
+
+    /// The name of a member as the core should hold it. A store may hand out one shared
+    /// allocation per name (the simulator does, for ten thousand tables at once).
+    fn intern(&mut self, name: &str) -> Arc<str> {
+        name.into()
+    }
 }
 
 /// A store in plain maps.

@@ -4,8 +4,12 @@
 use super::*;
 
 impl<S: Store> Swim<S> {
+    /// Pushes waiting rumors to `gossip_fanout` random members, while a rumor is fresh
+    /// (sent fewer than two rounds' worth of times). The rest of a rumor's sends ride
+    /// probes and acks, which go out anyway: its first hops decide how fast it spreads,
+    /// and a gossip datagram that carries one rumor costs twice that rumor in headers.
     pub(super) fn gossip_round(&mut self) {
-        if self.queue.is_empty() {
+        if !self.gossip_due() {
             return;
         }
         for idx in self.random_up(self.config.gossip_fanout as usize, &[]) {
@@ -13,6 +17,11 @@ impl<S: Store> Swim<S> {
                 self.send(to, Body::Gossip, None);
             }
         }
+    }
+
+    pub(super) fn gossip_due(&self) -> bool {
+        let hot = 3 * self.config.gossip_fanout;
+        self.queue.least_sent().is_some_and(|sent| sent < hot)
     }
 
     pub(super) fn sync_period(&self) -> Duration {
