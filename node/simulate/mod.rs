@@ -224,6 +224,7 @@ struct Sim {
     words: usize,
     debug: bool,
     by_kind: std::collections::BTreeMap<String, (u64, u64, u64)>,
+    suspicions_seen: std::collections::HashSet<(String, u32, String)>,
 }
 
 const NS: u64 = 1_000_000_000;
@@ -309,6 +310,7 @@ impl Sim {
             words,
             debug: std::env::var("MURMUR_SIM_TRACE").is_ok(),
             by_kind: Default::default(),
+            suspicions_seen: Default::default(),
         }
     }
 
@@ -418,7 +420,12 @@ impl Sim {
                 }
             }
             for (k, (n, b, r)) in &self.by_kind {
-                eprintln!("{k:<14} {n:>10} datagrams {b:>12} bytes {r:>10} rumors");
+                if k.starts_with(' ') {
+                    // Rumors by kind, and accusations (distinct, and by 5 s of the run).
+                    eprintln!("{k:<24} {n:>10}");
+                } else {
+                    eprintln!("{k:<14} {n:>10} datagrams {b:>12} bytes {r:>10} rumors");
+                }
             }
         }
         self.report(end, wall.elapsed())
@@ -437,6 +444,22 @@ impl Sim {
                     e.0 += 1;
                     e.1 += wire as u64;
                     e.2 += r.len() as u64;
+                    for rumor in &r {
+                        let k = match rumor {
+                            murmur_protocol::swim::Rumor::Member { entry, by } => {
+                                if entry.status == Status::Suspect
+                                    && self.suspicions_seen.insert((entry.name.clone(), entry.incarnation, by.clone()))
+                                {
+                                    self.by_kind.entry("  distinct accusations".into()).or_default().0 += 1;
+                                    let bucket = format!("  accusations t={:03}", self.now / NS / 5 * 5);
+                                    self.by_kind.entry(bucket).or_default().0 += 1;
+                                }
+                                format!("  rumor {:?}", entry.status)
+                            }
+                            murmur_protocol::swim::Rumor::Update(_) => "  rumor update".to_owned(),
+                        };
+                        self.by_kind.entry(k).or_default().0 += 1;
+                    }
                 }
             }
             let Some(to) = index(tx.to).filter(|&t| t < self.agents.len()) else { continue };

@@ -160,11 +160,11 @@ const RECONNECT_EVERY: u32 = 4;
 /// How often a member we hold dead is told so when it talks to us.
 const NUDGE_EVERY: Duration = Duration::from_secs(1);
 /// Weight of one probe in the moving share of unanswered direct pings.
-const PING_LOSS_WEIGHT: f64 = 0.05;
+const PING_LOSS_WEIGHT: f64 = 0.2;
 /// Above this share of unanswered direct pings, one more failed cycle is needed.
 const LOSSY: f64 = 0.05;
 /// Above this, two more.
-const VERY_LOSSY: f64 = 0.25;
+const VERY_LOSSY: f64 = 0.35;
 /// Room left in a datagram for the message before rumors fill it.
 const ENTRY_LEN: usize = 48;
 

@@ -145,6 +145,12 @@ impl<S: Store> Swim<S> {
         }
         if p.nacks < p.nacks_expected {
             self.health.worse();
+            // Helpers that did not even say they got no answer: datagrams are being
+            // lost around this agent, not only at the target. That counts as loss seen,
+            // so a network that turns lossy is noticed in the very cycle that would
+            // otherwise accuse a live member (with every nack back, the target alone
+            // is silent, and a dead member is suspected as fast as on a clean network).
+            self.ping_loss += (1.0 - self.ping_loss) * PING_LOSS_WEIGHT;
         }
         self.health.worse();
         let still_same = self.members.get(p.target).is_some_and(|m| m.name == p.name && m.is_up());

@@ -5,7 +5,7 @@ use super::*;
 
 impl<S: Store> Swim<S> {
     /// Pushes waiting rumors to `gossip_fanout` random members, while a rumor is fresh
-    /// (sent fewer than two rounds' worth of times). The rest of a rumor's sends ride
+    /// (sent fewer than three rounds' worth of times, more on a lossy network). The rest of a rumor's sends ride
     /// probes and acks, which go out anyway: its first hops decide how fast it spreads,
     /// and a gossip datagram that carries one rumor costs twice that rumor in headers.
     pub(super) fn gossip_round(&mut self) {
@@ -20,7 +20,10 @@ impl<S: Store> Swim<S> {
     }
 
     pub(super) fn gossip_due(&self) -> bool {
-        let hot = 3 * self.config.gossip_fanout;
+        // On a lossy network more of a rumor's sends go to random members: the sends
+        // that ride probes reach the few members this agent probes and is probed by,
+        // and at 30% loss a member can miss every one of those.
+        let hot = 3 * self.config.gossip_fanout * (1 + self.loss_extra());
         self.queue.least_sent().is_some_and(|sent| sent < hot)
     }
 
