@@ -36,7 +36,10 @@ struct Queued {
 /// Rumors to send, with how often each has been sent.
 #[derive(Debug, Default)]
 pub struct Broadcasts {
-    /// (times sent, id): iteration order is least sent first, oldest first among equals.
+    /// (times sent, id), with ids counting down from the top: iteration order is least
+    /// sent first and newest first among equals, so a fresh change never waits behind
+    /// a backlog of older rumors none of which has gone out yet (after a mass join,
+    /// a thousand of them), and the backlog is what a full queue drops.
     order: BTreeSet<(u32, u64)>,
     items: HashMap<u64, Queued>,
     by_topic: HashMap<Topic, u64>,
@@ -78,8 +81,8 @@ impl Broadcasts {
                 self.order.remove(&(q.sent, old));
             }
         }
-        let id = self.next_id;
         self.next_id += 1;
+        let id = u64::MAX - self.next_id;
         self.order.insert((0, id));
         self.by_topic.insert(topic.clone(), id);
         self.items.insert(id, Queued { topic, bytes, sent: 0, extra });
@@ -95,6 +98,7 @@ impl Broadcasts {
             victim = self
                 .order
                 .range((sent, 0)..(sent + 1, 0))
+                .rev()
                 .find(|(_, id)| self.items.get(id).is_some_and(|q| q.extra == 0));
             if victim.is_some() {
                 break;
@@ -212,7 +216,7 @@ mod tests {
         assert_eq!(q.len(), 2);
         let mut out = Vec::new();
         q.fill(&mut out, 100, 5, None);
-        assert_eq!(out, [2, 2, 2, 2, 3, 3, 3, 3]);
+        assert_eq!(out, [3, 3, 3, 3, 2, 2, 2, 2], "the newest first among the unsent");
     }
 
     #[test]
