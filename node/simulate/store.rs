@@ -22,6 +22,11 @@ use crate::gossip::swim::Store;
 /// Services each simulated agent registers.
 pub const INSTANCES: u32 = 5;
 
+/// A state reply asked for: (owner, from, upto, budget).
+type ReplyKey = (usize, u64, u64, usize);
+/// A state reply: the keys, and whether that was all of them.
+type Reply = (Vec<KeyValue>, bool);
+
 /// Every member's changes: for owner `i`, `(version, key index)` in order. Key 0 is the
 /// node record, keys `1..=INSTANCES` instances, the next `INSTANCES` their health.
 #[derive(Debug, Default)]
@@ -30,7 +35,7 @@ pub struct History {
     /// Replies already built, by (owner, from, upto): a history only grows at its end,
     /// so a reply up to a version never changes. Thousands of agents pull the same
     /// initial state of each member; encoding its records once saves most of a run.
-    replies: HashMap<(usize, u64, u64, usize), (Vec<KeyValue>, bool)>,
+    replies: HashMap<ReplyKey, Reply>,
     /// One allocation per member name, shared by every agent's table.
     names: HashSet<Arc<str>>,
 }
