@@ -119,8 +119,14 @@ mod tests {
         let r = probe(&http, bad, t).await;
         assert!(!r.passed && r.output.contains("503"), "{r:?}");
         assert!(probe(&CheckKind::Tcp, ok, t).await.passed);
-        let closed = TcpListener::bind("127.0.0.1:0").await.expect("bind").local_addr().expect("addr");
+        // A port held (bound, never listening) for the whole check: connecting is
+        // refused, and no other test can take the port meanwhile, as one could take a
+        // port a dropped listener had just freed.
+        let held = tokio::net::TcpSocket::new_v4().expect("socket");
+        held.bind("127.0.0.1:0".parse().expect("address")).expect("bind");
+        let closed = held.local_addr().expect("addr");
         assert!(!probe(&CheckKind::Tcp, closed, t).await.passed);
+        drop(held);
         assert!(probe(&CheckKind::Exec { command: "true".into() }, ok, t).await.passed);
         assert!(!probe(&CheckKind::Exec { command: "exit 3".into() }, ok, t).await.passed);
         let slow = probe(&CheckKind::Exec { command: "sleep 5".into() }, ok, Duration::from_millis(100)).await;

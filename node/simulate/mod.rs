@@ -530,6 +530,14 @@ impl Sim {
         // incarnation. It is false when the member is alive and the two sides could
         // reach each other; one across a partition is true, and so is one reached
         // just after the heal on what was seen during the cut.
+        if std::env::var("MURMUR_SIM_WATCH").is_ok_and(|w| w == name) {
+            eprintln!(
+                "WATCH t={:.3} n{i} (cut {}) holds {name} {status:?} {:?}",
+                self.now as f64 / 1e9,
+                self.cut[i],
+                self.agents[i].core.member(name).map(|m| m.incarnation)
+            );
+        }
         if status == Some(Status::Dead) {
             let incarnation = self.agents[i].core.member(name).map_or(0, |m| m.incarnation);
             let was_cut = self.cut[i] != self.cut[j] && self.healed_at.is_some_and(|h| self.now < h + 10 * NS);
@@ -538,8 +546,10 @@ impl Sim {
                 if self.debug {
                     let own = self.agents[j].core.incarnation();
                     eprintln!(
-                        "false dead t={:.2} victim n{j} own inc {own} declared inc {incarnation} by n{i} lhm {}",
+                        "false dead t={:.2} victim n{j} (cut {}) own inc {own} declared inc {incarnation} by n{i} (cut {}) lhm {}",
                         self.now as f64 / 1e9,
+                        self.cut[j],
+                        self.cut[i],
                         self.agents[i].core.local_health()
                     );
                 }

@@ -17,13 +17,14 @@ impl<S: Store> Swim<S> {
         self.send_sync(src, false);
     }
 
-    /// A member we hold dead or departed is still talking to us: it does not know. Tell
-    /// it (at most once a second), so it refutes at once instead of at its next
-    /// anti-entropy exchange.
+    /// A member we hold suspect, dead or departed is still talking to us: it does not
+    /// know. Tell it (at most once a second), so it refutes at once instead of at its
+    /// next anti-entropy exchange, or, for a suspicion whose rumors were all sent while
+    /// it could not be reached (a partition), not at all before the timer runs out.
     pub(super) fn nudge_if_dead(&mut self, from: &str, src: SocketAddr, now: Instant) {
         let Some(idx) = self.members.find(from) else { return };
         let Some(m) = self.members.get(idx) else { return };
-        if m.is_up() || m.addr != src {
+        if m.status == Status::Alive || m.addr != src {
             return;
         }
         if self.nudged.get(&idx).is_some_and(|t| now < *t + NUDGE_EVERY) {
@@ -145,12 +146,18 @@ impl<S: Store> Swim<S> {
         }
         if p.nacks < p.nacks_expected {
             self.health.worse();
+        }
+        if p.nacks_expected > 0 {
             // Helpers that did not even say they got no answer: datagrams are being
-            // lost around this agent, not only at the target. That counts as loss seen,
-            // so a network that turns lossy is noticed in the very cycle that would
-            // otherwise accuse a live member (with every nack back, the target alone
-            // is silent, and a dead member is suspected as fast as on a clean network).
-            self.ping_loss += (1.0 - self.ping_loss) * PING_LOSS_WEIGHT;
+            // lost around this agent, not only at the target. The share of nacks
+            // missing measures the same round-trip loss as late acks do, so it feeds
+            // the same estimate (raising it only: a cycle with every nack back says
+            // nothing of the many pings that went well), and a network that turns lossy
+            // is noticed in the very cycle that would otherwise accuse a live member.
+            // With every nack back the target alone is silent: a dead member is
+            // suspected as fast as on a clean network.
+            let missing = f64::from(p.nacks_expected.saturating_sub(p.nacks)) / f64::from(p.nacks_expected);
+            self.ping_loss += (missing - self.ping_loss).max(0.0) * PING_LOSS_WEIGHT;
         }
         self.health.worse();
         let still_same = self.members.get(p.target).is_some_and(|m| m.name == p.name && m.is_up());
