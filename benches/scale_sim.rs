@@ -1,5 +1,5 @@
 //! Membership beyond one machine's processes: `cargo bench --bench scale_sim`.
-//! Simulates N agents in this one process, each with the real gossip stack (chitchat
+//! Simulates N agents in this one process, each with the real gossip stack (the SWIM core
 //! over our sealed, encrypted UDP transport, each on its own 127.90.x.y address) and a
 //! realistic state (a node record, one instance, its health). For each N it reports:
 //! time until every agent sees all N alive, time until every agent marks a stopped agent
