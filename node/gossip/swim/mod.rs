@@ -339,15 +339,7 @@ impl<S: Store> Swim<S> {
             if e.name == self.me.name || e.status != Status::Alive || self.members.find(&e.name).is_some() {
                 continue;
             }
-            let member = Member {
-                name: self.store.intern(&e.name),
-                addr: e.addr,
-                generation: e.generation,
-                incarnation: e.incarnation,
-                status: e.status,
-                version: e.version,
-                known: e.version,
-            };
+            let member = self.member_from(e, e.version);
             let idx = self.members.insert(member);
             self.probe_order.push(idx);
         }

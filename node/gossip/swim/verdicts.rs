@@ -194,16 +194,21 @@ impl<S: Store> Swim<S> {
         }
     }
 
-    pub(super) fn add_member(&mut self, entry: &Entry, by: &str, spread: bool, now: Instant) {
-        let member = Member {
+    /// A member as `entry` claims it, holding its state up to `version`.
+    pub(super) fn member_from(&mut self, entry: &Entry, version: u64) -> Member {
+        Member {
             name: self.store.intern(&entry.name),
             addr: entry.addr,
             generation: entry.generation,
             incarnation: entry.incarnation,
             status: entry.status,
-            version: 0,
-            known: 0,
-        };
+            version,
+            known: version,
+        }
+    }
+
+    pub(super) fn add_member(&mut self, entry: &Entry, by: &str, spread: bool, now: Instant) {
+        let member = self.member_from(entry, 0);
         let name = member.name.clone();
         let idx = self.members.insert(member);
         // A new member goes into the rest of this round of probes at a random place.
