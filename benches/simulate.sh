@@ -14,6 +14,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 sizes=("$@")
 [ ${#sizes[@]} -gt 0 ] || sizes=(1000 5000 10000)
+if [ ! -x /usr/bin/time ]; then
+  echo "benches/simulate.sh: needs GNU time for the RSS column (Debian package time)" >&2
+  exit 1
+fi
 cargo build --release --quiet --bin murmur
 out="benches/results/simulate-$(date +%s).json"
 mkdir -p benches/results
@@ -24,7 +28,7 @@ for n in "${sizes[@]}"; do
     "kills, 30% loss:--kill 20 --loss 30"; do
     name="${scenario%%:*}"
     # shellcheck disable=SC2086 # the scenario's flags split on purpose
-    report=$(/usr/bin/env time -f '%M' -o /tmp/murmur-simulate-rss ./target/release/murmur simulate --nodes "$n" \
+    report=$(/usr/bin/time -f '%M' -o /tmp/murmur-simulate-rss ./target/release/murmur simulate --nodes "$n" \
       ${scenario#*:} --duration 60s --seed 7 "${start[@]}" --json)
     rss_kb=$(cat /tmp/murmur-simulate-rss)
     echo "{\"scenario\":\"$name\",\"rss_mb\":$((rss_kb / 1024)),\"report\":$report}" | tee -a "$out" >&2

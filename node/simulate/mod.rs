@@ -530,14 +530,6 @@ impl Sim {
         // incarnation. It is false when the member is alive and the two sides could
         // reach each other; one across a partition is true, and so is one reached
         // just after the heal on what was seen during the cut.
-        if std::env::var("MURMUR_SIM_WATCH").is_ok_and(|w| w == name) {
-            eprintln!(
-                "WATCH t={:.3} n{i} (cut {}) holds {name} {status:?} {:?}",
-                self.now as f64 / 1e9,
-                self.cut[i],
-                self.agents[i].core.member(name).map(|m| m.incarnation)
-            );
-        }
         if status == Some(Status::Dead) {
             let incarnation = self.agents[i].core.member(name).map_or(0, |m| m.incarnation);
             let was_cut = self.cut[i] != self.cut[j] && self.healed_at.is_some_and(|h| self.now < h + 10 * NS);
@@ -556,11 +548,11 @@ impl Sim {
                 self.false_dead += 1;
             }
         }
-        let now = self.now;
+        let (now, debug) = (self.now, self.debug);
         for k in self.kills.iter_mut().filter(|k| k.victim == j && k.done.is_none()) {
             if set_bit(&mut k.seen, i, true) {
                 k.count += 1;
-                if std::env::var("MURMUR_SIM_TRACE").is_ok() && (k.count == 1 || k.count % 100 == 0) {
+                if debug && (k.count == 1 || k.count % 100 == 0) {
                     eprintln!("kill {j}: {} down after {:.2}s (status {status:?})", k.count, (now - k.at) as f64 / 1e9);
                 }
             }

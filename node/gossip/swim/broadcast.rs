@@ -44,7 +44,6 @@ pub struct Broadcasts {
     items: HashMap<u64, Queued>,
     by_topic: HashMap<Topic, u64>,
     next_id: u64,
-    dropped: u64,
 }
 
 impl Broadcasts {
@@ -56,11 +55,6 @@ impl Broadcasts {
     /// Rumors waiting.
     pub fn len(&self) -> usize {
         self.items.len()
-    }
-
-    /// Rumors dropped so far because the queue was full.
-    pub fn dropped(&self) -> u64 {
-        self.dropped
     }
 
     /// How often the least-sent rumor waiting has been sent (`None`: nothing waits).
@@ -92,24 +86,13 @@ impl Broadcasts {
     /// Drops the rumor sent most, the oldest among equals; never a refutation (one
     /// queued with extra sends), which is this agent's own defence.
     fn evict(&mut self) -> bool {
-        let Some(&(most, _)) = self.order.last() else { return false };
-        let mut victim = None;
-        for sent in (0..=most).rev() {
-            victim = self
-                .order
-                .range((sent, 0)..(sent + 1, 0))
-                .rev()
-                .find(|(_, id)| self.items.get(id).is_some_and(|q| q.extra == 0));
-            if victim.is_some() {
-                break;
-            }
-        }
+        // Backwards, the order is most sent first and, ids counting down, oldest first.
+        let victim = self.order.iter().rev().find(|(_, id)| self.items.get(id).is_some_and(|q| q.extra == 0));
         let Some(&(sent, id)) = victim else { return false };
         self.order.remove(&(sent, id));
         if let Some(q) = self.items.remove(&id) {
             self.by_topic.remove(&q.topic);
         }
-        self.dropped += 1;
         true
     }
 
@@ -199,7 +182,6 @@ mod tests {
             q.push(member(&format!("n{i}")), vec![2]);
         }
         assert_eq!(q.len(), MAX_RUMORS);
-        assert_eq!(q.dropped(), 1);
         assert!(q.by_topic.contains_key(&member("me")), "the refutation stays");
         assert!(!q.by_topic.contains_key(&member("a")), "the most sent goes first");
         q.push(member("late"), vec![3]);

@@ -157,7 +157,7 @@ const FAST_SYNC: Duration = Duration::from_millis(500);
 const COUNT_SYNC_EVERY: Duration = Duration::from_secs(2);
 /// One member held dead is pinged every this many probe intervals.
 const RECONNECT_EVERY: u32 = 4;
-/// How often a member we hold dead is told so when it talks to us.
+/// How often a member we hold suspect, dead or departed is told so when it talks to us.
 const NUDGE_EVERY: Duration = Duration::from_secs(1);
 /// Weight of one probe in the moving share of unanswered direct pings.
 const PING_LOSS_WEIGHT: f64 = 0.2;
@@ -453,11 +453,6 @@ impl<S: Store> Swim<S> {
         self.queue.len()
     }
 
-    /// Rumors dropped unsent because the queue was full.
-    pub fn rumors_dropped(&self) -> u64 {
-        self.queue.dropped()
-    }
-
     /// When the core next needs `handle_timeout`.
     pub fn poll_timeout(&self) -> Instant {
         let mut t = match &self.probe {
@@ -573,7 +568,7 @@ impl<S: Store> Swim<S> {
             }
         }
         let from = message.from;
-        self.nudge_if_dead(&from, src, now);
+        self.nudge_if_held_down(&from, src, now);
         match message.body {
             Body::Ping { seq, target, members } => {
                 if target == self.me.name {
@@ -647,6 +642,12 @@ impl<S: Store> Swim<S> {
     /// one more shortest timeout per step, since refutations take longer to get through.
     fn loss_extra(&self) -> u32 {
         u32::from(self.ping_loss > LOSSY) + u32::from(self.ping_loss > VERY_LOSSY)
+    }
+
+    /// Moves the share of unanswered round trips toward one observation: 1 for an ack
+    /// that came only late, 0 for one in time, the share of nacks missing in a cycle.
+    fn see_loss(&mut self, sample: f64) {
+        self.ping_loss += (sample - self.ping_loss) * PING_LOSS_WEIGHT;
     }
 
     /// Sends per rumor: `retransmit_mult · ⌈log10(N + 1)⌉`, twice that on a lossy

@@ -21,7 +21,7 @@ impl<S: Store> Swim<S> {
     /// know. Tell it (at most once a second), so it refutes at once instead of at its
     /// next anti-entropy exchange, or, for a suspicion whose rumors were all sent while
     /// it could not be reached (a partition), not at all before the timer runs out.
-    pub(super) fn nudge_if_dead(&mut self, from: &str, src: SocketAddr, now: Instant) {
+    pub(super) fn nudge_if_held_down(&mut self, from: &str, src: SocketAddr, now: Instant) {
         let Some(idx) = self.members.find(from) else { return };
         let Some(m) = self.members.get(idx) else { return };
         if m.status == Status::Alive || m.addr != src {
@@ -157,7 +157,7 @@ impl<S: Store> Swim<S> {
             // With every nack back the target alone is silent: a dead member is
             // suspected as fast as on a clean network.
             let missing = f64::from(p.nacks_expected.saturating_sub(p.nacks)) / f64::from(p.nacks_expected);
-            self.ping_loss += (missing - self.ping_loss).max(0.0) * PING_LOSS_WEIGHT;
+            self.see_loss(missing.max(self.ping_loss));
         }
         self.health.worse();
         let still_same = self.members.get(p.target).is_some_and(|m| m.name == p.name && m.is_up());
@@ -193,12 +193,8 @@ impl<S: Store> Swim<S> {
         // timeout (through a helper, or the second ping) says a datagram was lost on
         // the way to a live member. A member that never answers teaches nothing about
         // the network (it is likely dead), so it is not counted.
-        if p.indirect {
-            self.ping_loss += (1.0 - self.ping_loss) * PING_LOSS_WEIGHT;
-        } else {
-            self.ping_loss -= self.ping_loss * PING_LOSS_WEIGHT;
-        }
-        let target = p.target;
+        let (late, target) = (if p.indirect { 1.0 } else { 0.0 }, p.target);
+        self.see_loss(late);
         if self.retry.is_some_and(|(i, _)| i == target) {
             self.retry = None;
         }

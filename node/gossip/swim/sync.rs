@@ -5,9 +5,10 @@ use super::*;
 
 impl<S: Store> Swim<S> {
     /// Pushes waiting rumors to `gossip_fanout` random members, while a rumor is fresh
-    /// (sent fewer than three rounds' worth of times, more on a lossy network). The rest of a rumor's sends ride
-    /// probes and acks, which go out anyway: its first hops decide how fast it spreads,
-    /// and a gossip datagram that carries one rumor costs twice that rumor in headers.
+    /// (sent fewer than three rounds' worth of times, more on a lossy network). The rest
+    /// of a rumor's sends ride probes and acks, which go out anyway: its first hops
+    /// decide how fast it spreads, and a gossip datagram that carries one rumor costs
+    /// twice that rumor in headers.
     pub(super) fn gossip_round(&mut self) {
         if !self.gossip_due() {
             return;
