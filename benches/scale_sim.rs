@@ -181,7 +181,7 @@ async fn simulate(n: usize, interval: Duration, deadline: Duration, cap_mb: f64)
     }
     let spawn_s = started.elapsed().as_secs_f64();
     let views: Vec<_> = nodes.iter().flatten().map(Gossip::view).collect();
-    let alive = |v: &murmur::gossip::ClusterView| v.nodes.iter().filter(|m| m.status == MemberStatus::Alive).count();
+    let alive = |v: &murmur::gossip::ClusterView| v.nodes.values().filter(|m| m.status == MemberStatus::Alive).count();
     let converge = until(deadline, cap_mb, || {
         let seen: usize = views.iter().map(|v| alive(&v.borrow())).sum();
         seen as f64 / (n * n) as f64
@@ -223,7 +223,7 @@ async fn simulate(n: usize, interval: Duration, deadline: Duration, cap_mb: f64)
         let detect = until(deadline, cap_mb, || {
             let marked = others
                 .iter()
-                .filter(|v| v.borrow().nodes.iter().all(|m| m.name != name || m.status != MemberStatus::Alive))
+                .filter(|v| v.borrow().nodes.values().all(|m| m.name != name || m.status != MemberStatus::Alive))
                 .count();
             marked as f64 / others.len() as f64
         })

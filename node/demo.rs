@@ -231,7 +231,8 @@ pub async fn run() -> anyhow::Result<()> {
         async move {
             readers.iter().all(|r| {
                 let s = r.snapshot();
-                s.members.iter().filter(|m| m.status == crate::registry::MemberStatus::Alive).count() == AGENTS as usize
+                s.members.values().filter(|m| m.status == crate::registry::MemberStatus::Alive).count()
+                    == AGENTS as usize
                     && s.services.values().map(|v| v.iter().filter(|i| i.health.is_healthy()).count()).sum::<usize>()
                         == AGENTS as usize
             })
@@ -340,7 +341,7 @@ pub async fn run() -> anyhow::Result<()> {
         registry
             .snapshot()
             .members
-            .iter()
+            .values()
             .any(|m| m.name == "node-4" && m.status == crate::registry::MemberStatus::Left)
     })
     .await?;

@@ -183,7 +183,7 @@ async fn dead_apps_and_dead_agents_leave_answers() {
     .await;
     let reader = mesh.agent(0).registry();
     eventually("crashed agent marked dead", || async {
-        reader.snapshot().members.iter().any(|m| m.name == "agent-3" && m.status == MemberStatus::Dead)
+        reader.snapshot().members.values().any(|m| m.name == "agent-3" && m.status == MemberStatus::Dead)
     })
     .await;
     eprintln!("dead app left answers after {app_gone:?}; crashed agent after {agent_gone:?}");
@@ -212,11 +212,11 @@ async fn graceful_leave_drains_then_leaves() {
         serde_json::from_str(&api.get("/v1/services/api?all=true").await.expect("all")).expect("json");
     assert!(
         all.iter().any(|i| i.health == "draining")
-            || reader.snapshot().members.iter().any(|m| m.status == MemberStatus::Left)
+            || reader.snapshot().members.values().any(|m| m.status == MemberStatus::Left)
     );
     shutdown.await.expect("shutdown");
     eventually("agent 2 seen as left", || async {
-        reader.snapshot().members.iter().any(|m| m.name == "agent-2" && m.status == MemberStatus::Left)
+        reader.snapshot().members.values().any(|m| m.name == "agent-2" && m.status == MemberStatus::Left)
     })
     .await;
     mesh.stop().await;
@@ -251,7 +251,7 @@ async fn a_restarted_agent_on_a_new_address_replaces_its_old_self() {
     eprintln!("restart on a new address replaced the old one after {took:?}");
     assert!(took < Duration::from_secs(5), "replaced by the generation rule, not by failure detection: {took:?}");
     let snap = mesh.agent(0).registry().snapshot();
-    assert_eq!(snap.members.iter().filter(|m| m.name == "agent-2").count(), 1, "{:?}", snap.members);
+    assert_eq!(snap.members.values().filter(|m| m.name == "agent-2").count(), 1, "{:?}", snap.members);
     restarted.kill().await;
     mesh.stop().await;
 }
@@ -272,7 +272,7 @@ async fn a_node_with_another_key_cannot_join_or_inject() {
     for agent in mesh.agents.iter().flatten() {
         let snap = agent.registry().snapshot();
         assert_eq!(snap.members.len(), 2, "{:?}", snap.members);
-        assert!(snap.services.is_empty(), "{:?}", snap.services.keys());
+        assert!(snap.services.is_empty(), "{:?}", snap.services.keys().collect::<Vec<_>>());
     }
     // The intruder learned nothing either.
     assert_eq!(intruder.registry().snapshot().members.len(), 1);
@@ -394,12 +394,12 @@ async fn seeds_are_retried_until_one_answers_and_dead_nodes_are_forgotten() {
     let seed = Agent::start(seed_cfg).await.expect("seed agent");
     let reader = early.registry();
     eventually("joined once the seed answered", || async {
-        reader.snapshot().members.iter().filter(|m| m.status == MemberStatus::Alive).count() == 2
+        reader.snapshot().members.values().filter(|m| m.status == MemberStatus::Alive).count() == 2
     })
     .await;
     // Kill the seed: dead first, then forgotten after the 2 s dead grace.
     seed.kill().await;
-    eventually("seed dead", || async { reader.snapshot().members.iter().any(|m| m.status == MemberStatus::Dead) })
+    eventually("seed dead", || async { reader.snapshot().members.values().any(|m| m.status == MemberStatus::Dead) })
         .await;
     let forgotten = eventually("seed forgotten", || async { reader.snapshot().members.len() == 1 }).await;
     assert!(forgotten >= Duration::from_millis(1500), "forgotten too early: {forgotten:?}");
@@ -473,7 +473,7 @@ async fn captured_gossip_reveals_nothing_and_replays_change_nothing() {
     // of agent 1 from that one replayed datagram.
     let fresh = Agent::start(config(18, 2, Some(&key), &[], &[])).await.expect("agent 2 starts");
     tap.send_to(&old_state, fresh.gossip_addr()).await.expect("replay");
-    let (snap, ok) = fresh.registry().wait_for(WAIT, |s| s.members.iter().any(|m| m.name == "agent-1")).await;
+    let (snap, ok) = fresh.registry().wait_for(WAIT, |s| s.members.values().any(|m| m.name == "agent-1")).await;
     assert!(ok, "the replayed answer carried agent 1's state: {:?}", snap.members);
     fresh.kill().await;
 
@@ -503,7 +503,7 @@ async fn captured_gossip_reveals_nothing_and_replays_change_nothing() {
         let snap = a.registry().snapshot();
         let ports: Vec<u16> = snap.services.values().flat_map(|v| v.iter()).map(|i| i.port).collect();
         assert_eq!(ports, [7000], "{}: the deregistered instance stays gone", a.name());
-        assert_eq!(snap.members.iter().filter(|m| m.status == MemberStatus::Alive).count(), 2);
+        assert_eq!(snap.members.values().filter(|m| m.status == MemberStatus::Alive).count(), 2);
     }
     second.kill().await;
     mesh.stop().await;

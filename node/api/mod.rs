@@ -96,7 +96,7 @@ async fn members(State(state): State<ApiState>) -> Json<Vec<MemberJson>> {
     let snap = state.registry.snapshot();
     Json(
         snap.members
-            .iter()
+            .values()
             .map(|m| MemberJson {
                 name: m.name.clone(),
                 address: m.advertise.unwrap_or(m.gossip_addr.ip()).to_string(),

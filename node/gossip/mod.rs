@@ -11,7 +11,7 @@ mod frame;
 mod keyring;
 pub mod swim;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,6 +27,7 @@ pub use keyring::{Keyring, KEY_LEN};
 use crate::clock::unix_ms;
 use crate::config::GossipConfig;
 use crate::metrics::Metrics;
+use crate::shared::SharedMap;
 use frame::Reassembler;
 use murmur_protocol::swim::Status;
 use swim::{Event, Identity, MapStore, Swim, SwimConfig};
@@ -64,12 +65,20 @@ pub struct NodeView {
     pub values: Vec<(String, String)>,
 }
 
-/// Every node this agent knows, at one moment. A node that did not change between two
-/// views is the same `Arc` in both, so readers rebuild only what changed.
+/// Every node this agent knows, at one moment, one generation per name (the newest).
+/// Two views share the chunks of the map where no node changed, and a node that did not
+/// change is the same `Arc` in both, so readers rebuild only what changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClusterView {
-    /// Nodes, in name order.
-    pub nodes: Vec<Arc<NodeView>>,
+    /// Nodes by name.
+    pub nodes: SharedMap<String, Arc<NodeView>>,
+}
+
+impl ClusterView {
+    /// A view of `nodes`; of two with one name, the last wins.
+    pub fn of(nodes: impl IntoIterator<Item = NodeView>) -> ClusterView {
+        ClusterView { nodes: nodes.into_iter().map(|n| (n.name.clone(), Arc::new(n))).collect() }
+    }
 }
 
 enum Command {
@@ -158,7 +167,7 @@ pub async fn spawn_gossip(
         resolved: Vec::new(),
         next_message_id: rand::random(),
         changed: BTreeSet::from([Arc::from(name)]),
-        views: BTreeMap::new(),
+        views: SharedMap::default(),
     };
     let task_cancel = cancel.clone();
     tokio::spawn(async move {
@@ -235,7 +244,7 @@ struct Shell {
     /// Members whose view must be built again (they changed since the last publish).
     changed: BTreeSet<Arc<str>>,
     /// The last view of every member, shared with the published views.
-    views: BTreeMap<Arc<str>, Arc<NodeView>>,
+    views: SharedMap<String, Arc<NodeView>>,
 }
 
 impl Shell {
@@ -330,6 +339,7 @@ impl Shell {
             return;
         }
         let store = self.core.store();
+        let mut modified = false;
         for name in std::mem::take(&mut self.changed) {
             let view = if *name == *self.name {
                 Some(NodeView {
@@ -357,24 +367,19 @@ impl Shell {
                 })
             };
             match view {
-                Some(v) if self.views.get(&name).is_some_and(|old| **old == v) => {}
+                Some(v) if self.views.get(&*name).is_some_and(|old| **old == v) => {}
                 Some(v) => {
-                    self.views.insert(name, Arc::new(v));
+                    self.views.insert(name.to_string(), Arc::new(v));
+                    modified = true;
                 }
-                None => {
-                    self.views.remove(&name);
-                }
+                None => modified |= self.views.remove(&*name).is_some(),
             }
         }
-        let view = ClusterView { nodes: self.views.values().cloned().collect() };
-        self.view_tx.send_if_modified(|current| {
-            if **current == view {
-                false
-            } else {
-                *current = Arc::new(view);
-                true
-            }
-        });
+        // A copy of the map is its chunk pointers; readers diff it against the last one
+        // they took at the cost of what changed.
+        if modified {
+            self.view_tx.send_replace(Arc::new(ClusterView { nodes: self.views.clone() }));
+        }
     }
 
     /// Resolves the seeds (names too) and joins through them when the set changed or

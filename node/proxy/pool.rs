@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use quinn::{ClientConfig, Connection, Endpoint, RecvStream, SendStream, VarInt};
 use tracing::info;
 
-use crate::registry::{Member, MemberStatus};
+use crate::registry::{Member, MemberStatus, SharedMap};
 use crate::tls::node_server_name;
 
 /// Most connections to one peer: 4 × the peer's stream limit (16,384) proxied
@@ -166,11 +166,11 @@ impl Pool {
     /// Closes every connection to a peer that `members` (the registry's) shows dead,
     /// left or not at all, or that restarted after the connection was made. Returns
     /// how many were closed. A peer being connected to right now is looked at next time.
-    pub fn close_stale(&self, members: &[Member]) -> usize {
+    pub fn close_stale(&self, members: &SharedMap<String, Member>) -> usize {
         let mut closed = 0;
         for ((addr, node), slot) in self.all_slots() {
             let Ok(mut conns) = slot.try_lock() else { continue };
-            let member = members.iter().find(|m| m.name == node);
+            let member = members.get(node.as_str());
             let before = conns.len();
             conns.retain(|p| {
                 let stale = member.is_none_or(|m| {
@@ -260,6 +260,10 @@ mod tests {
         Member::other("peer", generation, status)
     }
 
+    fn members(m: Member) -> SharedMap<String, Member> {
+        [(m.name.clone(), m)].into_iter().collect()
+    }
+
     #[tokio::test]
     async fn a_peer_out_of_stream_credit_gets_another_connection() {
         let (server, accepted, pool) = server_and_pool(2);
@@ -289,20 +293,20 @@ mod tests {
         let s = open_and_hold(&pool, addr).await;
         let now = crate::clock::unix_ms();
         // Alive, started before the connection (even a little after, by a skewed clock).
-        assert_eq!(pool.close_stale(&[member(MemberStatus::Alive, now - 60_000)]), 0);
-        assert_eq!(pool.close_stale(&[member(MemberStatus::Alive, now + 1_000)]), 0);
+        assert_eq!(pool.close_stale(&members(member(MemberStatus::Alive, now - 60_000))), 0);
+        assert_eq!(pool.close_stale(&members(member(MemberStatus::Alive, now + 1_000))), 0);
         assert!(s.conn.close_reason().is_none());
         // Restarted after the connection was made.
-        assert_eq!(pool.close_stale(&[member(MemberStatus::Alive, now + 10_000)]), 1);
+        assert_eq!(pool.close_stale(&members(member(MemberStatus::Alive, now + 10_000))), 1);
         assert!(s.conn.close_reason().is_some(), "the stream's connection is closed");
         // The next stream gets a new connection, which a dead verdict closes.
         let s = open_and_hold(&pool, addr).await;
         assert_eq!(settled(&accepted, 2).await, 2);
-        assert_eq!(pool.close_stale(&[member(MemberStatus::Dead, now)]), 1);
+        assert_eq!(pool.close_stale(&members(member(MemberStatus::Dead, now))), 1);
         assert!(s.conn.close_reason().is_some());
         // So does the peer's absence from the registry.
         let s = open_and_hold(&pool, addr).await;
-        assert_eq!(pool.close_stale(&[]), 1);
+        assert_eq!(pool.close_stale(&SharedMap::default()), 1);
         assert!(s.conn.close_reason().is_some());
     }
 }

@@ -2,7 +2,7 @@
 //! same snapshot. A value that does not decode skips that key only and is reported back
 //! so the caller can count and log it; it never poisons the rest of the snapshot.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use murmur_protocol::{
@@ -11,6 +11,7 @@ use murmur_protocol::{
 
 use super::snapshot::{Instance, Member, MemberStatus, Snapshot};
 use crate::gossip::{ClusterView, NodeView};
+use crate::shared::{Diff, SharedMap};
 
 /// A gossip value that did not decode.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,110 +32,131 @@ pub fn build_snapshot(view: &ClusterView, version: u64) -> (Snapshot, Vec<BadVal
 /// One node's part of a snapshot, decoded once and kept while its view is unchanged.
 #[derive(Debug)]
 struct NodePart {
-    view: Arc<NodeView>,
     member: Member,
     /// Instances answered for it (none when it is not alive or its record is bad).
     instances: Vec<Arc<Instance>>,
+    /// Whether this generation was ever seen alive (a node is heard of before its first
+    /// heartbeats are: until then it is not reported at all, so a join is never logged
+    /// as a death).
+    ever_alive: bool,
+}
+
+/// A member whose status changed between two snapshots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusChange {
+    /// Member name.
+    pub name: String,
+    /// Its generation.
+    pub generation: u64,
+    /// `joined`, `alive` (again), `dead`, `left` or `forgotten`.
+    pub what: &'static str,
+}
+
+/// A touched service's instances: those that leave its list and those that join it.
+type Edit = (Vec<Arc<Instance>>, Vec<Arc<Instance>>);
+
+/// How many members are in each status, and how many instances are answered, in the
+/// last snapshot built.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Alive members (the local agent among them).
+    pub alive: u64,
+    /// Dead members not yet forgotten.
+    pub dead: u64,
+    /// Members that left, not yet forgotten.
+    pub left: u64,
+    /// Instances of live nodes.
+    pub instances: u64,
+}
+
+impl Counts {
+    fn add(&mut self, part: &NodePart, sign: i64) {
+        let slot = match part.member.status {
+            MemberStatus::Alive => &mut self.alive,
+            MemberStatus::Dead => &mut self.dead,
+            MemberStatus::Left => &mut self.left,
+        };
+        *slot = slot.saturating_add_signed(sign);
+        self.instances = self.instances.saturating_add_signed(sign * part.instances.len() as i64);
+    }
 }
 
 /// Builds snapshots incrementally: a node whose view is the same `Arc` as last time is
-/// not decoded again, and a service none of whose nodes changed keeps its list (the
-/// same `Arc`), so a change costs what it touches plus one pass over the members.
+/// not decoded again, a service none of whose nodes changed keeps its list (the same
+/// `Arc`), and the maps of services and members copy only the chunks a change touched.
+/// A change costs what it touches plus one pointer comparison per node. The builder also
+/// keeps the status counts and the status changes an operator reads in the log, so that
+/// nothing downstream walks every member per snapshot.
 #[derive(Debug, Default)]
 pub struct SnapshotBuilder {
+    /// The view the last snapshot was built from.
+    last: SharedMap<String, Arc<NodeView>>,
     nodes: BTreeMap<String, NodePart>,
-    services: BTreeMap<ServiceName, Arc<Vec<Arc<Instance>>>>,
-    members: Arc<Vec<Member>>,
-    members_changed: bool,
+    services: SharedMap<ServiceName, Arc<Vec<Arc<Instance>>>>,
+    members: SharedMap<String, Member>,
+    changes: Vec<StatusChange>,
+    counts: Counts,
 }
 
 impl SnapshotBuilder {
     /// Builds snapshot number `version` from `view`; returns the values that did not
     /// decode among the nodes decoded this time.
     pub fn build(&mut self, view: &ClusterView, version: u64) -> (Snapshot, Vec<BadValue>) {
-        // A restarted task is a new generation under the same name: the newest live one
-        // wins, so it never shows up twice and its old address leaves answers as soon as
-        // the new generation is heard of. A live generation beats a dead one whatever the
-        // clocks say (a restarted host whose clock is behind must not hide behind its
-        // dead old self).
-        let mut newest: Vec<&Arc<NodeView>> = view.nodes.iter().collect();
-        let sorted_unique = newest.windows(2).all(|w| w[0].name < w[1].name);
-        if !sorted_unique {
-            let rank = |n: &NodeView| (n.status == MemberStatus::Alive, n.generation);
-            let mut by_name: BTreeMap<&str, &Arc<NodeView>> = BTreeMap::new();
-            for node in &view.nodes {
-                let keep = by_name.get(node.name.as_str()).is_none_or(|n| rank(n) < rank(node));
-                if keep {
-                    by_name.insert(&node.name, node);
-                }
-            }
-            newest = by_name.into_values().collect();
-        }
         let mut bad = Vec::new();
-        let mut touched: BTreeSet<ServiceName> = BTreeSet::new();
-        let mut changed: BTreeSet<String> = BTreeSet::new();
-        // Both sides are in name order: one pass finds the nodes gone and the ones new
-        // or changed (a node whose view is the same `Arc` as last time is skipped).
-        let mut gone = Vec::new();
-        let mut fresh = Vec::new();
-        {
-            let mut held = self.nodes.iter().peekable();
-            for node in &newest {
-                while let Some((name, _)) = held.next_if(|(name, _)| name.as_str() < node.name.as_str()) {
-                    gone.push(name.clone());
-                }
-                match held.next_if(|(name, _)| name.as_str() == node.name.as_str()) {
-                    Some((_, part)) if Arc::ptr_eq(&part.view, node) => {}
-                    _ => fresh.push(*node),
-                }
-            }
-            gone.extend(held.map(|(name, _)| name.clone()));
-        }
-        for name in gone {
-            if let Some(part) = self.nodes.remove(&name) {
-                touched.extend(part.instances.iter().map(|i| i.service.clone()));
-                changed.insert(name);
-                self.members_changed = true;
-            }
-        }
-        for node in fresh {
-            let name = node.name.as_str();
-            let part = decode_node(node, &mut bad);
-            touched.extend(part.instances.iter().map(|i| i.service.clone()));
-            let member = part.member.clone();
-            match self.nodes.insert(name.to_owned(), part) {
-                Some(old) => {
-                    touched.extend(old.instances.iter().map(|i| i.service.clone()));
-                    self.members_changed |= old.member != member;
-                }
-                None => self.members_changed = true,
-            }
-            changed.insert(name.to_owned());
-        }
-        // Only the services a changed node served or serves are touched: their lists
-        // lose the changed nodes' old instances and gain their new ones.
-        let mut added: BTreeMap<ServiceName, Vec<Arc<Instance>>> = BTreeMap::new();
-        for name in &changed {
-            if let Some(part) = self.nodes.get(name) {
-                for inst in &part.instances {
-                    added.entry(inst.service.clone()).or_default().push(inst.clone());
+        // The nodes gone, new or changed since the last view: the chunks of the map both
+        // views share are skipped, and a node whose view is the same `Arc` is unchanged.
+        let last = std::mem::replace(&mut self.last, view.nodes.clone());
+        let mut changed: Vec<(&str, Option<NodePart>)> = Vec::new();
+        for diff in last.diff(&view.nodes, Arc::ptr_eq) {
+            match diff {
+                Diff::Gone(name, _) => changed.push((name, None)),
+                Diff::New(name, node) | Diff::Changed(name, _, node) => {
+                    changed.push((name, Some(decode_node(node, &mut bad))));
                 }
             }
         }
-        for service in touched {
-            let mut list: Vec<Arc<Instance>> = match self.services.get(&service) {
-                Some(old) => old.iter().filter(|i| !changed.contains(i.node.as_str())).cloned().collect(),
-                None => Vec::new(),
+        // Each touched service loses the changed nodes' old instances and gains their
+        // new ones; every other service keeps its list, the same `Arc`.
+        let mut edits: BTreeMap<ServiceName, Edit> = BTreeMap::new();
+        for (name, part) in changed {
+            let old = self.nodes.remove(name);
+            if let Some(old) = &old {
+                self.counts.add(old, -1);
+                for inst in &old.instances {
+                    edits.entry(inst.service.clone()).or_default().0.push(inst.clone());
+                }
+            }
+            let Some(mut part) = part else {
+                note_status(old.as_ref(), None, &mut self.changes);
+                self.members.remove(name);
+                continue;
             };
-            let new = added.remove(&service).unwrap_or_default();
-            if new.len() > 8 {
-                list.extend(new);
-                list.sort_by(|a, b| a.id.cmp(&b.id));
-            } else {
-                for inst in new {
-                    let at = list.partition_point(|i| i.id < inst.id);
-                    list.insert(at, inst);
+            part.ever_alive = note_status(old.as_ref(), Some(&part.member), &mut self.changes);
+            self.counts.add(&part, 1);
+            for inst in &part.instances {
+                edits.entry(inst.service.clone()).or_default().1.push(inst.clone());
+            }
+            // A health flip changes no member: the members' chunk is copied only when
+            // one did change.
+            if old.is_none_or(|o| o.member != part.member) {
+                self.members.insert(name.to_owned(), part.member.clone());
+            }
+            self.nodes.insert(name.to_owned(), part);
+        }
+        for (service, (removed, added)) in edits {
+            let mut list: Vec<Arc<Instance>> = self.services.get(&service).map(|l| l.to_vec()).unwrap_or_default();
+            // The list is in (id, node) order, one place per instance even should two
+            // nodes claim one id: each old instance is found by binary search, each new
+            // one put in its place.
+            for gone in &removed {
+                let at = list.partition_point(|i| (&i.id, &i.node) < (&gone.id, &gone.node));
+                if list.get(at).is_some_and(|i| Arc::ptr_eq(i, gone)) {
+                    list.remove(at);
                 }
+            }
+            for inst in added {
+                let at = list.partition_point(|i| (&i.id, &i.node) < (&inst.id, &inst.node));
+                list.insert(at, inst);
             }
             if list.is_empty() {
                 self.services.remove(&service);
@@ -142,13 +164,47 @@ impl SnapshotBuilder {
                 self.services.insert(service, Arc::new(list));
             }
         }
-        // Members are rebuilt only when one of them changed (a health flip changes none).
-        if self.members_changed {
-            self.members = Arc::new(self.nodes.values().map(|p| p.member.clone()).collect());
-            self.members_changed = false;
-        }
         (Snapshot { version, members: self.members.clone(), services: self.services.clone() }, bad)
     }
+
+    /// The status changes since the last call, oldest first.
+    pub fn take_changes(&mut self) -> Vec<StatusChange> {
+        std::mem::take(&mut self.changes)
+    }
+
+    /// The counts of the last snapshot built.
+    pub fn counts(&self) -> Counts {
+        self.counts
+    }
+}
+
+/// Notes the status change from `old` (a node's previous part) to `new` (its member
+/// now), none for the local agent; returns whether `new`'s generation was ever alive. A
+/// new generation under the same name replaces the old one, which is forgotten.
+fn note_status(old: Option<&NodePart>, new: Option<&Member>, changes: &mut Vec<StatusChange>) -> bool {
+    let mut before = None;
+    if let Some(old) = old {
+        let m = &old.member;
+        if new.is_some_and(|n| n.generation == m.generation) {
+            before = Some((m.status, old.ever_alive));
+        } else if old.ever_alive && !m.is_self {
+            changes.push(StatusChange { name: m.name.clone(), generation: m.generation, what: "forgotten" });
+        }
+    }
+    let Some(new) = new else { return false };
+    let was_alive = before.is_some_and(|(_, alive)| alive);
+    let what = match new.status {
+        _ if before.map(|(s, _)| s) == Some(new.status) => None,
+        MemberStatus::Alive if was_alive => Some("alive"),
+        MemberStatus::Alive => Some("joined"),
+        MemberStatus::Dead if was_alive => Some("dead"),
+        MemberStatus::Dead => None,
+        MemberStatus::Left => Some("left"),
+    };
+    if let Some(what) = what.filter(|_| !new.is_self) {
+        changes.push(StatusChange { name: new.name.clone(), generation: new.generation, what });
+    }
+    was_alive || new.status == MemberStatus::Alive
 }
 
 fn decode_node(node: &Arc<NodeView>, bad: &mut Vec<BadValue>) -> NodePart {
@@ -200,7 +256,7 @@ fn decode_node(node: &Arc<NodeView>, bad: &mut Vec<BadValue>) -> NodePart {
     // whose record did not decode (we would not know where it lives).
     let (MemberStatus::Alive, Some(record), Ok(node_name)) = (node.status, record.as_ref(), NodeName::new(&node.name))
     else {
-        return NodePart { view: node.clone(), member, instances: answered };
+        return NodePart { member, instances: answered, ever_alive: false };
     };
     for inst in instances {
         // An instance whose health key has not arrived yet is treated as critical:
@@ -228,7 +284,7 @@ fn decode_node(node: &Arc<NodeView>, bad: &mut Vec<BadValue>) -> NodePart {
             health_output: output,
         }));
     }
-    NodePart { view: node.clone(), member, instances: answered }
+    NodePart { member, instances: answered, ever_alive: false }
 }
 
 #[cfg(test)]
@@ -281,31 +337,31 @@ mod tests {
         }
     }
 
+    /// A view of nodes held elsewhere too, so that the same `Arc` can be in two views.
+    fn shared(nodes: &[&Arc<NodeView>]) -> ClusterView {
+        ClusterView { nodes: nodes.iter().map(|n| (n.name.clone(), Arc::clone(n))).collect() }
+    }
+
     fn svc(name: &str) -> ServiceName {
         ServiceName::new(name).expect("valid")
     }
 
     #[test]
     fn health_and_tags_filter_lookups() {
-        let view = ClusterView {
-            nodes: vec![
-                node(
-                    "a",
-                    1,
-                    MemberStatus::Alive,
-                    &[("web", "a-1", Health::Passing, &["canary"]), ("db", "a-2", Health::Critical, &[])],
-                ),
-                node(
-                    "b",
-                    1,
-                    MemberStatus::Alive,
-                    &[("web", "b-1", Health::Draining, &[]), ("web", "b-2", Health::Warning, &[])],
-                ),
-            ]
-            .into_iter()
-            .map(Arc::new)
-            .collect(),
-        };
+        let view = ClusterView::of(vec![
+            node(
+                "a",
+                1,
+                MemberStatus::Alive,
+                &[("web", "a-1", Health::Passing, &["canary"]), ("db", "a-2", Health::Critical, &[])],
+            ),
+            node(
+                "b",
+                1,
+                MemberStatus::Alive,
+                &[("web", "b-1", Health::Draining, &[]), ("web", "b-2", Health::Warning, &[])],
+            ),
+        ]);
         let (snap, bad) = build_snapshot(&view, 1);
         assert!(bad.is_empty());
         let ids = |q: &Query, s: &str| snap.lookup(&svc(s), q).iter().map(|i| i.id.to_string()).collect::<Vec<_>>();
@@ -326,43 +382,101 @@ mod tests {
         let b = Arc::new(node("b", 1, MemberStatus::Alive, &[("db", "b-1", Health::Passing, &[])]));
         let c = Arc::new(node("c", 1, MemberStatus::Alive, &[("web", "c-1", Health::Passing, &[])]));
         let mut builder = SnapshotBuilder::default();
-        let (first, _) = builder.build(&ClusterView { nodes: vec![a.clone(), b.clone(), c.clone()] }, 1);
-        assert_eq!(first.services[&svc("web")].len(), 2);
+        let (first, _) = builder.build(&shared(&[&a, &b, &c]), 1);
+        assert_eq!(first.services.get(&svc("web")).expect("listed").len(), 2);
         // c's health flips: web is rebuilt, db is the same list as before.
         let c2 = Arc::new(node("c", 1, MemberStatus::Alive, &[("web", "c-1", Health::Critical, &[])]));
-        let view = ClusterView { nodes: vec![a.clone(), b.clone(), c2] };
+        let view = shared(&[&a, &b, &c2]);
         let (second, _) = builder.build(&view, 2);
-        assert!(Arc::ptr_eq(&first.services[&svc("db")], &second.services[&svc("db")]));
-        assert!(!Arc::ptr_eq(&first.services[&svc("web")], &second.services[&svc("web")]));
+        assert!(Arc::ptr_eq(
+            first.services.get(&svc("db")).expect("listed"),
+            second.services.get(&svc("db")).expect("listed")
+        ));
+        assert!(!Arc::ptr_eq(
+            first.services.get(&svc("web")).expect("listed"),
+            second.services.get(&svc("web")).expect("listed")
+        ));
         let (full, _) = build_snapshot(&view, 2);
         assert_eq!(second, full);
         // b goes: db disappears; a node that moves to another service moves its instance.
         let a2 = Arc::new(node("a", 1, MemberStatus::Alive, &[("db", "a-1", Health::Passing, &[])]));
-        let view = ClusterView { nodes: vec![a2, c.clone()] };
+        let view = shared(&[&a2, &c]);
         let (third, _) = builder.build(&view, 3);
         assert_eq!(third, build_snapshot(&view, 3).0);
-        assert_eq!(third.services[&svc("db")].len(), 1);
-        assert_eq!(third.services[&svc("web")].len(), 1);
+        assert_eq!(third.services.get(&svc("db")).expect("listed").len(), 1);
+        assert_eq!(third.services.get(&svc("web")).expect("listed").len(), 1);
         assert_eq!(third.members.len(), 2);
         // A node going dead takes its instances out.
         let c3 = Arc::new(node("c", 1, MemberStatus::Dead, &[("web", "c-1", Health::Passing, &[])]));
-        let view = ClusterView { nodes: vec![c3] };
+        let view = shared(&[&c3]);
         let (fourth, _) = builder.build(&view, 4);
         assert_eq!(fourth, build_snapshot(&view, 4).0);
         assert!(fourth.services.is_empty());
     }
 
     #[test]
-    fn dead_and_left_nodes_leave_answers_but_stay_members() {
-        let view = ClusterView {
-            nodes: vec![
-                node("a", 1, MemberStatus::Dead, &[("web", "a-1", Health::Passing, &[])]),
-                node("b", 1, MemberStatus::Left, &[("web", "b-1", Health::Passing, &[])]),
-            ]
-            .into_iter()
-            .map(Arc::new)
-            .collect(),
+    fn each_status_change_is_reported_once() {
+        let mut builder = SnapshotBuilder::default();
+        let mut step = |nodes: Vec<NodeView>| {
+            builder.build(&ClusterView::of(nodes), 1);
+            let changes = builder.take_changes();
+            changes.into_iter().map(|c| format!("{}/{} {}", c.name, c.generation, c.what)).collect::<Vec<_>>()
         };
+        let a = |generation, status| node("a", generation, status, &[]);
+        // Heard of before its heartbeats: nothing yet; then it joins.
+        assert!(step(vec![a(1, MemberStatus::Dead)]).is_empty());
+        assert_eq!(step(vec![a(1, MemberStatus::Alive)]), ["a/1 joined"]);
+        assert!(step(vec![a(1, MemberStatus::Alive)]).is_empty(), "a new view, the same status");
+        assert_eq!(step(vec![a(1, MemberStatus::Dead)]), ["a/1 dead"]);
+        assert_eq!(step(vec![a(1, MemberStatus::Alive)]), ["a/1 alive"]);
+        // A restart: the new generation replaces the old one, which is forgotten.
+        assert_eq!(step(vec![a(2, MemberStatus::Alive)]), ["a/1 forgotten", "a/2 joined"]);
+        assert_eq!(step(vec![a(2, MemberStatus::Left)]), ["a/2 left"]);
+        assert_eq!(step(vec![]), ["a/2 forgotten"]);
+        let mut me = node("me", 1, MemberStatus::Alive, &[]);
+        me.is_self = true;
+        assert!(step(vec![me]).is_empty(), "the local agent is not reported");
+    }
+
+    #[test]
+    fn counts_follow_every_change() {
+        let mut builder = SnapshotBuilder::default();
+        let two = [("web", "x-1", Health::Passing, &[][..]), ("db", "x-2", Health::Critical, &[][..])];
+        let view = ClusterView::of;
+        builder.build(&view(vec![node("a", 1, MemberStatus::Alive, &two), node("b", 1, MemberStatus::Alive, &[])]), 1);
+        assert_eq!(builder.counts(), Counts { alive: 2, dead: 0, left: 0, instances: 2 });
+        builder.build(&view(vec![node("a", 1, MemberStatus::Dead, &two), node("b", 1, MemberStatus::Left, &[])]), 2);
+        assert_eq!(builder.counts(), Counts { alive: 0, dead: 1, left: 1, instances: 0 });
+        builder.build(&view(vec![node("a", 2, MemberStatus::Alive, &two[..1])]), 3);
+        assert_eq!(builder.counts(), Counts { alive: 1, dead: 0, left: 0, instances: 1 });
+    }
+
+    #[test]
+    fn two_nodes_claiming_one_instance_id_are_edited_apart() {
+        let a = Arc::new(node("a", 1, MemberStatus::Alive, &[("web", "x", Health::Passing, &[])]));
+        let b = Arc::new(node("b", 1, MemberStatus::Alive, &[("web", "x", Health::Passing, &[])]));
+        let mut builder = SnapshotBuilder::default();
+        builder.build(&shared(&[&a, &b]), 1);
+        let b2 = Arc::new(node("b", 1, MemberStatus::Alive, &[("web", "x", Health::Critical, &[])]));
+        let view = shared(&[&a, &b2]);
+        let (snap, _) = builder.build(&view, 2);
+        assert_eq!(snap, build_snapshot(&view, 2).0);
+        // Either one changing keeps the same order as a full build.
+        let a2 = Arc::new(node("a", 1, MemberStatus::Alive, &[("web", "x", Health::Warning, &[])]));
+        let again = shared(&[&a2, &b2]);
+        assert_eq!(builder.build(&again, 3).0, build_snapshot(&again, 3).0);
+        builder.build(&view, 4);
+        let all = snap.lookup(&svc("web"), &Query { health: HealthFilter::All, ..Default::default() });
+        let by_node: Vec<_> = all.iter().map(|i| (i.node.to_string(), i.health)).collect();
+        assert_eq!(by_node, [("a".to_owned(), Health::Passing), ("b".to_owned(), Health::Critical)]);
+    }
+
+    #[test]
+    fn dead_and_left_nodes_leave_answers_but_stay_members() {
+        let view = ClusterView::of(vec![
+            node("a", 1, MemberStatus::Dead, &[("web", "a-1", Health::Passing, &[])]),
+            node("b", 1, MemberStatus::Left, &[("web", "b-1", Health::Passing, &[])]),
+        ]);
         let (snap, _) = build_snapshot(&view, 1);
         assert!(snap.lookup(&svc("web"), &Query { health: HealthFilter::All, ..Default::default() }).is_empty());
         assert_eq!(snap.members.len(), 2);
@@ -373,9 +487,11 @@ mod tests {
         let mut old = node("a", 1, MemberStatus::Alive, &[("web", "a-old", Health::Passing, &[])]);
         old.gossip_addr = "127.0.0.1:1".parse().expect("valid");
         let new = node("a", 2, MemberStatus::Alive, &[("web", "a-new", Health::Passing, &[])]);
-        let (snap, _) = build_snapshot(&ClusterView { nodes: vec![Arc::new(old), Arc::new(new)] }, 1);
+        let mut builder = SnapshotBuilder::default();
+        builder.build(&ClusterView::of([old]), 1);
+        let (snap, _) = builder.build(&ClusterView::of([new]), 2);
         assert_eq!(snap.members.len(), 1);
-        assert_eq!(snap.members[0].generation, 2);
+        assert_eq!(snap.members.values().next().expect("one member").generation, 2);
         let ids: Vec<_> = snap.lookup(&svc("web"), &Query::default()).iter().map(|i| i.id.to_string()).collect();
         assert_eq!(ids, ["a-new"]);
     }
@@ -390,7 +506,7 @@ mod tests {
         );
         n.values.push(("i/a-3".into(), "garbage!".into()));
         n.values.push(("h/a-2".into(), "AAAA".into()));
-        let (snap, bad) = build_snapshot(&ClusterView { nodes: vec![Arc::new(n)] }, 1);
+        let (snap, bad) = build_snapshot(&ClusterView::of([n]), 1);
         assert_eq!(bad.len(), 2);
         let all = snap.lookup(&svc("web"), &Query { health: HealthFilter::All, ..Default::default() });
         assert_eq!(all.len(), 2);
@@ -402,7 +518,7 @@ mod tests {
     fn an_instance_without_health_is_critical() {
         let mut n = node("a", 1, MemberStatus::Alive, &[("web", "a-1", Health::Passing, &[])]);
         n.values.retain(|(k, _)| !k.starts_with("h/"));
-        let (snap, _) = build_snapshot(&ClusterView { nodes: vec![Arc::new(n)] }, 1);
+        let (snap, _) = build_snapshot(&ClusterView::of([n]), 1);
         assert!(snap.lookup(&svc("web"), &Query::default()).is_empty());
     }
 }

@@ -1,5 +1,6 @@
-//! The registry replica: one `Arc<Snapshot>` in a watch channel, rebuilt whole from the
-//! gossip view on every change and swapped once. Readers clone the `Arc` and drop the
+//! The registry replica: one `Arc<Snapshot>` in a watch channel, built from the gossip
+//! view on every change (incrementally: what did not change is shared with the snapshot
+//! before) and swapped once. Readers clone the `Arc` and drop the
 //! borrow at once; lookups never touch the network or a lock held across I/O.
 
 mod build;
@@ -12,7 +13,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-pub use build::{build_snapshot, BadValue, SnapshotBuilder};
+pub use crate::shared::SharedMap;
+pub use build::{build_snapshot, BadValue, Counts, SnapshotBuilder, StatusChange};
 pub use snapshot::{HealthFilter, Instance, Member, MemberStatus, Query, Snapshot};
 
 use crate::gossip::ClusterView;
@@ -60,7 +62,6 @@ pub fn spawn_registry(
     let task = tokio::spawn(async move {
         let mut version = 0u64;
         let mut last_bad: Vec<BadValue> = Vec::new();
-        let mut statuses = MemberStatuses::default();
         let mut builder = SnapshotBuilder::default();
         loop {
             let view = view_rx.borrow_and_update().clone();
@@ -72,15 +73,14 @@ pub fn spawn_registry(
                 warn!(node = %b.node, key = %b.key, error = %b.error, "skipped a gossip value that does not decode");
             }
             last_bad = bad;
-            for change in statuses.update(&snapshot.members) {
+            for change in builder.take_changes() {
                 info!(member = %change.name, generation = change.generation, "member {}", change.what);
             }
-            let m = &metrics.members;
-            let count = |s: MemberStatus| snapshot.members.iter().filter(|x| x.status == s).count() as u64;
-            m.alive.set(count(MemberStatus::Alive));
-            m.dead.set(count(MemberStatus::Dead));
-            m.left.set(count(MemberStatus::Left));
-            m.instances.set(snapshot.services.values().map(|v| v.len() as u64).sum());
+            let (m, counts) = (&metrics.members, builder.counts());
+            m.alive.set(counts.alive);
+            m.dead.set(counts.dead);
+            m.left.set(counts.left);
+            m.instances.set(counts.instances);
             m.snapshots.inc();
             tx.send_replace(Arc::new(snapshot));
             let built = tokio::time::Instant::now();
@@ -99,80 +99,4 @@ pub fn spawn_registry(
         }
     });
     (RegistryReader { rx }, task)
-}
-
-/// A member whose status changed between two snapshots.
-#[derive(Debug, PartialEq, Eq)]
-struct StatusChange {
-    name: String,
-    generation: u64,
-    /// `joined`, `alive` (again), `dead`, `left` or `forgotten`.
-    what: &'static str,
-}
-
-/// The last status of every other member, and whether it was ever seen alive, so that
-/// each transition is logged once (an operator reads joins and failures from the log,
-/// as with Serf or Consul). A node is heard of before its first heartbeats are: until
-/// it has been alive it is not reported at all, so a join is never logged as a death.
-#[derive(Default)]
-struct MemberStatuses(std::collections::BTreeMap<(String, u64), (MemberStatus, bool)>);
-
-impl MemberStatuses {
-    fn update(&mut self, members: &[Member]) -> Vec<StatusChange> {
-        let mut changes = Vec::new();
-        let mut next = std::collections::BTreeMap::new();
-        for m in members.iter().filter(|m| !m.is_self) {
-            let key = (m.name.clone(), m.generation);
-            let (old, was_alive) = self.0.get(&key).map_or((None, false), |(s, a)| (Some(*s), *a));
-            let what = match m.status {
-                _ if old == Some(m.status) => None,
-                MemberStatus::Alive if was_alive => Some("alive"),
-                MemberStatus::Alive => Some("joined"),
-                MemberStatus::Dead if was_alive => Some("dead"),
-                MemberStatus::Dead => None,
-                MemberStatus::Left => Some("left"),
-            };
-            if let Some(what) = what {
-                changes.push(StatusChange { name: m.name.clone(), generation: m.generation, what });
-            }
-            next.insert(key, (m.status, was_alive || m.status == MemberStatus::Alive));
-        }
-        for ((name, generation), _) in self.0.iter().filter(|(k, (_, alive))| *alive && !next.contains_key(*k)) {
-            changes.push(StatusChange { name: name.clone(), generation: *generation, what: "forgotten" });
-        }
-        self.0 = next;
-        changes
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn member(name: &str, generation: u64, status: MemberStatus) -> Member {
-        Member::other(name, generation, status)
-    }
-
-    #[test]
-    fn each_status_change_is_reported_once() {
-        let mut s = MemberStatuses::default();
-        let what = |c: Vec<StatusChange>| {
-            c.into_iter().map(|c| format!("{}/{} {}", c.name, c.generation, c.what)).collect::<Vec<_>>()
-        };
-        // Heard of before its heartbeats: nothing yet; then it joins.
-        assert!(s.update(&[member("a", 1, MemberStatus::Dead)]).is_empty());
-        assert_eq!(what(s.update(&[member("a", 1, MemberStatus::Alive)])), ["a/1 joined"]);
-        assert!(s.update(&[member("a", 1, MemberStatus::Alive)]).is_empty());
-        assert_eq!(what(s.update(&[member("a", 1, MemberStatus::Dead)])), ["a/1 dead"]);
-        assert_eq!(what(s.update(&[member("a", 1, MemberStatus::Alive)])), ["a/1 alive"]);
-        // A restart: a new generation joins; the old one, once gone, is forgotten.
-        assert_eq!(
-            what(s.update(&[member("a", 1, MemberStatus::Dead), member("a", 2, MemberStatus::Alive)])),
-            ["a/1 dead", "a/2 joined"]
-        );
-        assert_eq!(what(s.update(&[member("a", 2, MemberStatus::Left)])), ["a/2 left", "a/1 forgotten"]);
-        let mut me = member("me", 1, MemberStatus::Alive);
-        me.is_self = true;
-        assert!(s.update(&[me]).iter().all(|c| c.name != "me"), "the local agent is not reported");
-    }
 }

@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use crate::shared::SharedMap;
+
 use murmur_protocol::{AttrKey, Health, InstanceId, NodeName, ServiceName, Tag};
 
 pub use crate::gossip::MemberStatus;
@@ -114,12 +116,13 @@ pub struct Query {
 pub struct Snapshot {
     /// Increases with every rebuild; used as the DNS SOA serial.
     pub version: u64,
-    /// Every known member, by name; shared with the snapshots before and after it until
-    /// a member changes.
-    pub members: Arc<Vec<Member>>,
-    /// Instances of live nodes, by service, in instance-id order. Each list is shared
-    /// with the snapshots before and after it until that service changes.
-    pub services: BTreeMap<ServiceName, Arc<Vec<Arc<Instance>>>>,
+    /// Every known member, by name. Shared with the snapshots before and after it but
+    /// for the chunk where a member changed.
+    pub members: SharedMap<String, Member>,
+    /// Instances of live nodes, by service, in instance-id order (then node name). Each
+    /// list is shared with the snapshots before and after it until that service changes,
+    /// and so is the map but for the chunk where a service changed.
+    pub services: SharedMap<ServiceName, Arc<Vec<Arc<Instance>>>>,
 }
 
 impl Snapshot {

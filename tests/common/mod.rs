@@ -94,7 +94,7 @@ impl TestMesh {
             let (snap, ok) = agent
                 .registry()
                 .wait_for(WAIT, |s| {
-                    s.members.iter().filter(|m| m.status == murmur::registry::MemberStatus::Alive).count() == alive
+                    s.members.values().filter(|m| m.status == murmur::registry::MemberStatus::Alive).count() == alive
                 })
                 .await;
             assert!(ok, "{} sees {:?}", agent.name(), snap.members);
