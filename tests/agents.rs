@@ -193,6 +193,63 @@ async fn dead_apps_and_dead_agents_leave_answers() {
     mesh.stop().await;
 }
 
+/// An app whose port opens and closes every `half` (a listener bound and dropped in
+/// turn), until the task is aborted.
+fn flapping_app(addr: SocketAddr, half: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+            socket.set_reuseaddr(true).expect("reuseaddr");
+            socket.bind(addr).expect("rebind the flapping port");
+            let listener = socket.listen(16).expect("listen");
+            let open = tokio::time::sleep(half);
+            tokio::pin!(open);
+            loop {
+                tokio::select! {
+                    _ = &mut open => break,
+                    accepted = listener.accept() => drop(accepted),
+                }
+            }
+            drop(listener);
+            tokio::time::sleep(half).await;
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flapping_check_is_held_critical_at_its_source() {
+    // A port to flap: bound once to learn a free one, then opened and closed.
+    let probe = std::net::TcpListener::bind((ip(20, 0), 0)).expect("bind");
+    let addr = probe.local_addr().expect("addr");
+    drop(probe);
+    let app = flapping_app(addr, Duration::from_millis(300));
+    let spec = format!("flap:{},interval=100ms,timeout=80ms,failures=1,successes=1", addr.port());
+    let mesh = TestMesh::start(20, 2, |i| if i == 0 { vec![spec.clone()] } else { vec![] }).await;
+    mesh.converge(2).await;
+    // Left alone, this check would flip about three times a second; damped, three falls
+    // are published and then the instance is held critical while it flaps.
+    let metrics = mesh.agent(0).metrics();
+    eventually("flips held back", || async { metrics.health.damped.get() >= 5 }).await;
+    let published = metrics.health.transitions.get();
+    assert!(published <= 6, "{published} health changes published from a flapping check");
+    // Its peer sees it critical, says why, and sees nothing else while it flaps on.
+    let api = ApiClient::new(mesh.agent(1).api_addr());
+    let flap = || async {
+        let body = api.get("/v1/services/flap?all=true").await.expect("flap");
+        let all: Vec<InstanceJson> = serde_json::from_str(&body).expect("json");
+        all.into_iter().next().map(|i| (i.health, i.health_output))
+    };
+    eventually("peer holds it", || async { flap().await.is_some_and(|(_, o)| o.starts_with("flapping")) }).await;
+    for _ in 0..20 {
+        let (health, output) = flap().await.expect("listed");
+        assert_eq!(health, "critical", "held critical while it flaps: {output}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(metrics.health.transitions.get() <= 6, "nothing more published while held");
+    app.abort();
+    mesh.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_leave_drains_then_leaves() {
     let mut mesh = TestMesh::start(12, 3, |i| vec![format!("api:{},check=none", 8000 + i)]).await;

@@ -1,7 +1,9 @@
 //! Health checks of the local apps. The supervisor follows the publisher's list of local
 //! instances and runs one probe loop per instance; results go through the thresholds
-//! and, when the status flips, back into gossip through the [`Publisher`].
+//! and, when the status flips, through flap damping and back into gossip through the
+//! [`Publisher`].
 
+mod damping;
 mod probe;
 mod threshold;
 
@@ -10,8 +12,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
-use tracing::{info, info_span, Instrument};
+use tracing::{info, info_span, warn, Instrument};
 
+use damping::Damping;
 pub use probe::{probe, ProbeResult};
 pub use threshold::Thresholds;
 
@@ -70,6 +73,7 @@ async fn check_loop(
     cancel: CancellationToken,
 ) {
     let mut thresholds = Thresholds::new(check.failures_before_critical, check.successes_before_passing);
+    let mut damping = Damping::new(std::time::Instant::now());
     // The first probe runs at once, so a new instance appears as soon as it answers.
     let mut tick = tokio::time::interval(check.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -87,10 +91,27 @@ async fn check_loop(
         } else {
             metrics.health.failed.inc();
         }
-        if let Some(status) = thresholds.record(result.passed) {
+        let now = std::time::Instant::now();
+        let publish = match thresholds.record(result.passed) {
+            Some(status) => {
+                let publish = damping.flip(status, now);
+                if publish.is_none() {
+                    metrics.health.damped.inc();
+                } else if damping.held() {
+                    warn!(output = %result.output, "health flapping: held critical until it settles");
+                }
+                publish
+            }
+            None => damping.poll(thresholds.status(), now),
+        };
+        if let Some(status) = publish {
             metrics.health.transitions.inc();
             info!(status = status.as_str(), output = %result.output, "health changed");
-            publisher.set_health(&id, status, &result.output).await;
+            let output = match damping.held() {
+                true => format!("flapping, held critical until it settles: {}", result.output),
+                false => result.output,
+            };
+            publisher.set_health(&id, status, &output).await;
         }
     }
 }

@@ -179,6 +179,8 @@ pub struct HealthMetrics {
     pub failed: Counter,
     /// Health state changes published.
     pub transitions: Counter,
+    /// Health state changes held back by flap damping.
+    pub damped: Counter,
 }
 
 /// API counters.

@@ -100,6 +100,13 @@ pub fn render_prometheus(m: &Metrics) -> String {
         "Health state changes published.",
         m.health.transitions.get(),
     );
+    metric(
+        &mut out,
+        "murmur_health_damped_total",
+        "counter",
+        "Health state changes of a flapping check held back (the instance is held critical until it settles).",
+        m.health.damped.get(),
+    );
     let _ = writeln!(
         out,
         "# HELP murmur_api_requests_total Admin API requests, by status class.\n# TYPE murmur_api_requests_total counter\n\
