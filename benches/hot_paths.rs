@@ -13,7 +13,6 @@
 //! Absolute times depend on the machine and on what else runs on it; compare runs of
 //! the same machine, or use the counts of `valgrind --tool=callgrind` for exact ones.
 
-use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::str::FromStr;
 use std::time::Instant;
@@ -22,11 +21,11 @@ use hickory_proto::rr::{Name, RecordType};
 use murmur::dns::answer::Zone;
 use murmur::gossip::{ClusterView, FrameCodec, Keyring, NodeView};
 use murmur::registry::{build_snapshot, HealthFilter, MemberStatus, Query, SnapshotBuilder};
-use murmur_protocol::{
-    encode_value, keys, Frame, Health, HealthRecord, InstanceId, InstanceRecord, Key, NodeName, NodeRecord, Open,
-    ServiceName, Tag, Transport,
-};
+use murmur_protocol::{encode_value, Frame, Health, HealthRecord, NodeName, Open, ServiceName, Tag, Transport};
 use std::sync::Arc;
+
+mod common;
+use common::cluster;
 
 /// Times `op`, run `per_batch` times per batch, and prints one line.
 fn time<T>(what: &str, per_batch: u32, mut op: impl FnMut() -> T) {
@@ -46,53 +45,6 @@ fn time<T>(what: &str, per_batch: u32, mut op: impl FnMut() -> T) {
         ns => format!("{ns:.0} ns"),
     };
     println!("| {what} | {} | {} – {} |", show(v[3]), show(v[0]), show(v[6]));
-}
-
-/// A cluster of `nodes` nodes, each running 5 instances: one of `pool` (a service every
-/// node runs, 1 in 10 tagged `canary`) and four of its own.
-fn cluster(nodes: usize) -> ClusterView {
-    let nodes = (0..nodes)
-        .map(|n| {
-            let name = format!("node-{n}");
-            let ip = std::net::IpAddr::from([10, (n >> 16) as u8, (n >> 8) as u8, n as u8]);
-            let record = NodeRecord {
-                name: NodeName::new(&name).expect("valid name"),
-                zone: Some(format!("zone-{}", n % 3)),
-                agent_version: "bench".into(),
-                advertise: ip,
-                proxy: Some((ip, 7947).into()),
-                started_unix_ms: 1_700_000_000_000 + n as u64,
-            };
-            let mut values = vec![(keys::NODE.to_owned(), encode_value(&record))];
-            for k in 0..5 {
-                let service = if k == 0 { "pool".to_owned() } else { format!("svc-{n}-{k}") };
-                let id = InstanceId::new(&format!("{service}-{n}-{k}")).expect("valid id");
-                let tags = if k == 0 && n % 10 == 0 { vec![Tag::new("canary").expect("valid tag")] } else { vec![] };
-                let rec = InstanceRecord {
-                    service: ServiceName::new(&service).expect("valid service"),
-                    instance: id.clone(),
-                    address: ip,
-                    port: 8000 + k,
-                    sidecar: true,
-                    tags,
-                    attributes: BTreeMap::new(),
-                    weight: 1,
-                };
-                values.push((Key::Instance(id.clone()).render(), encode_value(&rec)));
-                values.push((Key::Health(id).render(), encode_value(&HealthRecord::new(Health::Passing, 1, ""))));
-            }
-            let node = Arc::new(NodeView {
-                name: name.clone(),
-                generation: 1,
-                gossip_addr: (ip, 7946).into(),
-                status: MemberStatus::Alive,
-                is_self: n == 0,
-                values,
-            });
-            (name, node)
-        })
-        .collect();
-    ClusterView { nodes }
 }
 
 fn main() {
@@ -130,7 +82,7 @@ fn main() {
                 let mut changed = (**n).clone();
                 changed.status = status;
                 if let Some((_, v)) = changed.values.iter_mut().filter(|(k, _)| k.starts_with("h/")).nth(health_key) {
-                    *v = encode_value(&HealthRecord::new(Health::Warning, 2, "flapped"));
+                    *v = encode_value(&HealthRecord::new(Health::Warning, 2, "flapped")).into();
                 }
                 Arc::new(changed)
             })

@@ -230,10 +230,10 @@ async fn foreign_certificates_and_callers_outside_allow_are_refused() {
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic");
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
     endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
-    let server_name = murmur::tls::node_server_name(peer.node.as_str());
+    let server_name = murmur::tls::node_server_name(peer.host.node.as_str());
     let attempt = async {
         let conn = endpoint
-            .connect(peer.proxy.expect("sidecar"), &server_name)
+            .connect(peer.host.proxy.expect("sidecar"), &server_name)
             .map_err(|e| e.to_string())?
             .await
             .map_err(|e| e.to_string())?;
@@ -419,7 +419,7 @@ async fn bad_headers_get_an_error_frame_and_a_counted_reason() {
     let mesh = proxy_mesh(36, 1, "", "echo:80", &ca, &ca).await;
     let backend = mesh.backends[0].as_ref().expect("backend");
     let peer = own_echo(backend).await;
-    let conn = raw_client(&ca, &["web"], peer.proxy.expect("sidecar"), peer.node.as_str()).await;
+    let conn = raw_client(&ca, &["web"], peer.host.proxy.expect("sidecar"), peer.host.node.as_str()).await;
     let open = |service: &str, port: u16, caller: &str| {
         Frame::Open(Open {
             service: service.parse().expect("name"),

@@ -3,10 +3,18 @@
 //! `mod common;` and uses what it needs.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use murmur::gossip::{ClusterView, NodeView};
+use murmur::registry::MemberStatus;
+use murmur_protocol::{
+    encode_value, keys, Health, HealthRecord, InstanceId, InstanceRecord, Key, NodeName, NodeRecord, ServiceName, Tag,
+};
 
 /// The release binary cargo built for this bench.
 pub const MURMUR: &str = env!("CARGO_BIN_EXE_murmur");
@@ -210,4 +218,54 @@ pub fn write_json(prefix: &str, value: &serde_json::Value) -> PathBuf {
         Err(e) => eprintln!("could not write {}: {e}", path.display()),
     }
     path
+}
+
+/// A cluster of `nodes` nodes, each running 5 instances: one of `pool` (a service every
+/// node runs, 1 in 10 tagged `canary`) and four of its own.
+pub fn cluster(nodes: usize) -> ClusterView {
+    let nodes = (0..nodes)
+        .map(|n| {
+            let name = format!("node-{n}");
+            let ip = std::net::IpAddr::from([10, (n >> 16) as u8, (n >> 8) as u8, n as u8]);
+            let record = NodeRecord {
+                name: NodeName::new(&name).expect("valid name"),
+                zone: Some(format!("zone-{}", n % 3)),
+                agent_version: "bench".into(),
+                advertise: ip,
+                proxy: Some((ip, 7947).into()),
+                started_unix_ms: 1_700_000_000_000 + n as u64,
+            };
+            let mut values: Vec<(Arc<str>, Arc<str>)> = vec![(keys::NODE.into(), encode_value(&record).into())];
+            for k in 0..5 {
+                let service = if k == 0 { "pool".to_owned() } else { format!("svc-{n}-{k}") };
+                let id = InstanceId::new(&format!("{service}-{n}-{k}")).expect("valid id");
+                let tags = if k == 0 && n % 10 == 0 { vec![Tag::new("canary").expect("valid tag")] } else { vec![] };
+                let rec = InstanceRecord {
+                    service: ServiceName::new(&service).expect("valid service"),
+                    instance: id.clone(),
+                    address: ip,
+                    port: 8000 + k,
+                    sidecar: true,
+                    tags,
+                    attributes: BTreeMap::new(),
+                    weight: 1,
+                };
+                values.push((Key::Instance(id.clone()).render().into(), encode_value(&rec).into()));
+                values.push((
+                    Key::Health(id).render().into(),
+                    encode_value(&HealthRecord::new(Health::Passing, 1, "")).into(),
+                ));
+            }
+            let node = Arc::new(NodeView {
+                name: name.clone(),
+                generation: 1,
+                gossip_addr: (ip, 7946).into(),
+                status: MemberStatus::Alive,
+                is_self: n == 0,
+                values,
+            });
+            (name, node)
+        })
+        .collect();
+    ClusterView { nodes }
 }

@@ -129,8 +129,8 @@ fn instance_json(i: &Instance) -> InstanceJson {
     InstanceJson {
         service: i.service.to_string(),
         instance: i.id.to_string(),
-        node: i.node.to_string(),
-        zone: i.zone.clone(),
+        node: i.host.node.to_string(),
+        zone: i.host.zone.clone(),
         address: i.address.to_string(),
         port: i.port,
         tags: i.tags.iter().map(ToString::to_string).collect(),

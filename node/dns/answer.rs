@@ -246,6 +246,7 @@ fn address_rdata(ip: IpAddr, v4: bool, v6: bool) -> Option<RData> {
 mod tests {
     use std::collections::BTreeMap;
 
+    use crate::registry::Host;
     use murmur_protocol::{Health, NodeName};
     use rand::SeedableRng;
 
@@ -255,12 +256,10 @@ mod tests {
         Arc::new(Instance {
             service: ServiceName::new(svc).expect("valid"),
             id: InstanceId::new(id).expect("valid"),
-            node: NodeName::new("n").expect("valid"),
-            zone: None,
+            host: Arc::new(Host { node: NodeName::new("n").expect("valid"), zone: None, proxy: None }),
             address: ip.parse().expect("valid"),
             port: 8080,
             sidecar: false,
-            proxy: None,
             tags: tags.iter().map(|t| Tag::new(t).expect("valid")).collect(),
             attributes: BTreeMap::new(),
             weight: 3,
@@ -276,10 +275,10 @@ mod tests {
             (0..12).map(|i| inst("web", &format!("w{i}"), &format!("10.0.0.{i}"), Health::Passing, &[])).collect();
         web.push(inst("web", "w-sick", "10.0.1.1", Health::Critical, &["canary"]));
         web.push(inst("web", "w-six", "fd00::1", Health::Passing, &["canary"]));
-        s.services.insert(ServiceName::new("web").expect("valid"), Arc::new(web));
+        s.services.insert(ServiceName::new("web").expect("valid"), Arc::from(web));
         s.services.insert(
             ServiceName::new("db").expect("valid"),
-            Arc::new(vec![inst("db", "d1", "10.0.2.1", Health::Critical, &[])]),
+            Arc::from(vec![inst("db", "d1", "10.0.2.1", Health::Critical, &[])]),
         );
         s
     }

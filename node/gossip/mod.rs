@@ -61,8 +61,8 @@ pub struct NodeView {
     pub status: MemberStatus,
     /// Whether this is the local node.
     pub is_self: bool,
-    /// Every live key and value.
-    pub values: Vec<(String, String)>,
+    /// Every live key and value (the store's own strings, shared).
+    pub values: Vec<(Arc<str>, Arc<str>)>,
 }
 
 /// Every node this agent knows, at one moment, one generation per name (the newest).

@@ -251,7 +251,7 @@ impl Upstream {
             // on every attempt.
             if let Ok(mut via) = ep_stats.via.lock() {
                 if via.is_empty() {
-                    *via = match (ep.sidecar, ep.proxy, transport) {
+                    *via = match (ep.sidecar, ep.host.proxy, transport) {
                         (true, Some(p), _) => format!("quic {p}"),
                         (_, _, Transport::Udp) => format!("udp {}:{}", ep.address, ep.port),
                         _ => format!("tcp {}:{}", ep.address, ep.port),
@@ -315,7 +315,7 @@ impl Upstream {
             .zip(tried)
             .map(|(e, &tried)| Candidate {
                 weight: e.weight,
-                same_zone: self.caller.zone.is_some() && e.zone == self.caller.zone,
+                same_zone: self.caller.zone.is_some() && e.host.zone == self.caller.zone,
                 latency_ns: st
                     .ewma
                     .get(&e.id)
@@ -365,9 +365,9 @@ impl Upstream {
 
     async fn connect(&self, ep: &Instance, transport: Transport) -> Result<Connected, Failure> {
         let fail = |cause, retryable, detail: String| Failure { cause, retryable, detail };
-        match (ep.sidecar, ep.proxy) {
+        match (ep.sidecar, ep.host.proxy) {
             (true, Some(peer)) => {
-                let node = ep.node.as_str();
+                let node = ep.host.node.as_str();
                 let Opened { conn, mut send, mut recv, handshake } = self
                     .pool
                     .open(peer, node)
@@ -380,7 +380,7 @@ impl Upstream {
                     return Err(fail(
                         FailureCause::Identity,
                         true,
-                        format!("the certificate of {} does not name service {}", ep.node, self.spec.service),
+                        format!("the certificate of {} does not name service {}", ep.host.node, self.spec.service),
                     ));
                 }
                 let open = Open {

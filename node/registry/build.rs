@@ -9,7 +9,7 @@ use murmur_protocol::{
     decode_value, Health, HealthRecord, InstanceId, InstanceRecord, Key, NodeName, NodeRecord, ServiceName,
 };
 
-use super::snapshot::{Instance, Member, MemberStatus, Snapshot};
+use super::snapshot::{Host, Instance, Member, MemberStatus, Snapshot};
 use crate::gossip::{ClusterView, NodeView};
 use crate::shared::{Diff, SharedMap};
 
@@ -32,7 +32,8 @@ pub fn build_snapshot(view: &ClusterView, version: u64) -> (Snapshot, Vec<BadVal
 /// One node's part of a snapshot, decoded once and kept while its view is unchanged.
 #[derive(Debug)]
 struct NodePart {
-    member: Member,
+    /// Its status (its member is in the members map, once).
+    status: MemberStatus,
     /// Instances answered for it (none when it is not alive or its record is bad).
     instances: Vec<Arc<Instance>>,
     /// Whether this generation was ever seen alive (a node is heard of before its first
@@ -71,7 +72,7 @@ pub struct Counts {
 
 impl Counts {
     fn add(&mut self, part: &NodePart, sign: i64) {
-        let slot = match part.member.status {
+        let slot = match part.status {
             MemberStatus::Alive => &mut self.alive,
             MemberStatus::Dead => &mut self.dead,
             MemberStatus::Left => &mut self.left,
@@ -92,7 +93,7 @@ pub struct SnapshotBuilder {
     /// The view the last snapshot was built from.
     last: SharedMap<String, Arc<NodeView>>,
     nodes: BTreeMap<String, NodePart>,
-    services: SharedMap<ServiceName, Arc<Vec<Arc<Instance>>>>,
+    services: SharedMap<ServiceName, Arc<[Arc<Instance>]>>,
     members: SharedMap<String, Member>,
     changes: Vec<StatusChange>,
     counts: Counts,
@@ -106,7 +107,7 @@ impl SnapshotBuilder {
         // The nodes gone, new or changed since the last view: the chunks of the map both
         // views share are skipped, and a node whose view is the same `Arc` is unchanged.
         let last = std::mem::replace(&mut self.last, view.nodes.clone());
-        let mut changed: Vec<(&str, Option<NodePart>)> = Vec::new();
+        let mut changed: Vec<(&str, Option<(Member, NodePart)>)> = Vec::new();
         for diff in last.diff(&view.nodes, Arc::ptr_eq) {
             match diff {
                 Diff::Gone(name, _) => changed.push((name, None)),
@@ -120,26 +121,28 @@ impl SnapshotBuilder {
         let mut edits: BTreeMap<ServiceName, Edit> = BTreeMap::new();
         for (name, part) in changed {
             let old = self.nodes.remove(name);
+            let old_member = old.as_ref().and_then(|_| self.members.get(name).cloned());
+            let before = old.as_ref().zip(old_member.as_ref()).map(|(part, m)| (m, part.ever_alive));
             if let Some(old) = &old {
                 self.counts.add(old, -1);
                 for inst in &old.instances {
                     edits.entry(inst.service.clone()).or_default().0.push(inst.clone());
                 }
             }
-            let Some(mut part) = part else {
-                note_status(old.as_ref(), None, &mut self.changes);
+            let Some((member, mut part)) = part else {
+                note_status(before, None, &mut self.changes);
                 self.members.remove(name);
                 continue;
             };
-            part.ever_alive = note_status(old.as_ref(), Some(&part.member), &mut self.changes);
+            part.ever_alive = note_status(before, Some(&member), &mut self.changes);
             self.counts.add(&part, 1);
             for inst in &part.instances {
                 edits.entry(inst.service.clone()).or_default().1.push(inst.clone());
             }
             // A health flip changes no member: the members' chunk is copied only when
             // one did change.
-            if old.is_none_or(|o| o.member != part.member) {
-                self.members.insert(name.to_owned(), part.member.clone());
+            if old_member.as_ref() != Some(&member) {
+                self.members.insert(name.to_owned(), member);
             }
             self.nodes.insert(name.to_owned(), part);
         }
@@ -149,19 +152,19 @@ impl SnapshotBuilder {
             // nodes claim one id: each old instance is found by binary search, each new
             // one put in its place.
             for gone in &removed {
-                let at = list.partition_point(|i| (&i.id, &i.node) < (&gone.id, &gone.node));
+                let at = list.partition_point(|i| (&i.id, &i.host.node) < (&gone.id, &gone.host.node));
                 if list.get(at).is_some_and(|i| Arc::ptr_eq(i, gone)) {
                     list.remove(at);
                 }
             }
             for inst in added {
-                let at = list.partition_point(|i| (&i.id, &i.node) < (&inst.id, &inst.node));
+                let at = list.partition_point(|i| (&i.id, &i.host.node) < (&inst.id, &inst.host.node));
                 list.insert(at, inst);
             }
             if list.is_empty() {
                 self.services.remove(&service);
             } else {
-                self.services.insert(service, Arc::new(list));
+                self.services.insert(service, Arc::from(list));
             }
         }
         (Snapshot { version, members: self.members.clone(), services: self.services.clone() }, bad)
@@ -178,16 +181,16 @@ impl SnapshotBuilder {
     }
 }
 
-/// Notes the status change from `old` (a node's previous part) to `new` (its member
-/// now), none for the local agent; returns whether `new`'s generation was ever alive. A
-/// new generation under the same name replaces the old one, which is forgotten.
-fn note_status(old: Option<&NodePart>, new: Option<&Member>, changes: &mut Vec<StatusChange>) -> bool {
+/// Notes the status change from `old` (a node's previous member, and whether it was ever
+/// alive) to `new` (its member now), none for the local agent; returns whether `new`'s
+/// generation was ever alive. A new generation under the same name replaces the old
+/// one, which is forgotten.
+fn note_status(old: Option<(&Member, bool)>, new: Option<&Member>, changes: &mut Vec<StatusChange>) -> bool {
     let mut before = None;
-    if let Some(old) = old {
-        let m = &old.member;
+    if let Some((m, ever_alive)) = old {
         if new.is_some_and(|n| n.generation == m.generation) {
-            before = Some((m.status, old.ever_alive));
-        } else if old.ever_alive && !m.is_self {
+            before = Some((m.status, ever_alive));
+        } else if ever_alive && !m.is_self {
             changes.push(StatusChange { name: m.name.clone(), generation: m.generation, what: "forgotten" });
         }
     }
@@ -207,14 +210,14 @@ fn note_status(old: Option<&NodePart>, new: Option<&Member>, changes: &mut Vec<S
     was_alive || new.status == MemberStatus::Alive
 }
 
-fn decode_node(node: &Arc<NodeView>, bad: &mut Vec<BadValue>) -> NodePart {
+fn decode_node(node: &Arc<NodeView>, bad: &mut Vec<BadValue>) -> (Member, NodePart) {
     let mut record: Option<NodeRecord> = None;
     let mut instances: Vec<InstanceRecord> = Vec::new();
     let mut health: BTreeMap<InstanceId, HealthRecord> = BTreeMap::new();
     for (key, value) in &node.values {
         let skip = |e: murmur_protocol::DecodeError| BadValue {
             node: node.name.clone(),
-            key: key.clone(),
+            key: key.to_string(),
             error: e.to_string(),
         };
         match Key::parse(key) {
@@ -226,7 +229,7 @@ fn decode_node(node: &Arc<NodeView>, bad: &mut Vec<BadValue>) -> NodePart {
                 Ok(r) if r.instance == id => instances.push(r),
                 Ok(_) => bad.push(BadValue {
                     node: node.name.clone(),
-                    key: key.clone(),
+                    key: key.to_string(),
                     error: "instance id differs from its key".into(),
                 }),
                 Err(e) => bad.push(skip(e)),
@@ -256,8 +259,9 @@ fn decode_node(node: &Arc<NodeView>, bad: &mut Vec<BadValue>) -> NodePart {
     // whose record did not decode (we would not know where it lives).
     let (MemberStatus::Alive, Some(record), Ok(node_name)) = (node.status, record.as_ref(), NodeName::new(&node.name))
     else {
-        return NodePart { member, instances: answered, ever_alive: false };
+        return (member, NodePart { status: node.status, instances: answered, ever_alive: false });
     };
+    let host = Arc::new(Host { node: node_name, zone: record.zone.clone(), proxy: record.proxy });
     for inst in instances {
         // An instance whose health key has not arrived yet is treated as critical:
         // better to answer without it for one round than to send traffic to an app
@@ -270,12 +274,10 @@ fn decode_node(node: &Arc<NodeView>, bad: &mut Vec<BadValue>) -> NodePart {
         answered.push(Arc::new(Instance {
             service: inst.service,
             id: inst.instance,
-            node: node_name.clone(),
-            zone: record.zone.clone(),
+            host: host.clone(),
             address: inst.address,
             port: inst.port,
             sidecar: inst.sidecar,
-            proxy: record.proxy,
             tags: inst.tags,
             attributes: inst.attributes,
             weight: inst.weight,
@@ -284,7 +286,7 @@ fn decode_node(node: &Arc<NodeView>, bad: &mut Vec<BadValue>) -> NodePart {
             health_output: output,
         }));
     }
-    NodePart { member, instances: answered, ever_alive: false }
+    (member, NodePart { status: node.status, instances: answered, ever_alive: false })
 }
 
 #[cfg(test)]
@@ -311,7 +313,7 @@ mod tests {
             proxy: None,
             started_unix_ms: generation,
         };
-        let mut values = vec![(keys::NODE.to_owned(), encode_value(&record))];
+        let mut values: Vec<(Arc<str>, Arc<str>)> = vec![(keys::NODE.into(), encode_value(&record).into())];
         for (svc, id, health, tags) in instances {
             let id = InstanceId::new(id).expect("valid");
             let rec = InstanceRecord {
@@ -324,8 +326,8 @@ mod tests {
                 attributes: BTreeMap::new(),
                 weight: 1,
             };
-            values.push((Key::Instance(id.clone()).render(), encode_value(&rec)));
-            values.push((Key::Health(id).render(), encode_value(&HealthRecord::new(*health, 1, ""))));
+            values.push((Key::Instance(id.clone()).render().into(), encode_value(&rec).into()));
+            values.push((Key::Health(id).render().into(), encode_value(&HealthRecord::new(*health, 1, "")).into()));
         }
         NodeView {
             name: name.into(),
@@ -467,7 +469,7 @@ mod tests {
         assert_eq!(builder.build(&again, 3).0, build_snapshot(&again, 3).0);
         builder.build(&view, 4);
         let all = snap.lookup(&svc("web"), &Query { health: HealthFilter::All, ..Default::default() });
-        let by_node: Vec<_> = all.iter().map(|i| (i.node.to_string(), i.health)).collect();
+        let by_node: Vec<_> = all.iter().map(|i| (i.host.node.to_string(), i.health)).collect();
         assert_eq!(by_node, [("a".to_owned(), Health::Passing), ("b".to_owned(), Health::Critical)]);
     }
 

@@ -15,7 +15,7 @@ use tracing::{info, warn};
 
 pub use crate::shared::SharedMap;
 pub use build::{build_snapshot, BadValue, Counts, SnapshotBuilder, StatusChange};
-pub use snapshot::{HealthFilter, Instance, Member, MemberStatus, Query, Snapshot};
+pub use snapshot::{HealthFilter, Host, Instance, Member, MemberStatus, Query, Snapshot};
 
 use crate::gossip::ClusterView;
 use crate::metrics::Metrics;

@@ -53,6 +53,17 @@ impl Member {
     }
 }
 
+/// What every instance of one node shares: held once per node, not per instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    /// Node that registers the instances.
+    pub node: NodeName,
+    /// Zone of that node.
+    pub zone: Option<String>,
+    /// Where that node's sidecar accepts proxied streams (QUIC), when it runs one.
+    pub proxy: Option<SocketAddr>,
+}
+
 /// One service instance with its health.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Instance {
@@ -60,18 +71,14 @@ pub struct Instance {
     pub service: ServiceName,
     /// Instance id.
     pub id: InstanceId,
-    /// Node that registers it.
-    pub node: NodeName,
-    /// Zone of that node.
-    pub zone: Option<String>,
+    /// The node that registers it, its zone and its sidecar.
+    pub host: Arc<Host>,
     /// Address.
     pub address: IpAddr,
     /// Port.
     pub port: u16,
     /// Whether a sidecar fronts it.
     pub sidecar: bool,
-    /// Where that node's sidecar accepts proxied streams (QUIC), when it runs one.
-    pub proxy: Option<SocketAddr>,
     /// Tags.
     pub tags: Vec<Tag>,
     /// Attributes.
@@ -122,7 +129,7 @@ pub struct Snapshot {
     /// Instances of live nodes, by service, in instance-id order (then node name). Each
     /// list is shared with the snapshots before and after it until that service changes,
     /// and so is the map but for the chunk where a service changed.
-    pub services: SharedMap<ServiceName, Arc<Vec<Arc<Instance>>>>,
+    pub services: SharedMap<ServiceName, Arc<[Arc<Instance>]>>,
 }
 
 impl Snapshot {
@@ -147,7 +154,7 @@ impl Snapshot {
         .cloned()
         .collect();
         if let Some(zone) = &query.prefer_zone {
-            out.sort_by_key(|i| i.zone.as_deref() != Some(zone.as_str()));
+            out.sort_by_key(|i| i.host.zone.as_deref() != Some(zone.as_str()));
         }
         out
     }

@@ -109,7 +109,10 @@ fn members_join_through_a_seed_and_pull_each_others_state() {
         for j in (0..4).filter(|&j| j != i) {
             assert_eq!(net.status(i, j), Some(Status::Alive), "m{i} sees m{j}");
             let values = net.nodes[i].store().values(&format!("m{j}"));
-            assert!(values.contains(&("node".into(), format!("record-{j}"))), "m{i} holds m{j}'s state: {values:?}");
+            assert!(
+                values.contains(&("node".into(), format!("record-{j}").into())),
+                "m{i} holds m{j}'s state: {values:?}"
+            );
             assert_eq!(net.nodes[i].member(&format!("m{j}")).map(|m| m.version), Some(2));
         }
     }
@@ -123,7 +126,7 @@ fn a_change_rides_rumors_and_a_deletion_too() {
     let pulls_before = net.log.len();
     net.nodes[1].set_local("h/web-1", Some("passing"));
     net.run(Duration::from_millis(300));
-    assert_eq!(net.nodes[2].store().values("m1"), [("h/web-1".to_owned(), "passing".to_owned())]);
+    assert_eq!(net.nodes[2].store().values("m1"), [("h/web-1".into(), "passing".into())]);
     let requests = net.log[pulls_before..]
         .iter()
         .filter(|(_, _, b)| matches!(swim::decode(b), Ok((Message { body: Body::StateRequest { .. }, .. }, _))))
@@ -272,7 +275,7 @@ fn leaving_is_seen_at_once_and_a_restart_replaces_the_old_generation() {
     for i in 0..2 {
         let m = net.nodes[i].member("m2").expect("present");
         assert_eq!((m.status, m.generation), (Status::Alive, T0_MS + 60_000));
-        assert_eq!(net.nodes[i].store().values("m2"), [("node".to_owned(), "new".to_owned())]);
+        assert_eq!(net.nodes[i].store().values("m2"), [("node".into(), "new".into())]);
     }
 }
 
