@@ -153,6 +153,53 @@ impl Cluster {
     }
 }
 
+/// The `q` quantile of `v` (nearest rank).
+fn percentile(v: &[f64], q: f64) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(((v.len() as f64 * q).ceil() as usize).saturating_sub(1)).copied().unwrap_or(f64::NAN)
+}
+
+/// Registers a new instance through agent 0's API and returns, for each of the `n`
+/// murmur agents, the milliseconds until its DNS stub answered the name with it (every
+/// stub asked in turn, over and over, from the moment the registration is sent).
+fn new_instance_visible(n: usize) -> Vec<f64> {
+    use std::io::{Read, Write};
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+    let body = r#"{"port":9000,"check":"none"}"#;
+    let sent = Instant::now();
+    let mut api = std::net::TcpStream::connect(format!("{}:8500", Tool::Murmur.ip(0))).expect("agent 0's API");
+    write!(
+        api,
+        "PUT /v1/services/fresh/fresh-1 HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send the registration");
+    let mut reply = String::new();
+    let _ = api.read_to_string(&mut reply);
+    assert!(reply.starts_with("HTTP/1.1 2"), "registration refused: {reply}");
+    let mut seen: Vec<Option<f64>> = vec![None; n];
+    rt.block_on(async {
+        while seen.iter().any(Option::is_none) {
+            assert!(sent.elapsed() < WAIT, "the new instance never reached every stub: {seen:?}");
+            for (i, s) in seen.iter_mut().enumerate().filter(|(_, s)| s.is_none()) {
+                let stub = format!("{}:8600", Tool::Murmur.ip(i)).parse().expect("an address");
+                let q = murmur::dns::client::query(
+                    stub,
+                    "fresh.murmur.local.",
+                    hickory_proto::rr::RecordType::A,
+                    Duration::from_millis(500),
+                );
+                if q.await.is_ok_and(|m| !murmur::dns::client::addresses(&m).is_empty()) {
+                    *s = Some(sent.elapsed().as_secs_f64() * 1000.0);
+                }
+            }
+        }
+    });
+    seen.into_iter().flatten().collect()
+}
+
 /// nftables byte counters for both tools' gossip ports; `None` when nft cannot be used.
 struct Counters;
 
@@ -233,6 +280,8 @@ fn measure(tool: Tool, n: usize, counters: Option<&Counters>) -> serde_json::Val
     let bytes = counters.zip(bytes0).map(|(k, b0)| (k.bytes(tool) - b0) as f64 / secs / n as f64);
     let rss = median(pids.iter().map(|&p| rss_mb(p)).collect());
 
+    let visible = (tool == Tool::Murmur).then(|| new_instance_visible(n));
+
     let victim = n - 1;
     let victim_name = tool.node(victim);
     let killed = Instant::now();
@@ -257,6 +306,11 @@ fn measure(tool: Tool, n: usize, counters: Option<&Counters>) -> serde_json::Val
         "idle_cpu_ms_per_s_per_agent": cpu_ms,
         "rss_mb_per_agent": rss,
         "wire_bytes_per_s_per_agent": bytes,
+        "new_instance_in_dns_ms": visible.map(|v| serde_json::json!({
+            "median": median(v.clone()),
+            "p99": percentile(&v, 0.99),
+            "all": v.iter().cloned().fold(0.0, f64::max),
+        })),
     });
     println!("    {result}");
     result
@@ -285,6 +339,7 @@ pub fn run(settings: &Settings, _work: &WorkDir) -> (serde_json::Value, String) 
             ("RSS per agent, MB", "/rss_mb_per_agent", 1),
             ("idle CPU per agent, ms per s", "/idle_cpu_ms_per_s_per_agent", 2),
             ("gossip bytes on the wire per agent per s", "/wire_bytes_per_s_per_agent", 0),
+            ("a new instance in every agent's DNS, p99 ms (Serf has no DNS)", "/new_instance_in_dns_ms/p99", 0),
         ];
         for (label, pointer, digits) in rows {
             let (a, b) = (m.pointer(pointer).and_then(|v| v.as_f64()), s.pointer(pointer).and_then(|v| v.as_f64()));
@@ -302,7 +357,8 @@ pub fn run(settings: &Settings, _work: &WorkDir) -> (serde_json::Value, String) 
                 "detect_quarter_of_serf": detect(m) <= detect(s) / 4.0,
                 "converge_no_slower": conv(m) <= conv(s),
                 "rss_below_serf": rss(m) < rss(s),
-                "bytes_at_most_10kb": bytes.map(|b| b <= 10_000.0),
+                "bytes_at_most_1kb": bytes.map(|b| b <= 1_000.0),
+                "dns_visible_p99_500ms": m["new_instance_in_dns_ms"]["p99"].as_f64().map(|v| v <= 500.0),
             }),
         );
     }
