@@ -20,6 +20,8 @@ use tokio::net::TcpStream;
 
 /// A client agent (`web`, calling `echo:80`) and `backends` agents serving `echo`.
 struct ProxyMesh {
+    /// The gossip key.
+    key: String,
     client: Agent,
     backends: Vec<Option<Agent>>,
     apps: Vec<Option<tokio::task::JoinHandle<()>>>,
@@ -63,7 +65,7 @@ async fn proxy_mesh_with(
         .await;
     assert!(ok, "the client never saw {backends} healthy echo instances");
     let vip = SocketAddr::new(IpAddr::from([127, 201, block, 1]), 80);
-    ProxyMesh { client, backends: agents, apps, vip }
+    ProxyMesh { key, client, backends: agents, apps, vip }
 }
 
 impl ProxyMesh {
@@ -491,6 +493,43 @@ async fn a_member_whose_certificate_does_not_name_the_service_gets_none_of_its_t
     assert!(impostor.is_some(), "the impostor was tried and refused for its certificate");
     let served = mesh.backends[1].as_ref().expect("impostor").metrics().proxy.inbound.streams.get();
     assert_eq!(served, 0, "no stream ever reached the impostor");
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_holder_without_a_certificate_gets_none_of_a_services_traffic() {
+    let ca = Ca::generate().expect("ca");
+    let mesh = proxy_mesh(40, 1, "", "echo:80", &ca, &ca).await;
+    // A member with the gossip key but no certificate (so no sidecar) registers `echo` at
+    // an address of its own, at the highest weight, and counts what reaches it.
+    let trap = tokio::net::TcpListener::bind((ip(40, 9), 0)).await.expect("bind");
+    let port = trap.local_addr().expect("addr").port();
+    let hits = Arc::new(AtomicU64::new(0));
+    let counted = hits.clone();
+    let trap = tokio::spawn(async move {
+        while let Ok((s, _)) = trap.accept().await {
+            counted.fetch_add(1, Ordering::Relaxed);
+            drop(s);
+        }
+    });
+    let spec = format!("echo:{port},check=none,weight=65535");
+    let intruder = Agent::start(config(40, 9, Some(&mesh.key), &[mesh.client.gossip_addr()], &[spec]))
+        .await
+        .expect("intruder agent");
+    let (_, ok) = mesh
+        .client
+        .registry()
+        .wait_for(WAIT, |s| s.lookup(&"echo".parse().expect("name"), &Default::default()).len() == 2)
+        .await;
+    assert!(ok, "the client sees the intruder's instance");
+    for _ in 0..50 {
+        assert_eq!(call(mesh.vip, b"x").await.expect("call"), "echo-a", "only the sidecar's instance answers");
+    }
+    assert_eq!(hits.load(Ordering::Relaxed), 0, "no connection reached the intruder's address");
+    let up = mesh.client.metrics().proxy.upstreams()[0].1.clone();
+    assert!(up.plaintext_skipped.get() >= 50, "skipped {} times", up.plaintext_skipped.get());
+    trap.abort();
+    intruder.kill().await;
     mesh.stop().await;
 }
 

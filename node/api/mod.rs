@@ -288,6 +288,7 @@ async fn upstreams(State(state): State<ApiState>) -> Json<Vec<UpstreamJson>> {
             budget_exhausted: u.budget_exhausted.get(),
             breaker_rejections: u.breaker_rejections.get(),
             no_endpoints: u.no_endpoints.get(),
+            plaintext_skipped: u.plaintext_skipped.get(),
             endpoints: u
                 .endpoints()
                 .into_iter()

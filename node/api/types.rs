@@ -204,6 +204,8 @@ pub struct UpstreamJson {
     pub breaker_rejections: u64,
     /// With no endpoint to try.
     pub no_endpoints: u64,
+    /// Endpoints left out of picks: no sidecar, and this sidecar uses mutual TLS.
+    pub plaintext_skipped: u64,
     /// Endpoints seen.
     pub endpoints: Vec<EndpointJson>,
 }

@@ -102,7 +102,7 @@ pub struct AgentArgs {
     /// SERVICE:PORT[,alias=NAME][,listen=IP:PORT][,proto=tcp|udp][,retries=2]
     /// [,connect-timeout=2s][,idle-timeout=1h][,balance=p2c|rr][,max-connections=N]
     /// [,max-pending=N][,eject-after=5][,eject-percent=50][,eject-base=30s]
-    /// [,eject-max-percent=50]; repeatable.
+    /// [,eject-max-percent=50][,plaintext=deny|allow]; repeatable.
     #[arg(long = "upstream", value_name = "SPEC")]
     pub upstreams: Vec<String>,
     /// QUIC address of the inbound sidecar listener (default: advertised IP, port 7947).

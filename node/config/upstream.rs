@@ -104,6 +104,11 @@ pub struct UpstreamSpec {
     pub max_pending: u32,
     /// Outlier detection.
     pub outlier: OutlierConfig,
+    /// Whether endpoints without a sidecar may be called in plain TCP (or UDP) when this
+    /// sidecar uses mutual TLS (`plaintext=allow`). Off by default: any holder of the
+    /// gossip key could otherwise register the service at its own address and receive
+    /// the callers' bytes in the clear.
+    pub plaintext: bool,
 }
 
 impl UpstreamSpec {
@@ -123,6 +128,7 @@ impl UpstreamSpec {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_pending: DEFAULT_MAX_PENDING,
             outlier: OutlierConfig::default(),
+            plaintext: false,
         }
     }
 }
@@ -140,7 +146,7 @@ fn num<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, String> {
 /// Parses `--upstream SERVICE:PORT[,alias=NAME][,listen=IP:PORT][,proto=tcp|udp]
 /// [,retries=N][,connect-timeout=D][,idle-timeout=D][,balance=p2c|rr]
 /// [,max-connections=N][,max-pending=N][,eject-after=N][,eject-percent=N]
-/// [,eject-base=D][,eject-max-percent=N]`.
+/// [,eject-base=D][,eject-max-percent=N][,plaintext=allow|deny]`.
 pub fn parse_upstream_spec(text: &str) -> Result<UpstreamSpec, String> {
     let mut parts = text.split(',');
     let head = parts.next().unwrap_or_default();
@@ -180,6 +186,13 @@ pub fn parse_upstream_spec(text: &str) -> Result<UpstreamSpec, String> {
             "eject-percent" => u.outlier.failure_percent = num(k, v)?,
             "eject-base" => u.outlier.base_ejection = parse_duration(v)?,
             "eject-max-percent" => u.outlier.max_ejected_percent = num(k, v)?,
+            "plaintext" => {
+                u.plaintext = match v {
+                    "allow" => true,
+                    "deny" => false,
+                    _ => return Err(format!("plaintext `{v}` is not allow or deny")),
+                }
+            }
             _ => return Err(format!("unknown upstream option `{k}` (see `murmur agent --help`)")),
         }
     }
@@ -232,12 +245,15 @@ mod tests {
         assert_eq!(u.alias.as_str(), "cache");
         assert_eq!(u.listen, Some("127.0.0.1:5353".parse().expect("addr")));
         assert_eq!((u.retries, u.policy, u.outlier.consecutive_failures), (0, Policy::RoundRobin, 3));
+        assert!(!u.plaintext, "plaintext endpoints are refused unless allowed");
+        assert!(parse_upstream_spec("orders:80,plaintext=allow").expect("valid").plaintext);
         for (bad, needle) in [
             ("orders", "SERVICE:PORT"),
             ("orders:0", "port"),
             ("orders:80,alias=Not_ok", "alias"),
             ("orders:80,proto=sctp", "proto"),
             ("orders:80,retries=x", "retries"),
+            ("orders:80,plaintext=yes", "plaintext"),
             ("orders:80,bogus=1", "unknown upstream option"),
             ("orders:80,max-pending=0", "at least 1"),
             ("orders:80,connect-timeout=0s", "above zero"),

@@ -174,6 +174,9 @@ pub struct UpstreamStats {
     pub breaker_rejections: Counter,
     /// Connections with no endpoint to try.
     pub no_endpoints: Counter,
+    /// Endpoints left out of a connection's picks because no sidecar fronts them while
+    /// this one uses mutual TLS (and the upstream does not allow plaintext).
+    pub plaintext_skipped: Counter,
     /// Connections open now.
     pub active: Gauge,
     /// Connections waiting for an ack now.

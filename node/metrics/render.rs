@@ -125,7 +125,7 @@ fn render_proxy(out: &mut String, m: &Metrics) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
     };
     type UpField = fn(&super::proxy::UpstreamStats) -> u64;
-    let per_upstream: [(&str, &str, &str, UpField); 8] = [
+    let per_upstream: [(&str, &str, &str, UpField); 9] = [
         ("murmur_proxy_accepted_total", "counter", "App connections accepted by an upstream.", |u| u.accepted.get()),
         ("murmur_proxy_failed_total", "counter", "App connections that failed after every attempt.", |u| {
             u.failed.get()
@@ -143,6 +143,12 @@ fn render_proxy(out: &mut String, m: &Metrics) {
         ("murmur_proxy_no_endpoints_total", "counter", "Connections with no endpoint to try.", |u| {
             u.no_endpoints.get()
         }),
+        (
+            "murmur_proxy_plaintext_skipped_total",
+            "counter",
+            "Endpoints left out of a pick: no sidecar fronts them, and this sidecar uses mutual TLS.",
+            |u| u.plaintext_skipped.get(),
+        ),
         ("murmur_proxy_upstream_active_connections", "gauge", "App connections open now.", |u| u.active.get()),
         ("murmur_proxy_upstream_pending_connections", "gauge", "App connections waiting for an ack now.", |u| {
             u.pending.get()

@@ -222,8 +222,16 @@ impl Upstream {
     ) -> Option<(Connected, Arc<Instance>, Arc<EndpointStats>)> {
         let stats = &self.stats;
         let snapshot = self.registry.snapshot();
-        let endpoints = snapshot.lookup(&self.spec.service, &Query::default());
+        let mut endpoints = snapshot.lookup(&self.spec.service, &Query::default());
         drop(snapshot);
+        // With mutual TLS, only a sidecar can be checked for the service (its certificate
+        // must name it); an endpoint without one is whatever address a key holder or a
+        // local process registered, and would get the app's bytes in the clear.
+        if self.verify_identity && !self.spec.plaintext {
+            let before = endpoints.len();
+            endpoints.retain(|e| e.sidecar && e.host.proxy.is_some());
+            stats.plaintext_skipped.add((before - endpoints.len()) as u64);
+        }
         if endpoints.is_empty() {
             stats.no_endpoints.inc();
             return None;
