@@ -41,7 +41,7 @@ async fn main() -> anyhow::Result<()> {
     // An app on the third agent's address registers itself (no health check here: the
     // example has no app listening).
     let spec = parse_service_spec("inventory:9090,check=none,tags=v1").map_err(anyhow::Error::msg)?;
-    let id = third.publisher().register(&spec).await?;
+    let id = third.publisher().register(&spec, murmur::local::Origin::Config).await?;
     println!("registered {id} on {}", third.name());
 
     let service = "inventory".parse()?;

@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::dns::{serve_dns, DnsSockets};
 use crate::gossip::{spawn_gossip, Gossip};
 use crate::health::run_health;
-use crate::local::Publisher;
+use crate::local::{Origin, Publisher};
 use crate::metrics::Metrics;
 use crate::proxy::outbound::Caller;
 use crate::proxy::{spawn_proxy, Proxy, ProxyDeps, ProxySockets};
@@ -147,7 +147,7 @@ impl Agent {
         let publisher =
             Publisher::new(gossip.writer(), config.node.name.clone(), config.node.advertise, config.proxy.is_some());
         for spec in &config.services {
-            publisher.register(spec).await.map_err(|e| StartError::Register(e.to_string()))?;
+            publisher.register(spec, Origin::Config).await.map_err(|e| StartError::Register(e.to_string()))?;
         }
 
         let cancel = CancellationToken::new();

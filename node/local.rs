@@ -25,6 +25,18 @@ pub struct LocalInstance {
     pub allow: Vec<murmur_protocol::ServiceName>,
     /// Current health.
     pub health: Health,
+    /// Who registered it.
+    pub origin: Origin,
+}
+
+/// Who registered an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The agent's own config (flags, env, file) or the program embedding it: the
+    /// operator's policy, which the API may not change.
+    Config,
+    /// The admin API: any local process.
+    Api,
 }
 
 /// Why a registration change was refused.
@@ -39,6 +51,9 @@ pub enum PublishError {
     /// The id is taken by an instance of another service.
     #[error("instance id `{0}` is already used by service `{1}`; choose another id")]
     IdTaken(String, String),
+    /// The instance comes from the agent's config, which the API may not change.
+    #[error("instance `{0}` is declared in the agent's config and cannot be changed through the API; change the config and restart the agent")]
+    ReadOnly(String),
 }
 
 #[derive(Default)]
@@ -94,10 +109,11 @@ impl Publisher {
         })
     }
 
-    /// Registers (or replaces) an instance. A new instance starts critical until its
-    /// first check passes, unless it has no check; a replaced one with the same check
-    /// and target keeps its health (its check loop goes on).
-    pub async fn register(&self, spec: &ServiceSpec) -> Result<InstanceId, PublishError> {
+    /// Registers (or replaces) an instance on behalf of `origin`. A new instance starts
+    /// critical until its first check passes, unless it has no check; a replaced one with
+    /// the same check and target keeps its health (its check loop goes on). The API may
+    /// not replace an instance the config declared.
+    pub async fn register(&self, spec: &ServiceSpec, origin: Origin) -> Result<InstanceId, PublishError> {
         let id = self.instance_id(spec);
         let record = InstanceRecord {
             service: spec.name.clone(),
@@ -118,6 +134,9 @@ impl Publisher {
             if other.record.service != spec.name {
                 return Err(PublishError::IdTaken(id.to_string(), other.record.service.to_string()));
             }
+            if other.origin == Origin::Config && origin == Origin::Api {
+                return Err(PublishError::ReadOnly(id.to_string()));
+            }
             let same_target = other.record.address == record.address && other.record.port == record.port;
             if same_target && other.check == spec.check {
                 kept = Some(other.health);
@@ -136,6 +155,7 @@ impl Publisher {
                     check: spec.check.clone(),
                     allow: spec.allow.clone(),
                     health: health.status,
+                    origin,
                 },
             );
             self.announce(&state);
@@ -147,12 +167,18 @@ impl Publisher {
         Ok(id)
     }
 
-    /// Removes an instance.
-    pub async fn deregister(&self, id: &InstanceId) -> Result<(), PublishError> {
+    /// Removes an instance on behalf of `origin` (the API may not remove one the config
+    /// declared).
+    pub async fn deregister(&self, id: &InstanceId, origin: Origin) -> Result<(), PublishError> {
         let mut state = self.lock().await;
-        if state.instances.remove(id).is_none() {
-            return Err(PublishError::NotFound(id.to_string()));
+        match state.instances.get(id) {
+            None => return Err(PublishError::NotFound(id.to_string())),
+            Some(i) if i.origin == Origin::Config && origin == Origin::Api => {
+                return Err(PublishError::ReadOnly(id.to_string()))
+            }
+            Some(_) => {}
         }
+        state.instances.remove(id);
         self.announce(&state);
         self.writer.delete(&Key::Instance(id.clone()).render()).await;
         self.writer.delete(&Key::Health(id.clone()).render()).await;

@@ -534,9 +534,10 @@ async fn captured_gossip_reveals_nothing_and_replays_change_nothing() {
     assert!(ok, "the replayed answer carried agent 1's state: {:?}", snap.members);
     fresh.kill().await;
 
-    // Agent 1 deregisters its instance; agent 0 sees it go.
-    let api = ApiClient::new(second.api_addr());
-    api.delete("/v1/services/secretsvc/agent-1-7001").await.expect("deregister");
+    // Agent 1 deregisters its instance (declared in its config, so not through the API);
+    // agent 0 sees it go.
+    let id = "agent-1-7001".parse().expect("id");
+    second.publisher().deregister(&id, murmur::local::Origin::Config).await.expect("deregister");
     let (snap, ok) =
         mesh.agent(0).registry().wait_for(WAIT, |s| s.services.values().map(|v| v.len()).sum::<usize>() == 1).await;
     assert!(ok, "agent 0 saw the deregistration: {:?}", snap.services);

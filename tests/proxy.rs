@@ -266,6 +266,46 @@ async fn foreign_certificates_and_callers_outside_allow_are_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_cannot_rewrite_or_shadow_a_configured_instance() {
+    let ca = Ca::generate().expect("ca");
+    // `echo` allows only `billing`; the client calls as `web`.
+    let mesh = proxy_mesh(41, 1, ",allow=billing", "echo:80,retries=0", &ca, &ca).await;
+    let backend = mesh.backends[0].as_ref().expect("backend");
+    let configured = backend.publisher().local().borrow()[0].clone();
+    let (id, port) = (configured.record.instance.to_string(), configured.record.port);
+    let api = murmur::cli::ApiClient::new(backend.api_addr());
+    let status = |r: Result<String, murmur::cli::ClientError>| match r {
+        Ok(_) => 200,
+        Err(murmur::cli::ClientError::Status(code, _)) => code,
+        Err(e) => panic!("{e}"),
+    };
+    // Replacing it (its allow list lost), repointing it, removing it: refused.
+    let path = format!("/v1/services/echo/{id}");
+    assert_eq!(status(api.put(&path, format!("{{\"port\":{port},\"check\":\"none\"}}")).await), 409);
+    let repoint = format!("{{\"port\":{port},\"address\":\"127.41.0.66\",\"check\":\"none\"}}");
+    assert_eq!(status(api.put(&path, repoint).await), 409);
+    assert_eq!(status(api.delete(&path).await), 409);
+    // A second instance on the same service and port, with no allow list and an id that
+    // sorts first, is taken but changes nothing for callers; the API can also carry an
+    // allow list of its own.
+    let shadow = format!("{{\"port\":{port},\"check\":\"none\"}}");
+    assert_eq!(status(api.put("/v1/services/echo/a-shadow", shadow).await), 200);
+    let listed = format!("{{\"port\":{},\"check\":\"none\",\"allow\":[\"web\"]}}", port + 1);
+    assert_eq!(status(api.put("/v1/services/echo/listed", listed).await), 200);
+    let local = backend.publisher().local().borrow().clone();
+    assert_eq!(local.iter().find(|i| i.record.instance == configured.record.instance), Some(&configured));
+    let listed = local.iter().find(|i| i.record.instance.as_str() == "listed").expect("registered");
+    assert_eq!(listed.allow, vec!["web".parse::<murmur_protocol::ServiceName>().expect("name")]);
+    for _ in 0..5 {
+        assert!(call(mesh.vip, b"x").await.is_err(), "web is still not allowed");
+    }
+    let refused = backend.metrics().proxy.inbound.refused();
+    assert!(refused.iter().all(|(why, _)| *why == "not_allowed"), "{refused:?}");
+    assert_eq!(backend.metrics().proxy.inbound.streams.get(), 0, "nothing was served");
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_breaker_rejects_past_its_cap_and_drain_finishes_open_transfers() {
     let ca = Ca::generate().expect("ca");
     let mut mesh = proxy_mesh(34, 2, "", "echo:80,max-connections=2", &ca, &ca).await;

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::spec::{parse_check_kind, parse_duration};
 use crate::config::ServiceSpec;
-use crate::local::{PublishError, Publisher};
+use crate::local::{Origin, PublishError, Publisher};
 use crate::metrics::{render_prometheus, Metrics};
 use crate::registry::{HealthFilter, Instance, MemberStatus, Query, RegistryReader};
 use murmur_protocol::{AttrKey, InstanceId, ServiceName, Tag};
@@ -196,6 +196,12 @@ fn spec_from_json(name: &str, instance: &str, body: RegisterJson) -> Result<Serv
     if let Some(w) = body.weight {
         spec.weight = w;
     }
+    spec.allow = body
+        .allow
+        .iter()
+        .map(|s| ServiceName::new(s))
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad_request(format!("allow: {e}")))?;
     if let Some(c) = body.check {
         spec.check.kind = parse_check_kind(&c).map_err(bad_request)?;
         // The API has no authentication: letting it start commands would hand a shell to
@@ -225,7 +231,7 @@ fn publish_error(e: PublishError) -> ApiError {
     let status = match e {
         PublishError::NotFound(_) => StatusCode::NOT_FOUND,
         PublishError::Draining => StatusCode::SERVICE_UNAVAILABLE,
-        PublishError::IdTaken(..) => StatusCode::CONFLICT,
+        PublishError::IdTaken(..) | PublishError::ReadOnly(_) => StatusCode::CONFLICT,
     };
     ApiError(status, e.to_string())
 }
@@ -237,7 +243,7 @@ async fn register(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Json(body) = body.map_err(|e| bad_request(e.body_text()))?;
     let spec = spec_from_json(&name, &instance, body)?;
-    let id = state.publisher.register(&spec).await.map_err(publish_error)?;
+    let id = state.publisher.register(&spec, Origin::Api).await.map_err(publish_error)?;
     Ok(Json(serde_json::json!({ "service": spec.name.to_string(), "instance": id.to_string() })))
 }
 
@@ -254,7 +260,7 @@ async fn deregister(
             format!("instance `{id}` of `{name}` is not registered on this agent"),
         ));
     }
-    state.publisher.deregister(&id).await.map_err(publish_error)?;
+    state.publisher.deregister(&id, Origin::Api).await.map_err(publish_error)?;
     Ok(Json(serde_json::json!({ "service": name.to_string(), "instance": id.to_string() })))
 }
 

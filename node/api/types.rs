@@ -84,6 +84,9 @@ pub struct RegisterJson {
     /// Weight (default 1).
     #[serde(default)]
     pub weight: Option<u16>,
+    /// Services allowed to call it through the sidecar (empty: any).
+    #[serde(default)]
+    pub allow: Vec<String>,
     /// `tcp` (default), `http:/path`, `exec:CMD` or `none`.
     #[serde(default)]
     pub check: Option<String>,

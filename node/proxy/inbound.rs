@@ -19,7 +19,7 @@ use tracing::{debug, info_span, Instrument};
 
 use super::header::read_frame;
 use super::splice::{abort_quic, abort_tcp, splice};
-use crate::local::LocalInstance;
+use crate::local::{LocalInstance, Origin};
 use crate::metrics::Metrics;
 use crate::tls::cert_names_service;
 
@@ -133,9 +133,15 @@ fn decide(
         return Err((RefuseCode::Draining, "this instance is draining; try another".into()));
     }
     let local = ctx.local.borrow().clone();
-    let inst = local
+    // Two instances may claim one (service, port), one of them through the API: the
+    // config's is served, and the caller must pass the allow list of every one of them,
+    // so that a second registration can neither repoint nor loosen the first.
+    let matching: Vec<&LocalInstance> =
+        local.iter().filter(|i| i.record.service == open.service && i.record.port == open.port).collect();
+    let inst = matching
         .iter()
-        .find(|i| i.record.service == open.service && i.record.port == open.port)
+        .find(|i| i.origin == Origin::Config)
+        .or(matching.first())
         .ok_or_else(|| (RefuseCode::UnknownService, format!("no {}:{} on this node", open.service, open.port)))?;
     if ctx.mutual && !cert.is_some_and(|c| cert_names_service(c, open.caller.as_str())) {
         return Err((
@@ -143,10 +149,10 @@ fn decide(
             format!("the caller's certificate does not name service {}", open.caller),
         ));
     }
-    if !inst.allow.is_empty() && !inst.allow.contains(&open.caller) {
+    if matching.iter().any(|i| !i.allow.is_empty() && !i.allow.contains(&open.caller)) {
         return Err((RefuseCode::NotAllowed, format!("{} may not call {}", open.caller, open.service)));
     }
-    Ok(inst.clone())
+    Ok((*inst).clone())
 }
 
 async fn serve_stream(
