@@ -208,6 +208,7 @@ impl Agent {
             metrics: metrics.clone(),
             agent: Arc::new(agent_json),
             draining: draining.clone(),
+            access: Arc::new(config.api.clone()),
         };
         let api = serve_api(api_listener, state, cancel.clone()).instrument(info_span!("api", listen = %api_addr));
         tasks.spawn(async move { ("api", api.await) });

@@ -193,6 +193,54 @@ async fn dead_apps_and_dead_agents_leave_answers() {
     mesh.stop().await;
 }
 
+/// Sends one raw HTTP/1.1 request and returns the status code.
+async fn raw_status(addr: SocketAddr, request: String) -> u16 {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect to the API");
+    s.write_all(request.as_bytes()).await.expect("send");
+    let mut reply = String::new();
+    let _ = s.read_to_string(&mut reply).await;
+    reply.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_refuses_rebound_names_web_pages_and_changes_without_the_token() {
+    let mut cfg = config(21, 0, None, &[], &[]);
+    cfg.api.token = murmur::config::Config::from_layer(
+        murmur::config::Layer {
+            api_token: Some("s3cret".into()),
+            insecure: Some(true),
+            name: Some("t".into()),
+            ..Default::default()
+        },
+        "",
+    )
+    .expect("valid")
+    .api
+    .token;
+    let agent = Agent::start(cfg).await.expect("agent");
+    let api = agent.api_addr();
+    let put = |host: &str, extra: &str| {
+        let body = "{\"port\":81,\"check\":\"none\"}";
+        format!(
+            "PUT /v1/services/web/web-1 HTTP/1.1\r\nHost: {host}\r\n{extra}Content-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let get = |host: &str| format!("GET /v1/members HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let ours = api.to_string();
+    assert_eq!(raw_status(api, get("rebound.attacker.example")).await, 403, "a rebound name, even to read");
+    assert_eq!(raw_status(api, get(&ours)).await, 200);
+    let token = "Authorization: Bearer s3cret\r\n";
+    let page = format!("Origin: http://attacker.example\r\n{token}");
+    assert_eq!(raw_status(api, put(&ours, &page)).await, 403, "a change from a web page");
+    assert_eq!(raw_status(api, put(&ours, "")).await, 401, "a change without the token");
+    assert_eq!(raw_status(api, put(&ours, "X-Consul-Token: nope\r\n")).await, 403, "a wrong token");
+    assert_eq!(raw_status(api, put(&ours, token)).await, 200, "a change with the token");
+    assert_eq!(agent.publisher().local().borrow().len(), 1, "only the last one registered");
+    agent.kill().await;
+}
+
 /// An app whose port opens and closes every `half` (a listener bound and dropped in
 /// turn), until the task is aborted.
 fn flapping_app(addr: SocketAddr, half: Duration) -> tokio::task::JoinHandle<()> {

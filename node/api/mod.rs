@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::extract::{Path, Query as QueryParams, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::spec::{parse_check_kind, parse_duration};
-use crate::config::ServiceSpec;
+use crate::config::{ApiConfig, ServiceSpec};
 use crate::local::{Origin, PublishError, Publisher};
 use crate::metrics::{render_prometheus, Metrics};
 use crate::registry::{HealthFilter, Instance, MemberStatus, Query, RegistryReader};
@@ -42,6 +42,8 @@ pub struct ApiState {
     pub agent: Arc<AgentJson>,
     /// Set when the agent starts draining: `/health` turns 503.
     pub draining: Arc<AtomicBool>,
+    /// Who may call: the host names answered and the token changes need.
+    pub access: Arc<ApiConfig>,
 }
 
 /// An API error: a status and a message.
@@ -69,8 +71,77 @@ pub fn router(state: ApiState) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint; see README for the API".into()) })
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
         .layer(middleware::from_fn_with_state(state.clone(), count_status))
         .with_state(state)
+}
+
+/// Refuses, before any handler runs, what a web page or a caller without the token must
+/// not do (see [`check_access`]).
+async fn guard(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    match check_access(&state.access, req.method(), req.headers()) {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Whether a request may go on:
+/// - its `Host`, when it has one, is an IP address, `localhost` or a configured name: a
+///   page that rebinds a name of its own to this address is refused, even for reads;
+/// - a change (any method but GET and HEAD) carries no `Origin`: browsers send one on
+///   every cross-site write, programs and the CLI do not;
+/// - a change carries the token, when one is set (`Authorization: Bearer` or
+///   `X-Consul-Token`).
+fn check_access(access: &ApiConfig, method: &Method, headers: &HeaderMap) -> Result<(), ApiError> {
+    if let Some(host) = headers.get(header::HOST) {
+        let host = host.to_str().unwrap_or("");
+        if !host_allowed(host, &access.hosts) {
+            return Err(ApiError(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "this agent does not answer to host `{host}`: call it by IP address or localhost, \
+                     or allow the name with --api-host"
+                ),
+            ));
+        }
+    }
+    if matches!(*method, Method::GET | Method::HEAD) {
+        return Ok(());
+    }
+    if headers.contains_key(header::ORIGIN) {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "changes from web pages are refused (the request carries an Origin header); use a program or the CLI"
+                .into(),
+        ));
+    }
+    let Some(token) = &access.token else { return Ok(()) };
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let presented =
+        text("authorization").and_then(|v| v.strip_prefix("Bearer ")).or_else(|| text("x-consul-token")).map(str::trim);
+    match presented {
+        None => Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "this agent needs a token for changes: send `Authorization: Bearer <token>` or `X-Consul-Token: <token>`"
+                .into(),
+        )),
+        Some(p) if !token.matches(p) => Err(ApiError(StatusCode::FORBIDDEN, "the token is not this agent's".into())),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Whether `host` (a `Host` header: a name or address, maybe with a port) is one the
+/// API answers to.
+fn host_allowed(host: &str, names: &[String]) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => match host.rsplit_once(':') {
+            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => host,
+        },
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name.parse::<std::net::IpAddr>().is_ok() || name == "localhost" || names.contains(&name)
 }
 
 async fn count_status(State(state): State<ApiState>, req: Request, next: Next) -> Response {
@@ -347,4 +418,68 @@ pub async fn serve_api(listener: TcpListener, state: ApiState, cancel: Cancellat
         .with_graceful_shutdown(async move { cancel.cancelled().await })
         .await
         .map_err(|e| anyhow::anyhow!("api server failed: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn access(token: Option<&str>, hosts: &[&str]) -> ApiConfig {
+        let layer = crate::config::Layer {
+            api_token: token.map(str::to_owned),
+            api_hosts: Some(hosts.iter().map(|h| h.to_string()).collect()),
+            name: Some("n".into()),
+            insecure: Some(true),
+            ..Default::default()
+        };
+        crate::config::Config::from_layer(layer, "").expect("valid config").api
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().expect("header value"));
+        }
+        h
+    }
+
+    fn status(a: &ApiConfig, method: Method, pairs: &[(&'static str, &str)]) -> u16 {
+        check_access(a, &method, &headers(pairs)).map_or_else(|e| e.0.as_u16(), |()| 200)
+    }
+
+    #[test]
+    fn a_rebound_name_is_refused_even_for_reads() {
+        let a = access(None, &["murmur.internal"]);
+        for host in ["127.0.0.1:8500", "127.0.0.1", "[::1]:8500", "localhost:8500", "LOCALHOST", "murmur.internal"] {
+            assert_eq!(status(&a, Method::GET, &[("host", host)]), 200, "{host}");
+        }
+        for host in ["attacker.example", "attacker.example:8500", "localhost.attacker.example", "127.0.0.1.nip.io"] {
+            assert_eq!(status(&a, Method::GET, &[("host", host)]), 403, "{host}");
+            assert_eq!(status(&a, Method::PUT, &[("host", host)]), 403, "{host}");
+        }
+        assert_eq!(status(&a, Method::GET, &[]), 200, "no Host (HTTP/1.0): no browser");
+    }
+
+    #[test]
+    fn a_web_page_cannot_change_anything() {
+        let a = access(None, &[]);
+        let page = [("host", "127.0.0.1:8500"), ("origin", "http://attacker.example")];
+        assert_eq!(status(&a, Method::PUT, &page), 403);
+        assert_eq!(status(&a, Method::DELETE, &page), 403);
+        assert_eq!(status(&a, Method::GET, &page), 200, "reads from a page on our own name are fine");
+        assert_eq!(status(&a, Method::PUT, &[("host", "127.0.0.1:8500")]), 200, "a program's PUT");
+    }
+
+    #[test]
+    fn with_a_token_every_change_needs_it() {
+        let a = access(Some("s3cret"), &[]);
+        let host = ("host", "127.0.0.1:8500");
+        assert_eq!(status(&a, Method::PUT, &[host]), 401);
+        assert_eq!(status(&a, Method::PUT, &[host, ("authorization", "Bearer wrong")]), 403);
+        assert_eq!(status(&a, Method::PUT, &[host, ("authorization", "Bearer s3cret")]), 200);
+        assert_eq!(status(&a, Method::DELETE, &[host, ("x-consul-token", "s3cret")]), 200);
+        assert_eq!(status(&a, Method::PUT, &[host, ("authorization", "Basic s3cret")]), 401);
+        assert_eq!(status(&a, Method::GET, &[host]), 200, "reads stay open");
+        assert!(!format!("{a:?}").contains("s3cret"), "the token never shows in Debug");
+    }
 }

@@ -37,6 +37,9 @@ fn also(field: &str) -> String {
         "--tls-cert" => ("MURMUR_TLS_CERT", "proxy.tls_cert"),
         "--proxy-identity" => ("MURMUR_PROXY_IDENTITY", "proxy.identity"),
         "--vip-range" => ("MURMUR_VIP_RANGE", "proxy.vip_range"),
+        "--api-token" => ("MURMUR_API_TOKEN", "api.token"),
+        "--api-token-file" => ("MURMUR_API_TOKEN_FILE", "api.token_file"),
+        "--api-host" => ("MURMUR_API_HOSTS", "api.hosts"),
         _ => return String::new(),
     };
     format!(" (or {}, or {} in the config file)", other.0, other.1)

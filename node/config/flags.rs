@@ -90,6 +90,18 @@ pub struct AgentArgs {
     /// Admin API address (default 127.0.0.1:8500).
     #[arg(long, value_name = "IP:PORT")]
     pub api_listen: Option<SocketAddr>,
+    /// A token every change through the API must carry (`Authorization: Bearer TOKEN` or
+    /// `X-Consul-Token: TOKEN`); reads stay open. A flag shows in the process list:
+    /// prefer MURMUR_API_TOKEN or --api-token-file.
+    #[arg(long, value_name = "TOKEN")]
+    pub api_token: Option<String>,
+    /// A file whose first line is the API token.
+    #[arg(long, value_name = "PATH")]
+    pub api_token_file: Option<PathBuf>,
+    /// A host name the API answers to besides IP addresses and `localhost` (repeatable);
+    /// a request naming any other host is refused, which stops DNS rebinding.
+    #[arg(long = "api-host", value_name = "NAME")]
+    pub api_hosts: Vec<String>,
     /// A service instance: NAME:PORT[,tags=a+b][,check=tcp|http:/path|exec:CMD|none]
     /// [,interval=2s][,timeout=1s][,failures=2][,successes=1][,weight=N][,id=ID]
     /// [,addr=IP][,attr.KEY=VALUE]; repeatable; exec must come last.
@@ -172,6 +184,9 @@ impl AgentArgs {
             dns_max_answers: None,
             dns_rate_limit: self.dns_rate_limit,
             api_listen: self.api_listen,
+            api_token: self.api_token.clone(),
+            api_token_file: self.api_token_file.clone(),
+            api_hosts: (!self.api_hosts.is_empty()).then(|| self.api_hosts.clone()),
             services,
             log_json: self.log_json.then_some(true),
             log_filter: None,

@@ -63,6 +63,9 @@ pub struct Layer {
     pub dns_max_answers: Option<usize>,
     pub dns_rate_limit: Option<u32>,
     pub api_listen: Option<SocketAddr>,
+    pub api_token: Option<String>,
+    pub api_token_file: Option<PathBuf>,
+    pub api_hosts: Option<Vec<String>>,
     pub services: Option<Vec<ServiceSpec>>,
     pub log_json: Option<bool>,
     pub log_filter: Option<String>,
@@ -115,6 +118,9 @@ impl Layer {
             dns_max_answers,
             dns_rate_limit,
             api_listen,
+            api_token,
+            api_token_file,
+            api_hosts,
             services,
             log_json,
             log_filter,
@@ -257,6 +263,11 @@ pub fn from_env(env: &dyn Env) -> Result<Layer, ConfigError> {
     if let Some((k, v)) = get("MURMUR_API_LISTEN") {
         l.api_listen = Some(parse_field(&k, &v)?);
     }
+    l.api_token = text("MURMUR_API_TOKEN");
+    l.api_token_file = text("MURMUR_API_TOKEN_FILE").map(PathBuf::from);
+    if let Some((k, v)) = get("MURMUR_API_HOSTS") {
+        l.api_hosts = Some(parse_list(&k, &v, ',')?);
+    }
     if let Some((k, v)) = get("MURMUR_UPSTREAMS") {
         let specs = v
             .split(';')
@@ -379,6 +390,9 @@ struct FileDns {
 #[serde(deny_unknown_fields)]
 struct FileApi {
     listen: Option<String>,
+    token: Option<String>,
+    token_file: Option<PathBuf>,
+    hosts: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -495,6 +509,9 @@ pub fn from_toml(text: &str) -> Result<Layer, ConfigError> {
         dns_max_answers: f.dns.max_answers,
         dns_rate_limit: f.dns.rate_limit,
         api_listen: opt("api.listen", f.api.listen, parse_field)?,
+        api_token: f.api.token,
+        api_token_file: f.api.token_file,
+        api_hosts: f.api.hosts,
         services: f
             .service
             .map(|v| v.into_iter().enumerate().map(|(i, s)| file_service(i, s)).collect())

@@ -11,6 +11,7 @@ pub mod spec;
 pub mod upstream;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::time::Duration;
 
 pub use error::ConfigError;
@@ -146,6 +147,68 @@ pub struct DnsConfig {
 pub struct ApiConfig {
     /// Address to listen on.
     pub listen: SocketAddr,
+    /// The token changes must carry, when one is set.
+    pub token: Option<ApiToken>,
+    /// Host names answered besides IP addresses and `localhost` (lowercase).
+    pub hosts: Vec<String>,
+}
+
+/// The API token. Its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiToken(String);
+
+impl ApiToken {
+    /// Whether `presented` is the token, in time that does not depend on where they
+    /// differ.
+    pub fn matches(&self, presented: &str) -> bool {
+        let (a, b) = (self.0.as_bytes(), presented.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+impl std::fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiToken(..)")
+    }
+}
+
+/// The API settings from a merged layer: the token from its value or its file (not
+/// both), the extra host names checked.
+fn api_config(
+    listen: Option<SocketAddr>,
+    token: Option<String>,
+    file: Option<PathBuf>,
+    hosts: Option<Vec<String>>,
+) -> Result<ApiConfig, ConfigError> {
+    let token = match (token, file) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::new("--api-token", "set either the token or --api-token-file, not both"))
+        }
+        (Some(t), None) => Some(("--api-token", t)),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| ConfigError::new("--api-token-file", format!("cannot read {}: {e}", path.display())))?;
+            Some(("--api-token-file", text.lines().next().unwrap_or_default().trim().to_owned()))
+        }
+        (None, None) => None,
+    };
+    let token = match token {
+        Some((field, t)) if t.is_empty() || !t.bytes().all(|b| b.is_ascii_graphic()) => {
+            return Err(ConfigError::new(field, "the token must be non-empty printable ASCII, without spaces"))
+        }
+        Some((_, t)) => Some(ApiToken(t)),
+        None => None,
+    };
+    let hosts = hosts
+        .unwrap_or_default()
+        .into_iter()
+        .map(|h| {
+            let h = h.trim().trim_end_matches('.').to_ascii_lowercase();
+            let ok = !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+            ok.then_some(h.clone()).ok_or_else(|| ConfigError::new("--api-host", format!("`{h}` is not a host name")))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(ApiConfig { listen: listen.unwrap_or(DEFAULT_API_LISTEN), token, hosts })
 }
 
 /// The PEM files of a sidecar's mutual TLS.
@@ -236,6 +299,7 @@ impl Config {
     /// Validates a merged layer. `resolv_conf` is the text of /etc/resolv.conf, used
     /// when no upstream resolver is configured.
     pub fn from_layer(l: Layer, resolv_conf: &str) -> Result<Config, ConfigError> {
+        let api = api_config(l.api_listen, l.api_token.clone(), l.api_token_file.clone(), l.api_hosts.clone())?;
         let name_text = l.name.clone().unwrap_or_else(hostname);
         let name = NodeName::new(&name_text)
             .map_err(|e| ConfigError::new("--name", format!("{e}; set a node name that is a DNS label")))?;
@@ -424,7 +488,7 @@ impl Config {
                 rate_limit: l.dns_rate_limit.unwrap_or(DEFAULT_DNS_RATE_LIMIT),
                 aliases: Vec::new(),
             },
-            api: ApiConfig { listen: l.api_listen.unwrap_or(DEFAULT_API_LISTEN) },
+            api,
             services,
             log: LogConfig {
                 json: l.log_json.unwrap_or(false),
@@ -521,6 +585,31 @@ mod tests {
         assert_eq!(Config::from_layer(file.stack(from_vars).stack(flags), "").expect("valid").dns.rate_limit, 0);
         let err = from_env(&env(&[("MURMUR_DNS_RATE_LIMIT", "-1")])).expect_err("negative");
         assert_eq!(err.field, "MURMUR_DNS_RATE_LIMIT");
+    }
+
+    #[test]
+    fn the_api_token_comes_from_a_value_or_a_file_and_hosts_are_checked() {
+        let dir = std::env::temp_dir().join(format!("murmur-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("token");
+        std::fs::write(&path, "from-file\nignored second line\n").expect("write");
+        let file =
+            from_toml(&format!("insecure = true\nname = \"n\"\n[api]\ntoken_file = {:?}\n", path)).expect("valid toml");
+        let api = Config::from_layer(file.clone(), "").expect("valid").api;
+        assert!(api.token.as_ref().is_some_and(|t| t.matches("from-file")));
+        let vars = from_env(&env(&[("MURMUR_API_TOKEN", "from-env"), ("MURMUR_API_HOSTS", "Mesh.Internal.")]))
+            .expect("valid env");
+        let both = Config::from_layer(file.stack(vars.clone()), "").expect_err("both");
+        assert_eq!(both.field, "--api-token");
+        let base = Layer { insecure: Some(true), name: Some("n".into()), ..Default::default() };
+        let api = Config::from_layer(base.clone().stack(vars), "").expect("valid").api;
+        assert!(api.token.as_ref().is_some_and(|t| t.matches("from-env") && !t.matches("from-en")));
+        assert_eq!(api.hosts, ["mesh.internal"]);
+        let bad = Layer { api_hosts: Some(vec!["no spaces".into()]), ..base.clone() };
+        assert_eq!(Config::from_layer(bad, "").expect_err("bad host").field, "--api-host");
+        let blank = Layer { api_token: Some("two words".into()), ..base };
+        assert_eq!(Config::from_layer(blank, "").expect_err("bad token").field, "--api-token");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
