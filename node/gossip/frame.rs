@@ -74,6 +74,11 @@ impl FrameCodec {
         Self { keyring }
     }
 
+    /// Whether datagrams are sealed (a keyring is set).
+    pub fn sealed(&self) -> bool {
+        self.keyring.is_some()
+    }
+
     /// Frames one message as one or more datagrams.
     pub fn seal(&self, message: &[u8], message_id: u32, now_unix_ms: u64) -> Vec<Vec<u8>> {
         let chunks: Vec<&[u8]> = if message.is_empty() { vec![message] } else { message.chunks(MAX_CHUNK).collect() };

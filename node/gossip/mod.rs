@@ -313,6 +313,9 @@ impl Shell {
         while let Some(tx) = self.core.poll_transmit() {
             self.next_message_id = self.next_message_id.wrapping_add(1);
             for datagram in self.codec.seal(&tx.bytes, self.next_message_id, unix_ms()) {
+                if self.codec.sealed() {
+                    self.metrics.gossip.seals.inc();
+                }
                 match self.socket.send_to(&datagram, tx.to).await {
                     Ok(_) => {
                         self.metrics.gossip.packets_sent.inc();

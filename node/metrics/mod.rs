@@ -74,6 +74,8 @@ pub struct GossipMetrics {
     pub stale: Counter,
     /// Gossip values skipped because they did not decode.
     pub bad_values: Counter,
+    /// Datagrams sealed with the cluster key (each used one nonce).
+    pub seals: Counter,
 }
 
 /// Membership gauges, set by the registry builder.

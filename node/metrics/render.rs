@@ -17,6 +17,13 @@ pub fn render_prometheus(m: &Metrics) -> String {
     metric(&mut out, "murmur_gossip_packets_sent_total", "counter", "Gossip datagrams sent.", g.packets_sent.get());
     metric(
         &mut out,
+        "murmur_gossip_seals_total",
+        "counter",
+        "Gossip datagrams sealed with the cluster key since start (each took one nonce).",
+        g.seals.get(),
+    );
+    metric(
+        &mut out,
         "murmur_gossip_packets_received_total",
         "counter",
         "Gossip datagrams received.",
