@@ -523,6 +523,62 @@ async fn capture(sock: &tokio::net::UdpSocket, d: Duration) -> Vec<(Vec<u8>, Soc
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_datagram_is_answered_at_most_once_and_never_amplified() {
+    // A tap posing as agent 0's seed captures its sealed join requests; a second socket,
+    // a stranger to agent 1, replays one of them to agent 1 a thousand times.
+    let tap = tokio::net::UdpSocket::bind((ip(22, 99), 0)).await.expect("bind the tap");
+    let tap_addr = tap.local_addr().expect("addr");
+    let mesh = TestMesh::start_with(
+        22,
+        2,
+        |i| vec![format!("svc{i}:7000,check=none")],
+        |c| c.gossip.seeds.push(tap_addr.to_string()),
+    )
+    .await;
+    mesh.converge(2).await;
+    let captured = capture(&tap, Duration::from_millis(1500)).await;
+    let (datagram, _) = captured.into_iter().max_by_key(|(d, _)| d.len()).expect("a captured join request");
+    let replayer = tokio::net::UdpSocket::bind((ip(22, 98), 0)).await.expect("bind the replayer");
+    let target = mesh.agent(1).gossip_addr();
+    let m = mesh.agent(1).metrics();
+    replayer.send_to(&datagram, target).await.expect("replay");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Each further copy is sent again until the agent has counted it, so that a copy the
+    // kernel drops under load (a full socket queue) is not one the agent never saw. What
+    // comes back to the replayer is collected all along.
+    let replayer = std::sync::Arc::new(replayer);
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let listen = (replayer.clone(), got.clone());
+    let collector = tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_536];
+        while let Ok((n, from)) = listen.0.recv_from(&mut buf).await {
+            listen.1.lock().expect("lock").push((buf[..n].to_vec(), from));
+        }
+    });
+    for i in 1..1_000u64 {
+        let before = m.gossip.replayed.get();
+        let start = tokio::time::Instant::now();
+        while m.gossip.replayed.get() == before {
+            assert!(start.elapsed() < WAIT, "copy {i} never reached the agent");
+            replayer.send_to(&datagram, target).await.expect("replay");
+            let sent = tokio::time::Instant::now();
+            while m.gossip.replayed.get() == before && sent.elapsed() < Duration::from_millis(200) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    collector.abort();
+    let replies = got.lock().expect("lock").clone();
+    let bytes: usize = replies.iter().map(|(d, _)| d.len()).sum();
+    eprintln!("{} replies, {bytes} bytes, to 1,000 replays of a {}-byte datagram", replies.len(), datagram.len());
+    assert!(replies.len() <= 1, "{} replies to one datagram replayed 1,000 times", replies.len());
+    assert!(bytes <= 3 * datagram.len(), "{bytes} bytes back for one {}-byte datagram", datagram.len());
+    assert!(m.gossip.replayed.get() >= 999, "replays counted: {}", m.gossip.replayed.get());
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn captured_gossip_reveals_nothing_and_replays_change_nothing() {
     // A listener posing as a seed that never answers: an agent asks its seeds to let it
     // join until one does, so it captures real sealed datagrams, and it replays them

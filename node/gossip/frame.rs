@@ -9,9 +9,10 @@
 //! Chitchat fills datagrams up to the 65,507-byte UDP limit, so a sealed message can be
 //! a few bytes too big for one datagram; such a message is split into chunks, each sealed
 //! on its own, and reassembled only from chunks that opened. The timestamp bounds how
-//! long a captured datagram can be replayed.
+//! long a captured datagram can be replayed; inside that window [`ReplayGuard`] drops a
+//! datagram whose key id and nonce were seen already.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -58,6 +59,10 @@ pub struct FrameCodec {
 /// One opened chunk.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Chunk {
+    /// When it was sealed (the sender's clock, authenticated).
+    pub sent_unix_ms: u64,
+    /// Key id and nonce of a sealed datagram: what tells a replay from a new one.
+    pub seal_id: Option<[u8; SEAL_ID_LEN]>,
     /// Message id, unique per sender for a while.
     pub message_id: u32,
     /// Index of this chunk.
@@ -141,7 +146,53 @@ impl FrameCodec {
         if count == 0 || usize::from(count) > MAX_CHUNKS || index >= count {
             return Err(Reject::Malformed);
         }
-        Ok(Chunk { message_id, index, count, bytes: bytes.to_vec() })
+        let seal_id = match datagram {
+            [MAGIC, MODE_SEALED, rest @ ..] => rest.get(..SEAL_ID_LEN).and_then(|id| id.try_into().ok()),
+            _ => None,
+        };
+        Ok(Chunk { sent_unix_ms: ts, seal_id, message_id, index, count, bytes: bytes.to_vec() })
+    }
+}
+
+/// Key id and nonce: the first bytes after the magic and mode of a sealed datagram.
+pub const SEAL_ID_LEN: usize = KEY_ID_LEN + 12;
+/// Seal ids remembered at most. At the tens of datagrams a second an agent receives this
+/// covers far more than the replay window; under a flood that fills it sooner, the
+/// window shrinks instead (see [`ReplayGuard`]).
+const MAX_REMEMBERED: usize = 1 << 16;
+
+/// Remembers the seal ids of the datagrams that opened inside the replay window, so that
+/// an exact replay is dropped however often it comes. Bounded: when full it forgets the
+/// oldest arrival and from then on refuses any datagram sealed no later than that one
+/// (it can no longer tell whether such a datagram is a replay).
+#[derive(Debug, Default)]
+pub struct ReplayGuard {
+    seen: HashSet<[u8; SEAL_ID_LEN]>,
+    order: VecDeque<(u64, [u8; SEAL_ID_LEN])>,
+    floor_unix_ms: u64,
+}
+
+impl ReplayGuard {
+    /// Whether a datagram sealed at `sent_unix_ms` with `id` is new; remembers it.
+    pub fn admit(&mut self, id: [u8; SEAL_ID_LEN], sent_unix_ms: u64, now_unix_ms: u64) -> bool {
+        while let Some(&(sent, old)) = self.order.front() {
+            if sent.saturating_add(REPLAY_WINDOW_MS) >= now_unix_ms {
+                break;
+            }
+            self.order.pop_front();
+            self.seen.remove(&old);
+        }
+        if sent_unix_ms <= self.floor_unix_ms || !self.seen.insert(id) {
+            return false;
+        }
+        self.order.push_back((sent_unix_ms, id));
+        if self.order.len() > MAX_REMEMBERED {
+            if let Some((sent, old)) = self.order.pop_front() {
+                self.seen.remove(&old);
+                self.floor_unix_ms = self.floor_unix_ms.max(sent);
+            }
+        }
+        true
     }
 }
 
@@ -198,6 +249,39 @@ mod tests {
     const NOW: u64 = 1_700_000_000_000;
 
     #[test]
+    fn an_exact_replay_is_dropped_however_often_it_comes() {
+        let c = codec();
+        let datagram = c.seal(b"hello", 1, NOW).remove(0);
+        let mut guard = ReplayGuard::default();
+        let chunk = c.open(&datagram, NOW).expect("opens");
+        let id = chunk.seal_id.expect("sealed");
+        assert!(guard.admit(id, chunk.sent_unix_ms, NOW));
+        for _ in 0..1_000 {
+            let again = c.open(&datagram, NOW + 1).expect("a replay opens");
+            assert!(!guard.admit(again.seal_id.expect("sealed"), again.sent_unix_ms, NOW + 1));
+        }
+        // The same message sealed again is a new datagram (another nonce).
+        let fresh = c.open(&c.seal(b"hello", 1, NOW).remove(0), NOW).expect("opens");
+        assert!(guard.admit(fresh.seal_id.expect("sealed"), fresh.sent_unix_ms, NOW));
+        // Past the window the record forgets it (the timestamp check refuses it by then).
+        assert!(guard.admit([9; SEAL_ID_LEN], NOW + REPLAY_WINDOW_MS + 10, NOW + REPLAY_WINDOW_MS + 10));
+        assert_eq!(guard.seen.len(), 1);
+    }
+
+    #[test]
+    fn a_full_record_shrinks_the_window_instead_of_forgetting_replays() {
+        let mut guard = ReplayGuard::default();
+        for i in 0..=MAX_REMEMBERED as u64 {
+            let mut id = [0u8; SEAL_ID_LEN];
+            id[..8].copy_from_slice(&i.to_le_bytes());
+            assert!(guard.admit(id, NOW + i / 1000, NOW + i / 1000));
+        }
+        assert_eq!(guard.seen.len(), MAX_REMEMBERED);
+        // The first one was forgotten; replayed now, it is refused by its timestamp.
+        assert!(!guard.admit([0; SEAL_ID_LEN], NOW, NOW + 66));
+    }
+
+    #[test]
     fn small_messages_take_one_datagram() {
         let c = codec();
         let d = c.seal(b"hello", 7, NOW);
@@ -243,7 +327,11 @@ mod tests {
         let now = Instant::now();
         for id in 0..1000u32 {
             let from: SocketAddr = "127.0.0.1:1".parse().expect("valid");
-            let _ = r.push(from, Chunk { message_id: id, index: 0, count: 2, bytes: vec![0; 10] }, now);
+            let _ = r.push(
+                from,
+                Chunk { sent_unix_ms: 0, seal_id: None, message_id: id, index: 0, count: 2, bytes: vec![0; 10] },
+                now,
+            );
         }
         assert!(r.partial.len() <= MAX_PARTIAL);
     }

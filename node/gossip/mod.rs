@@ -7,11 +7,12 @@
 //! send); this shell owns the socket, the clock, the seal and the seeds. Everything runs
 //! in one task, so the core needs no lock.
 
+mod budget;
 mod frame;
 mod keyring;
 pub mod swim;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,7 +29,8 @@ use crate::clock::unix_ms;
 use crate::config::GossipConfig;
 use crate::metrics::Metrics;
 use crate::shared::SharedMap;
-use frame::Reassembler;
+use budget::ReplyBudget;
+use frame::{Reassembler, ReplayGuard};
 use murmur_protocol::swim::Status;
 use swim::{Event, Identity, MapStore, Swim, SwimConfig};
 
@@ -168,6 +170,10 @@ pub async fn spawn_gossip(
         next_message_id: rand::random(),
         changed: BTreeSet::from([Arc::from(name)]),
         views: SharedMap::default(),
+        replays: ReplayGuard::default(),
+        live: HashMap::new(),
+        live_addrs: HashMap::new(),
+        budget: ReplyBudget::default(),
     };
     let task_cancel = cancel.clone();
     tokio::spawn(async move {
@@ -245,6 +251,13 @@ struct Shell {
     changed: BTreeSet<Arc<str>>,
     /// The last view of every member, shared with the published views.
     views: SharedMap<String, Arc<NodeView>>,
+    /// Seal ids seen inside the replay window.
+    replays: ReplayGuard,
+    /// The address of every member up, and how many members are up at each address.
+    live: HashMap<Arc<str>, SocketAddr>,
+    live_addrs: HashMap<SocketAddr, u32>,
+    /// What may go to addresses that are neither live members nor seeds.
+    budget: ReplyBudget,
 }
 
 impl Shell {
@@ -290,7 +303,8 @@ impl Shell {
         let m = &self.metrics.gossip;
         m.packets_received.inc();
         m.bytes_received.add(datagram.len() as u64);
-        let chunk = match self.codec.open(datagram, unix_ms()) {
+        let now_ms = unix_ms();
+        let chunk = match self.codec.open(datagram, now_ms) {
             Ok(c) => c,
             Err(reject) => {
                 match reject {
@@ -301,6 +315,15 @@ impl Shell {
                 return;
             }
         };
+        if let Some(id) = chunk.seal_id {
+            if !self.replays.admit(id, chunk.sent_unix_ms, now_ms) {
+                m.replayed.inc();
+                return;
+            }
+        }
+        if !self.trusted(from) {
+            self.budget.received(from, datagram.len(), Instant::now());
+        }
         let Some(message) = self.reassembler.push(from, chunk, Instant::now()) else { return };
         let before = self.core.refused().malformed;
         self.core.handle_datagram(from, &message, Instant::now());
@@ -309,10 +332,54 @@ impl Shell {
         }
     }
 
+    /// Whether `addr` is a live member's or a seed's: what goes there is not capped.
+    fn trusted(&self, addr: SocketAddr) -> bool {
+        self.live_addrs.contains_key(&addr) || self.resolved.contains(&addr)
+    }
+
+    /// Keeps the addresses of live members current from the core's events.
+    fn track(&mut self, name: &Arc<str>) {
+        let addr = self.core.member(name).filter(|m| m.is_up()).map(|m| m.addr);
+        let old = match addr {
+            Some(a) => self.live.insert(name.clone(), a),
+            None => self.live.remove(name),
+        };
+        if old == addr {
+            return;
+        }
+        if let Some(old) = old {
+            if let Some(n) = self.live_addrs.get_mut(&old) {
+                *n -= 1;
+                if *n == 0 {
+                    self.live_addrs.remove(&old);
+                }
+            }
+        }
+        if let Some(a) = addr {
+            *self.live_addrs.entry(a).or_default() += 1;
+        }
+    }
+
     async fn flush(&mut self) {
+        // Events first: a member that just joined is known before anything is sent to it.
+        // Each event names the member whose view changed; the registry logs member
+        // changes as it sees them.
+        while let Some(event) = self.core.poll_event() {
+            let name = match event {
+                Event::Up(n) | Event::Down(n, _) | Event::State(n, _) | Event::Forgotten(n) => n,
+            };
+            self.track(&name);
+            self.changed.insert(name);
+        }
         while let Some(tx) = self.core.poll_transmit() {
             self.next_message_id = self.next_message_id.wrapping_add(1);
-            for datagram in self.codec.seal(&tx.bytes, self.next_message_id, unix_ms()) {
+            let datagrams = self.codec.seal(&tx.bytes, self.next_message_id, unix_ms());
+            let size = datagrams.iter().map(Vec::len).sum();
+            if !self.trusted(tx.to) && !self.budget.may_send(tx.to, size, Instant::now()) {
+                self.metrics.gossip.capped.inc();
+                continue;
+            }
+            for datagram in datagrams {
                 if self.codec.sealed() {
                     self.metrics.gossip.seals.inc();
                 }
@@ -324,14 +391,6 @@ impl Shell {
                     Err(e) => debug!(to = %tx.to, error = %e, "gossip send failed"),
                 }
             }
-        }
-        // Each event names the member whose view changed; the registry logs member
-        // changes as it sees them.
-        while let Some(event) = self.core.poll_event() {
-            let name = match event {
-                Event::Up(n) | Event::Down(n, _) | Event::State(n, _) | Event::Forgotten(n) => n,
-            };
-            self.changed.insert(name);
         }
     }
 

@@ -76,6 +76,11 @@ pub struct GossipMetrics {
     pub bad_values: Counter,
     /// Datagrams sealed with the cluster key (each used one nonce).
     pub seals: Counter,
+    /// Sealed datagrams dropped as exact replays (their key and nonce seen already).
+    pub replayed: Counter,
+    /// Messages not sent to an address that is no live member nor seed, past its
+    /// allowance (a few times what it sent).
+    pub capped: Counter,
 }
 
 /// Membership gauges, set by the registry builder.

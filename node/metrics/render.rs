@@ -37,10 +37,19 @@ pub fn render_prometheus(m: &Metrics) -> String {
          # TYPE murmur_gossip_dropped_packets_total counter\n\
          murmur_gossip_dropped_packets_total{{reason=\"undecryptable\"}} {}\n\
          murmur_gossip_dropped_packets_total{{reason=\"malformed\"}} {}\n\
-         murmur_gossip_dropped_packets_total{{reason=\"stale\"}} {}",
+         murmur_gossip_dropped_packets_total{{reason=\"stale\"}} {}\n\
+         murmur_gossip_dropped_packets_total{{reason=\"replayed\"}} {}",
         g.undecryptable.get(),
         g.malformed.get(),
-        g.stale.get()
+        g.stale.get(),
+        g.replayed.get()
+    );
+    metric(
+        &mut out,
+        "murmur_gossip_capped_messages_total",
+        "counter",
+        "Messages not sent to an address that is neither a live member nor a seed, past its allowance.",
+        g.capped.get(),
     );
     metric(
         &mut out,
