@@ -193,6 +193,50 @@ async fn dead_apps_and_dead_agents_leave_answers() {
     mesh.stop().await;
 }
 
+/// A resolver that answers every query at once: the query sent back as a response with
+/// no records (NOERROR).
+async fn answering_upstream(ip: IpAddr) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let sock = tokio::net::UdpSocket::bind((ip, 0)).await.expect("bind the upstream");
+    let addr = sock.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+            if n > 3 {
+                buf[2] |= 0x80; // QR: a response
+                let _ = sock.send_to(&buf[..n], from).await;
+            }
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_first_upstream_costs_its_timeout_once_not_on_every_query() {
+    // The first upstream swallows everything; the second answers.
+    let blackhole = tokio::net::UdpSocket::bind((ip(23, 90), 0)).await.expect("bind the blackhole");
+    let (good, upstream) = answering_upstream(ip(23, 91)).await;
+    let mut cfg = config(23, 0, None, &[], &[]);
+    cfg.dns.upstreams = vec![blackhole.local_addr().expect("addr"), good];
+    let agent = Agent::start(cfg).await.expect("agent");
+    let dns = agent.dns_addr();
+    // 500 queries, each from a fresh socket, 50 at a time, each given 1 s (the dead
+    // upstream alone takes 2 s to give up on).
+    let mut answered = 0;
+    for _ in 0..10 {
+        let batch: Vec<_> = (0..50)
+            .map(|_| tokio::spawn(async move { query(dns, "example.org.", RecordType::A, T / 2).await }))
+            .collect();
+        for q in batch {
+            if q.await.expect("task").is_ok_and(|m| m.metadata.response_code == ResponseCode::NoError) {
+                answered += 1;
+            }
+        }
+    }
+    assert!(answered >= 495, "{answered} of 500 forwarded queries answered");
+    upstream.abort();
+    agent.kill().await;
+}
+
 /// Sends one raw HTTP/1.1 request and returns the status code.
 async fn raw_status(addr: SocketAddr, request: String) -> u16 {
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect to the API");

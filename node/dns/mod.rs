@@ -129,9 +129,9 @@ impl Handler {
 
     /// Asks the upstreams `raw` (the query as the app sent it); the response carries
     /// their answer under our header, or an error code when none answered.
-    async fn forwarded(&self, raw: &[u8], req: &Metadata, query: &Query) -> Plan {
+    async fn forwarded(&self, raw: &[u8], req: &Metadata, query: &Query, from: SocketAddr) -> Plan {
         self.metrics.dns.forwarded.inc();
-        match self.forwarder.forward(raw, query, req.id).await {
+        match self.forwarder.forward(raw, query, req.id, from).await {
             Ok(reply) => {
                 let mut meta = Metadata::response_from_request(req);
                 meta.recursion_available = true;
@@ -167,7 +167,7 @@ impl Handler {
         let query = request.request_info().ok().map(|i| i.query.original().clone());
         let mut plan = self.plan(&request.metadata, query.as_ref(), request.edns.as_ref(), false);
         if let (Plan::Forward, Some(q)) = (&plan, &query) {
-            plan = self.forwarded(request.as_slice(), &request.metadata, q).await;
+            plan = self.forwarded(request.as_slice(), &request.metadata, q, request.src()).await;
         }
         let edns = response_edns(request.edns.as_ref());
         let mut builder = MessageResponseBuilder::from_message_request(request);
@@ -276,7 +276,7 @@ async fn serve_udp(socket: UdpSocket, handler: Arc<Handler>, cancel: Cancellatio
             let (handler, socket, raw) = (handler.clone(), socket.clone(), raw.to_vec());
             let q = q.clone();
             tokio::spawn(async move {
-                let plan = handler.forwarded(&raw, &req, &q).await;
+                let plan = handler.forwarded(&raw, &req, &q, src).await;
                 send_udp(&handler, &socket, src, plan, &req, Some(&q), edns.as_ref()).await;
             });
             continue;
