@@ -6,18 +6,28 @@ pub struct Table {
     rows: Vec<Vec<String>>,
 }
 
+/// `cell` with every control character written as its escape (`\u{1b}`).
+fn printable(cell: String) -> String {
+    if !cell.chars().any(char::is_control) {
+        return cell;
+    }
+    cell.chars().map(|c| if c.is_control() { c.escape_unicode().to_string() } else { c.to_string() }).collect()
+}
+
 impl Table {
     /// A table with these column names.
     pub fn new(header: &[&str]) -> Self {
         Self { header: header.iter().map(|h| h.to_string()).collect(), rows: Vec::new() }
     }
 
-    /// Adds a row (missing cells print empty).
+    /// Adds a row (missing cells print empty). Control characters are shown escaped: a
+    /// cell comes from the cluster (a member's zone, a tag), and a member must not be
+    /// able to move the cursor or recolour the operator's terminal.
     pub fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
+        self.rows.push(cells.into_iter().map(printable).collect());
     }
 
-    /// The table as text, one line per row.
+    /// The table as text, one line per row (header included).
     pub fn render(&self) -> String {
         let mut widths: Vec<usize> = self.header.iter().map(|h| h.chars().count()).collect();
         for row in &self.rows {
@@ -43,6 +53,16 @@ impl Table {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_from_the_cluster_are_shown_escaped() {
+        let mut t = Table::new(&["NAME", "ZONE"]);
+        t.row(vec!["m1".into(), "eu\u{1b}[2J\u{1b}]0;owned\u{7}\nfake-row".into()]);
+        let text = t.render();
+        assert!(!text.contains('\u{1b}') && !text.contains('\u{7}'), "{text:?}");
+        assert_eq!(text.lines().count(), 2, "no row injected: {text:?}");
+        assert!(text.contains("eu\\u{1b}[2J"), "{text:?}");
+    }
 
     #[test]
     fn columns_line_up() {

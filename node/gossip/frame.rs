@@ -214,13 +214,15 @@ impl Reassembler {
             return Some(chunk.bytes);
         }
         self.partial.retain(|_, p| now.duration_since(p.first_seen) < PARTIAL_TTL);
-        if self.partial.len() >= MAX_PARTIAL {
+        let key = (from, chunk.message_id);
+        // Room is made only for a new message: the one this chunk may complete is never
+        // the one evicted.
+        if self.partial.len() >= MAX_PARTIAL && !self.partial.contains_key(&key) {
             let oldest = self.partial.iter().min_by_key(|(_, p)| p.first_seen).map(|(k, _)| *k);
             if let Some(k) = oldest {
                 self.partial.remove(&k);
             }
         }
-        let key = (from, chunk.message_id);
         let entry = self
             .partial
             .entry(key)
@@ -334,5 +336,26 @@ mod tests {
             );
         }
         assert!(r.partial.len() <= MAX_PARTIAL);
+    }
+
+    #[test]
+    fn a_full_table_never_evicts_the_message_being_completed() {
+        let mut r = Reassembler::default();
+        let now = Instant::now();
+        let from: SocketAddr = "127.0.0.1:1".parse().expect("valid");
+        let chunk = |id, index| Chunk {
+            sent_unix_ms: 0,
+            seal_id: None,
+            message_id: id,
+            index,
+            count: 2,
+            bytes: vec![index; 3],
+        };
+        // The oldest partial message is the one whose second chunk arrives last.
+        for id in 0..MAX_PARTIAL as u32 {
+            assert!(r.push(from, chunk(id, 0), now + Duration::from_millis(u64::from(id))).is_none());
+        }
+        let done = r.push(from, chunk(0, 1), now + Duration::from_millis(100));
+        assert_eq!(done, Some(vec![0, 0, 0, 1, 1, 1]), "completed, not evicted to make room for itself");
     }
 }

@@ -116,7 +116,8 @@ fn quic_configs(tls: &TlsMaterial) -> Result<(quinn::ServerConfig, quinn::Client
     let client = tls.client_config().map_err(ProxyError::Tls)?;
     let client = QuicClientConfig::try_from(client).map_err(|e| ProxyError::Tls(e.to_string()))?;
     let mut client = quinn::ClientConfig::new(Arc::new(client));
-    client.transport_config(transport(MAX_STREAMS));
+    // Nothing accepts streams a peer opens toward the calling side: advertise none.
+    client.transport_config(transport(0));
     Ok((server, client))
 }
 
