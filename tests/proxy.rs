@@ -290,8 +290,8 @@ async fn the_api_cannot_rewrite_or_shadow_a_configured_instance() {
     // allow list of its own.
     let shadow = format!("{{\"port\":{port},\"check\":\"none\"}}");
     assert_eq!(status(api.put("/v1/services/echo/a-shadow", shadow).await), 200);
-    let listed = format!("{{\"port\":{},\"check\":\"none\",\"allow\":[\"web\"]}}", port + 1);
-    assert_eq!(status(api.put("/v1/services/echo/listed", listed).await), 200);
+    let listed = format!("{{\"port\":{port},\"check\":\"none\",\"allow\":[\"web\"]}}");
+    assert_eq!(status(api.put("/v1/services/listed/listed", listed).await), 200);
     let local = backend.publisher().local().borrow().clone();
     assert_eq!(local.iter().find(|i| i.record.instance == configured.record.instance), Some(&configured));
     let listed = local.iter().find(|i| i.record.instance.as_str() == "listed").expect("registered");
