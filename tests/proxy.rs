@@ -574,6 +574,40 @@ async fn a_key_holder_without_a_certificate_gets_none_of_a_services_traffic() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_holding_twenty_thousand_streams_cannot_lock_out_other_callers() {
+    let ca = Ca::generate().expect("ca");
+    let mesh = proxy_mesh(42, 1, "", "echo:80", &ca, &ca).await;
+    let backend = mesh.backends[0].as_ref().expect("backend");
+    let peer = own_echo(backend).await;
+    let (addr, node) = (peer.host.proxy.expect("sidecar"), peer.host.node.to_string());
+    // A member (a valid certificate) opens 2 × 10,000 streams and never finishes a header.
+    let mut held = Vec::new();
+    let mut conns = Vec::new();
+    for _ in 0..2 {
+        let conn = raw_client(&ca, &["web"], addr, &node).await;
+        for _ in 0..10_000 {
+            let Ok((mut send, recv)) = conn.open_bi().await else { break };
+            if send.write_all(&[1]).await.is_err() {
+                break;
+            }
+            held.push((send, recv));
+        }
+        conns.push(conn);
+    }
+    let m = backend.metrics();
+    let over = || m.proxy.inbound.refused().iter().find(|(why, _)| *why == "peer_overloaded").map_or(0, |(_, n)| *n);
+    eventually("the peer's streams past its cap refused", || async { over() >= 9_000 }).await;
+    // Another caller still gets through.
+    assert_eq!(call(mesh.vip, b"x").await.expect("a legitimate call"), "echo-a");
+    eprintln!("{} streams opened, {} refused past the peer's cap", held.len(), over());
+    drop(held);
+    for c in conns {
+        c.close(quinn::VarInt::from_u32(0), b"done");
+    }
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reset_behind_the_sidecars_reaches_the_app_as_a_reset() {
     let ca = Ca::generate().expect("ca");
     let block = 39;

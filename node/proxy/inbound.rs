@@ -4,6 +4,7 @@
 //! the instance, and the local app must accept a connection; then the stream is
 //! acknowledged and spliced. Anything else gets a `Refuse` frame and a counted reason.
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +24,8 @@ use crate::local::{LocalInstance, Origin};
 use crate::metrics::Metrics;
 use crate::tls::cert_names_service;
 
+/// QUIC close code for a connection refused at once (over the per-peer cap).
+const REFUSED_CONNECTION: u32 = 0x10;
 /// Time a caller has to send its header.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time the local app has to accept.
@@ -34,6 +37,12 @@ const MAX_INBOUND_FLOWS: usize = 4096;
 /// Inbound streams one sidecar serves at once, over every peer; more are reset at once,
 /// so no peer can make it hold unbounded tasks, app connections and buffers.
 pub const MAX_INBOUND_STREAMS: usize = 20_000;
+/// Inbound streams one peer (one address) may hold at once: half the whole, so that a
+/// peer withholding headers, or idling after the ack, cannot take every stream, while
+/// one busy caller still gets 10,000 connections through.
+pub const MAX_STREAMS_PER_PEER: u32 = 10_000;
+/// QUIC connections one peer may hold at once (a caller's pool opens at most 4).
+pub const MAX_CONNECTIONS_PER_PEER: u32 = 16;
 /// Idle expiry of inbound UDP flows; callers close theirs sooner by finishing the stream.
 const INBOUND_UDP_IDLE: Duration = Duration::from_secs(300);
 
@@ -51,6 +60,48 @@ pub struct InboundContext {
     pub flows: Arc<super::udp::FlowTable>,
     /// Permits for inbound streams ([`MAX_INBOUND_STREAMS`]).
     pub streams: Arc<tokio::sync::Semaphore>,
+    /// Connections and streams held now by each peer address.
+    pub peers: PeerTable,
+}
+
+/// What each peer address holds now: connections and streams.
+#[derive(Debug, Default)]
+pub struct PeerTable(std::sync::Mutex<std::collections::HashMap<IpAddr, (u32, u32)>>);
+
+/// One connection or stream of a peer, given back when dropped.
+pub struct PeerSlot {
+    ctx: Arc<InboundContext>,
+    peer: IpAddr,
+    stream: bool,
+}
+
+impl PeerTable {
+    fn take(ctx: &Arc<InboundContext>, peer: IpAddr, stream: bool) -> Option<PeerSlot> {
+        let mut map = ctx.peers.0.lock().unwrap_or_else(|p| p.into_inner());
+        let (conns, streams) = map.entry(peer).or_default();
+        let (held, cap) = if stream { (streams, MAX_STREAMS_PER_PEER) } else { (conns, MAX_CONNECTIONS_PER_PEER) };
+        if *held >= cap {
+            return None;
+        }
+        *held += 1;
+        Some(PeerSlot { ctx: ctx.clone(), peer, stream })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut map = self.ctx.peers.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(held) = map.get_mut(&self.peer) {
+            if self.stream {
+                held.1 = held.1.saturating_sub(1);
+            } else {
+                held.0 = held.0.saturating_sub(1);
+            }
+            if *held == (0, 0) {
+                map.remove(&self.peer);
+            }
+        }
+    }
 }
 
 /// Accepts QUIC connections until `cancel`.
@@ -74,7 +125,16 @@ pub async fn serve_inbound(
                 match incoming.await {
                     Ok(conn) => {
                         ctx.metrics.proxy.inbound.connections.inc();
+                        let Some(slot) = PeerTable::take(&ctx, remote.ip(), false) else {
+                            ctx.metrics.proxy.inbound.refuse("peer_connections");
+                            conn.close(
+                                quinn::VarInt::from_u32(REFUSED_CONNECTION),
+                                b"too many connections from this peer",
+                            );
+                            return;
+                        };
                         serve_connection(conn, ctx).await;
+                        drop(slot);
                     }
                     Err(e) => {
                         ctx.metrics.proxy.inbound.handshake_failures.inc();
@@ -95,7 +155,13 @@ fn peer_cert(conn: &Connection) -> Option<CertificateDer<'static>> {
 
 async fn serve_connection(conn: Connection, ctx: Arc<InboundContext>) {
     let cert = peer_cert(&conn);
+    let peer = conn.remote_address().ip();
     while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+        let Some(peer_slot) = PeerTable::take(&ctx, peer, true) else {
+            ctx.metrics.proxy.inbound.refuse("peer_overloaded");
+            super::splice::abort_quic(&mut send, &mut recv);
+            continue;
+        };
         let Ok(permit) = ctx.streams.clone().try_acquire_owned() else {
             ctx.metrics.proxy.inbound.refuse("overloaded");
             super::splice::abort_quic(&mut send, &mut recv);
@@ -108,6 +174,7 @@ async fn serve_connection(conn: Connection, ctx: Arc<InboundContext>) {
             async move {
                 serve_stream(conn, send, recv, cert, ctx).await;
                 drop(permit);
+                drop(peer_slot);
             }
             .in_current_span(),
         );

@@ -218,6 +218,7 @@ pub fn spawn_proxy(
         metrics: deps.metrics.clone(),
         flows: flows.clone(),
         streams: Arc::new(tokio::sync::Semaphore::new(inbound::MAX_INBOUND_STREAMS)),
+        peers: inbound::PeerTable::default(),
     });
     let inbound = serve_inbound(endpoint.clone(), ctx, cancel.clone()).instrument(info_span!("inbound"));
     tasks.spawn(async move { ("proxy inbound", inbound.await) });
