@@ -144,8 +144,13 @@ impl Agent {
             .await
             .map_err(|e| StartError::Gossip(e.to_string()))?;
         let gossip_addr = gossip.advertise_addr();
-        let publisher =
-            Publisher::new(gossip.writer(), config.node.name.clone(), config.node.advertise, config.proxy.is_some());
+        let publisher = Publisher::new(
+            gossip.writer(),
+            config.node.name.clone(),
+            config.node.advertise,
+            config.proxy.is_some(),
+            config.api.limits,
+        );
         for spec in &config.services {
             publisher.register(spec, Origin::Config).await.map_err(|e| StartError::Register(e.to_string()))?;
         }

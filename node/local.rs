@@ -11,7 +11,7 @@ use thiserror::Error;
 use tokio::sync::{watch, Mutex, MutexGuard};
 
 use crate::clock::unix_ms;
-use crate::config::{CheckKind, CheckSpec, ServiceSpec};
+use crate::config::{CheckKind, CheckSpec, RegistrationLimits, ServiceSpec};
 use crate::gossip::StateWriter;
 
 /// One instance this agent registers, with its check and current health.
@@ -51,6 +51,15 @@ pub enum PublishError {
     /// The id is taken by an instance of another service.
     #[error("instance id `{0}` is already used by service `{1}`; choose another id")]
     IdTaken(String, String),
+    /// Past the cap on instances.
+    #[error("this agent already carries {0} instances, its cap (--max-instances); remove some first")]
+    TooMany(usize),
+    /// Past the cap on tag and attribute bytes.
+    #[error("tags and attributes would take {0} bytes on this agent, past its cap of {1} (--max-attribute-bytes)")]
+    TooLarge(usize, usize),
+    /// Registrations come too fast.
+    #[error("more than {0} registrations a second through the API; slow down")]
+    RateLimited(u32),
     /// The instance comes from the agent's config, which the API may not change.
     #[error("instance `{0}` is declared in the agent's config and cannot be changed through the API; change the config and restart the agent")]
     ReadOnly(String),
@@ -60,6 +69,34 @@ pub enum PublishError {
 struct State {
     instances: BTreeMap<InstanceId, LocalInstance>,
     draining: bool,
+    /// Tokens of the API's registration rate limit, and when they were last filled.
+    tokens: f64,
+    filled: Option<std::time::Instant>,
+}
+
+/// Bytes an instance's tags and attributes take.
+fn attribute_bytes(record: &InstanceRecord) -> usize {
+    record.tags.iter().map(|t| t.as_str().len()).sum::<usize>()
+        + record.attributes.iter().map(|(k, v)| k.as_str().len() + v.len()).sum::<usize>()
+}
+
+impl State {
+    /// Takes one token of the registration rate limit (`per_second`, bursts of twice).
+    fn take_token(&mut self, per_second: u32, now: std::time::Instant) -> bool {
+        let burst = f64::from(per_second) * 2.0;
+        let filled = self.filled.replace(now);
+        self.tokens = match filled {
+            None => burst,
+            Some(at) => {
+                (self.tokens + now.saturating_duration_since(at).as_secs_f64() * f64::from(per_second)).min(burst)
+            }
+        };
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
 }
 
 /// The write handle. Cheap to clone.
@@ -69,6 +106,7 @@ pub struct Publisher {
     node: NodeName,
     advertise: IpAddr,
     sidecar: bool,
+    limits: RegistrationLimits,
     // An async mutex held across the gossip write of each operation, so that the table
     // and gossip change together: a health result can never land after "draining" or
     // after a deregistration.
@@ -79,9 +117,16 @@ pub struct Publisher {
 impl Publisher {
     /// A publisher for node `node`, whose instances default to address `advertise`;
     /// `sidecar` says whether this agent's proxy fronts them.
-    pub fn new(writer: StateWriter, node: NodeName, advertise: IpAddr, sidecar: bool) -> Self {
+    /// API registrations are held to `limits`.
+    pub fn new(
+        writer: StateWriter,
+        node: NodeName,
+        advertise: IpAddr,
+        sidecar: bool,
+        limits: RegistrationLimits,
+    ) -> Self {
         let (local_tx, _) = watch::channel(Arc::new(Vec::new()));
-        Self { writer, node, advertise, sidecar, state: Arc::default(), local_tx: Arc::new(local_tx) }
+        Self { writer, node, advertise, sidecar, limits, state: Arc::default(), local_tx: Arc::new(local_tx) }
     }
 
     /// This agent's instances, updated on every change (the health supervisor follows it).
@@ -129,6 +174,22 @@ impl Publisher {
         if state.draining {
             return Err(PublishError::Draining);
         }
+        if origin == Origin::Api {
+            let limits = self.limits;
+            if !state.take_token(limits.per_second, std::time::Instant::now()) {
+                return Err(PublishError::RateLimited(limits.per_second));
+            }
+            let replaced = state.instances.get(&id);
+            if replaced.is_none() && state.instances.len() >= limits.instances {
+                return Err(PublishError::TooMany(limits.instances));
+            }
+            let others: usize =
+                state.instances.values().filter(|i| i.record.instance != id).map(|i| attribute_bytes(&i.record)).sum();
+            let bytes = others + attribute_bytes(&record);
+            if bytes > limits.attribute_bytes {
+                return Err(PublishError::TooLarge(bytes, limits.attribute_bytes));
+            }
+        }
         let mut kept = None;
         if let Some(other) = state.instances.get(&id) {
             if other.record.service != spec.name {
@@ -171,6 +232,9 @@ impl Publisher {
     /// declared).
     pub async fn deregister(&self, id: &InstanceId, origin: Origin) -> Result<(), PublishError> {
         let mut state = self.lock().await;
+        if origin == Origin::Api && !state.take_token(self.limits.per_second, std::time::Instant::now()) {
+            return Err(PublishError::RateLimited(self.limits.per_second));
+        }
         match state.instances.get(id) {
             None => return Err(PublishError::NotFound(id.to_string())),
             Some(i) if i.origin == Origin::Config && origin == Origin::Api => {

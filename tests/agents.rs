@@ -237,6 +237,66 @@ async fn a_dead_first_upstream_costs_its_timeout_once_not_on_every_query() {
     agent.kill().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_past_the_caps_are_refused_and_replicas_do_not_grow() {
+    let key = murmur::gossip::Keyring::generate_base64();
+    let mut cfg = config(24, 0, Some(&key), &[], &["own:80,check=none".into()]);
+    cfg.api.limits.instances = 5;
+    cfg.api.limits.attribute_bytes = 1_000;
+    let a = Agent::start(cfg).await.expect("agent a");
+    let b = Agent::start(config(24, 1, Some(&key), &[a.gossip_addr()], &[])).await.expect("agent b");
+    let api = ApiClient::new(a.api_addr());
+    let status = |r: Result<String, ClientError>| match r {
+        Ok(_) => 200,
+        Err(ClientError::Status(code, _)) => code,
+        Err(e) => panic!("{e}"),
+    };
+    // The config's instance counts: 4 more fit, the fifth API one does not.
+    for i in 0..4 {
+        assert_eq!(
+            status(api.put(&format!("/v1/services/junk/junk-{i}"), "{\"port\":81,\"check\":\"none\"}".into()).await),
+            200
+        );
+    }
+    let past = api.put("/v1/services/junk/junk-4", "{\"port\":81,\"check\":\"none\"}".into()).await;
+    assert!(matches!(&past, Err(ClientError::Status(429, m)) if m.contains("--max-instances")), "{past:?}");
+    // Replacing one is not a new one; large attributes are refused whole.
+    let attrs: Vec<String> = (0..5).map(|i| format!("\"a{i}\":\"{}\"", "x".repeat(250))).collect();
+    let big = format!("{{\"port\":81,\"check\":\"none\",\"attributes\":{{{}}}}}", attrs.join(","));
+    let refused = api.put("/v1/services/junk/junk-0", big).await;
+    assert!(matches!(&refused, Err(ClientError::Status(413, m)) if m.contains("--max-attribute-bytes")), "{refused:?}");
+    assert_eq!(status(api.put("/v1/services/junk/junk-0", "{\"port\":82,\"check\":\"none\"}".into()).await), 200);
+    // The other agent's replica holds the 5, and stays there.
+    let count = |s: &murmur::registry::Snapshot| s.services.values().map(|l| l.len()).sum::<usize>();
+    let (snap, ok) = b.registry().wait_for(WAIT, |s| count(s) == 5).await;
+    assert!(ok, "b sees a's 5 instances: {}", count(&snap));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(count(&b.registry().snapshot()), 5);
+    a.kill().await;
+
+    // The rate: a burst of 100, then 50 a second.
+    let mut cfg = config(24, 2, None, &[], &[]);
+    cfg.api.limits.instances = 1_000;
+    let c = Agent::start(cfg).await.expect("agent c");
+    let mut codes = std::collections::BTreeMap::new();
+    // All at once, so that the test does not depend on how fast this machine is.
+    let puts: Vec<_> = (0..300)
+        .map(|i| {
+            let api = ApiClient::new(c.api_addr());
+            tokio::spawn(async move {
+                api.put(&format!("/v1/services/fast/fast-{i}"), "{\"port\":81,\"check\":\"none\"}".into()).await
+            })
+        })
+        .collect();
+    for p in puts {
+        *codes.entry(status(p.await.expect("task"))).or_insert(0) += 1;
+    }
+    let (ok, limited) = (codes.get(&200).copied().unwrap_or(0), codes.get(&429).copied().unwrap_or(0));
+    assert!(ok >= 100 && limited > 0 && ok + limited == 300, "{codes:?}");
+    b.kill().await;
+    c.kill().await;
+}
+
 /// Sends one raw HTTP/1.1 request and returns the status code.
 async fn raw_status(addr: SocketAddr, request: String) -> u16 {
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect to the API");

@@ -303,6 +303,8 @@ fn publish_error(e: PublishError) -> ApiError {
         PublishError::NotFound(_) => StatusCode::NOT_FOUND,
         PublishError::Draining => StatusCode::SERVICE_UNAVAILABLE,
         PublishError::IdTaken(..) | PublishError::ReadOnly(_) => StatusCode::CONFLICT,
+        PublishError::TooMany(_) | PublishError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+        PublishError::TooLarge(..) => StatusCode::PAYLOAD_TOO_LARGE,
     };
     ApiError(status, e.to_string())
 }

@@ -40,6 +40,7 @@ fn also(field: &str) -> String {
         "--api-token" => ("MURMUR_API_TOKEN", "api.token"),
         "--api-token-file" => ("MURMUR_API_TOKEN_FILE", "api.token_file"),
         "--api-host" => ("MURMUR_API_HOSTS", "api.hosts"),
+        "--max-instances" => ("MURMUR_MAX_INSTANCES", "api.max_instances"),
         _ => return String::new(),
     };
     format!(" (or {}, or {} in the config file)", other.0, other.1)

@@ -102,6 +102,14 @@ pub struct AgentArgs {
     /// a request naming any other host is refused, which stops DNS rebinding.
     #[arg(long = "api-host", value_name = "NAME")]
     pub api_hosts: Vec<String>,
+    /// Most instances this agent carries, the config's included; registrations through
+    /// the API past it get 429 (default 256).
+    #[arg(long, value_name = "N")]
+    pub max_instances: Option<usize>,
+    /// Most bytes of tags and attributes over all of this agent's instances; an API
+    /// registration past it gets 413 (default 65536).
+    #[arg(long, value_name = "BYTES")]
+    pub max_attribute_bytes: Option<usize>,
     /// A service instance: NAME:PORT[,tags=a+b][,check=tcp|http:/path|exec:CMD|none]
     /// [,interval=2s][,timeout=1s][,failures=2][,successes=1][,weight=N][,id=ID]
     /// [,addr=IP][,attr.KEY=VALUE]; repeatable; exec must come last.
@@ -187,6 +195,8 @@ impl AgentArgs {
             api_token: self.api_token.clone(),
             api_token_file: self.api_token_file.clone(),
             api_hosts: (!self.api_hosts.is_empty()).then(|| self.api_hosts.clone()),
+            max_instances: self.max_instances,
+            max_attribute_bytes: self.max_attribute_bytes,
             services,
             log_json: self.log_json.then_some(true),
             log_filter: None,

@@ -66,6 +66,8 @@ pub struct Layer {
     pub api_token: Option<String>,
     pub api_token_file: Option<PathBuf>,
     pub api_hosts: Option<Vec<String>>,
+    pub max_instances: Option<usize>,
+    pub max_attribute_bytes: Option<usize>,
     pub services: Option<Vec<ServiceSpec>>,
     pub log_json: Option<bool>,
     pub log_filter: Option<String>,
@@ -121,6 +123,8 @@ impl Layer {
             api_token,
             api_token_file,
             api_hosts,
+            max_instances,
+            max_attribute_bytes,
             services,
             log_json,
             log_filter,
@@ -268,6 +272,12 @@ pub fn from_env(env: &dyn Env) -> Result<Layer, ConfigError> {
     if let Some((k, v)) = get("MURMUR_API_HOSTS") {
         l.api_hosts = Some(parse_list(&k, &v, ',')?);
     }
+    if let Some((k, v)) = get("MURMUR_MAX_INSTANCES") {
+        l.max_instances = Some(parse_field(&k, &v)?);
+    }
+    if let Some((k, v)) = get("MURMUR_MAX_ATTRIBUTE_BYTES") {
+        l.max_attribute_bytes = Some(parse_field(&k, &v)?);
+    }
     if let Some((k, v)) = get("MURMUR_UPSTREAMS") {
         let specs = v
             .split(';')
@@ -393,6 +403,8 @@ struct FileApi {
     token: Option<String>,
     token_file: Option<PathBuf>,
     hosts: Option<Vec<String>>,
+    max_instances: Option<usize>,
+    max_attribute_bytes: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -512,6 +524,8 @@ pub fn from_toml(text: &str) -> Result<Layer, ConfigError> {
         api_token: f.api.token,
         api_token_file: f.api.token_file,
         api_hosts: f.api.hosts,
+        max_instances: f.api.max_instances,
+        max_attribute_bytes: f.api.max_attribute_bytes,
         services: f
             .service
             .map(|v| v.into_iter().enumerate().map(|(i, s)| file_service(i, s)).collect())

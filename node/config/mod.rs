@@ -151,6 +151,27 @@ pub struct ApiConfig {
     pub token: Option<ApiToken>,
     /// Host names answered besides IP addresses and `localhost` (lowercase).
     pub hosts: Vec<String>,
+    /// What one agent carries at most: API registrations past it are refused.
+    pub limits: RegistrationLimits,
+}
+
+/// Caps on what one agent registers, so that one local process cannot make every replica
+/// in the cluster carry its junk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegistrationLimits {
+    /// Instances, the config's included (`--max-instances`).
+    pub instances: usize,
+    /// Bytes of tags and attributes (keys and values) over every instance
+    /// (`--max-attribute-bytes`).
+    pub attribute_bytes: usize,
+    /// API registrations and removals a second (a burst of twice that is allowed).
+    pub per_second: u32,
+}
+
+impl Default for RegistrationLimits {
+    fn default() -> Self {
+        RegistrationLimits { instances: 256, attribute_bytes: 64 * 1024, per_second: 50 }
+    }
 }
 
 /// The API token. Its `Debug` never shows it.
@@ -208,7 +229,7 @@ fn api_config(
             ok.then_some(h.clone()).ok_or_else(|| ConfigError::new("--api-host", format!("`{h}` is not a host name")))
         })
         .collect::<Result<_, _>>()?;
-    Ok(ApiConfig { listen: listen.unwrap_or(DEFAULT_API_LISTEN), token, hosts })
+    Ok(ApiConfig { listen: listen.unwrap_or(DEFAULT_API_LISTEN), token, hosts, limits: RegistrationLimits::default() })
 }
 
 /// The PEM files of a sidecar's mutual TLS.
@@ -299,7 +320,13 @@ impl Config {
     /// Validates a merged layer. `resolv_conf` is the text of /etc/resolv.conf, used
     /// when no upstream resolver is configured.
     pub fn from_layer(l: Layer, resolv_conf: &str) -> Result<Config, ConfigError> {
-        let api = api_config(l.api_listen, l.api_token.clone(), l.api_token_file.clone(), l.api_hosts.clone())?;
+        let mut api = api_config(l.api_listen, l.api_token.clone(), l.api_token_file.clone(), l.api_hosts.clone())?;
+        let defaults = RegistrationLimits::default();
+        api.limits.instances = match l.max_instances {
+            Some(0) => return Err(ConfigError::new("--max-instances", "must be at least 1")),
+            n => n.unwrap_or(defaults.instances),
+        };
+        api.limits.attribute_bytes = l.max_attribute_bytes.unwrap_or(defaults.attribute_bytes);
         let name_text = l.name.clone().unwrap_or_else(hostname);
         let name = NodeName::new(&name_text)
             .map_err(|e| ConfigError::new("--name", format!("{e}; set a node name that is a DNS label")))?;
@@ -387,6 +414,16 @@ impl Config {
             return Err(ConfigError::new("dns.max_answers", "must be between 1 and 64"));
         }
         let services = l.services.unwrap_or_default();
+        if services.len() > api.limits.instances {
+            return Err(ConfigError::new(
+                "--max-instances",
+                format!(
+                    "the config declares {} instances, more than the cap of {}",
+                    services.len(),
+                    api.limits.instances
+                ),
+            ));
+        }
         let mut ids = std::collections::BTreeSet::new();
         for (i, s) in services.iter().enumerate() {
             let id = s.id.as_ref().map(|i| i.to_string()).unwrap_or_else(|| format!("{name}-{}", s.port));
@@ -607,8 +644,14 @@ mod tests {
         assert_eq!(api.hosts, ["mesh.internal"]);
         let bad = Layer { api_hosts: Some(vec!["no spaces".into()]), ..base.clone() };
         assert_eq!(Config::from_layer(bad, "").expect_err("bad host").field, "--api-host");
-        let blank = Layer { api_token: Some("two words".into()), ..base };
+        let blank = Layer { api_token: Some("two words".into()), ..base.clone() };
         assert_eq!(Config::from_layer(blank, "").expect_err("bad token").field, "--api-token");
+        let none = Layer { max_instances: Some(0), ..base.clone() };
+        assert_eq!(Config::from_layer(none, "").expect_err("zero").field, "--max-instances");
+        let services = ["a:1", "b:2"].iter().map(|s| spec::parse_service_spec(s).expect("valid")).collect();
+        let over = Layer { max_instances: Some(1), services: Some(services), ..base };
+        let err = Config::from_layer(over, "").expect_err("more than the cap");
+        assert!(err.field == "--max-instances" && err.message.contains("declares 2"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
