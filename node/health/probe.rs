@@ -27,15 +27,22 @@ impl ProbeResult {
     }
 }
 
+/// Bytes of an exec check's stderr kept for its output; the rest is not read.
+const MAX_EXEC_OUTPUT: u64 = 512;
+
 /// Runs one probe of `kind` against `target`, giving up after `timeout`.
 pub async fn probe(kind: &CheckKind, target: SocketAddr, timeout: Duration) -> ProbeResult {
-    match tokio::time::timeout(timeout, run(kind, target)).await {
+    // An exec check keeps its own timeout, so that it can kill what it started.
+    if matches!(kind, CheckKind::Exec { .. }) {
+        return run(kind, target, timeout).await;
+    }
+    match tokio::time::timeout(timeout, run(kind, target, timeout)).await {
         Ok(r) => r,
         Err(_) => ProbeResult::fail(format!("timed out after {timeout:?}")),
     }
 }
 
-async fn run(kind: &CheckKind, target: SocketAddr) -> ProbeResult {
+async fn run(kind: &CheckKind, target: SocketAddr, timeout: Duration) -> ProbeResult {
     match kind {
         CheckKind::None => ProbeResult::pass("no check"),
         CheckKind::Tcp => match TcpStream::connect(target).await {
@@ -43,17 +50,45 @@ async fn run(kind: &CheckKind, target: SocketAddr) -> ProbeResult {
             Err(e) => ProbeResult::fail(format!("tcp connect to {target}: {e}")),
         },
         CheckKind::Http { path } => http_get(target, path).await,
-        CheckKind::Exec { command } => {
-            let mut cmd = tokio::process::Command::new("sh");
-            cmd.arg("-c").arg(command).kill_on_drop(true).stdin(std::process::Stdio::null());
-            match cmd.output().await {
-                Ok(out) if out.status.success() => ProbeResult::pass("exit 0"),
-                Ok(out) => {
-                    ProbeResult::fail(format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()))
-                }
-                Err(e) => ProbeResult::fail(format!("cannot run `{command}`: {e}")),
-            }
+        CheckKind::Exec { command } => exec(command, timeout).await,
+    }
+}
+
+/// An exec check: `sh -c command` in a process group of its own, so that a timeout kills
+/// whatever it started, not only the shell; at most [`MAX_EXEC_OUTPUT`] bytes of its
+/// stderr are read (its stdout is discarded).
+async fn exec(command: &str, timeout: Duration) -> ProbeResult {
+    use std::process::Stdio;
+    let mut cmd = tokio::process::Command::new("sh");
+    cmd.arg("-c").arg(command).process_group(0).kill_on_drop(true);
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return ProbeResult::fail(format!("cannot run `{command}`: {e}")),
+    };
+    let group = child.id();
+    let stderr = child.stderr.take();
+    let work = async {
+        let mut out = Vec::new();
+        if let Some(stderr) = stderr {
+            let _ = tokio::io::AsyncReadExt::read_to_end(&mut stderr.take(MAX_EXEC_OUTPUT), &mut out).await;
+            // Dropped here: a command that writes on gets a broken pipe, not a reader.
         }
+        (child.wait().await, out)
+    };
+    let result = tokio::time::timeout(timeout, work).await;
+    if result.is_err() {
+        if let Some(pgid) = group {
+            // No signal call without unsafe code here: `kill` (procps, util-linux) sends
+            // it to the whole group.
+            let _ = tokio::process::Command::new("kill").args(["-KILL", "--", &format!("-{pgid}")]).status().await;
+        }
+    }
+    match result {
+        Ok((Ok(status), _)) if status.success() => ProbeResult::pass("exit 0"),
+        Ok((Ok(status), out)) => ProbeResult::fail(format!("{status}: {}", String::from_utf8_lossy(&out).trim())),
+        Ok((Err(e), _)) => ProbeResult::fail(format!("cannot wait for `{command}`: {e}")),
+        Err(_) => ProbeResult::fail(format!("timed out after {timeout:?}; its process group was killed")),
     }
 }
 
@@ -131,5 +166,31 @@ mod tests {
         assert!(!probe(&CheckKind::Exec { command: "exit 3".into() }, ok, t).await.passed);
         let slow = probe(&CheckKind::Exec { command: "sleep 5".into() }, ok, Duration::from_millis(100)).await;
         assert!(!slow.passed && slow.output.contains("timed out"));
+    }
+
+    #[tokio::test]
+    async fn an_exec_check_that_times_out_takes_what_it_started_with_it() {
+        let ok: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+        let file = std::env::temp_dir().join(format!("murmur-exec-{}-{}", std::process::id(), rand::random::<u32>()));
+        // The shell starts a child of its own and waits: the old check killed only sh.
+        let command = format!("sleep 30 & echo $! > {}; wait", file.display());
+        let r = probe(&CheckKind::Exec { command }, ok, Duration::from_millis(300)).await;
+        assert!(!r.passed && r.output.contains("timed out"), "{r:?}");
+        let pid = std::fs::read_to_string(&file).expect("the child's pid").trim().to_owned();
+        let _ = std::fs::remove_file(&file);
+        let start = std::time::Instant::now();
+        while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            // Gone, or a zombie waiting for its reaper (init, here), which holds nothing.
+            let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            if state.split_whitespace().nth(2) == Some("Z") {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(5), "the check's child {pid} outlived its timeout");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Output is read up to its bound, however much the command writes.
+        let loud = "head -c 10000000 /dev/zero | tr '\\0' x >&2; exit 1".to_owned();
+        let r = probe(&CheckKind::Exec { command: loud }, ok, Duration::from_secs(5)).await;
+        assert!(!r.passed && r.output.len() < 1_000, "{} bytes of output kept", r.output.len());
     }
 }
