@@ -6,7 +6,7 @@ mod common;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use common::{config, eventually, ip, tcp_app, TestMesh, WAIT};
+use common::{config, eventually, ip, status, tcp_app, TestMesh, WAIT};
 use hickory_proto::op::{Message, MessageType, OpCode, Query as DnsQuery, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
 use murmur::api::types::{InstanceJson, MemberJson, ServiceSummaryJson};
@@ -246,11 +246,6 @@ async fn registrations_past_the_caps_are_refused_and_replicas_do_not_grow() {
     let a = Agent::start(cfg).await.expect("agent a");
     let b = Agent::start(config(24, 1, Some(&key), &[a.gossip_addr()], &[])).await.expect("agent b");
     let api = ApiClient::new(a.api_addr());
-    let status = |r: Result<String, ClientError>| match r {
-        Ok(_) => 200,
-        Err(ClientError::Status(code, _)) => code,
-        Err(e) => panic!("{e}"),
-    };
     // The config's instance counts: 4 more fit, the fifth API one does not.
     for i in 0..4 {
         assert_eq!(

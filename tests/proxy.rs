@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{config, echo_app, eventually, ip, with_proxy, WAIT};
+use common::{config, echo_app, eventually, ip, status, with_proxy, WAIT};
 use hickory_proto::rr::RecordType;
 use murmur::dns::client::{addresses, query};
 use murmur::tls::Ca;
@@ -288,11 +288,6 @@ async fn the_api_cannot_rewrite_or_shadow_a_configured_instance() {
     let configured = backend.publisher().local().borrow()[0].clone();
     let (id, port) = (configured.record.instance.to_string(), configured.record.port);
     let api = murmur::cli::ApiClient::new(backend.api_addr());
-    let status = |r: Result<String, murmur::cli::ClientError>| match r {
-        Ok(_) => 200,
-        Err(murmur::cli::ClientError::Status(code, _)) => code,
-        Err(e) => panic!("{e}"),
-    };
     // Replacing it (its allow list lost), repointing it, removing it: refused.
     let path = format!("/v1/services/echo/{id}");
     assert_eq!(status(api.put(&path, format!("{{\"port\":{port},\"check\":\"none\"}}")).await), 409);

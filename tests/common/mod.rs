@@ -198,3 +198,13 @@ pub async fn echo_app(ip: IpAddr, name: &'static str) -> (u16, tokio::task::Join
     });
     (port, task)
 }
+
+/// The HTTP status of an API call: 200 for a success, the code of a refusal; panics when
+/// the agent could not be reached at all.
+pub fn status(r: Result<String, murmur::cli::ClientError>) -> u16 {
+    match r {
+        Ok(_) => 200,
+        Err(murmur::cli::ClientError::Status(code, _)) => code,
+        Err(e) => panic!("{e}"),
+    }
+}
