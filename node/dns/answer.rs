@@ -256,7 +256,7 @@ mod tests {
         Arc::new(Instance {
             service: ServiceName::new(svc).expect("valid"),
             id: InstanceId::new(id).expect("valid"),
-            host: Arc::new(Host { node: NodeName::new("n").expect("valid"), zone: None, proxy: None }),
+            host: Arc::new(Host { node: NodeName::new("n").expect("valid"), zone: None, proxy: None, generation: 1 }),
             address: ip.parse().expect("valid"),
             port: 8080,
             sidecar: false,

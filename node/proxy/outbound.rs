@@ -378,7 +378,7 @@ impl Upstream {
                 let node = ep.host.node.as_str();
                 let Opened { conn, mut send, mut recv, handshake } = self
                     .pool
-                    .open(peer, node)
+                    .open(peer, node, ep.host.generation)
                     .await
                     .map_err(|e| fail(FailureCause::QuicConnect, true, e.to_string()))?;
                 // The peer proved it is that node; it must also be allowed to serve the

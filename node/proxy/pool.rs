@@ -6,8 +6,10 @@
 //!   connection's streams.
 //! - A lost connection is replaced on next use; connecting to one peer never blocks
 //!   streams to another.
-//! - Connections to a peer the registry calls dead or gone, or that restarted after the
-//!   connection was made, are closed at once ([`Pool::close_stale`]): the streams
+//! - Connections to a peer the registry calls dead or gone, or whose generation is no
+//!   longer the one the connection was made to, are closed at once
+//!   ([`Pool::close_stale`]; generations are compared as the registry saw them, never
+//!   one host's clock against another's): the streams
 //!   through a dead sidecar end in a reset to the app within the failure detector's
 //!   time (about 1.2 s), not after the QUIC idle timeout, and a restarted peer is
 //!   reached with a new handshake rather than through a connection nobody answers.
@@ -28,11 +30,6 @@ use crate::tls::node_server_name;
 /// Most connections to one peer: 4 × the peer's stream limit (16,384) proxied
 /// connections between a pair of sidecars.
 pub const MAX_CONNECTIONS_PER_PEER: usize = 4;
-/// A peer whose generation (its start time, by its clock) is later than a connection by
-/// more than this restarted after the connection was made. The margin absorbs clock
-/// skew between hosts; a connection made within it of a restart is left to the idle
-/// timeout.
-const RESTART_MARGIN_MS: u64 = 2_000;
 /// QUIC application close code: the peer sidecar is dead, gone or restarted.
 const CLOSE_STALE: u32 = 1;
 
@@ -64,8 +61,8 @@ pub struct Opened {
 
 struct Pooled {
     conn: Connection,
-    /// When it was made, by this host's clock.
-    opened_unix_ms: u64,
+    /// The peer's generation, as the registry saw it, when the connection was made.
+    generation: u64,
 }
 
 type Slot = Arc<tokio::sync::Mutex<Vec<Pooled>>>;
@@ -124,13 +121,20 @@ impl Pool {
         });
     }
 
-    /// A new stream to node `node` at `addr`: on a pooled connection with stream
-    /// credit, else on a new connection, else (every connection allowed is at the
-    /// peer's limit) on the first that frees a stream.
-    pub async fn open(&self, addr: SocketAddr, node: &str) -> Result<Opened, PoolError> {
+    /// A new stream to node `node` (at `generation`, as the registry sees it) at `addr`:
+    /// on a pooled connection with stream credit, else on a new connection, else (every
+    /// connection allowed is at the peer's limit) on the first that frees a stream.
+    /// Connections made to an older generation are closed first.
+    pub async fn open(&self, addr: SocketAddr, node: &str, generation: u64) -> Result<Opened, PoolError> {
         let slot = self.slot(addr, node);
         let mut conns = slot.lock().await;
-        conns.retain(|p| p.conn.close_reason().is_none());
+        conns.retain(|p| {
+            let older = p.generation < generation;
+            if older {
+                p.conn.close(VarInt::from_u32(CLOSE_STALE), b"peer sidecar restarted");
+            }
+            !older && p.conn.close_reason().is_none()
+        });
         for p in conns.iter() {
             // An error here means the connection just failed: try the next.
             if let Some(Ok((send, recv))) = open_now(&p.conn) {
@@ -145,7 +149,7 @@ impl Pool {
                 .connect_with(client, addr, &node_server_name(node))
                 .map_err(|e| PoolError::Connect(addr, e.to_string()))?;
             let conn = connecting.await.map_err(|e| PoolError::Handshake(addr, e.to_string()))?;
-            conns.push(Pooled { conn: conn.clone(), opened_unix_ms: crate::clock::unix_ms() });
+            conns.push(Pooled { conn: conn.clone(), generation });
             (conn, start.elapsed())
         } else {
             let first = conns.first().map(|p| p.conn.clone());
@@ -164,8 +168,8 @@ impl Pool {
     }
 
     /// Closes every connection to a peer that `members` (the registry's) shows dead,
-    /// left or not at all, or that restarted after the connection was made. Returns
-    /// how many were closed. A peer being connected to right now is looked at next time.
+    /// left or not at all, or at another generation than the connection was made to.
+    /// Returns how many were closed. A peer being connected to right now is looked at next time.
     pub fn close_stale(&self, members: &SharedMap<String, Member>) -> usize {
         let mut closed = 0;
         for ((addr, node), slot) in self.all_slots() {
@@ -173,9 +177,7 @@ impl Pool {
             let member = members.get(node.as_str());
             let before = conns.len();
             conns.retain(|p| {
-                let stale = member.is_none_or(|m| {
-                    m.status != MemberStatus::Alive || m.generation > p.opened_unix_ms + RESTART_MARGIN_MS
-                });
+                let stale = member.is_none_or(|m| m.status != MemberStatus::Alive || m.generation != p.generation);
                 if stale {
                     p.conn.close(VarInt::from_u32(CLOSE_STALE), b"peer sidecar dead, gone or restarted");
                 }
@@ -239,8 +241,11 @@ mod tests {
         (endpoint, accepted, Pool::new(dialler, client))
     }
 
+    /// The generation of the test's peer.
+    const GENERATION: u64 = 1_700_000_000_000;
+
     async fn open_and_hold(pool: &Pool, addr: SocketAddr) -> Opened {
-        let mut s = pool.open(addr, "peer").await.expect("a stream");
+        let mut s = pool.open(addr, "peer", GENERATION).await.expect("a stream");
         s.send.write_all(b"x").await.expect("write");
         s
     }
@@ -291,22 +296,26 @@ mod tests {
         let (server, accepted, pool) = server_and_pool(8);
         let addr = server.local_addr().expect("addr");
         let s = open_and_hold(&pool, addr).await;
-        let now = crate::clock::unix_ms();
-        // Alive, started before the connection (even a little after, by a skewed clock).
-        assert_eq!(pool.close_stale(&members(member(MemberStatus::Alive, now - 60_000))), 0);
-        assert_eq!(pool.close_stale(&members(member(MemberStatus::Alive, now + 1_000))), 0);
+        // Alive at the generation the connection was made to: kept, whatever the peer's
+        // clock says (generations are never compared with this host's clock).
+        assert_eq!(pool.close_stale(&members(member(MemberStatus::Alive, GENERATION))), 0);
         assert!(s.conn.close_reason().is_none());
-        // Restarted after the connection was made.
-        assert_eq!(pool.close_stale(&members(member(MemberStatus::Alive, now + 10_000))), 1);
+        // Restarted: another generation.
+        assert_eq!(pool.close_stale(&members(member(MemberStatus::Alive, GENERATION + 1))), 1);
         assert!(s.conn.close_reason().is_some(), "the stream's connection is closed");
         // The next stream gets a new connection, which a dead verdict closes.
         let s = open_and_hold(&pool, addr).await;
         assert_eq!(settled(&accepted, 2).await, 2);
-        assert_eq!(pool.close_stale(&members(member(MemberStatus::Dead, now))), 1);
+        assert_eq!(pool.close_stale(&members(member(MemberStatus::Dead, GENERATION))), 1);
         assert!(s.conn.close_reason().is_some());
         // So does the peer's absence from the registry.
         let s = open_and_hold(&pool, addr).await;
         assert_eq!(pool.close_stale(&SharedMap::default()), 1);
         assert!(s.conn.close_reason().is_some());
+        // A stream asked for at a newer generation never rides a connection to the old one.
+        let old = open_and_hold(&pool, addr).await;
+        let new = pool.open(addr, "peer", GENERATION + 1).await.expect("a stream");
+        assert!(old.conn.close_reason().is_some(), "the old generation's connection is closed");
+        assert_ne!(old.conn.stable_id(), new.conn.stable_id());
     }
 }

@@ -261,7 +261,8 @@ fn decode_node(node: &Arc<NodeView>, bad: &mut Vec<BadValue>) -> (Member, NodePa
     else {
         return (member, NodePart { status: node.status, instances: answered, ever_alive: false });
     };
-    let host = Arc::new(Host { node: node_name, zone: record.zone.clone(), proxy: record.proxy });
+    let host =
+        Arc::new(Host { node: node_name, zone: record.zone.clone(), proxy: record.proxy, generation: node.generation });
     for inst in instances {
         // An instance whose health key has not arrived yet is treated as critical:
         // better to answer without it for one round than to send traffic to an app

@@ -62,6 +62,9 @@ pub struct Host {
     pub zone: Option<String>,
     /// Where that node's sidecar accepts proxied streams (QUIC), when it runs one.
     pub proxy: Option<SocketAddr>,
+    /// The node's generation (its start time) as the registry saw it: a connection to
+    /// its sidecar belongs to this generation.
+    pub generation: u64,
 }
 
 /// One service instance with its health.
