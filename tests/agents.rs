@@ -641,7 +641,6 @@ async fn a_replayed_datagram_is_answered_at_most_once_and_never_amplified() {
     let target = mesh.agent(1).gossip_addr();
     let m = mesh.agent(1).metrics();
     replayer.send_to(&datagram, target).await.expect("replay");
-    tokio::time::sleep(Duration::from_millis(100)).await;
     // Each further copy is sent again until the agent has counted it, so that a copy the
     // kernel drops under load (a full socket queue) is not one the agent never saw. What
     // comes back to the replayer is collected all along.

@@ -379,16 +379,7 @@ async fn pair(block: u8, ca: &Ca, service: &str, port: u16, upstream: &str) -> (
 async fn udp_upstreams_ride_quic_datagrams_and_idle_flows_expire() {
     let ca = Ca::generate().expect("ca");
     let block = 35;
-    let app = tokio::net::UdpSocket::bind((ip(block, 1), 0)).await.expect("udp app");
-    let app_port = app.local_addr().expect("addr").port();
-    let app_task = tokio::spawn(async move {
-        let mut buf = [0u8; 2048];
-        while let Ok((n, from)) = app.recv_from(&mut buf).await {
-            let mut reply = b"pong:".to_vec();
-            reply.extend_from_slice(&buf[..n]);
-            let _ = app.send_to(&reply, from).await;
-        }
-    });
+    let (app_port, app_task) = udp_pong(ip(block, 1)).await;
     let (client, backend) = pair(block, &ca, "cache", app_port, "cache:53,proto=udp,idle-timeout=500ms").await;
     let reader = client.registry();
     let (_, ok) =
