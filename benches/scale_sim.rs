@@ -157,6 +157,7 @@ async fn simulate(n: usize, interval: Duration, deadline: Duration, cap_mb: f64)
             retransmit_mult: murmur::config::DEFAULT_RETRANSMIT_MULT,
             sync_interval: murmur::config::DEFAULT_SYNC_INTERVAL,
             dead_grace: Duration::from_secs(3600),
+            tombstone_grace: murmur::config::DEFAULT_TOMBSTONE_GRACE,
             drain: Duration::ZERO,
         };
         let started = match tokio::net::UdpSocket::bind(addr).await {

@@ -387,3 +387,102 @@ fn the_demo_runs_and_fails_no_call() {
     assert!(text.contains(" calls, 0 failed"), "{text}");
     assert!(start.elapsed() < Duration::from_secs(60), "the demo takes under a minute");
 }
+
+/// Resident memory of a process, kB.
+fn rss_kb(child: &Child) -> u64 {
+    std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// One HTTP/1.1 request on a kept-alive connection; the status code.
+fn http_call(conn: &mut std::net::TcpStream, method: &str, path: &str, body: &str) -> u16 {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let host = conn.peer_addr().expect("peer");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(request.as_bytes()).expect("request written");
+    let mut reader = BufReader::new(conn);
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("status line");
+    let status = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("a status");
+    let mut length = 0;
+    loop {
+        line.clear();
+        reader.read_line(&mut line).expect("header");
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse().expect("length");
+            }
+        }
+    }
+    let mut rest = vec![0; length];
+    reader.read_exact(&mut rest).expect("body");
+    status
+}
+
+/// Registers and removes `n` instances through the API, one connection throughout.
+fn churn(api: SocketAddr, from: usize, n: usize) {
+    let mut conn = std::net::TcpStream::connect(api).expect("api connects");
+    conn.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    // Long ids, as generated task ids are: each removal leaves a tombstone of its key.
+    let pad = "x".repeat(48);
+    for i in from..from + n {
+        let path = format!("/v1/services/churn/churn-{i}-{pad}");
+        let body = format!("{{\"port\":{},\"check\":\"none\",\"tags\":[\"t{}\"]}}", 9000 + i % 100, i % 7);
+        assert_eq!(http_call(&mut conn, "PUT", &path, &body), 200, "register {i}");
+        assert_eq!(http_call(&mut conn, "DELETE", &path, ""), 200, "remove {i}");
+    }
+}
+
+fn gauge(rt: &tokio::runtime::Runtime, api: SocketAddr, name: &str) -> Option<u64> {
+    let metrics = api_get(rt, api, "/metrics")?;
+    metrics.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn registration_churn_leaves_no_tombstones_and_no_memory_behind() {
+    let rt = rt();
+    let key = keygen();
+    let seed = SocketAddr::new(ip(4, 0), 7946).to_string();
+    let fast = ["--registration-rate", "100000", "--tombstone-grace", "2s", "--service", "web:80,check=none"];
+    let agents = [agent(4, 0, &key, &[], &fast), agent(4, 1, &key, std::slice::from_ref(&seed), &fast)];
+    wait_until("two members", || agents.iter().all(|a| alive(&rt, a.api).len() == 2));
+    let settled = |what: &str| {
+        wait_until(what, || agents.iter().all(|a| gauge(&rt, a.api, "murmur_gossip_tombstones") == Some(0)));
+    };
+    // A first burst as large as the one measured: glibc keeps the arena pages that the
+    // tombstones of one grace took at their peak (bounded by rate × grace and by
+    // MAX_TOMBSTONES), so the question is whether a second burst grows memory again.
+    churn(agents[0].api, 0, 10_000);
+    settled("the first burst's tombstones forgotten");
+    std::thread::sleep(Duration::from_millis(500));
+    let before: Vec<u64> = agents.iter().map(|a| rss_kb(&a.child)).collect();
+    let started = Instant::now();
+    churn(agents[0].api, 10_000, 10_000);
+    let took = started.elapsed();
+    let held: Vec<Option<u64>> = agents.iter().map(|a| gauge(&rt, a.api, "murmur_gossip_tombstones")).collect();
+    assert!(held.iter().all(|t| t.is_some_and(|t| t > 0)), "removals are remembered for the grace: {held:?}");
+    let peak: Vec<u64> = agents.iter().map(|a| rss_kb(&a.child)).collect();
+    settled("every tombstone forgotten after the grace");
+    std::thread::sleep(Duration::from_millis(500));
+    let after: Vec<u64> = agents.iter().map(|a| rss_kb(&a.child)).collect();
+    eprintln!("10,000 register/remove cycles in {took:?}; tombstones at the end {held:?}; RSS kB before {before:?}, at the end {peak:?}, after the grace {after:?}");
+    for i in 0..2 {
+        let services = api_get(&rt, agents[i].api, "/v1/services").expect("services");
+        assert!(!services.contains("churn"), "agent {i} still lists churn: {services}");
+        let grown = after[i].saturating_sub(before[i]);
+        assert!(
+            grown < 1024,
+            "agent {i} grew by {grown} kB over 10,000 cycles ({} kB before, {} after)",
+            before[i],
+            after[i]
+        );
+    }
+}

@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
     let t0 = Instant::now();
     let me = Identity { name: "me".into(), generation: 1, addr: SocketAddr::from(([127, 0, 0, 1], 7946)) };
     let mut core = Swim::new(me, SwimConfig::default(), MapStore::default(), 1, t0);
-    core.set_local("node", Some("x"));
+    core.set_local("node", Some("x"), t0);
     let peer = SocketAddr::from(([127, 0, 0, 2], 7946));
     // A known member first, so datagrams can speak of someone.
     let hello = encode_message(&Message {

@@ -41,6 +41,8 @@ fn also(field: &str) -> String {
         "--api-token-file" => ("MURMUR_API_TOKEN_FILE", "api.token_file"),
         "--api-host" => ("MURMUR_API_HOSTS", "api.hosts"),
         "--max-instances" => ("MURMUR_MAX_INSTANCES", "api.max_instances"),
+        "--registration-rate" => ("MURMUR_REGISTRATION_RATE", "api.registration_rate"),
+        "--tombstone-grace" => ("MURMUR_TOMBSTONE_GRACE", "gossip.tombstone_grace"),
         _ => return String::new(),
     };
     format!(" (or {}, or {} in the config file)", other.0, other.1)

@@ -71,6 +71,10 @@ pub struct AgentArgs {
     /// How long a dead node is remembered before it is forgotten (default 5m).
     #[arg(long, value_name = "DURATION")]
     pub dead_grace: Option<String>,
+    /// How long a removed key is remembered so that lagging replicas learn of the
+    /// removal; a replica further behind refetches that node's state (default 5m).
+    #[arg(long, value_name = "DURATION")]
+    pub tombstone_grace: Option<String>,
     /// Drain period on SIGTERM between "draining" and leaving (default 3s).
     #[arg(long, value_name = "DURATION")]
     pub drain: Option<String>,
@@ -110,6 +114,10 @@ pub struct AgentArgs {
     /// registration past it gets 413 (default 65536).
     #[arg(long, value_name = "BYTES")]
     pub max_attribute_bytes: Option<usize>,
+    /// API registrations and removals a second; bursts of twice that pass, the rest get
+    /// 429 (default 50).
+    #[arg(long, value_name = "N")]
+    pub registration_rate: Option<u32>,
     /// A service instance: NAME:PORT[,tags=a+b][,check=tcp|http:/path|exec:CMD|none]
     /// [,interval=2s][,timeout=1s][,failures=2][,successes=1][,weight=N][,id=ID]
     /// [,addr=IP][,attr.KEY=VALUE]; repeatable; exec must come last.
@@ -185,6 +193,7 @@ impl AgentArgs {
             retransmit_mult: self.retransmit_mult,
             sync_interval: duration_flag("--sync-interval", &self.sync_interval)?,
             dead_grace: duration_flag("--dead-grace", &self.dead_grace)?,
+            tombstone_grace: duration_flag("--tombstone-grace", &self.tombstone_grace)?,
             drain: duration_flag("--drain", &self.drain)?,
             dns_listen: self.dns_listen,
             dns_upstreams: (!self.dns_upstreams.is_empty()).then(|| self.dns_upstreams.clone()),
@@ -197,6 +206,7 @@ impl AgentArgs {
             api_hosts: (!self.api_hosts.is_empty()).then(|| self.api_hosts.clone()),
             max_instances: self.max_instances,
             max_attribute_bytes: self.max_attribute_bytes,
+            registration_rate: self.registration_rate,
             services,
             log_json: self.log_json.then_some(true),
             log_filter: None,

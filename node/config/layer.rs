@@ -56,6 +56,7 @@ pub struct Layer {
     pub retransmit_mult: Option<u32>,
     pub sync_interval: Option<Duration>,
     pub dead_grace: Option<Duration>,
+    pub tombstone_grace: Option<Duration>,
     pub drain: Option<Duration>,
     pub dns_listen: Option<SocketAddr>,
     pub dns_upstreams: Option<Vec<SocketAddr>>,
@@ -68,6 +69,7 @@ pub struct Layer {
     pub api_hosts: Option<Vec<String>>,
     pub max_instances: Option<usize>,
     pub max_attribute_bytes: Option<usize>,
+    pub registration_rate: Option<u32>,
     pub services: Option<Vec<ServiceSpec>>,
     pub log_json: Option<bool>,
     pub log_filter: Option<String>,
@@ -113,6 +115,7 @@ impl Layer {
             retransmit_mult,
             sync_interval,
             dead_grace,
+            tombstone_grace,
             drain,
             dns_listen,
             dns_upstreams,
@@ -125,6 +128,7 @@ impl Layer {
             api_hosts,
             max_instances,
             max_attribute_bytes,
+            registration_rate,
             services,
             log_json,
             log_filter,
@@ -249,6 +253,9 @@ pub fn from_env(env: &dyn Env) -> Result<Layer, ConfigError> {
     if let Some((k, v)) = get("MURMUR_DEAD_GRACE") {
         l.dead_grace = Some(duration_field(&k, &v)?);
     }
+    if let Some((k, v)) = get("MURMUR_TOMBSTONE_GRACE") {
+        l.tombstone_grace = Some(duration_field(&k, &v)?);
+    }
     if let Some((k, v)) = get("MURMUR_DRAIN") {
         l.drain = Some(duration_field(&k, &v)?);
     }
@@ -277,6 +284,9 @@ pub fn from_env(env: &dyn Env) -> Result<Layer, ConfigError> {
     }
     if let Some((k, v)) = get("MURMUR_MAX_ATTRIBUTE_BYTES") {
         l.max_attribute_bytes = Some(parse_field(&k, &v)?);
+    }
+    if let Some((k, v)) = get("MURMUR_REGISTRATION_RATE") {
+        l.registration_rate = Some(parse_field(&k, &v)?);
     }
     if let Some((k, v)) = get("MURMUR_UPSTREAMS") {
         let specs = v
@@ -383,6 +393,7 @@ struct FileGossip {
     retransmit_mult: Option<u32>,
     sync_interval: Option<String>,
     dead_grace: Option<String>,
+    tombstone_grace: Option<String>,
     drain: Option<String>,
 }
 
@@ -405,6 +416,7 @@ struct FileApi {
     hosts: Option<Vec<String>>,
     max_instances: Option<usize>,
     max_attribute_bytes: Option<usize>,
+    registration_rate: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -514,6 +526,7 @@ pub fn from_toml(text: &str) -> Result<Layer, ConfigError> {
         retransmit_mult: g.retransmit_mult,
         sync_interval: opt("gossip.sync_interval", g.sync_interval, duration_field)?,
         dead_grace: opt("gossip.dead_grace", g.dead_grace, duration_field)?,
+        tombstone_grace: opt("gossip.tombstone_grace", g.tombstone_grace, duration_field)?,
         drain: opt("gossip.drain", g.drain, duration_field)?,
         dns_listen: opt("dns.listen", f.dns.listen, parse_field)?,
         dns_upstreams: list("dns.upstreams", f.dns.upstreams)?,
@@ -526,6 +539,7 @@ pub fn from_toml(text: &str) -> Result<Layer, ConfigError> {
         api_hosts: f.api.hosts,
         max_instances: f.api.max_instances,
         max_attribute_bytes: f.api.max_attribute_bytes,
+        registration_rate: f.api.registration_rate,
         services: f
             .service
             .map(|v| v.into_iter().enumerate().map(|(i, s)| file_service(i, s)).collect())

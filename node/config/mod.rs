@@ -52,6 +52,9 @@ pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_secs(30);
 /// Default time a dead node is remembered (listed as dead) before it is forgotten.
 /// Minutes, not chitchat's 24 h: tasks churn all the time.
 pub const DEFAULT_DEAD_GRACE: Duration = Duration::from_secs(300);
+/// How long a removed key is remembered: far longer than any rumor takes to spread, so
+/// that only a replica cut off for minutes has to refetch a node's state.
+pub const DEFAULT_TOMBSTONE_GRACE: Duration = Duration::from_secs(300);
 /// Default drain period: instances are marked draining this long before the agent
 /// leaves, three DNS TTLs so that clients stop picking them.
 pub const DEFAULT_DRAIN: Duration = Duration::from_secs(3);
@@ -119,6 +122,8 @@ pub struct GossipConfig {
     pub sync_interval: Duration,
     /// How long dead nodes are remembered.
     pub dead_grace: Duration,
+    /// How long removed keys are remembered.
+    pub tombstone_grace: Duration,
     /// Drain period before leaving.
     pub drain: Duration,
 }
@@ -327,6 +332,10 @@ impl Config {
             n => n.unwrap_or(defaults.instances),
         };
         api.limits.attribute_bytes = l.max_attribute_bytes.unwrap_or(defaults.attribute_bytes);
+        api.limits.per_second = match l.registration_rate {
+            Some(0) => return Err(ConfigError::new("--registration-rate", "must be at least 1 a second")),
+            n => n.unwrap_or(defaults.per_second),
+        };
         let name_text = l.name.clone().unwrap_or_else(hostname);
         let name = NodeName::new(&name_text)
             .map_err(|e| ConfigError::new("--name", format!("{e}; set a node name that is a DNS label")))?;
@@ -398,6 +407,10 @@ impl Config {
         let dead_grace = l.dead_grace.unwrap_or(DEFAULT_DEAD_GRACE);
         if dead_grace < Duration::from_secs(1) || dead_grace > MAX_DEAD_GRACE {
             return Err(ConfigError::new("--dead-grace", "must be between 1s and 7 days"));
+        }
+        let tombstone_grace = l.tombstone_grace.unwrap_or(DEFAULT_TOMBSTONE_GRACE);
+        if tombstone_grace < Duration::from_secs(1) || tombstone_grace > MAX_DEAD_GRACE {
+            return Err(ConfigError::new("--tombstone-grace", "must be between 1s and 7 days"));
         }
         let drain = l.drain.unwrap_or(DEFAULT_DRAIN);
         if drain > MAX_DRAIN {
@@ -514,6 +527,7 @@ impl Config {
                 retransmit_mult,
                 sync_interval,
                 dead_grace,
+                tombstone_grace,
                 drain,
             },
             dns: DnsConfig {

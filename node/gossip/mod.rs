@@ -126,6 +126,7 @@ fn swim_config(config: &GossipConfig) -> SwimConfig {
         gossip_interval: config.interval,
         sync_interval: config.sync_interval,
         dead_grace: config.dead_grace,
+        tombstone_grace: config.tombstone_grace,
         ..SwimConfig::default()
     }
 }
@@ -147,9 +148,10 @@ pub async fn spawn_gossip(
         config.advertise
     };
     let me = Identity { name: name.to_owned(), generation, addr: advertise };
-    let mut core = Swim::new(me, swim_config(config), MapStore::default(), rand::random(), Instant::now());
+    let now = Instant::now();
+    let mut core = Swim::new(me, swim_config(config), MapStore::default(), rand::random(), now);
     for (key, value) in &initial {
-        core.set_local(key, Some(value));
+        core.set_local(key, Some(value), now);
     }
     let (tx, rx) = mpsc::unbounded_channel();
     let (view_tx, view_rx) = watch::channel(Arc::new(ClusterView::default()));
@@ -286,7 +288,7 @@ impl Shell {
                     next_resolve = tokio::time::Instant::now() + if ok { RESOLVE_EVERY } else { RESOLVE_RETRY };
                 }
                 cmd = rx.recv() => match cmd {
-                    Some(Command::Set(key, value)) => self.core.set_local(&key, value.as_deref()),
+                    Some(Command::Set(key, value)) => self.core.set_local(&key, value.as_deref(), Instant::now()),
                     Some(Command::Leave(done)) => {
                         self.core.leave();
                         self.flush().await;
@@ -361,6 +363,7 @@ impl Shell {
     }
 
     async fn flush(&mut self) {
+        self.metrics.gossip.tombstones.set(self.core.removals() as u64);
         // Events first: a member that just joined is known before anything is sent to it.
         // Each event names the member whose view changed; the registry logs member
         // changes as it sees them.

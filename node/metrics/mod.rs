@@ -81,6 +81,8 @@ pub struct GossipMetrics {
     /// Messages not sent to an address that is no live member nor seed, past its
     /// allowance (a few times what it sent).
     pub capped: Counter,
+    /// Removals (tombstones) held until their grace passes, over every member.
+    pub tombstones: Gauge,
 }
 
 /// Membership gauges, set by the registry builder.

@@ -53,6 +53,13 @@ pub fn render_prometheus(m: &Metrics) -> String {
     );
     metric(
         &mut out,
+        "murmur_gossip_tombstones",
+        "gauge",
+        "Removed keys remembered until --tombstone-grace passes, over every member.",
+        g.tombstones.get(),
+    );
+    metric(
+        &mut out,
         "murmur_gossip_bad_values_total",
         "counter",
         "Gossip values skipped because they did not decode.",

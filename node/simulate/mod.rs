@@ -246,7 +246,7 @@ impl Sim {
             let mut core = Swim::new(me, cfg.swim.clone(), store, rng.random(), start);
             for key in 0..INITIAL_VERSION as u16 {
                 history.borrow_mut().record(i, u64::from(key) + 1, key);
-                core.set_local(&store::key_name(i, key), Some("x"));
+                core.set_local(&store::key_name(i, key), Some("x"), start);
             }
             agents.push(Agent {
                 core,
@@ -650,7 +650,8 @@ impl Sim {
         let key = 1 + INSTANCES as u16 + self.rng.random_range(0..INSTANCES as u16);
         let version = self.agents[owner].core.version() + 1;
         self.history.borrow_mut().record(owner, version, key);
-        self.agents[owner].core.set_local(&store::key_name(owner, key), Some("x"));
+        let now = self.at(self.now);
+        self.agents[owner].core.set_local(&store::key_name(owner, key), Some("x"), now);
         let mut reached = vec![0; self.words];
         set_bit(&mut reached, owner, true);
         self.changes.push(Change { owner, version, at: self.now, reached, count: 1, done: None });

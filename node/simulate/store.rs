@@ -119,6 +119,12 @@ impl Store for SimStore {
         true
     }
 
+    fn purge(&mut self, _owner: &str, _upto: u64) -> usize {
+        0
+    }
+
+    fn replace_upto(&mut self, _owner: &str, _upto: u64, _keys: &[KeyValue]) {}
+
     fn delta(&self, owner: &str, from: u64, upto: u64, budget: usize) -> (Vec<KeyValue>, bool) {
         let Some(i) = owner_index(owner) else { return (Vec::new(), true) };
         let mut history = self.history.borrow_mut();

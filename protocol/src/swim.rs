@@ -22,7 +22,7 @@ use thiserror::Error;
 use crate::limits::{MAX_LABEL_LEN, MAX_VALUE_LEN};
 
 /// The membership wire version this build speaks.
-pub const SWIM_VERSION: u8 = 1;
+pub const SWIM_VERSION: u8 = 2;
 
 /// Largest plaintext of one probe or gossip datagram, in bytes. With the sealed
 /// transport's 48 bytes and 28 of IP and UDP, a datagram stays under 1,400 bytes on the
@@ -204,6 +204,10 @@ pub enum Body {
         generation: u64,
         /// The version the asker now holds completely.
         to: u64,
+        /// Removals at or below this version are forgotten by the sender (their
+        /// tombstones outlived the grace): an asker that holds less than this may hold
+        /// keys that are gone, and must refetch the member's state from the start.
+        floor: u64,
         /// The keys, ascending by version.
         updates: Vec<KeyValue>,
     },
@@ -359,6 +363,7 @@ mod tests {
                 owner: "x".into(),
                 generation: 4,
                 to: 12,
+                floor: 3,
                 updates: vec![
                     KeyValue { version: 11, key: "i/x-80".into(), value: Some("AQID".into()) },
                     KeyValue { version: 12, key: "h/x-80".into(), value: None },

@@ -29,6 +29,9 @@ pub struct Member {
     pub version: u64,
     /// The highest version of its state heard of.
     pub known: u64,
+    /// Removals at or below this version are no longer held here (their tombstones
+    /// were forgotten, or never came: this agent refetched the state after them).
+    pub floor: u64,
 }
 
 impl Member {
@@ -264,6 +267,7 @@ mod tests {
             status,
             version: 0,
             known: 0,
+            floor: 0,
         }
     }
 

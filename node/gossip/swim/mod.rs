@@ -92,6 +92,9 @@ pub struct SwimConfig {
     pub sync_interval: Duration,
     /// How long a dead or departed member is remembered before it is forgotten.
     pub dead_grace: Duration,
+    /// How long a removed key (a tombstone) is remembered. A replica that was behind for
+    /// longer refetches that member's state.
+    pub tombstone_grace: Duration,
     /// Ceiling of the local health score.
     pub max_local_health: u32,
 }
@@ -110,6 +113,7 @@ impl Default for SwimConfig {
             gossip_fanout: 3,
             sync_interval: Duration::from_secs(30),
             dead_grace: Duration::from_secs(300),
+            tombstone_grace: Duration::from_secs(300),
             max_local_health: 8,
         }
     }
@@ -165,6 +169,11 @@ const PING_LOSS_WEIGHT: f64 = 0.2;
 const LOSSY: f64 = 0.05;
 /// Above this, two more.
 const VERY_LOSSY: f64 = 0.35;
+/// Removals remembered at once, over every member: past it the oldest is forgotten
+/// early (a lagging replica then refetches that member's state, which stays correct).
+/// With the default grace and registration rate it holds every removal of 13 agents
+/// churning flat out.
+pub const MAX_TOMBSTONES: usize = 20_000;
 /// Room left in a datagram for the message before rumors fill it.
 const ENTRY_LEN: usize = 48;
 
@@ -209,6 +218,39 @@ impl Forget {
     }
 }
 
+/// A removal (a key set to none) to forget at `at`.
+#[derive(Debug, Clone)]
+struct Removal {
+    at: Instant,
+    owner: Arc<str>,
+    generation: u64,
+    version: u64,
+}
+
+/// A pull in flight.
+#[derive(Debug, Clone, Copy)]
+struct Pull {
+    idx: MemberIdx,
+    /// When it is given up.
+    at: Instant,
+    /// The version asked from.
+    from: u64,
+    /// Whether it is part of a refetch.
+    refetch: bool,
+}
+
+/// A member's state fetched again from the start, because a holder forgot removals
+/// this agent may not have seen. It is gathered aside and swapped in whole, so readers
+/// never see the member without its keys.
+#[derive(Debug, Clone, Default)]
+struct Refetch {
+    /// The holder's floor that made it necessary.
+    floor: u64,
+    /// Every key up to this version has been fetched.
+    cursor: u64,
+    keys: Vec<KeyValue>,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Behind {
     holder: SocketAddr,
@@ -221,6 +263,8 @@ pub struct Swim<S> {
     my_name: Arc<str>,
     incarnation: u32,
     version: u64,
+    /// This agent's own removals at or below this version are forgotten.
+    floor: u64,
     leaving: bool,
     config: SwimConfig,
     members: Members,
@@ -257,8 +301,10 @@ pub struct Swim<S> {
     ahead: HashMap<MemberIdx, Vec<u64>>,
     // Ordered maps where the core iterates, so a seeded run replays exactly.
     behind: BTreeMap<MemberIdx, Behind>,
-    pulls: BTreeMap<u32, (MemberIdx, Instant)>,
+    pulls: BTreeMap<u32, Pull>,
+    refetch: BTreeMap<MemberIdx, Refetch>,
     next_pull: Instant,
+    removals: VecDeque<Removal>,
     forget: VecDeque<Forget>,
     nudged: HashMap<MemberIdx, Instant>,
     next_reconnect: Instant,
@@ -278,6 +324,7 @@ impl<S: Store> Swim<S> {
             me,
             incarnation: 0,
             version: 0,
+            floor: 0,
             leaving: false,
             health: LocalHealth::new(config.max_local_health),
             ping_loss: 0.0,
@@ -307,7 +354,9 @@ impl<S: Store> Swim<S> {
             ahead: HashMap::new(),
             behind: BTreeMap::new(),
             pulls: BTreeMap::new(),
+            refetch: BTreeMap::new(),
             next_pull: now,
+            removals: VecDeque::new(),
             forget: VecDeque::new(),
             nudged: HashMap::new(),
             next_reconnect: now,
@@ -351,10 +400,13 @@ impl<S: Store> Swim<S> {
     }
 
     /// Sets one key of this agent's state (`None` deletes it) and spreads the change.
-    pub fn set_local(&mut self, key: &str, value: Option<&str>) {
+    pub fn set_local(&mut self, key: &str, value: Option<&str>, now: Instant) {
         self.version += 1;
         let version = self.version;
         self.store.apply(&self.me.name, key, value, version);
+        if value.is_none() {
+            self.note_removal(self.my_name.clone(), self.me.generation, version, now);
+        }
         let update = Update {
             owner: self.me.name.clone(),
             generation: self.me.generation,
@@ -443,9 +495,14 @@ impl<S: Store> Swim<S> {
         format!(
             "behind {:?} pulls {:?} ahead {:?}",
             idx.and_then(|i| self.behind.get(&i)),
-            self.pulls.values().filter(|(i, _)| Some(*i) == idx).count(),
+            self.pulls.values().filter(|p| Some(p.idx) == idx).count(),
             idx.and_then(|i| self.ahead.get(&i))
         )
+    }
+
+    /// Removals remembered, waiting for their grace to pass.
+    pub fn removals(&self) -> usize {
+        self.removals.len()
     }
 
     /// Rumors waiting to be sent.
@@ -472,6 +529,7 @@ impl<S: Store> Swim<S> {
         consider((!self.joined).then_some(self.next_join));
         consider((!self.behind.is_empty() || !self.pulls.is_empty()).then_some(self.next_pull));
         consider(self.forget.front().map(|f| f.at));
+        consider(self.removals.front().map(|r| r.at));
         consider((!self.forget.is_empty()).then_some(self.next_reconnect));
         t
     }
@@ -521,6 +579,7 @@ impl<S: Store> Swim<S> {
             self.next_pull = now + self.config.gossip_interval;
             self.run_pulls(now);
         }
+        self.forget_removals(now);
         while self.forget.front().is_some_and(|f| f.at <= now) {
             let Some(Forget { idx, name, .. }) = self.forget.pop_front().filter(|f| {
                 // A member that came back, or died again since, has a later booking.
@@ -533,6 +592,7 @@ impl<S: Store> Swim<S> {
             self.store.remove(&name);
             self.ahead.remove(&idx);
             self.behind.remove(&idx);
+            self.refetch.remove(&idx);
             self.events.push_back(Event::Forgotten(name));
         }
     }
@@ -627,8 +687,8 @@ impl<S: Store> Swim<S> {
                 }
             }
             Body::StateRequest { seq, owner, generation, from } => self.serve_state(src, seq, &owner, generation, from),
-            Body::StateReply { seq, owner, generation, to, updates } => {
-                self.on_state_reply(seq, &owner, generation, to, updates, now)
+            Body::StateReply { seq, owner, generation, to, floor, updates } => {
+                self.on_state_reply(seq, &owner, generation, (to, floor), updates, now)
             }
         }
     }

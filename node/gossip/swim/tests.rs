@@ -22,11 +22,15 @@ fn addr(i: usize) -> SocketAddr {
 
 impl Net {
     fn new(n: usize) -> Self {
+        Self::with_config(n, SwimConfig::default())
+    }
+
+    fn with_config(n: usize, config: SwimConfig) -> Self {
         let base = Instant::now();
         let nodes = (0..n)
             .map(|i| {
                 let me = Identity { name: format!("m{i}"), generation: T0_MS, addr: addr(i) };
-                Swim::new(me, SwimConfig::default(), MapStore::default(), i as u64, base)
+                Swim::new(me, config.clone(), MapStore::default(), i as u64, base)
             })
             .collect();
         Self { base, now: Duration::ZERO, nodes, cut: vec![false; n], log: Vec::new(), events: vec![Vec::new(); n] }
@@ -100,8 +104,8 @@ impl Net {
 fn members_join_through_a_seed_and_pull_each_others_state() {
     let mut net = Net::new(4);
     for (i, node) in net.nodes.iter_mut().enumerate() {
-        node.set_local("node", Some(&format!("record-{i}")));
-        node.set_local("i/web-1", Some("instance"));
+        node.set_local("node", Some(&format!("record-{i}")), net.base);
+        node.set_local("i/web-1", Some("instance"), net.base);
     }
     net.join_all();
     net.run(Duration::from_secs(3));
@@ -124,7 +128,8 @@ fn a_change_rides_rumors_and_a_deletion_too() {
     net.join_all();
     net.run(Duration::from_secs(3));
     let pulls_before = net.log.len();
-    net.nodes[1].set_local("h/web-1", Some("passing"));
+    let now = net.at();
+    net.nodes[1].set_local("h/web-1", Some("passing"), now);
     net.run(Duration::from_millis(300));
     assert_eq!(net.nodes[2].store().values("m1"), [("h/web-1".into(), "passing".into())]);
     let requests = net.log[pulls_before..]
@@ -132,7 +137,8 @@ fn a_change_rides_rumors_and_a_deletion_too() {
         .filter(|(_, _, b)| matches!(swim::decode(b), Ok((Message { body: Body::StateRequest { .. }, .. }, _))))
         .count();
     assert_eq!(requests, 0, "a change that arrives by rumor needs no pull");
-    net.nodes[1].set_local("h/web-1", None);
+    let now = net.at();
+    net.nodes[1].set_local("h/web-1", None, now);
     net.run(Duration::from_millis(300));
     assert!(net.nodes[2].store().values("m1").is_empty());
     assert_eq!(net.nodes[0].member("m1").map(|m| m.version), Some(2));
@@ -145,14 +151,73 @@ fn a_missed_change_is_pulled() {
     net.run(Duration::from_secs(3));
     // m2 misses the first change entirely, then hears of the second.
     net.cut[2] = true;
-    net.nodes[1].set_local("h/a", Some("1"));
+    let now = net.at();
+    net.nodes[1].set_local("h/a", Some("1"), now);
     net.run(Duration::from_secs(3));
     net.cut[2] = false;
-    net.nodes[1].set_local("h/b", Some("2"));
+    let now = net.at();
+    net.nodes[1].set_local("h/b", Some("2"), now);
     net.run(Duration::from_secs(2));
     let m1 = net.nodes[2].member("m1").map(|m| (m.version, m.known));
     assert_eq!(m1, Some((2, 2)), "the gap is filled");
     assert_eq!(net.nodes[2].store().values("m1").len(), 2);
+}
+
+#[test]
+fn removals_are_forgotten_after_the_grace_and_a_replica_cut_off_longer_refetches() {
+    let config = SwimConfig { tombstone_grace: Duration::from_secs(2), ..SwimConfig::default() };
+    let mut net = Net::with_config(3, config);
+    net.join_all();
+    net.run(Duration::from_secs(3));
+    let now = net.at();
+    for key in ["i/a", "i/b", "i/c"] {
+        net.nodes[1].set_local(key, Some("x"), now);
+    }
+    net.run(Duration::from_secs(1));
+    assert_eq!(net.nodes[2].store().values("m1").len(), 3);
+    // m2 is cut off for longer than the grace, and misses a removal and a new key.
+    net.cut[2] = true;
+    let now = net.at();
+    net.nodes[1].set_local("i/a", None, now);
+    net.run(Duration::from_millis(500));
+    assert_eq!(net.nodes[0].store().tombstones(), 1, "the removal is remembered for the grace");
+    let now = net.at();
+    net.nodes[1].set_local("i/d", Some("x"), now);
+    net.run(Duration::from_secs(4));
+    for i in 0..2 {
+        assert_eq!(net.nodes[i].store().tombstones(), 0, "m{i} forgot the removal after the grace");
+        assert_eq!(net.nodes[i].removals(), 0);
+    }
+    let stale = net.nodes[2].store().values("m1");
+    assert!(stale.iter().any(|(k, _)| &**k == "i/a"), "m2 still holds the removed key: {stale:?}");
+    net.cut[2] = false;
+    // Healing: m2 learns m1 is ahead, pulls, finds the holder forgot removals above what
+    // it holds, and refetches aside. Readers never see m1 without its keys meanwhile.
+    for _ in 0..200 {
+        net.run(Duration::from_millis(50));
+        let held = net.nodes[2].store().values("m1");
+        assert!(["i/b", "i/c"].iter().all(|k| held.iter().any(|(h, _)| &**h == *k)), "m1's keys vanished: {held:?}");
+    }
+    let keys: Vec<String> = net.nodes[2].store().values("m1").into_iter().map(|(k, _)| k.to_string()).collect();
+    assert_eq!(keys, ["i/b", "i/c", "i/d"], "the removed key is gone and the new one arrived");
+    assert_eq!(net.nodes[2].member("m1").map(|m| (m.version, m.floor)), Some((5, 4)));
+}
+
+#[test]
+fn removals_held_are_capped() {
+    let mut net = Net::new(1);
+    let now = net.at();
+    let keys = MAX_TOMBSTONES + 100;
+    for i in 0..keys {
+        net.nodes[0].set_local(&format!("k{i}"), Some("x"), now);
+    }
+    for i in 0..keys {
+        net.nodes[0].set_local(&format!("k{i}"), None, now);
+    }
+    assert_eq!(net.nodes[0].removals(), MAX_TOMBSTONES);
+    assert_eq!(net.nodes[0].store().tombstones(), MAX_TOMBSTONES, "the oldest were forgotten early");
+    net.run(Duration::from_secs(301));
+    assert_eq!(net.nodes[0].store().tombstones(), 0);
 }
 
 #[test]
@@ -268,7 +333,8 @@ fn leaving_is_seen_at_once_and_a_restart_replaces_the_old_generation() {
     // The same name starts again, newer, on another address.
     let me = Identity { name: "m2".into(), generation: T0_MS + 60_000, addr: addr(2) };
     net.nodes[2] = Swim::new(me, SwimConfig::default(), MapStore::default(), 9, net.at());
-    net.nodes[2].set_local("node", Some("new"));
+    let now = net.at();
+    net.nodes[2].set_local("node", Some("new"), now);
     let now = net.at();
     net.nodes[2].join(vec![addr(0)], now);
     net.run(Duration::from_secs(3));

@@ -147,12 +147,14 @@ impl<S: Store> Swim<S> {
             if new_generation {
                 m.version = 0;
                 m.known = 0;
+                m.floor = 0;
             }
         });
         if new_generation {
             self.store.remove(&entry.name);
             self.ahead.remove(&idx);
             self.behind.remove(&idx);
+            self.refetch.remove(&idx);
         }
         let name = self.members.get(idx).map(|m| m.name.clone()).unwrap_or_else(|| entry.name.as_str().into());
         match entry.status {
@@ -204,6 +206,7 @@ impl<S: Store> Swim<S> {
             status: entry.status,
             version,
             known: version,
+            floor: 0,
         }
     }
 
