@@ -206,6 +206,7 @@ impl Agent {
             encrypted: config.gossip.keyring.is_some(),
             draining: false,
             instances: Vec::new(),
+            open_files: crate::rlimit::open_files(),
         };
         let state = ApiState {
             registry: registry.clone(),

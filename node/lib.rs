@@ -26,6 +26,7 @@ pub mod health;
 pub mod local;
 pub mod metrics;
 pub mod registry;
+pub mod rlimit;
 pub mod shared;
 pub mod simulate;
 

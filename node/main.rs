@@ -33,6 +33,15 @@ async fn main() -> ExitCode {
                 }
             };
             init_logs(config.log.json, &config.log.filter);
+            match murmur::rlimit::raise_open_files() {
+                (limit, None) => tracing::debug!(soft = ?limit.soft, hard = ?limit.hard, "open files limit"),
+                (limit, Some(e)) => tracing::warn!(
+                    soft = ?limit.soft,
+                    hard = ?limit.hard,
+                    error = %e,
+                    "could not raise the open files limit to the hard limit; each proxied connection takes two"
+                ),
+            }
             match Agent::start(config).await {
                 Ok(agent) => agent.run_until_signal().await,
                 Err(e) => Err(anyhow::anyhow!(e)),

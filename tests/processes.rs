@@ -486,3 +486,25 @@ fn registration_churn_leaves_no_tombstones_and_no_memory_behind() {
         );
     }
 }
+
+#[test]
+fn the_open_files_limit_is_raised_at_start_and_reported() {
+    let rt = rt();
+    let (ip, api) = (ip(5, 0), SocketAddr::new(ip(5, 0), 8500));
+    // A shell sets the limits most systems start a service with, then becomes the agent.
+    let child = Command::new("sh")
+        .args(["-c", "ulimit -Sn 1024 && ulimit -Hn 4096 && exec \"$0\" \"$@\""])
+        .arg(bin())
+        .args(["agent", "--insecure", "--name", "p5-0", "--bind", &format!("{ip}:7946")])
+        .args(["--dns-listen", &format!("{ip}:8600"), "--api-listen", &api.to_string()])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sh starts");
+    let _guard = Proc { child, api, dns: SocketAddr::new(ip, 8600), gossip: SocketAddr::new(ip, 7946) };
+    wait_until("the agent answers", || api_get(&rt, api, "/v1/agent/self").is_some());
+    let me: AgentJson = serde_json::from_str(&api_get(&rt, api, "/v1/agent/self").expect("self")).expect("json");
+    assert_eq!((me.open_files.soft, me.open_files.hard), (Some(4096), Some(4096)), "{:?}", me.open_files);
+}

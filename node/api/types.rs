@@ -131,6 +131,8 @@ pub struct AgentJson {
     pub draining: bool,
     /// Instances registered here.
     pub instances: Vec<String>,
+    /// The open-files limit the agent runs with (raised to the hard limit at start).
+    pub open_files: crate::rlimit::OpenFiles,
 }
 
 /// An error body.
