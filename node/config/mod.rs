@@ -662,6 +662,15 @@ mod tests {
         assert_eq!(Config::from_layer(blank, "").expect_err("bad token").field, "--api-token");
         let none = Layer { max_instances: Some(0), ..base.clone() };
         assert_eq!(Config::from_layer(none, "").expect_err("zero").field, "--max-instances");
+        let still = Layer { registration_rate: Some(0), ..base.clone() };
+        assert_eq!(Config::from_layer(still, "").expect_err("zero").field, "--registration-rate");
+        let file = from_toml("insecure = true\nname = \"n\"\n[api]\nregistration_rate = 7\n[gossip]\ntombstone_grace = \"30s\"\n")
+            .expect("valid toml");
+        let config = Config::from_layer(file, "").expect("valid");
+        assert_eq!(config.api.limits.per_second, 7);
+        assert_eq!(config.gossip.tombstone_grace, Duration::from_secs(30));
+        let brief = Layer { tombstone_grace: Some(Duration::from_millis(10)), ..base.clone() };
+        assert_eq!(Config::from_layer(brief, "").expect_err("too short").field, "--tombstone-grace");
         let services = ["a:1", "b:2"].iter().map(|s| spec::parse_service_spec(s).expect("valid")).collect();
         let over = Layer { max_instances: Some(1), services: Some(services), ..base };
         let err = Config::from_layer(over, "").expect_err("more than the cap");
