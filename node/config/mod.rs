@@ -664,8 +664,10 @@ mod tests {
         assert_eq!(Config::from_layer(none, "").expect_err("zero").field, "--max-instances");
         let still = Layer { registration_rate: Some(0), ..base.clone() };
         assert_eq!(Config::from_layer(still, "").expect_err("zero").field, "--registration-rate");
-        let file = from_toml("insecure = true\nname = \"n\"\n[api]\nregistration_rate = 7\n[gossip]\ntombstone_grace = \"30s\"\n")
-            .expect("valid toml");
+        let file = from_toml(
+            "insecure = true\nname = \"n\"\n[api]\nregistration_rate = 7\n[gossip]\ntombstone_grace = \"30s\"\n",
+        )
+        .expect("valid toml");
         let config = Config::from_layer(file, "").expect("valid");
         assert_eq!(config.api.limits.per_second, 7);
         assert_eq!(config.gossip.tombstone_grace, Duration::from_secs(30));
