@@ -845,3 +845,112 @@ async fn the_udp_stub_answers_malformed_and_unusual_queries_as_a_resolver_expect
     assert!(!a_records(dns, "web.test.local.").await.is_empty(), "a fresh socket was held back");
     agent.kill().await;
 }
+
+/// A Prometheus server, killed (and its data directory removed) on drop.
+struct Prometheus {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The targets a Prometheus server has discovered: each one's discovered labels.
+async fn prometheus_targets(web: SocketAddr) -> Vec<serde_json::Map<String, serde_json::Value>> {
+    let Ok(body) = ApiClient::new(web).get("/api/v1/targets").await else { return Vec::new() };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) else { return Vec::new() };
+    v["data"]["activeTargets"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|t| t["discoveredLabels"].as_object().cloned()).collect())
+        .unwrap_or_default()
+}
+
+/// Prometheus itself (Debian's package; .ci/run installs it) discovers scrape targets
+/// with `http_sd_configs` pointed at an agent: every healthy instance with its labels,
+/// and an instance whose app dies leaves at the next refresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_http_sd_lists_every_healthy_instance() {
+    if std::process::Command::new("prometheus").arg("--version").output().is_err() {
+        assert!(std::env::var_os("CI").is_none(), "prometheus must be installed in CI (.ci/run installs it)");
+        eprintln!("SKIPPED prometheus_http_sd_lists_every_healthy_instance: no `prometheus` binary (apt-get install prometheus)");
+        return;
+    }
+    let mut apps = Vec::new();
+    let mut ports = Vec::new();
+    for i in 0..3 {
+        let (port, task) = tcp_app(ip(25, i)).await;
+        apps.push(task);
+        ports.push(port);
+    }
+    let mesh = TestMesh::start(25, 3, |i| {
+        vec![format!(
+            "web:{},tags={},interval=200ms,timeout=150ms,attr.build=b{i}",
+            ports[i],
+            if i == 0 { "canary" } else { "stable" }
+        )]
+    })
+    .await;
+    mesh.converge(3).await;
+    let dir = std::env::temp_dir().join(format!("murmur-prometheus-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let api = mesh.agent(1).api_addr();
+    let config = format!(
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: web\n    http_sd_configs:\n      \
+         - url: http://{api}/v1/prometheus/targets?service=web\n        refresh_interval: 1s\n"
+    );
+    std::fs::write(dir.join("prometheus.yml"), config).expect("write config");
+    let web = SocketAddr::new(ip(25, 99), 9090);
+    let child = std::process::Command::new("prometheus")
+        .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
+        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!("--web.listen-address={web}"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("prometheus starts");
+    let _prometheus = Prometheus { child, dir };
+    let address = |i: usize| SocketAddr::new(ip(25, i), ports[i]).to_string();
+    let discovered = |targets: &[serde_json::Map<String, serde_json::Value>]| {
+        let mut got: Vec<String> =
+            targets.iter().filter_map(|t| t.get("__address__")?.as_str().map(str::to_owned)).collect();
+        got.sort();
+        got
+    };
+    let mut all: Vec<String> = (0..3).map(address).collect();
+    all.sort();
+    eventually("Prometheus discovers all three instances", || async {
+        discovered(&prometheus_targets(web).await) == all
+    })
+    .await;
+    let targets = prometheus_targets(web).await;
+    let canary = targets
+        .iter()
+        .find(|t| t.get("__address__").and_then(|a| a.as_str()) == Some(address(0).as_str()))
+        .expect("the canary is a target");
+    let label = |name: &str| canary.get(name).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+    assert_eq!(label("__meta_murmur_service"), "web");
+    assert_eq!(label("__meta_murmur_tags"), ",canary,");
+    assert_eq!(label("__meta_murmur_health"), "passing");
+    assert_eq!(label("__meta_murmur_attribute_build"), "b0");
+    assert_eq!(label("__meta_murmur_node"), mesh.agent(0).name());
+    // The app behind instance 1 dies: its check fails, and it leaves the targets.
+    apps[1].abort();
+    let gone = eventually("the dead instance leaves Prometheus's targets", || async {
+        let got = discovered(&prometheus_targets(web).await);
+        got.len() == 2 && !got.contains(&address(1))
+    })
+    .await;
+    eprintln!(
+        "a dead instance left Prometheus's targets {gone:?} after its app died (check every 200 ms, refresh 1 s; Prometheus passes discovery updates on at most every 5 s)"
+    );
+    for app in apps {
+        app.abort();
+    }
+    mesh.stop().await;
+}

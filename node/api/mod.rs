@@ -26,7 +26,7 @@ use crate::registry::{HealthFilter, Instance, MemberStatus, Query, RegistryReade
 use murmur_protocol::{AttrKey, InstanceId, ServiceName, Tag};
 use types::{
     AgentJson, EndpointJson, ErrorJson, InstanceJson, MemberJson, QuantilesJson, RegisterJson, ServiceSummaryJson,
-    UpstreamJson,
+    TargetGroupJson, UpstreamJson,
 };
 
 /// What the API serves from.
@@ -68,6 +68,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/services/{name}/{instance}", axum::routing::put(register).delete(deregister))
         .route("/v1/agent/self", get(agent_self))
         .route("/v1/upstreams", get(upstreams))
+        .route("/v1/prometheus/targets", get(prometheus_targets))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint; see README for the API".into()) })
@@ -249,6 +250,62 @@ async fn service(
     let query = Query { health, tag, attribute, prefer_zone: p.zone };
     let snap = state.registry.snapshot();
     Ok(Json(snap.lookup(&name, &query).iter().map(|i| instance_json(i)).collect()))
+}
+
+/// Query parameters of `GET /v1/prometheus/targets`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TargetParams {
+    /// Only this service.
+    service: Option<String>,
+    /// Every instance, not only the healthy ones (`__meta_murmur_health` tells them apart).
+    all: Option<bool>,
+}
+
+/// Scrape targets for Prometheus's `http_sd_configs`: one group per healthy instance
+/// (passing or warning), so that an instance whose check fails leaves the targets at
+/// the next refresh.
+async fn prometheus_targets(
+    State(state): State<ApiState>,
+    params: Result<QueryParams<TargetParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<TargetGroupJson>>, ApiError> {
+    let QueryParams(p) = params.map_err(|e| bad_request(format!("{e}; known parameters: service, all")))?;
+    let only = p.service.map(|s| ServiceName::new(&s)).transpose().map_err(|e| bad_request(e.to_string()))?;
+    let all = p.all.unwrap_or(false);
+    let snap = state.registry.snapshot();
+    let groups = snap
+        .services
+        .iter()
+        .filter(|(name, _)| only.as_ref().is_none_or(|o| o == *name))
+        .flat_map(|(_, list)| {
+            list.iter().filter(|i| all || i.health.is_healthy()).map(|i| target_group(i)).collect::<Vec<_>>()
+        })
+        .collect();
+    Ok(Json(groups))
+}
+
+fn target_group(i: &Instance) -> TargetGroupJson {
+    let mut labels = std::collections::BTreeMap::new();
+    let mut label = |name: &str, value: String| {
+        labels.insert(format!("__meta_murmur_{name}"), value);
+    };
+    label("service", i.service.to_string());
+    label("instance", i.id.to_string());
+    label("node", i.host.node.to_string());
+    label("zone", i.host.zone.clone().unwrap_or_default());
+    label("address", i.address.to_string());
+    label("port", i.port.to_string());
+    // Separators at both ends, as Consul's discovery writes them, so that a relabel
+    // regex `.*,canary,.*` matches one whole tag.
+    let tags: Vec<String> = i.tags.iter().map(ToString::to_string).collect();
+    label("tags", if tags.is_empty() { String::new() } else { format!(",{},", tags.join(",")) });
+    label("health", i.health.as_str().to_owned());
+    label("weight", i.weight.to_string());
+    for (k, v) in &i.attributes {
+        let key: String = k.to_string().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+        label(&format!("attribute_{key}"), v.clone());
+    }
+    TargetGroupJson { targets: vec![SocketAddr::new(i.address, i.port).to_string()], labels }
 }
 
 fn spec_from_json(name: &str, instance: &str, body: RegisterJson) -> Result<ServiceSpec, ApiError> {

@@ -155,6 +155,18 @@ pub struct QuantilesJson {
     pub max_ms: f64,
 }
 
+/// One target group of `GET /v1/prometheus/targets`, in the shape Prometheus's
+/// `http_sd_configs` reads: one instance, its `address:port`, and `__meta_murmur_*`
+/// labels for relabeling.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TargetGroupJson {
+    /// `address:port` of the instance.
+    pub targets: Vec<String>,
+    /// `__meta_murmur_service`, `_instance`, `_node`, `_zone`, `_address`, `_port`,
+    /// `_tags` (`,a,b,`), `_health`, `_weight` and `_attribute_<key>` for each attribute.
+    pub labels: BTreeMap<String, String>,
+}
+
 /// One endpoint of `GET /v1/upstreams`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct EndpointJson {
