@@ -121,7 +121,7 @@ fn main() {
     let srv = Name::from_str("_pool._tcp.bench.local.").expect("valid");
     let miss = Name::from_str("nothing.bench.local.").expect("valid");
     time("DNS answer, A, 100 instances (8 returned)", 20_000, || zone.answer(&snapshot, &a, RecordType::A, &mut rng));
-    time("DNS answer, SRV, 100 instances (8 returned)", 20_000, || {
+    time("DNS answer, SRV, 100 instances (all returned)", 20_000, || {
         zone.answer(&snapshot, &srv, RecordType::SRV, &mut rng)
     });
     time("DNS answer, miss (NXDOMAIN)", 20_000, || zone.answer(&snapshot, &miss, RecordType::A, &mut rng));

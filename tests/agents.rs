@@ -565,14 +565,14 @@ async fn udp_truncates_tcp_carries_and_other_names_are_forwarded() {
         reader.snapshot().services.values().map(|v| v.len()).sum::<usize>() == 12
     })
     .await;
-    // 8 SRV answers (without their addresses, which are left out first) do not fit 512
+    // 12 SRV answers (without their addresses, which are left out first) do not fit 512
     // bytes: UDP without EDNS truncates.
     let udp = query(dns, "big.test.local.", RecordType::SRV, T).await.expect("udp");
     assert!(udp.metadata.truncation, "answers: {}", udp.answers.len());
     let tcp = tcp_query(dns, "big.test.local.", RecordType::SRV).await;
     assert!(!tcp.metadata.truncation);
-    assert_eq!(tcp.answers.len(), 8, "capped at max answers");
-    assert_eq!(tcp.additionals.len(), 8);
+    assert_eq!(tcp.answers.len(), 12, "SRV carries every healthy instance (only A/AAAA are capped)");
+    assert_eq!(tcp.additionals.len(), 12);
     // Forwarding: the upstream's name resolves through our stub, rcode and all.
     let ureader = upstream.registry();
     eventually("upstream has far", || async { !ureader.snapshot().services.is_empty() }).await;

@@ -216,7 +216,9 @@ impl Zone {
                 }
             }
         } else if qtype == RecordType::SRV {
-            for inst in instances.iter().take(self.max_answers) {
+            // Every healthy instance: SRV readers (Prometheus's dns_sd, HAProxy's
+            // server-template) take the answer as the whole set, not a sample.
+            for inst in instances.iter().take(MAX_SRV_ANSWERS) {
                 let Some(target) = self.name(&format!("{}.{svc}", inst.id)) else {
                     continue;
                 };
@@ -233,6 +235,11 @@ impl Zone {
         Outcome::Answer { answers, additionals }
     }
 }
+
+/// Most SRV records in one answer. Every healthy instance up to this is answered (a UDP
+/// reply that cannot hold them is truncated, and the client asks over TCP); the bound
+/// keeps one answer's size and cost finite.
+pub const MAX_SRV_ANSWERS: usize = 512;
 
 fn address_rdata(ip: IpAddr, v4: bool, v6: bool) -> Option<RData> {
     match ip {
@@ -314,8 +321,8 @@ mod tests {
         for name in ["web.myapp.local.", "_web._tcp.myapp.local."] {
             match ask(name, RecordType::SRV) {
                 Outcome::Answer { answers, additionals } => {
-                    assert_eq!(answers.len(), 8);
-                    assert_eq!(additionals.len(), 8);
+                    assert_eq!(answers.len(), 13, "every healthy instance, not the A/AAAA cap of 8");
+                    assert_eq!(additionals.len(), 13);
                     let RData::SRV(srv) = &answers[0].data else { panic!("not SRV") };
                     assert_eq!(srv.port, 8080);
                     assert!(srv.target.to_ascii().ends_with(".web.myapp.local."));
@@ -324,6 +331,20 @@ mod tests {
                 other => panic!("{name}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn srv_answers_every_healthy_instance_up_to_the_cap() {
+        let mut s = Snapshot::default();
+        let many: Vec<Arc<Instance>> = (0..600)
+            .map(|i| inst("big", &format!("b{i}"), &format!("10.1.{}.{}", i / 250, i % 250), Health::Passing, &[]))
+            .collect();
+        s.services.insert(ServiceName::new("big").expect("valid"), Arc::from(many));
+        let zone = Zone::new("myapp.local", 1, 8, 0).expect("valid");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let name = Name::from_ascii("big.myapp.local.").expect("valid");
+        assert_eq!(answers(&zone.answer(&s, &name, RecordType::SRV, &mut rng)).len(), MAX_SRV_ANSWERS);
+        assert_eq!(answers(&zone.answer(&s, &name, RecordType::A, &mut rng)).len(), 8, "A keeps its cap");
     }
 
     #[test]
