@@ -27,7 +27,7 @@ pub fn open_files() -> OpenFiles {
 pub fn raise_open_files() -> (OpenFiles, Option<std::io::Error>) {
     let before = getrlimit(Resource::Nofile);
     if before.current == before.maximum {
-        return (open_files(), None);
+        return (OpenFiles { soft: before.current, hard: before.maximum }, None);
     }
     let want = Rlimit { current: before.maximum, maximum: before.maximum };
     let err = setrlimit(Resource::Nofile, want).err().map(std::io::Error::from);

@@ -6,7 +6,7 @@ mod common;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use common::{config, eventually, ip, status, tcp_app, TestMesh, WAIT};
+use common::{config, eventually, ip, status, tcp_apps, TestMesh, WAIT};
 use hickory_proto::op::{Message, MessageType, OpCode, Query as DnsQuery, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
 use murmur::api::types::{InstanceJson, MemberJson, ServiceSummaryJson};
@@ -38,13 +38,7 @@ async fn tcp_query(server: SocketAddr, name: &str, qtype: RecordType) -> Message
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_agents_resolve_through_dns_and_api() {
-    let mut apps = Vec::new();
-    let mut ports = Vec::new();
-    for i in 0..3 {
-        let (port, task) = tcp_app(ip(10, i)).await;
-        apps.push(task);
-        ports.push(port);
-    }
+    let (ports, apps) = tcp_apps(10, 3).await;
     let mesh = TestMesh::start(10, 3, |i| {
         vec![format!(
             "orders:{},tags={},interval=200ms,timeout=150ms",
@@ -149,13 +143,8 @@ async fn three_agents_resolve_through_dns_and_api() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_apps_and_dead_agents_leave_answers() {
-    let mut apps = Vec::new();
-    let mut ports = Vec::new();
-    for i in 0..4 {
-        let (port, task) = tcp_app(ip(11, i)).await;
-        apps.push(Some(task));
-        ports.push(port);
-    }
+    let (ports, apps) = tcp_apps(11, 4).await;
+    let mut apps: Vec<_> = apps.into_iter().map(Some).collect();
     let mut mesh =
         TestMesh::start(11, 4, |i| vec![format!("web:{},interval=200ms,timeout=150ms,failures=2", ports[i])]).await;
     mesh.converge(4).await;
@@ -880,13 +869,7 @@ async fn prometheus_http_sd_lists_every_healthy_instance() {
         eprintln!("SKIPPED prometheus_http_sd_lists_every_healthy_instance: no `prometheus` binary (apt-get install prometheus)");
         return;
     }
-    let mut apps = Vec::new();
-    let mut ports = Vec::new();
-    for i in 0..3 {
-        let (port, task) = tcp_app(ip(25, i)).await;
-        apps.push(task);
-        ports.push(port);
-    }
+    let (ports, apps) = tcp_apps(25, 3).await;
     let mesh = TestMesh::start(25, 3, |i| {
         vec![format!(
             "web:{},tags={},interval=200ms,timeout=150ms,attr.build=b{i}",

@@ -277,9 +277,9 @@ async fn prometheus_targets(
         .services
         .iter()
         .filter(|(name, _)| only.as_ref().is_none_or(|o| o == *name))
-        .flat_map(|(_, list)| {
-            list.iter().filter(|i| all || i.health.is_healthy()).map(|i| target_group(i)).collect::<Vec<_>>()
-        })
+        .flat_map(|(_, list)| list.iter())
+        .filter(|i| all || i.health.is_healthy())
+        .map(|i| target_group(i))
         .collect();
     Ok(Json(groups))
 }

@@ -137,6 +137,19 @@ pub async fn tcp_app(ip: IpAddr) -> (u16, tokio::task::JoinHandle<()>) {
     (port, task)
 }
 
+/// `n` TCP apps, app `i` on agent `i`'s address of `block`: their ports, and the handles
+/// that crash them.
+pub async fn tcp_apps(block: u8, n: usize) -> (Vec<u16>, Vec<tokio::task::JoinHandle<()>>) {
+    let mut ports = Vec::with_capacity(n);
+    let mut apps = Vec::with_capacity(n);
+    for i in 0..n {
+        let (port, task) = tcp_app(ip(block, i)).await;
+        ports.push(port);
+        apps.push(task);
+    }
+    (ports, apps)
+}
+
 /// Turns proxy mode on in `cfg`: QUIC on the agent's own address, mutual TLS with a
 /// certificate from `ca` naming `services`, and these upstreams on VIPs in
 /// 127.201.<block>.0/24.

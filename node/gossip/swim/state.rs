@@ -203,10 +203,9 @@ impl<S: Store> Swim<S> {
             // Removals this agent may never have seen (it was behind for longer than the
             // grace) are forgotten by the holder: a key held here may be gone. Fetch the
             // whole state again, aside.
+            let holder = m.addr;
             self.refetch.insert(idx, Refetch { floor, ..Refetch::default() });
-            self.behind
-                .entry(idx)
-                .or_insert(Behind { holder: self.members.get(idx).map_or(self.me.addr, |m| m.addr), since: now });
+            self.behind.entry(idx).or_insert(Behind { holder, since: now });
             self.next_pull = now;
             return;
         }
