@@ -9,7 +9,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use hickory_proto::rr::RecordType;
-use murmur::api::types::{AgentJson, MemberJson};
+use murmur::api::consul_types::AgentSelfJson;
+use murmur::api::types::MemberJson;
 use murmur::cli::ApiClient;
 use murmur::dns::client::{addresses, query};
 
@@ -217,9 +218,9 @@ fn wrong_keys_and_garbage_do_not_get_in() {
         .expect("counter present");
     assert!(undecryptable > 0, "{metrics}");
     assert_eq!(dns_a(&rt, a.dns, "db.proc.local."), vec![ip(2, 0)], "still answering");
-    let me: AgentJson = serde_json::from_str(&api_get(&rt, a.api, "/v1/agent/self").expect("self")).expect("json");
-    assert!(me.encrypted);
-    assert_eq!(me.name, "p2-0");
+    let me: AgentSelfJson = serde_json::from_str(&api_get(&rt, a.api, "/v1/agent/self").expect("self")).expect("json");
+    assert!(me.murmur.encrypted);
+    assert_eq!((me.config.node_name.as_str(), me.murmur.name.as_str()), ("p2-0", "p2-0"));
 }
 
 #[test]
@@ -513,6 +514,7 @@ fn the_open_files_limit_is_raised_at_start_and_reported() {
         .expect("sh starts");
     let _guard = Proc { child, api, dns: SocketAddr::new(ip, 8600), gossip: SocketAddr::new(ip, 7946) };
     wait_until("the agent answers", || api_get(&rt, api, "/v1/agent/self").is_some());
-    let me: AgentJson = serde_json::from_str(&api_get(&rt, api, "/v1/agent/self").expect("self")).expect("json");
+    let me: AgentSelfJson = serde_json::from_str(&api_get(&rt, api, "/v1/agent/self").expect("self")).expect("json");
+    let me = me.murmur;
     assert_eq!((me.open_files.soft, me.open_files.hard), (Some(4096), Some(4096)), "{:?}", me.open_files);
 }

@@ -2,6 +2,8 @@
 //! registry snapshot; run-time registration goes through the [`Publisher`]. Every bad
 //! request gets a 4xx with a JSON `{"error": ...}` that says what to fix.
 
+mod consul;
+pub mod consul_types;
 pub mod types;
 
 use std::net::SocketAddr;
@@ -47,6 +49,7 @@ pub struct ApiState {
 }
 
 /// An API error: a status and a message.
+#[derive(Debug)]
 struct ApiError(StatusCode, String);
 
 impl IntoResponse for ApiError {
@@ -66,7 +69,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/services", get(services))
         .route("/v1/services/{name}", get(service))
         .route("/v1/services/{name}/{instance}", axum::routing::put(register).delete(deregister))
-        .route("/v1/agent/self", get(agent_self))
+        .route("/v1/agent/self", get(consul::agent_self))
+        .route("/v1/catalog/services", get(consul::catalog_services))
+        .route("/v1/catalog/service/{name}", get(consul::catalog_service))
+        .route("/v1/health/service/{name}", get(consul::health_service))
         .route("/v1/upstreams", get(upstreams))
         .route("/v1/prometheus/targets", get(prometheus_targets))
         .route("/health", get(health))
@@ -74,6 +80,7 @@ pub fn router(state: ApiState) -> Router {
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint; see README for the API".into()) })
         .layer(middleware::from_fn_with_state(state.clone(), guard))
         .layer(middleware::from_fn_with_state(state.clone(), count_status))
+        .layer(middleware::from_fn_with_state(state.clone(), consul_headers))
         .with_state(state)
 }
 
@@ -143,6 +150,23 @@ fn host_allowed(host: &str, names: &[String]) -> bool {
     };
     let name = name.trim_end_matches('.').to_ascii_lowercase();
     name.parse::<std::net::IpAddr>().is_ok() || name == "localhost" || names.contains(&name)
+}
+
+/// Consul's headers on every reply, so that its clients take any of them: there is no
+/// leader to lose (each agent answers from its own replica), and a reply that carries no
+/// index of its own carries the catalog's.
+async fn consul_headers(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    let headers = resp.headers_mut();
+    headers.insert("x-consul-knownleader", header::HeaderValue::from_static("true"));
+    headers.insert("x-consul-lastcontact", header::HeaderValue::from_static("0"));
+    if !headers.contains_key("x-consul-index") {
+        let index = consul::consul_index(&state, state.registry.snapshot().catalog_index);
+        if let Ok(v) = header::HeaderValue::from_str(&index.to_string()) {
+            headers.insert("x-consul-index", v);
+        }
+    }
+    resp
 }
 
 async fn count_status(State(state): State<ApiState>, req: Request, next: Next) -> Response {
@@ -392,13 +416,6 @@ async fn deregister(
     }
     state.publisher.deregister(&id, Origin::Api).await.map_err(publish_error)?;
     Ok(Json(serde_json::json!({ "service": name.to_string(), "instance": id.to_string() })))
-}
-
-async fn agent_self(State(state): State<ApiState>) -> Json<AgentJson> {
-    let mut agent = (*state.agent).clone();
-    agent.instances = state.publisher.local().borrow().iter().map(|i| i.record.instance.to_string()).collect();
-    agent.draining = state.draining.load(Ordering::Relaxed);
-    Json(agent)
 }
 
 fn quantiles(q: crate::metrics::proxy::Quantiles) -> QuantilesJson {

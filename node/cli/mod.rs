@@ -260,8 +260,9 @@ pub async fn services(name: Option<&str>, all: bool, api: &ApiArgs) -> Result<()
 /// Runs `resolve NAME`: `svc` or `tag.svc`, optionally followed by the namespace.
 pub async fn resolve(name: &str, api: &ApiArgs) -> Result<(), ClientError> {
     let client = ApiClient::new(api.api);
-    let me: crate::api::types::AgentJson =
+    let me: crate::api::consul_types::AgentSelfJson =
         serde_json::from_str(&client.get("/v1/agent/self").await?).map_err(|e| ClientError::BadReply(e.to_string()))?;
+    let me = me.murmur;
     let name = name.trim_end_matches('.');
     let name = name.strip_suffix(&format!(".{}", me.namespace)).unwrap_or(name);
     let path = match name.split_once('.') {

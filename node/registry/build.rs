@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use murmur_protocol::{
-    decode_value, Health, HealthRecord, InstanceId, InstanceRecord, Key, NodeName, NodeRecord, ServiceName,
+    decode_value, Health, HealthRecord, InstanceId, InstanceRecord, Key, NodeName, NodeRecord, ServiceName, Tag,
 };
 
 use super::snapshot::{Host, Instance, Member, MemberStatus, Snapshot};
@@ -34,7 +34,8 @@ pub fn build_snapshot(view: &ClusterView, version: u64) -> (Snapshot, Vec<BadVal
 struct NodePart {
     /// Its status (its member is in the members map, once).
     status: MemberStatus,
-    /// Instances answered for it (none when it is not alive or its record is bad).
+    /// Its instances (none when it left or its record is bad): answered while it is
+    /// alive, listed as down while it is dead.
     instances: Vec<Arc<Instance>>,
     /// Whether this generation was ever seen alive (a node is heard of before its first
     /// heartbeats are: until then it is not reported at all, so a join is never logged
@@ -53,8 +54,41 @@ pub struct StatusChange {
     pub what: &'static str,
 }
 
-/// A touched service's instances: those that leave its list and those that join it.
+/// A touched list of one service's instances: those that leave it and those that join it.
 type Edit = (Vec<Arc<Instance>>, Vec<Arc<Instance>>);
+
+/// What changes for one touched service: its list of live instances and its list of
+/// dead nodes' instances.
+#[derive(Default)]
+struct ServiceEdit {
+    live: Edit,
+    down: Edit,
+}
+
+impl ServiceEdit {
+    fn list(&mut self, status: MemberStatus) -> &mut Edit {
+        if status == MemberStatus::Alive {
+            &mut self.live
+        } else {
+            &mut self.down
+        }
+    }
+
+    /// Whether the edit changes what the catalog lists of the service (which instances,
+    /// on which nodes, with which tags), rather than only health or liveness: a health
+    /// flip or a node's death does not wake `/v1/catalog/services` watchers.
+    fn changes_catalog(&self) -> bool {
+        fn listed<'a>(
+            a: &'a [Arc<Instance>],
+            b: &'a [Arc<Instance>],
+        ) -> Vec<(&'a InstanceId, &'a NodeName, &'a [Tag])> {
+            let mut keys: Vec<_> = a.iter().chain(b).map(|i| (&i.id, &i.host.node, i.tags.as_slice())).collect();
+            keys.sort();
+            keys
+        }
+        listed(&self.live.0, &self.down.0) != listed(&self.live.1, &self.down.1)
+    }
+}
 
 /// How many members are in each status, and how many instances are answered, in the
 /// last snapshot built.
@@ -78,7 +112,9 @@ impl Counts {
             MemberStatus::Left => &mut self.left,
         };
         *slot = slot.saturating_add_signed(sign);
-        self.instances = self.instances.saturating_add_signed(sign * part.instances.len() as i64);
+        if part.status == MemberStatus::Alive {
+            self.instances = self.instances.saturating_add_signed(sign * part.instances.len() as i64);
+        }
     }
 }
 
@@ -94,6 +130,9 @@ pub struct SnapshotBuilder {
     last: SharedMap<String, Arc<NodeView>>,
     nodes: BTreeMap<String, NodePart>,
     services: SharedMap<ServiceName, Arc<[Arc<Instance>]>>,
+    down: SharedMap<ServiceName, Arc<[Arc<Instance>]>>,
+    service_index: SharedMap<ServiceName, u64>,
+    catalog_index: u64,
     members: SharedMap<String, Member>,
     changes: Vec<StatusChange>,
     counts: Counts,
@@ -117,16 +156,31 @@ impl SnapshotBuilder {
             }
         }
         // Each touched service loses the changed nodes' old instances and gains their
-        // new ones; every other service keeps its list, the same `Arc`.
-        let mut edits: BTreeMap<ServiceName, Edit> = BTreeMap::new();
-        for (name, part) in changed {
+        // new ones; every other service keeps its lists, the same `Arc`s.
+        let mut edits: BTreeMap<ServiceName, ServiceEdit> = BTreeMap::new();
+        for (name, mut part) in changed {
             let old = self.nodes.remove(name);
             let old_member = old.as_ref().and_then(|_| self.members.get(name).cloned());
             let before = old.as_ref().zip(old_member.as_ref()).map(|(part, m)| (m, part.ever_alive));
+            // An instance the change left as it was (another key of its node changed)
+            // keeps its `Arc` and its place: its service is not touched, and its
+            // watchers are not woken.
+            if let (Some(old), Some((_, new))) = (&old, &mut part) {
+                if old.status == new.status {
+                    for inst in &mut new.instances {
+                        if let Some(same) = old.instances.iter().find(|o| ***o == **inst) {
+                            *inst = same.clone();
+                        }
+                    }
+                }
+            }
+            let kept = |inst: &Arc<Instance>, other: Option<&NodePart>| {
+                other.is_some_and(|p| p.instances.iter().any(|i| Arc::ptr_eq(i, inst)))
+            };
             if let Some(old) = &old {
                 self.counts.add(old, -1);
-                for inst in &old.instances {
-                    edits.entry(inst.service.clone()).or_default().0.push(inst.clone());
+                for inst in old.instances.iter().filter(|i| !kept(i, part.as_ref().map(|(_, p)| p))) {
+                    edits.entry(inst.service.clone()).or_default().list(old.status).0.push(inst.clone());
                 }
             }
             let Some((member, mut part)) = part else {
@@ -136,8 +190,8 @@ impl SnapshotBuilder {
             };
             part.ever_alive = note_status(before, Some(&member), &mut self.changes);
             self.counts.add(&part, 1);
-            for inst in &part.instances {
-                edits.entry(inst.service.clone()).or_default().1.push(inst.clone());
+            for inst in part.instances.iter().filter(|i| !kept(i, old.as_ref())) {
+                edits.entry(inst.service.clone()).or_default().list(part.status).1.push(inst.clone());
             }
             // A health flip changes no member: the members' chunk is copied only when
             // one did change.
@@ -146,28 +200,27 @@ impl SnapshotBuilder {
             }
             self.nodes.insert(name.to_owned(), part);
         }
-        for (service, (removed, added)) in edits {
-            let mut list: Vec<Arc<Instance>> = self.services.get(&service).map(|l| l.to_vec()).unwrap_or_default();
-            // The list is in (id, node) order, one place per instance even should two
-            // nodes claim one id: each old instance is found by binary search, each new
-            // one put in its place.
-            for gone in &removed {
-                let at = list.partition_point(|i| (&i.id, &i.host.node) < (&gone.id, &gone.host.node));
-                if list.get(at).is_some_and(|i| Arc::ptr_eq(i, gone)) {
-                    list.remove(at);
-                }
+        for (service, edit) in edits {
+            if edit.changes_catalog() {
+                self.catalog_index = version;
             }
-            for inst in added {
-                let at = list.partition_point(|i| (&i.id, &i.host.node) < (&inst.id, &inst.host.node));
-                list.insert(at, inst);
-            }
-            if list.is_empty() {
-                self.services.remove(&service);
+            apply_edit(&mut self.services, &service, edit.live);
+            apply_edit(&mut self.down, &service, edit.down);
+            if self.services.contains_key(&service) || self.down.contains_key(&service) {
+                self.service_index.insert(service, version);
             } else {
-                self.services.insert(service, Arc::from(list));
+                self.service_index.remove(&service);
             }
         }
-        (Snapshot { version, members: self.members.clone(), services: self.services.clone() }, bad)
+        let snapshot = Snapshot {
+            version,
+            members: self.members.clone(),
+            services: self.services.clone(),
+            down: self.down.clone(),
+            service_index: self.service_index.clone(),
+            catalog_index: self.catalog_index,
+        };
+        (snapshot, bad)
     }
 
     /// The status changes since the last call, oldest first.
@@ -178,6 +231,31 @@ impl SnapshotBuilder {
     /// The counts of the last snapshot built.
     pub fn counts(&self) -> Counts {
         self.counts
+    }
+}
+
+/// Takes `removed` out of `service`'s list in `map` and puts `added` in. The list is in
+/// (id, node) order, one place per instance even should two nodes claim one id: each old
+/// instance is found by binary search, each new one put in its place.
+fn apply_edit(map: &mut SharedMap<ServiceName, Arc<[Arc<Instance>]>>, service: &ServiceName, (removed, added): Edit) {
+    if removed.is_empty() && added.is_empty() {
+        return;
+    }
+    let mut list: Vec<Arc<Instance>> = map.get(service).map(|l| l.to_vec()).unwrap_or_default();
+    for gone in &removed {
+        let at = list.partition_point(|i| (&i.id, &i.host.node) < (&gone.id, &gone.host.node));
+        if list.get(at).is_some_and(|i| Arc::ptr_eq(i, gone)) {
+            list.remove(at);
+        }
+    }
+    for inst in added {
+        let at = list.partition_point(|i| (&i.id, &i.host.node) < (&inst.id, &inst.host.node));
+        list.insert(at, inst);
+    }
+    if list.is_empty() {
+        map.remove(service);
+    } else {
+        map.insert(service.clone(), Arc::from(list));
     }
 }
 
@@ -255,9 +333,11 @@ fn decode_node(node: &Arc<NodeView>, bad: &mut Vec<BadValue>) -> (Member, NodePa
         is_self: node.is_self,
     };
     let mut answered = Vec::new();
-    // Instances of dead or departed nodes are never answered; nor are those of a node
-    // whose record did not decode (we would not know where it lives).
-    let (MemberStatus::Alive, Some(record), Ok(node_name)) = (node.status, record.as_ref(), NodeName::new(&node.name))
+    // A departed node's instances are gone; a dead one's are listed as down (never
+    // answered); a node whose record did not decode has none (we would not know where
+    // it lives).
+    let (MemberStatus::Alive | MemberStatus::Dead, Some(record), Ok(node_name)) =
+        (node.status, record.as_ref(), NodeName::new(&node.name))
     else {
         return (member, NodePart { status: node.status, instances: answered, ever_alive: false });
     };
@@ -349,6 +429,47 @@ mod tests {
         ServiceName::new(name).expect("valid")
     }
 
+    /// An incremental build holds what a full one does; only the indexes differ (a full
+    /// build stamps every service with its own version).
+    fn assert_same(incremental: &Snapshot, full: &Snapshot) {
+        assert_eq!(incremental.members, full.members);
+        assert_eq!(incremental.services, full.services);
+        assert_eq!(incremental.down, full.down);
+        let indexed: Vec<_> = incremental.service_index.keys().collect();
+        assert_eq!(indexed, full.service_index.keys().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn indexes_move_only_for_the_services_that_changed() {
+        let a = |health, status| Arc::new(node("a", 1, status, &[("web", "a-1", health, &["v1"])]));
+        let b = Arc::new(node("b", 1, MemberStatus::Alive, &[("db", "b-1", Health::Passing, &[])]));
+        let mut builder = SnapshotBuilder::default();
+        let (s1, _) = builder.build(&shared(&[&a(Health::Passing, MemberStatus::Alive), &b]), 1);
+        assert_eq!((s1.index_of(&svc("web")), s1.index_of(&svc("db")), s1.catalog_index), (1, 1, 1));
+        // A health flip moves its service only, not the catalog.
+        let (s2, _) = builder.build(&shared(&[&a(Health::Critical, MemberStatus::Alive), &b]), 2);
+        assert_eq!((s2.index_of(&svc("web")), s2.index_of(&svc("db")), s2.catalog_index), (2, 1, 1));
+        // A new service moves the catalog; a service nobody has answers the catalog's.
+        let c = Arc::new(node("c", 1, MemberStatus::Alive, &[("api", "c-1", Health::Passing, &[])]));
+        let (s3, _) = builder.build(&shared(&[&a(Health::Critical, MemberStatus::Alive), &b, &c]), 3);
+        assert_eq!((s3.index_of(&svc("api")), s3.index_of(&svc("web")), s3.catalog_index), (3, 2, 3));
+        assert_eq!(s3.index_of(&svc("nosuch")), 3);
+        // A node's death moves its instances to `down`: its services move, the catalog
+        // does not.
+        let (s4, _) = builder.build(&shared(&[&a(Health::Critical, MemberStatus::Dead), &b, &c]), 4);
+        assert!(!s4.services.contains_key(&svc("web")));
+        assert_eq!(s4.down.get(&svc("web")).expect("down").len(), 1);
+        assert_eq!((s4.index_of(&svc("web")), s4.index_of(&svc("db")), s4.catalog_index), (4, 1, 3));
+        // Forgotten: the service is gone, and its index (now the catalog's) does not go back.
+        let (s5, _) = builder.build(&shared(&[&b, &c]), 5);
+        assert!(!s5.down.contains_key(&svc("web")) && !s5.service_index.contains_key(&svc("web")));
+        assert_eq!((s5.index_of(&svc("web")), s5.catalog_index), (5, 5));
+        // A tag change is a catalog change.
+        let b2 = Arc::new(node("b", 1, MemberStatus::Alive, &[("db", "b-1", Health::Passing, &["primary"])]));
+        let (s6, _) = builder.build(&shared(&[&b2, &c]), 6);
+        assert_eq!((s6.index_of(&svc("db")), s6.catalog_index), (6, 6));
+    }
+
     #[test]
     fn health_and_tags_filter_lookups() {
         let view = ClusterView::of(vec![
@@ -400,12 +521,12 @@ mod tests {
             second.services.get(&svc("web")).expect("listed")
         ));
         let (full, _) = build_snapshot(&view, 2);
-        assert_eq!(second, full);
+        assert_same(&second, &full);
         // b goes: db disappears; a node that moves to another service moves its instance.
         let a2 = Arc::new(node("a", 1, MemberStatus::Alive, &[("db", "a-1", Health::Passing, &[])]));
         let view = shared(&[&a2, &c]);
         let (third, _) = builder.build(&view, 3);
-        assert_eq!(third, build_snapshot(&view, 3).0);
+        assert_same(&third, &build_snapshot(&view, 3).0);
         assert_eq!(third.services.get(&svc("db")).expect("listed").len(), 1);
         assert_eq!(third.services.get(&svc("web")).expect("listed").len(), 1);
         assert_eq!(third.members.len(), 2);
@@ -413,7 +534,7 @@ mod tests {
         let c3 = Arc::new(node("c", 1, MemberStatus::Dead, &[("web", "c-1", Health::Passing, &[])]));
         let view = shared(&[&c3]);
         let (fourth, _) = builder.build(&view, 4);
-        assert_eq!(fourth, build_snapshot(&view, 4).0);
+        assert_same(&fourth, &build_snapshot(&view, 4).0);
         assert!(fourth.services.is_empty());
     }
 
@@ -463,11 +584,11 @@ mod tests {
         let b2 = Arc::new(node("b", 1, MemberStatus::Alive, &[("web", "x", Health::Critical, &[])]));
         let view = shared(&[&a, &b2]);
         let (snap, _) = builder.build(&view, 2);
-        assert_eq!(snap, build_snapshot(&view, 2).0);
+        assert_same(&snap, &build_snapshot(&view, 2).0);
         // Either one changing keeps the same order as a full build.
         let a2 = Arc::new(node("a", 1, MemberStatus::Alive, &[("web", "x", Health::Warning, &[])]));
         let again = shared(&[&a2, &b2]);
-        assert_eq!(builder.build(&again, 3).0, build_snapshot(&again, 3).0);
+        assert_same(&builder.build(&again, 3).0, &build_snapshot(&again, 3).0);
         builder.build(&view, 4);
         let all = snap.lookup(&svc("web"), &Query { health: HealthFilter::All, ..Default::default() });
         let by_node: Vec<_> = all.iter().map(|i| (i.host.node.to_string(), i.health)).collect();
@@ -483,6 +604,9 @@ mod tests {
         let (snap, _) = build_snapshot(&view, 1);
         assert!(snap.lookup(&svc("web"), &Query { health: HealthFilter::All, ..Default::default() }).is_empty());
         assert_eq!(snap.members.len(), 2);
+        // The dead node's instance is listed as down; the departed one's is gone.
+        let down: Vec<_> = snap.down.get(&svc("web")).expect("down").iter().map(|i| i.id.to_string()).collect();
+        assert_eq!(down, ["a-1"]);
     }
 
     #[test]

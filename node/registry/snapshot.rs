@@ -133,6 +133,16 @@ pub struct Snapshot {
     /// list is shared with the snapshots before and after it until that service changes,
     /// and so is the map but for the chunk where a service changed.
     pub services: SharedMap<ServiceName, Arc<[Arc<Instance>]>>,
+    /// Instances of dead nodes (until they are forgotten), by service, in the same
+    /// order: never answered, listed by the Consul-compatible endpoints with a critical
+    /// node check.
+    pub down: SharedMap<ServiceName, Arc<[Arc<Instance>]>>,
+    /// For each service in `services` or `down`, the snapshot version at which its
+    /// instances (live or down) last changed: what a blocking query on it waits on.
+    pub service_index: SharedMap<ServiceName, u64>,
+    /// The snapshot version at which a service came or went, or an instance was
+    /// registered, removed or changed other than in health or liveness.
+    pub catalog_index: u64,
 }
 
 impl Snapshot {
@@ -160,6 +170,13 @@ impl Snapshot {
             out.sort_by_key(|i| i.host.zone.as_deref() != Some(zone.as_str()));
         }
         out
+    }
+
+    /// The version a blocking query on `service` compares with: when its instances last
+    /// changed, or, for a service nobody registers, when the set of services last did
+    /// (which is at least when this one went).
+    pub fn index_of(&self, service: &ServiceName) -> u64 {
+        self.service_index.get(service).copied().unwrap_or(self.catalog_index)
     }
 
     /// Whether any live node registers `service`, healthy or not.
