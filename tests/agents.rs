@@ -6,7 +6,7 @@ mod common;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use common::{config, eventually, ip, status, tcp_apps, TestMesh, WAIT};
+use common::{config, eventually, ip, status, tcp_apps, Prometheus, TestMesh, WAIT};
 use hickory_proto::op::{Message, MessageType, OpCode, Query as DnsQuery, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
 use murmur::api::types::{InstanceJson, MemberJson, ServiceSummaryJson};
@@ -835,40 +835,11 @@ async fn the_udp_stub_answers_malformed_and_unusual_queries_as_a_resolver_expect
     agent.kill().await;
 }
 
-/// A Prometheus server, killed (and its data directory removed) on drop.
-struct Prometheus {
-    child: std::process::Child,
-    dir: std::path::PathBuf,
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// The targets a Prometheus server has discovered: each one's discovered labels.
-async fn prometheus_targets(web: SocketAddr) -> Vec<serde_json::Map<String, serde_json::Value>> {
-    let Ok(body) = ApiClient::new(web).get("/api/v1/targets").await else { return Vec::new() };
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) else { return Vec::new() };
-    v["data"]["activeTargets"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|t| t["discoveredLabels"].as_object().cloned()).collect())
-        .unwrap_or_default()
-}
-
 /// Prometheus itself (Debian's package; .ci/run installs it) discovers scrape targets
 /// with `http_sd_configs` pointed at an agent: every healthy instance with its labels,
 /// and an instance whose app dies leaves at the next refresh.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_http_sd_lists_every_healthy_instance() {
-    if std::process::Command::new("prometheus").arg("--version").output().is_err() {
-        assert!(std::env::var_os("CI").is_none(), "prometheus must be installed in CI (.ci/run installs it)");
-        eprintln!("SKIPPED prometheus_http_sd_lists_every_healthy_instance: no `prometheus` binary (apt-get install prometheus)");
-        return;
-    }
     let (ports, apps) = tcp_apps(25, 3).await;
     let mesh = TestMesh::start(25, 3, |i| {
         vec![format!(
@@ -879,25 +850,19 @@ async fn prometheus_http_sd_lists_every_healthy_instance() {
     })
     .await;
     mesh.converge(3).await;
-    let dir = std::env::temp_dir().join(format!("murmur-prometheus-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
     let api = mesh.agent(1).api_addr();
     let config = format!(
         "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: web\n    http_sd_configs:\n      \
          - url: http://{api}/v1/prometheus/targets?service=web\n        refresh_interval: 1s\n"
     );
-    std::fs::write(dir.join("prometheus.yml"), config).expect("write config");
-    let web = SocketAddr::new(ip(25, 99), 9090);
-    let child = std::process::Command::new("prometheus")
-        .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
-        .arg(format!("--web.listen-address={web}"))
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("prometheus starts");
-    let _prometheus = Prometheus { child, dir };
+    let Some(prometheus) = Prometheus::start(
+        "prometheus_http_sd_lists_every_healthy_instance",
+        SocketAddr::new(ip(25, 99), 9090),
+        &config,
+    ) else {
+        mesh.stop().await;
+        return;
+    };
     let address = |i: usize| SocketAddr::new(ip(25, i), ports[i]).to_string();
     let discovered = |targets: &[serde_json::Map<String, serde_json::Value>]| {
         let mut got: Vec<String> =
@@ -907,11 +872,9 @@ async fn prometheus_http_sd_lists_every_healthy_instance() {
     };
     let mut all: Vec<String> = (0..3).map(address).collect();
     all.sort();
-    eventually("Prometheus discovers all three instances", || async {
-        discovered(&prometheus_targets(web).await) == all
-    })
-    .await;
-    let targets = prometheus_targets(web).await;
+    eventually("Prometheus discovers all three instances", || async { discovered(&prometheus.targets().await) == all })
+        .await;
+    let targets = prometheus.targets().await;
     let canary = targets
         .iter()
         .find(|t| t.get("__address__").and_then(|a| a.as_str()) == Some(address(0).as_str()))
@@ -925,7 +888,7 @@ async fn prometheus_http_sd_lists_every_healthy_instance() {
     // The app behind instance 1 dies: its check fails, and it leaves the targets.
     apps[1].abort();
     let gone = eventually("the dead instance leaves Prometheus's targets", || async {
-        let got = discovered(&prometheus_targets(web).await);
+        let got = discovered(&prometheus.targets().await);
         got.len() == 2 && !got.contains(&address(1))
     })
     .await;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::{eventually, ip, tcp_app, tcp_apps, TestMesh};
 use murmur::api::consul_types::{AgentSelfJson, CatalogServiceJson, ServiceEntryJson};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 /// A reply: status, headers (names lowercased) and body.
 struct Reply {
@@ -179,6 +179,204 @@ async fn consul_endpoints_answer_in_consuls_shape_and_block_per_service() {
     let passing: Vec<ServiceEntryJson> = get(api, "/v1/health/service/web?passing", t).await.json();
     assert!(passing.iter().all(|e| e.node.node == "agent-1"), "{passing:?}");
     for app in web_apps {
+        app.abort();
+    }
+    mesh.stop().await;
+}
+
+/// vmagent, VictoriaMetrics' scraper (Debian's victoria-metrics; .ci/run installs it),
+/// killed and its data removed on drop. Debian's Prometheus is built without
+/// `consul_sd_configs`; vmagent has them, with Prometheus's configuration and labels.
+struct VmAgent {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+    web: SocketAddr,
+}
+
+impl VmAgent {
+    fn start(name: &str, web: SocketAddr, config: &str) -> Option<VmAgent> {
+        if std::process::Command::new("vmagent").arg("--version").output().is_err() {
+            assert!(std::env::var_os("CI").is_none(), "vmagent must be installed in CI (.ci/run installs it)");
+            eprintln!("SKIPPED ({name}): no `vmagent` binary (apt-get install victoria-metrics)");
+            return None;
+        }
+        let dir = std::env::temp_dir().join(format!("murmur-vmagent-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join("scrape.yml"), config).expect("write config");
+        let log = std::fs::File::create(dir.join("vmagent.log")).expect("log file");
+        let child = std::process::Command::new("vmagent")
+            .arg(format!("-promscrape.config={}", dir.join("scrape.yml").display()))
+            .arg(format!("-httpListenAddr={web}"))
+            // Nothing listens there: vmagent needs somewhere to write, and scraping is not
+            // what is tested (loopback only, and the address is this test's own).
+            .arg(format!("-remoteWrite.url=http://{}:1/api/v1/write", web.ip()))
+            .arg(format!("-remoteWrite.tmpDataPath={}", dir.join("data").display()))
+            // How often it reads what its Consul watches hold; the watches block for
+            // their own wait (vmagent's default) and are woken by a change.
+            .arg("-promscrape.consulSDCheckInterval=1s")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("vmagent starts");
+        Some(VmAgent { child, dir, web })
+    }
+
+    /// The targets it has discovered: each one's discovered labels.
+    async fn targets(&self) -> Vec<serde_json::Map<String, serde_json::Value>> {
+        let Ok(body) = murmur::cli::ApiClient::new(self.web).get("/api/v1/targets").await else { return Vec::new() };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) else { return Vec::new() };
+        v["data"]["activeTargets"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|t| t["discoveredLabels"].as_object().cloned()).collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for VmAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self.dir.join("vmagent.log")).unwrap_or_default();
+            eprintln!("vmagent's log, last lines:");
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            for line in tail.iter().rev() {
+                eprintln!("  {line}");
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// vmagent's `consul_sd_configs`, pointed at an agent as at a Consul agent: it reads
+/// `/v1/agent/self` for the datacenter, watches `/v1/catalog/services` and
+/// `/v1/health/service/web` with blocking queries, and labels each target with what it
+/// read (Prometheus's `__meta_consul_*` labels). A failing check reaches its labels in
+/// seconds. (A target is known by its labels after relabeling: the health is copied into
+/// one, as users do to see it, or vmagent would keep the target it had.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vmagent_consul_sd_discovers_instances_and_follows_their_health() {
+    let (ports, apps) = tcp_apps(28, 3).await;
+    let mesh = TestMesh::start(28, 3, |i| {
+        let tag = if i == 0 { "canary" } else { "stable" };
+        vec![format!("web:{},tags={tag},interval=200ms,timeout=150ms,attr.build=b{i}", ports[i])]
+    })
+    .await;
+    mesh.converge(3).await;
+    let api = mesh.agent(1).api_addr();
+    let config = format!(
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: web\n    consul_sd_configs:\n      \
+         - server: '{api}'\n        services: [web]\n    relabel_configs:\n      \
+         - source_labels: [__meta_consul_health]\n        target_label: health\n"
+    );
+    let name = "vmagent_consul_sd_discovers_instances_and_follows_their_health";
+    let Some(vmagent) = VmAgent::start(name, SocketAddr::new(ip(28, 99), 8429), &config) else {
+        mesh.stop().await;
+        return;
+    };
+    let address = |i: usize| SocketAddr::new(ip(28, i), ports[i]).to_string();
+    let label = |targets: &[serde_json::Map<String, serde_json::Value>], i: usize, name: &str| {
+        targets
+            .iter()
+            .find(|t| t.get("__address__").and_then(|a| a.as_str()) == Some(address(i).as_str()))
+            .and_then(|t| t.get(name)?.as_str().map(str::to_owned))
+    };
+    eventually("vmagent discovers all three instances, passing", || async {
+        let targets = vmagent.targets().await;
+        (0..3).all(|i| label(&targets, i, "__meta_consul_health").as_deref() == Some("passing"))
+    })
+    .await;
+    let targets = vmagent.targets().await;
+    let me: AgentSelfJson = get(api, "/v1/agent/self", Duration::from_secs(5)).await.json();
+    let canary = |name: &str| label(&targets, 0, name).unwrap_or_default();
+    assert_eq!(canary("__meta_consul_service"), "web");
+    assert_eq!(canary("__meta_consul_dc"), me.config.datacenter);
+    assert_eq!(canary("__meta_consul_node"), "agent-0");
+    assert_eq!(canary("__meta_consul_tags"), ",canary,");
+    assert_eq!(canary("__meta_consul_service_metadata_build"), "b0");
+    assert_eq!(canary("__meta_consul_service_port"), ports[0].to_string());
+    // Instance 1's app dies: vmagent's watch is woken and relabels it.
+    apps[1].abort();
+    let took = eventually("vmagent sees instance 1 critical", || async {
+        label(&vmagent.targets().await, 1, "__meta_consul_health").as_deref() == Some("critical")
+    })
+    .await;
+    eprintln!("vmagent's consul_sd saw a failed check {took:?} after the app died");
+    for app in apps {
+        app.abort();
+    }
+    mesh.stop().await;
+}
+
+/// What python-consul runs against agent 1, as a user's script would: the agent's own
+/// view, the catalog, tag and health filters, then a blocking query that returns once
+/// instance 1 fails.
+const PYTHON_CLIENT: &str = r#"
+import sys, consul
+host, port, dc = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+c = consul.Consul(host=host, port=port)
+me = c.agent.self()
+assert me["Config"]["Datacenter"] == dc and me["Config"]["NodeName"] == "agent-1", me["Config"]
+index, services = c.catalog.services()
+assert sorted(services["web"]) == ["canary", "stable"], services
+_, nodes = c.catalog.service("web", tag="canary")
+assert [n["Node"] for n in nodes] == ["agent-0"], nodes
+index, entries = c.health.service("web", passing=True)
+assert len(entries) == 3, entries
+print("ready", index, flush=True)
+while len(entries) == 3:
+    new_index, entries = c.health.service("web", index=index, wait="30s", passing=True)
+    assert int(new_index) >= int(index), (new_index, index)
+    index = new_index
+assert sorted(e["Node"]["Node"] for e in entries) == ["agent-0", "agent-2"], entries
+print("woken", index, flush=True)
+"#;
+
+/// python-consul (Debian's python3-consul, for Debian's python3; .ci/run installs it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_consul_reads_the_catalog_and_blocks_until_a_change() {
+    let python = "/usr/bin/python3";
+    let has_client = std::process::Command::new(python).args(["-c", "import consul"]).output();
+    if !has_client.is_ok_and(|o| o.status.success()) {
+        assert!(std::env::var_os("CI").is_none(), "python3-consul must be installed in CI (.ci/run installs it)");
+        eprintln!("SKIPPED python_consul_reads_the_catalog_and_blocks_until_a_change: no python3-consul (apt-get install python3-consul)");
+        return;
+    }
+    let (ports, apps) = tcp_apps(29, 3).await;
+    let mesh = TestMesh::start(29, 3, |i| {
+        let tag = if i == 0 { "canary" } else { "stable" };
+        vec![format!("web:{},tags={tag},interval=200ms,timeout=150ms", ports[i])]
+    })
+    .await;
+    mesh.converge(3).await;
+    let api = mesh.agent(1).api_addr();
+    eventually("agent 1 sees three passing instances", || async {
+        get(api, "/v1/health/service/web?passing", Duration::from_secs(5)).await.json::<Vec<ServiceEntryJson>>().len()
+            == 3
+    })
+    .await;
+    let me: AgentSelfJson = get(api, "/v1/agent/self", Duration::from_secs(5)).await.json();
+    let mut child = tokio::process::Command::new(python)
+        .args(["-c", PYTHON_CLIENT, &api.ip().to_string(), &api.port().to_string(), &me.config.datacenter])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let mut next_line = async || {
+        tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.expect("python answers in time")
+    };
+    let ready = next_line().await.expect("read").unwrap_or_default();
+    assert!(ready.starts_with("ready "), "the client's reads failed: {ready:?}");
+    // The client now blocks; instance 1's app dies and its watch returns.
+    apps[1].abort();
+    let woken = next_line().await.expect("read").unwrap_or_default();
+    assert!(woken.starts_with("woken "), "{woken:?}");
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.expect("exits").expect("status");
+    assert!(status.success(), "{status}");
+    for app in apps {
         app.abort();
     }
     mesh.stop().await;

@@ -221,3 +221,64 @@ pub fn status(r: Result<String, murmur::cli::ClientError>) -> u16 {
         Err(e) => panic!("{e}"),
     }
 }
+
+/// A Prometheus server (Debian's package; .ci/run installs it), killed and its data
+/// directory removed on drop.
+pub struct Prometheus {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+    /// Its web address.
+    pub web: SocketAddr,
+}
+
+impl Prometheus {
+    /// Starts Prometheus on `web` with `config` (YAML). Without a `prometheus` binary it
+    /// says loudly that the test is skipped and returns `None`; in CI that is a failure.
+    pub fn start(name: &str, web: SocketAddr, config: &str) -> Option<Prometheus> {
+        if std::process::Command::new("prometheus").arg("--version").output().is_err() {
+            assert!(std::env::var_os("CI").is_none(), "prometheus must be installed in CI (.ci/run installs it)");
+            eprintln!("SKIPPED ({name}): no `prometheus` binary (apt-get install prometheus)");
+            return None;
+        }
+        let dir = std::env::temp_dir().join(format!("murmur-prometheus-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join("prometheus.yml"), config).expect("write config");
+        let log = std::fs::File::create(dir.join("prometheus.log")).expect("log file");
+        let child = std::process::Command::new("prometheus")
+            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address={web}"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("prometheus starts");
+        Some(Prometheus { child, dir, web })
+    }
+
+    /// The targets it has discovered: each one's discovered labels (none while it starts).
+    pub async fn targets(&self) -> Vec<serde_json::Map<String, serde_json::Value>> {
+        let Ok(body) = murmur::cli::ApiClient::new(self.web).get("/api/v1/targets").await else { return Vec::new() };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) else { return Vec::new() };
+        v["data"]["activeTargets"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|t| t["discoveredLabels"].as_object().cloned()).collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            eprintln!("prometheus's log, last lines:");
+            for line in tail.iter().rev() {
+                eprintln!("  {line}");
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
