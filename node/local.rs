@@ -63,11 +63,26 @@ pub enum PublishError {
     /// The instance comes from the agent's config, which the API may not change.
     #[error("instance `{0}` is declared in the agent's config and cannot be changed through the API; change the config and restart the agent")]
     ReadOnly(String),
+    /// A status report for an instance whose check is not a TTL check.
+    #[error("the check of instance `{0}` is not a TTL check: only TTL checks take reports")]
+    NotTtl(String),
+}
+
+/// What the checks need to know of an instance's health over time.
+#[derive(Debug, Clone)]
+struct Timeline {
+    /// The last status report of a TTL check (its registration until the first).
+    reported: std::time::Instant,
+    /// Since when it is critical, if it is.
+    critical_since: Option<std::time::Instant>,
+    /// The output last published.
+    output: String,
 }
 
 #[derive(Default)]
 struct State {
     instances: BTreeMap<InstanceId, LocalInstance>,
+    timelines: BTreeMap<InstanceId, Timeline>,
     draining: bool,
     /// Tokens of the API's registration rate limit, and when they were last filled.
     tokens: f64,
@@ -219,6 +234,14 @@ impl Publisher {
                     origin,
                 },
             );
+            let now = std::time::Instant::now();
+            let critical_since = match kept {
+                Some(_) => state.timelines.get(&id).and_then(|t| t.critical_since),
+                None => (health.status == Health::Critical).then_some(now),
+            };
+            state
+                .timelines
+                .insert(id.clone(), Timeline { reported: now, critical_since, output: health.output.clone() });
             self.announce(&state);
         }
         // Health first, so that no peer ever sees the instance without its health.
@@ -242,27 +265,145 @@ impl Publisher {
             }
             Some(_) => {}
         }
+        self.remove(&mut state, id).await;
+        Ok(())
+    }
+
+    async fn remove(&self, state: &mut State, id: &InstanceId) {
         state.instances.remove(id);
-        self.announce(&state);
+        state.timelines.remove(id);
+        self.announce(state);
         self.writer.delete(&Key::Instance(id.clone()).render()).await;
         self.writer.delete(&Key::Health(id.clone()).render()).await;
+    }
+
+    /// Removes an instance that has stayed critical for its check's
+    /// `deregister_critical_after`, whoever registered it (Consul's
+    /// `DeregisterCriticalServiceAfter`). Returns whether it was removed.
+    pub async fn reap(&self, id: &InstanceId) -> bool {
+        let mut state = self.lock().await;
+        let Some(after) = state.instances.get(id).and_then(|i| i.check.deregister_critical_after) else {
+            return false;
+        };
+        let due = state.timelines.get(id).and_then(|t| t.critical_since).is_some_and(|since| since.elapsed() >= after);
+        if due {
+            self.remove(&mut state, id).await;
+        }
+        due
+    }
+
+    /// When the instance turns critical unless something changes: when its TTL runs
+    /// out (TTL checks) and when it is reaped (when it has `deregister_critical_after`
+    /// and is critical). `None` once it is gone.
+    pub async fn deadlines(&self, id: &InstanceId) -> Option<(Option<std::time::Instant>, Option<std::time::Instant>)> {
+        let state = self.lock().await;
+        let inst = state.instances.get(id)?;
+        let timeline = state.timelines.get(id)?;
+        let expires = match inst.check.kind {
+            CheckKind::Ttl { ttl } => Some(timeline.reported + ttl),
+            _ => None,
+        };
+        let reaped =
+            inst.check.deregister_critical_after.zip(timeline.critical_since).map(|(after, since)| since + after);
+        Some((expires, reaped))
+    }
+
+    /// A TTL check's report from the app (`pass`, `warn` or `fail` with a note): holds
+    /// for the check's TTL. Published when the status or the note changed.
+    pub async fn report(&self, id: &InstanceId, status: Health, output: &str) -> Result<(), PublishError> {
+        let mut state = self.lock().await;
+        match state.instances.get(id) {
+            None => return Err(PublishError::NotFound(id.to_string())),
+            Some(i) if !matches!(i.check.kind, CheckKind::Ttl { .. }) => {
+                return Err(PublishError::NotTtl(id.to_string()))
+            }
+            Some(_) => {}
+        }
+        let now = std::time::Instant::now();
+        let flips = state.instances.get(id).is_some_and(|i| i.health != status);
+        // A report that flips the status is a gossip change like a registration, and is
+        // held to the same rate: an app cannot flood the cluster through its reports.
+        if flips && !state.take_token(self.limits.per_second, now) {
+            return Err(PublishError::RateLimited(self.limits.per_second));
+        }
+        if let Some(t) = state.timelines.get_mut(id) {
+            t.reported = now;
+        }
+        self.publish_health(&mut state, id, status, output).await;
         Ok(())
+    }
+
+    /// A TTL check whose last report is older than its TTL turns critical.
+    pub async fn expire(&self, id: &InstanceId) {
+        let mut state = self.lock().await;
+        let Some(CheckKind::Ttl { ttl }) = state.instances.get(id).map(|i| i.check.kind.clone()) else { return };
+        if state.timelines.get(id).is_some_and(|t| t.reported.elapsed() >= ttl) {
+            let output = format!("TTL expired: no report for {ttl:?}");
+            self.publish_health(&mut state, id, Health::Critical, &output).await;
+        }
     }
 
     /// Publishes a health change from the checks. Ignored once the agent is draining
     /// (draining wins over anything a check says) or when the instance is gone.
     pub async fn set_health(&self, id: &InstanceId, status: Health, output: &str) {
         let mut state = self.lock().await;
+        self.publish_health(&mut state, id, status, output).await;
+    }
+
+    /// Publishes `status` for `id` unless the agent is draining, the instance is gone,
+    /// or neither the status nor the output changed.
+    async fn publish_health(&self, state: &mut State, id: &InstanceId, status: Health, output: &str) {
         if state.draining {
             return;
         }
         let Some(inst) = state.instances.get_mut(id) else {
             return;
         };
-        inst.health = status;
-        self.announce(&state);
+        let was = std::mem::replace(&mut inst.health, status);
+        let timeline = state.timelines.get_mut(id);
+        if let Some(t) = timeline {
+            if was == status && t.output == output {
+                return;
+            }
+            t.output = output.to_owned();
+            match status {
+                Health::Critical => {
+                    t.critical_since.get_or_insert_with(std::time::Instant::now);
+                }
+                _ => t.critical_since = None,
+            }
+        }
+        self.announce(state);
         let rec = HealthRecord::new(status, unix_ms(), output);
         self.writer.set(&Key::Health(id.clone()).render(), encode_value(&rec)).await;
+    }
+
+    /// The local instance a Consul id names: an instance id, or failing that the name of
+    /// the one local service of that name (Consul's default id is the service's name;
+    /// murmur's is `<node>-<port>`, so a client that relies on the default still finds
+    /// its instance).
+    pub fn resolve(&self, id: &str) -> Option<InstanceId> {
+        let local = self.local_tx.borrow();
+        if let Some(i) = local.iter().find(|i| i.record.instance.as_str() == id) {
+            return Some(i.record.instance.clone());
+        }
+        let mut named = local.iter().filter(|i| i.record.service.as_str() == id);
+        match (named.next(), named.next()) {
+            (Some(one), None) => Some(one.record.instance.clone()),
+            _ => None,
+        }
+    }
+
+    /// The local instance whose check has Consul id `check_id`: its own `CheckID`, or
+    /// `service:<id>` as [`Publisher::resolve`] reads `<id>`.
+    pub fn resolve_check(&self, check_id: &str) -> Option<InstanceId> {
+        let own = self
+            .local_tx
+            .borrow()
+            .iter()
+            .find(|i| i.check.id.as_deref() == Some(check_id))
+            .map(|i| i.record.instance.clone());
+        own.or_else(|| self.resolve(check_id.strip_prefix("service:")?))
     }
 
     /// Marks every instance draining: peers take them out of answers at once.

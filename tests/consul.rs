@@ -310,8 +310,9 @@ async fn vmagent_consul_sd_discovers_instances_and_follows_their_health() {
 }
 
 /// What python-consul runs against agent 1, as a user's script would: the agent's own
-/// view, the catalog, tag and health filters, then a blocking query that returns once
-/// instance 1 fails.
+/// view, the catalog, tag and health filters, a blocking query that returns once
+/// instance 1 fails, then a registration with a TTL check that it reports passing, and
+/// its removal.
 const PYTHON_CLIENT: &str = r#"
 import sys, consul
 host, port, dc = sys.argv[1], int(sys.argv[2]), sys.argv[3]
@@ -331,16 +332,31 @@ while len(entries) == 3:
     index = new_index
 assert sorted(e["Node"]["Node"] for e in entries) == ["agent-0", "agent-2"], entries
 print("woken", index, flush=True)
+c.agent.service.register("job", service_id="job-1", port=7000, tags=["batch"], check=consul.Check.ttl("10s"))
+assert c.agent.services()["job-1"]["Service"] == "job"
+c.agent.check.ttl_pass("service:job-1", "working")
+index, entries = c.health.service("job", passing=True)
+while not entries:
+    index, entries = c.health.service("job", index=index, wait="10s", passing=True)
+assert entries[0]["Checks"][1]["Output"] == "working", entries
+c.agent.service.deregister("job-1")
+assert "job-1" not in c.agent.services()
+print("registered", flush=True)
 "#;
 
-/// python-consul (Debian's python3-consul, for Debian's python3; .ci/run installs it).
+/// py-consul, the maintained python-consul (PyPI `py-consul`; .ci/run installs it).
+/// Debian's python3-consul 0.7.1 is older than Consul 1.0 and sends its changes (check
+/// reports, deregistrations) as GET, which Consul 1.0 and murmur refuse: a change by GET
+/// could come from any web page.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_consul_reads_the_catalog_and_blocks_until_a_change() {
-    let python = "/usr/bin/python3";
+    let python = "python3";
     let has_client = std::process::Command::new(python).args(["-c", "import consul"]).output();
     if !has_client.is_ok_and(|o| o.status.success()) {
-        assert!(std::env::var_os("CI").is_none(), "python3-consul must be installed in CI (.ci/run installs it)");
-        eprintln!("SKIPPED python_consul_reads_the_catalog_and_blocks_until_a_change: no python3-consul (apt-get install python3-consul)");
+        assert!(std::env::var_os("CI").is_none(), "py-consul must be installed in CI (.ci/run installs it)");
+        eprintln!(
+            "SKIPPED python_consul_reads_the_catalog_and_blocks_until_a_change: no py-consul (pip install py-consul)"
+        );
         return;
     }
     let (ports, apps) = tcp_apps(29, 3).await;
@@ -374,10 +390,103 @@ async fn python_consul_reads_the_catalog_and_blocks_until_a_change() {
     apps[1].abort();
     let woken = next_line().await.expect("read").unwrap_or_default();
     assert!(woken.starts_with("woken "), "{woken:?}");
+    let registered = next_line().await.expect("read").unwrap_or_default();
+    assert_eq!(registered, "registered", "a TTL registration through python-consul failed");
     let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.expect("exits").expect("status");
     assert!(status.success(), "{status}");
     for app in apps {
         app.abort();
     }
+    mesh.stop().await;
+}
+
+/// `PUT path` with a JSON body: the status and the body.
+async fn put(api: SocketAddr, path: &str, body: &str) -> (u16, String) {
+    let r = murmur::cli::ApiClient::new(api).put(path, body.to_owned()).await;
+    match r {
+        Ok(body) => (200, body),
+        Err(murmur::cli::ClientError::Status(code, body)) => (code, body),
+        Err(e) => panic!("PUT {path}: {e}"),
+    }
+}
+
+/// Consul's registration body (keys in any case), TTL checks reported by the app,
+/// expiring, and `DeregisterCriticalServiceAfter`; a check probing its own address;
+/// what murmur cannot honour is refused with a reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consul_registration_ttl_checks_and_deregister_after() {
+    let (app_port, app) = tcp_app(ip(26, 0)).await;
+    let mesh = TestMesh::start(26, 2, |_| Vec::new()).await;
+    mesh.converge(2).await;
+    let (api, peer) = (mesh.agent(0).api_addr(), mesh.agent(1).api_addr());
+    let t = Duration::from_secs(5);
+    let health_at = |at: SocketAddr, name: &'static str| async move {
+        let entries: Vec<ServiceEntryJson> = get(at, &format!("/v1/health/service/{name}"), t).await.json();
+        entries.first().map(|e| (e.checks[1].status.clone(), e.checks[1].output.clone()))
+    };
+    let health = |name: &'static str| health_at(peer, name);
+    let body = r#"{"Name": "worker", "ID": "w1", "Port": 9000, "Tags": ["a"], "Meta": {"build": "7"},
+        "Check": {"TTL": "2s", "DeregisterCriticalServiceAfter": "2s"}}"#;
+    assert_eq!(put(api, "/v1/agent/service/register", body).await.0, 200);
+    eventually("the peer lists w1, critical until its first report", || async {
+        health("worker").await.is_some_and(|(s, _)| s == "critical")
+    })
+    .await;
+    let local: HashMap<String, serde_json::Value> = get(api, "/v1/agent/services", t).await.json();
+    assert_eq!(local["w1"]["Service"], "worker");
+    assert_eq!(local["w1"]["Meta"]["build"], "7");
+    // The report holds for the TTL from when it was made: no later than `start`.
+    let start = Instant::now();
+    assert_eq!(put(api, "/v1/agent/check/pass/service:w1?note=all%20good", "").await.0, 200);
+    eventually("the report is in the agent's own replica", || async {
+        health_at(api, "worker").await == Some(("passing".into(), "all good".into()))
+    })
+    .await;
+    // No more reports: critical after the TTL, then removed 2 s later.
+    eventually("the TTL runs out", || async {
+        health("worker").await.is_some_and(|(s, output)| s == "critical" && output.contains("TTL expired"))
+    })
+    .await;
+    let expired = start.elapsed();
+    eventually("the critical instance is deregistered", || async { health("worker").await.is_none() }).await;
+    let reaped = start.elapsed();
+    assert!(expired >= Duration::from_secs(2), "expired after {expired:?}, before its 2 s TTL");
+    assert!(reaped >= Duration::from_secs(4), "reaped after {reaped:?}, before 2 s TTL + 2 s");
+    eprintln!("TTL 2 s: critical {expired:?} after the last report, deregistered after {reaped:?} (2 s + 2 s)");
+
+    // Lowercase keys, no ID (murmur's default id), a TCP check on another address than
+    // the instance's: it passes because the check's own target is probed.
+    let body = format!(
+        r#"{{"name": "probe", "port": 1, "check": {{"tcp": "{}:{app_port}", "interval": "200ms"}}}}"#,
+        ip(26, 0)
+    );
+    assert_eq!(put(api, "/v1/agent/service/register", &body).await.0, 200);
+    eventually("the TCP check of its own target passes", || async {
+        health("probe").await.is_some_and(|(s, _)| s == "passing")
+    })
+    .await;
+    let (code, body) = put(api, "/v1/agent/check/pass/service:probe", "").await;
+    assert_eq!(code, 409, "a report for a check that is not TTL: {body}");
+    // Deregistered by its service name, as a client relying on Consul's default id does.
+    assert_eq!(put(api, "/v1/agent/service/deregister/probe", "").await.0, 200);
+    eventually("it leaves the peer", || async { health("probe").await.is_none() }).await;
+
+    for (body, what) in [
+        (r#"{"Name": "x", "Port": 1, "Check": {"Args": ["/bin/true"], "Interval": "1s"}}"#, "Args"),
+        (r#"{"Name": "x", "Port": 1, "Check": {"GRPC": "127.0.0.1:1", "Interval": "1s"}}"#, "GRPC"),
+        (r#"{"Name": "x", "Port": 1, "Check": {"HTTP": "https://127.0.0.1/", "Interval": "1s"}}"#, "https"),
+        (r#"{"Name": "x", "Port": 1, "Checks": [{"TTL": "5s"}, {"TTL": "6s"}]}"#, "one check"),
+        (r#"{"Name": "x", "Port": 1, "Kind": "connect-proxy"}"#, "Connect"),
+        (r#"{"Name": "x", "Port": 1, "Check": {"TCP": "db.example:5432", "Interval": "1s"}}"#, "resolve"),
+        (r#"{"Name": "x"}"#, "Port"),
+        ("{not json", "JSON"),
+    ] {
+        let (code, reply) = put(api, "/v1/agent/service/register", body).await;
+        assert_eq!(code, 400, "{body}: {reply}");
+        assert!(reply.contains(what), "{body}: {reply}");
+    }
+    assert_eq!(put(api, "/v1/agent/check/pass/service:nosuch", "").await.0, 404);
+    assert_eq!(put(api, "/v1/agent/service/deregister/nosuch", "").await.0, 404);
+    app.abort();
     mesh.stop().await;
 }

@@ -21,12 +21,17 @@ use axum::Json;
 use murmur_protocol::{Health, ServiceName, Tag};
 
 use super::consul_types::{
-    AgentConfigJson, AgentMemberJson, AgentSelfJson, AgentServiceJson, CatalogServiceJson, CheckJson, NodeJson,
-    ServiceEntryJson, WeightsJson,
+    AgentConfigJson, AgentMemberJson, AgentSelfJson, AgentServiceJson, CatalogServiceJson, CheckJson, ConsulCheck,
+    ConsulCheckUpdate, ConsulRegistration, NodeJson, ServiceEntryJson, WeightsJson,
 };
-use super::{bad_request, ApiError, ApiState};
+use super::{bad_request, publish_error, ApiError, ApiState};
 use crate::config::spec::parse_duration;
+use crate::config::{CheckKind, ServiceSpec};
+use crate::local::Origin;
 use crate::registry::{Instance, MemberStatus, Snapshot};
+use axum::body::Bytes;
+use axum::http::StatusCode;
+use murmur_protocol::{AttrKey, InstanceId};
 
 /// A blocking query's wait when it names none, as Consul's.
 const DEFAULT_WAIT: Duration = Duration::from_secs(300);
@@ -370,6 +375,279 @@ pub(super) async fn agent_self(State(state): State<ApiState>) -> Response {
         murmur,
     };
     reply(&state, snap.catalog_index, body)
+}
+
+/// Lowercases an object's keys, and those of the objects under `check`, `checks` and
+/// `weights`, leaving user data (`meta`) as it is: Consul matches these keys
+/// case-insensitively (`ID`, `Id` and `id` alike).
+fn lowercase_keys(value: serde_json::Value, nested: bool) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| {
+                    let k = k.to_ascii_lowercase();
+                    let descend = nested && matches!(k.as_str(), "check" | "checks" | "weights");
+                    let v = if descend { lowercase_keys(v, false) } else { v };
+                    (k, v)
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.into_iter().map(|v| lowercase_keys(v, nested)).collect()),
+        other => other,
+    }
+}
+
+fn decode_body<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| bad_request(format!("the body is not JSON: {e}")))?;
+    serde_json::from_value(lowercase_keys(value, true)).map_err(|e| bad_request(format!("the body does not fit: {e}")))
+}
+
+/// `HOST:PORT` of a Consul check: an IP address (IPv6 in brackets) or `localhost`.
+fn check_address(text: &str, default_port: Option<u16>) -> Result<std::net::SocketAddr, ApiError> {
+    let refuse = || {
+        bad_request(format!(
+            "check address `{text}` must be IP:PORT or localhost:PORT (murmur's checks do not resolve names)"
+        ))
+    };
+    let (host, port) = match text.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(':') && p.bytes().all(|b| b.is_ascii_digit()) && !p.is_empty() => {
+            (h, p.parse::<u16>().map_err(|_| refuse())?)
+        }
+        _ => (text, default_port.ok_or_else(refuse)?),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let ip: std::net::IpAddr = match host {
+        "localhost" => std::net::Ipv4Addr::LOCALHOST.into(),
+        h => h.parse().map_err(|_| refuse())?,
+    };
+    Ok(std::net::SocketAddr::new(ip, port))
+}
+
+/// A Consul check as murmur's: HTTP (GET, plain http), TCP or TTL, with its timing,
+/// thresholds and `DeregisterCriticalServiceAfter`. A command, gRPC, headers and the
+/// other kinds are refused rather than ignored.
+fn apply_check(spec: &mut ServiceSpec, c: ConsulCheck) -> Result<(), ApiError> {
+    if c.args.is_some() || c.script_args.is_some() || c.script.is_some() {
+        return Err(bad_request(
+            "Args (script checks) are never allowed through the API: a command is set in the agent's own config only",
+        ));
+    }
+    let unsupported = [
+        ("GRPC", c.grpc.is_some()),
+        ("Header", c.header.is_some()),
+        ("DockerContainerID", c.docker_container_id.is_some()),
+        ("H2PING", c.h2ping.is_some()),
+        ("UDP", c.udp.is_some()),
+        ("AliasService", c.alias_service.is_some()),
+        ("OSService", c.os_service.is_some()),
+    ];
+    if let Some((what, _)) = unsupported.iter().find(|(_, given)| *given) {
+        return Err(bad_request(format!("{what} checks are not supported by murmur; use HTTP, TCP or TTL")));
+    }
+    if c.method.as_deref().is_some_and(|m| !m.eq_ignore_ascii_case("GET")) {
+        return Err(bad_request("murmur's HTTP checks send GET only; leave out Method"));
+    }
+    let duration = |what: &str, text: &str| parse_duration(text).map_err(|e| bad_request(format!("{what}: {e}")));
+    spec.check.kind = match (&c.http, &c.tcp, &c.ttl) {
+        (Some(url), None, None) => {
+            let rest = url.strip_prefix("http://").ok_or_else(|| {
+                bad_request(format!("HTTP check `{url}`: only plain http:// URLs are probed (no https)"))
+            })?;
+            let (authority, path) = match rest.find('/') {
+                Some(at) => rest.split_at(at),
+                None => (rest, "/"),
+            };
+            spec.check.target = Some(check_address(authority, Some(80))?);
+            CheckKind::Http { path: path.to_owned() }
+        }
+        (None, Some(tcp), None) => {
+            spec.check.target = Some(check_address(tcp, None)?);
+            CheckKind::Tcp
+        }
+        (None, None, Some(ttl)) => CheckKind::Ttl { ttl: duration("TTL", ttl)? },
+        (None, None, None) => return Err(bad_request("a check needs one of HTTP, TCP or TTL")),
+        _ => return Err(bad_request("a check has one of HTTP, TCP or TTL, not several")),
+    };
+    if let Some(i) = &c.interval {
+        spec.check.interval = duration("Interval", i)?;
+    }
+    match &c.timeout {
+        Some(t) => spec.check.timeout = duration("Timeout", t)?,
+        None => spec.check.fit_default_timeout(),
+    }
+    if let Some(d) = &c.deregister_critical_service_after {
+        spec.check.deregister_critical_after = Some(duration("DeregisterCriticalServiceAfter", d)?);
+    }
+    if let Some(n) = c.success_before_passing.filter(|n| *n > 0) {
+        spec.check.successes_before_passing = n;
+    }
+    if let Some(n) = c.failures_before_critical.filter(|n| *n > 0) {
+        spec.check.failures_before_critical = n;
+    }
+    spec.check.id = c.check_id.filter(|id| !id.is_empty());
+    Ok(())
+}
+
+/// A registration's initial TTL status, when it gives one.
+fn initial_status(c: Option<&ConsulCheck>) -> Result<Option<(Health, String)>, ApiError> {
+    let Some(c) = c.filter(|c| c.ttl.is_some()) else { return Ok(None) };
+    let Some(status) = c.status.as_deref().filter(|s| !s.is_empty()) else { return Ok(None) };
+    Ok(Some((check_status(status)?, c.notes.clone().unwrap_or_default())))
+}
+
+fn check_status(text: &str) -> Result<Health, ApiError> {
+    match text {
+        "passing" => Ok(Health::Passing),
+        "warning" => Ok(Health::Warning),
+        "critical" => Ok(Health::Critical),
+        other => Err(bad_request(format!("status `{other}` must be passing, warning or critical"))),
+    }
+}
+
+/// A Consul registration as murmur's service spec.
+fn spec_from_consul(reg: ConsulRegistration) -> Result<(ServiceSpec, Option<ConsulCheck>), ApiError> {
+    if reg.kind.as_deref().is_some_and(|k| !k.is_empty()) || reg.connect.is_some() || reg.proxy.is_some() {
+        return Err(bad_request(
+            "Connect proxies and gateways (Kind, Connect, Proxy) are not supported: murmur's sidecar is its own proxy",
+        ));
+    }
+    let name = service_name(&reg.name)?;
+    let port = reg.port.filter(|p| *p > 0).ok_or_else(|| bad_request("Port must be 1-65535"))?;
+    let mut spec = ServiceSpec::new(name, port);
+    spec.id = reg
+        .id
+        .filter(|i| !i.is_empty())
+        .map(|i| InstanceId::new(&i))
+        .transpose()
+        .map_err(|e| bad_request(e.to_string()))?;
+    spec.address = reg
+        .address
+        .filter(|a| !a.is_empty())
+        .map(|a| a.parse().map_err(|_| bad_request(format!("Address `{a}` is not an IP address"))))
+        .transpose()?;
+    for t in reg.tags.unwrap_or_default() {
+        spec.tags.push(Tag::new(&t).map_err(|e| bad_request(format!("Tags: {e}")))?);
+    }
+    for (k, v) in reg.meta.unwrap_or_default() {
+        spec.attributes.insert(AttrKey::new(&k).map_err(|e| bad_request(format!("Meta: {e}")))?, v);
+    }
+    if let Some(w) = reg.weights {
+        if w.warning.is_some_and(|w| w != 1) {
+            return Err(bad_request(
+                "Weights.Warning other than 1 is not supported: warning instances keep their weight",
+            ));
+        }
+        if let Some(p) = w.passing {
+            spec.weight = p;
+        }
+    }
+    let mut checks = reg.checks.unwrap_or_default();
+    checks.extend(reg.check);
+    if checks.len() > 1 {
+        return Err(bad_request("murmur runs one check per instance: give one Check"));
+    }
+    let check = checks.pop();
+    match &check {
+        Some(c) => apply_check(&mut spec, c.clone())?,
+        // Consul's instance without a check is passing while its agent lives.
+        None => spec.check.kind = CheckKind::None,
+    }
+    spec.validate().map_err(bad_request)?;
+    Ok((spec, check))
+}
+
+/// `PUT /v1/agent/service/register` with Consul's body.
+pub(super) async fn register(State(state): State<ApiState>, body: Bytes) -> Result<Response, ApiError> {
+    let (spec, check) = spec_from_consul(decode_body(&body)?)?;
+    let initial = initial_status(check.as_ref())?;
+    let id = state.publisher.register(&spec, Origin::Api).await.map_err(publish_error)?;
+    if let Some((status, notes)) = initial {
+        state.publisher.report(&id, status, &notes).await.map_err(publish_error)?;
+    }
+    Ok(StatusCode::OK.into_response())
+}
+
+fn unknown(what: &str, id: &str) -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, format!("Unknown {what} ID {id:?}: nothing of that id is registered on this agent"))
+}
+
+/// `PUT /v1/agent/service/deregister/{id}`.
+pub(super) async fn deregister(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let instance = state.publisher.resolve(&id).ok_or_else(|| unknown("service", &id))?;
+    state.publisher.deregister(&instance, Origin::Api).await.map_err(publish_error)?;
+    Ok(StatusCode::OK.into_response())
+}
+
+/// `PUT /v1/agent/check/{pass,warn,fail}/{check_id}?note=`: a TTL check's report.
+pub(super) async fn check_report(
+    State(state): State<ApiState>,
+    Path((verb, check_id)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let status = match verb.as_str() {
+        "pass" => Health::Passing,
+        "warn" => Health::Warning,
+        "fail" => Health::Critical,
+        other => {
+            return Err(ApiError(
+                StatusCode::NOT_FOUND,
+                format!("no check verb `{other}`: use pass, warn, fail or update"),
+            ))
+        }
+    };
+    let note = form_urlencoded::parse(raw.unwrap_or_default().as_bytes())
+        .find(|(k, _)| k == "note")
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default();
+    report(&state, &check_id, status, &note).await
+}
+
+/// `PUT /v1/agent/check/update/{check_id}` with `{"Status": ..., "Output": ...}`.
+pub(super) async fn check_update(
+    State(state): State<ApiState>,
+    Path(check_id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let update: ConsulCheckUpdate = decode_body(&body)?;
+    report(&state, &check_id, check_status(&update.status)?, &update.output).await
+}
+
+async fn report(state: &ApiState, check_id: &str, status: Health, output: &str) -> Result<Response, ApiError> {
+    let instance = state.publisher.resolve_check(check_id).ok_or_else(|| unknown("check", check_id))?;
+    state.publisher.report(&instance, status, output).await.map_err(publish_error)?;
+    Ok(StatusCode::OK.into_response())
+}
+
+/// `GET /v1/agent/services`: the instances registered on this agent, by id.
+pub(super) async fn agent_services(State(state): State<ApiState>) -> Response {
+    let snap = state.registry.snapshot();
+    let local = state.publisher.local().borrow().clone();
+    let out: BTreeMap<String, AgentServiceJson> = local
+        .iter()
+        .map(|i| {
+            let r = &i.record;
+            let index = consul_index(&state, snap.index_of(&r.service));
+            let service = AgentServiceJson {
+                id: r.instance.to_string(),
+                service: r.service.to_string(),
+                tags: r.tags.iter().map(ToString::to_string).collect(),
+                meta: r.attributes.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+                port: r.port,
+                address: r.address.to_string(),
+                weights: WeightsJson { passing: r.weight, warning: 1 },
+                enable_tag_override: false,
+                create_index: index,
+                modify_index: index,
+            };
+            (r.instance.to_string(), service)
+        })
+        .collect();
+    reply(&state, snap.catalog_index, out)
 }
 
 #[cfg(test)]

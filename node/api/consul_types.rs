@@ -220,3 +220,114 @@ pub struct CheckJson {
     /// The same.
     pub modify_index: u64,
 }
+
+/// Body of `PUT /v1/agent/service/register`, after its keys were lowercased (Consul
+/// matches them case-insensitively). Keys murmur does not read are ignored, as Consul
+/// ignores keys it does not know; those whose meaning murmur cannot honour are refused
+/// (see the API).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct ConsulRegistration {
+    /// Instance id (default `<node>-<port>`).
+    pub id: Option<String>,
+    /// Service name.
+    pub name: String,
+    /// Tags.
+    pub tags: Option<Vec<String>>,
+    /// Address (an IP address).
+    pub address: Option<String>,
+    /// Port.
+    pub port: Option<u16>,
+    /// Attributes.
+    pub meta: Option<BTreeMap<String, String>>,
+    /// Weights.
+    pub weights: Option<ConsulWeights>,
+    /// One check.
+    pub check: Option<ConsulCheck>,
+    /// Checks: murmur runs one per instance.
+    pub checks: Option<Vec<ConsulCheck>>,
+    /// Refused unless empty: no Connect proxies or gateways.
+    pub kind: Option<String>,
+    /// Refused: no Connect.
+    pub connect: Option<serde_json::Value>,
+    /// Refused: no Connect.
+    pub proxy: Option<serde_json::Value>,
+}
+
+/// `Weights` of a registration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct ConsulWeights {
+    /// The instance's weight.
+    pub passing: Option<u16>,
+    /// Only 1 is taken: murmur balances warning instances at their passing weight.
+    pub warning: Option<u16>,
+}
+
+/// A check of a registration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct ConsulCheck {
+    /// Its id (default `service:<instance id>`).
+    #[serde(rename = "checkid")]
+    pub check_id: Option<String>,
+    /// `http://HOST:PORT/PATH`.
+    pub http: Option<String>,
+    /// `HOST:PORT`.
+    pub tcp: Option<String>,
+    /// Reported by the app within this, e.g. `30s`.
+    pub ttl: Option<String>,
+    /// Between probes.
+    pub interval: Option<String>,
+    /// One probe.
+    pub timeout: Option<String>,
+    /// Remove the instance after it has been critical this long.
+    #[serde(rename = "deregistercriticalserviceafter")]
+    pub deregister_critical_service_after: Option<String>,
+    /// Consecutive successes before passing.
+    #[serde(rename = "successbeforepassing")]
+    pub success_before_passing: Option<u32>,
+    /// Consecutive failures before critical.
+    #[serde(rename = "failuresbeforecritical")]
+    pub failures_before_critical: Option<u32>,
+    /// The initial status (TTL checks).
+    pub status: Option<String>,
+    /// The initial output (TTL checks).
+    pub notes: Option<String>,
+    /// HTTP method: only GET.
+    pub method: Option<String>,
+    /// Refused: a command.
+    pub args: Option<serde_json::Value>,
+    /// Refused: a command.
+    #[serde(rename = "scriptargs")]
+    pub script_args: Option<serde_json::Value>,
+    /// Refused: a command.
+    pub script: Option<serde_json::Value>,
+    /// Refused: gRPC checks are not built.
+    pub grpc: Option<serde_json::Value>,
+    /// Refused: request headers are not sent.
+    pub header: Option<serde_json::Value>,
+    /// Refused: not built.
+    #[serde(rename = "dockercontainerid")]
+    pub docker_container_id: Option<serde_json::Value>,
+    /// Refused: not built.
+    pub h2ping: Option<serde_json::Value>,
+    /// Refused: not built.
+    pub udp: Option<serde_json::Value>,
+    /// Refused: not built.
+    #[serde(rename = "aliasservice")]
+    pub alias_service: Option<serde_json::Value>,
+    /// Refused: not built.
+    #[serde(rename = "osservice")]
+    pub os_service: Option<serde_json::Value>,
+}
+
+/// Body of `PUT /v1/agent/check/update/{check_id}`, keys lowercased.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct ConsulCheckUpdate {
+    /// `passing`, `warning` or `critical`.
+    pub status: String,
+    /// The check's output.
+    pub output: String,
+}

@@ -73,6 +73,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/catalog/services", get(consul::catalog_services))
         .route("/v1/catalog/service/{name}", get(consul::catalog_service))
         .route("/v1/health/service/{name}", get(consul::health_service))
+        .route("/v1/agent/services", get(consul::agent_services))
+        .route("/v1/agent/service/register", axum::routing::put(consul::register))
+        .route("/v1/agent/service/deregister/{id}", axum::routing::put(consul::deregister))
+        .route("/v1/agent/check/update/{check_id}", axum::routing::put(consul::check_update))
+        .route("/v1/agent/check/{verb}/{check_id}", axum::routing::put(consul::check_report))
         .route("/v1/upstreams", get(upstreams))
         .route("/v1/prometheus/targets", get(prometheus_targets))
         .route("/health", get(health))
@@ -383,7 +388,7 @@ fn publish_error(e: PublishError) -> ApiError {
     let status = match e {
         PublishError::NotFound(_) => StatusCode::NOT_FOUND,
         PublishError::Draining => StatusCode::SERVICE_UNAVAILABLE,
-        PublishError::IdTaken(..) | PublishError::ReadOnly(_) => StatusCode::CONFLICT,
+        PublishError::IdTaken(..) | PublishError::ReadOnly(_) | PublishError::NotTtl(_) => StatusCode::CONFLICT,
         PublishError::TooMany(_) | PublishError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
         PublishError::TooLarge(..) => StatusCode::PAYLOAD_TOO_LARGE,
     };

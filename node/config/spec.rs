@@ -24,6 +24,10 @@ pub const MAX_CHECK_INTERVAL: Duration = Duration::from_secs(3600);
 /// Shortest check interval accepted: faster checks load the app more than they help.
 pub const MIN_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
+/// Shortest `deregister_after` accepted. Consul's is a minute; murmur allows less for
+/// short-lived tasks and tests.
+pub const MIN_DEREGISTER_AFTER: Duration = Duration::from_secs(1);
+
 /// How an instance's health is checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CheckKind {
@@ -38,6 +42,12 @@ pub enum CheckKind {
     Exec {
         /// The command line.
         command: String,
+    },
+    /// No probe: the app reports its own status (`PUT /v1/agent/check/pass/<id>`, or
+    /// warn, fail) at least once per `ttl`, else the instance turns critical.
+    Ttl {
+        /// How long a report holds.
+        ttl: Duration,
     },
     /// No check: the instance is passing while its agent lives.
     None,
@@ -56,6 +66,15 @@ pub struct CheckSpec {
     pub failures_before_critical: u32,
     /// Consecutive successes before passing.
     pub successes_before_passing: u32,
+    /// Where to probe, when not the instance's own address and port (a Consul check's
+    /// `HTTP` or `TCP` address).
+    pub target: Option<std::net::SocketAddr>,
+    /// Remove the instance once it has been critical this long (Consul's
+    /// `DeregisterCriticalServiceAfter`).
+    pub deregister_critical_after: Option<Duration>,
+    /// The check's own id, when registered with one (Consul's `CheckID`); it is
+    /// `service:<instance id>` otherwise.
+    pub id: Option<String>,
 }
 
 impl Default for CheckSpec {
@@ -66,6 +85,9 @@ impl Default for CheckSpec {
             timeout: DEFAULT_CHECK_TIMEOUT,
             failures_before_critical: DEFAULT_FAILURES_BEFORE_CRITICAL,
             successes_before_passing: DEFAULT_SUCCESSES_BEFORE_PASSING,
+            target: None,
+            deregister_critical_after: None,
+            id: None,
         }
     }
 }
@@ -130,6 +152,14 @@ impl ServiceSpec {
         if c.failures_before_critical == 0 || c.successes_before_passing == 0 {
             return Err("failures and successes thresholds must be at least 1".into());
         }
+        if let CheckKind::Ttl { ttl } = c.kind {
+            if ttl < MIN_CHECK_INTERVAL || ttl > MAX_CHECK_INTERVAL {
+                return Err(format!("ttl must be between {MIN_CHECK_INTERVAL:?} and {MAX_CHECK_INTERVAL:?}"));
+            }
+        }
+        if c.deregister_critical_after.is_some_and(|d| d < MIN_DEREGISTER_AFTER) {
+            return Err(format!("deregister_after must be at least {MIN_DEREGISTER_AFTER:?}"));
+        }
         if self.tags.len() > MAX_TAGS {
             return Err(format!("at most {MAX_TAGS} tags"));
         }
@@ -162,9 +192,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(secs).map_err(|_| format!("`{text}` is out of range"))
 }
 
-/// Parses a check: `tcp`, `http:/path`, `exec:CMD` or `none`.
+/// Parses a check: `tcp`, `http:/path`, `exec:CMD`, `ttl:DURATION` or `none`.
 pub fn parse_check_kind(text: &str) -> Result<CheckKind, String> {
-    if text == "tcp" {
+    if let Some(ttl) = text.strip_prefix("ttl:") {
+        Ok(CheckKind::Ttl { ttl: parse_duration(ttl)? })
+    } else if text == "tcp" {
         Ok(CheckKind::Tcp)
     } else if text == "none" {
         Ok(CheckKind::None)
@@ -179,13 +211,13 @@ pub fn parse_check_kind(text: &str) -> Result<CheckKind, String> {
         }
         Ok(CheckKind::Exec { command: command.to_owned() })
     } else {
-        Err(format!("unknown check `{text}` (use tcp, http:/path, exec:CMD or none)"))
+        Err(format!("unknown check `{text}` (use tcp, http:/path, exec:CMD, ttl:DURATION or none)"))
     }
 }
 
 /// Parses `--service NAME:PORT[,key=value]...`. Keys: `id`, `addr`, `tags` (`a+b`),
-/// `check`, `interval`, `timeout`, `failures`, `successes`, `weight`, `allow` (`a+b`),
-/// `attr.KEY`.
+/// `check`, `interval`, `timeout`, `failures`, `successes`, `deregister_after`, `weight`,
+/// `allow` (`a+b`), `attr.KEY`.
 /// An `exec:` check takes the rest of the spec, so it must come last.
 pub fn parse_service_spec(text: &str) -> Result<ServiceSpec, String> {
     let (head, mut rest) = match text.split_once(',') {
@@ -245,6 +277,7 @@ fn apply_service_option(spec: &mut ServiceSpec, key: &str, value: &str) -> Resul
         "timeout" => spec.check.timeout = parse_duration(value)?,
         "failures" => spec.check.failures_before_critical = parse_count(key, value)?,
         "successes" => spec.check.successes_before_passing = parse_count(key, value)?,
+        "deregister_after" => spec.check.deregister_critical_after = Some(parse_duration(value)?),
         "weight" => spec.weight = value.parse().map_err(|_| format!("weight `{value}` is not 0-65535"))?,
         _ => {
             let attr = key

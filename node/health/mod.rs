@@ -36,9 +36,7 @@ pub async fn run_health(publisher: Publisher, metrics: Arc<Metrics>, cancel: Can
             .map(|i| (i.record.instance.clone(), i))
             .collect();
         loops.retain(|id, (check, target, token)| {
-            let keep = wanted
-                .get(id)
-                .is_some_and(|i| &i.check == check && SocketAddr::new(i.record.address, i.record.port) == *target);
+            let keep = wanted.get(id).is_some_and(|i| &i.check == check && target_of(i) == *target);
             if !keep {
                 token.cancel();
             }
@@ -48,18 +46,72 @@ pub async fn run_health(publisher: Publisher, metrics: Arc<Metrics>, cancel: Can
             if loops.contains_key(&id) {
                 continue;
             }
-            let target = SocketAddr::new(inst.record.address, inst.record.port);
+            let target = target_of(inst);
             let token = cancel.child_token();
-            let span = info_span!("health", instance = %id, %target);
-            tokio::spawn(
-                check_loop(id.clone(), inst.check.clone(), target, publisher.clone(), metrics.clone(), token.clone())
+            if matches!(inst.check.kind, CheckKind::Ttl { .. }) {
+                let span = info_span!("health", instance = %id, check = "ttl");
+                tokio::spawn(ttl_loop(id.clone(), publisher.clone(), token.clone()).instrument(span));
+            } else {
+                let span = info_span!("health", instance = %id, %target);
+                tokio::spawn(
+                    check_loop(
+                        id.clone(),
+                        inst.check.clone(),
+                        target,
+                        publisher.clone(),
+                        metrics.clone(),
+                        token.clone(),
+                    )
                     .instrument(span),
-            );
+                );
+            }
             loops.insert(id, (inst.check.clone(), target, token));
         }
         tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
             changed = local_rx.changed() => if changed.is_err() { return Ok(()) },
+        }
+    }
+}
+
+/// What an instance's check probes: its own address and port, or the check's target.
+fn target_of(inst: &LocalInstance) -> SocketAddr {
+    inst.check.target.unwrap_or(SocketAddr::new(inst.record.address, inst.record.port))
+}
+
+/// Removes the instance if it has been critical for its `deregister_critical_after`;
+/// returns whether it did.
+async fn reaped(id: &InstanceId, publisher: &Publisher) -> bool {
+    let gone = publisher.reap(id).await;
+    if gone {
+        info!("instance critical for longer than its deregister_after: deregistered");
+    }
+    gone
+}
+
+/// A TTL check: nothing is probed. The app's reports come through the publisher; this
+/// turns the instance critical when a report is older than the TTL, and reaps it when it
+/// has stayed critical too long. It sleeps until the next such deadline or a change.
+async fn ttl_loop(id: InstanceId, publisher: Publisher, cancel: CancellationToken) {
+    let mut changes = publisher.local();
+    loop {
+        let Some((expires, reap)) = publisher.deadlines(&id).await else { return };
+        let now = std::time::Instant::now();
+        let next = expires.filter(|e| *e > now).into_iter().chain(reap).min();
+        let sleep = async {
+            match next {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = sleep => {}
+            changed = changes.changed() => if changed.is_err() { return },
+        }
+        publisher.expire(&id).await;
+        if reaped(&id, &publisher).await {
+            return;
         }
     }
 }
@@ -81,6 +133,9 @@ async fn check_loop(
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        if check.deregister_critical_after.is_some() && reaped(&id, &publisher).await {
+            return;
         }
         let result = tokio::select! {
             _ = cancel.cancelled() => return,

@@ -45,6 +45,7 @@ pub async fn probe(kind: &CheckKind, target: SocketAddr, timeout: Duration) -> P
 async fn run(kind: &CheckKind, target: SocketAddr, timeout: Duration) -> ProbeResult {
     match kind {
         CheckKind::None => ProbeResult::pass("no check"),
+        CheckKind::Ttl { .. } => ProbeResult::fail("a TTL check is reported by its app, not probed"),
         CheckKind::Tcp => match TcpStream::connect(target).await {
             Ok(_) => ProbeResult::pass(format!("tcp connect to {target} ok")),
             Err(e) => ProbeResult::fail(format!("tcp connect to {target}: {e}")),
