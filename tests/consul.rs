@@ -311,12 +311,15 @@ async fn vmagent_consul_sd_discovers_instances_and_follows_their_health() {
 
 /// What python-consul runs against agent 1, as a user's script would: the agent's own
 /// view, the catalog, tag and health filters, a blocking query that returns once
-/// instance 1 fails, then a registration with a TTL check that it reports passing, and
-/// its removal.
+/// instance 1 fails, a registration with a TTL check that it reports passing, and its
+/// removal; then an app of its own with an HTTP check registers on agent 0, and a
+/// blocking query on agent 1 returns once it is there and passing.
 const PYTHON_CLIENT: &str = r#"
-import sys, consul
-host, port, dc = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+import sys, threading, consul
+from http.server import BaseHTTPRequestHandler, HTTPServer
+host, port, dc, host0, port0 = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5])
 c = consul.Consul(host=host, port=port)
+c0 = consul.Consul(host=host0, port=port0)
 me = c.agent.self()
 assert me["Config"]["Datacenter"] == dc and me["Config"]["NodeName"] == "agent-1", me["Config"]
 index, services = c.catalog.services()
@@ -341,6 +344,26 @@ while not entries:
 assert entries[0]["Checks"][1]["Output"] == "working", entries
 c.agent.service.deregister("job-1")
 assert "job-1" not in c.agent.services()
+# An app with an HTTP health endpoint registers on agent 0; agent 1's blocking query,
+# asked before, returns once the instance is there and passing.
+class Health(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200 if self.path == "/health" else 404)
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+app = HTTPServer((host0, 0), Health)
+threading.Thread(target=app.serve_forever, daemon=True).start()
+app_port = app.server_address[1]
+index, entries = c.health.service("pyweb", passing=True)
+assert entries == [], entries
+c0.agent.service.register("pyweb", service_id="pyweb-1", address=host0, port=app_port,
+    check=consul.Check.http(f"http://{host0}:{app_port}/health", "200ms", timeout="150ms"))
+while not entries:
+    new_index, entries = c.health.service("pyweb", index=index, wait="30s", passing=True)
+    assert int(new_index) > int(index), (new_index, index)
+    index = new_index
+assert entries[0]["Node"]["Node"] == "agent-0" and entries[0]["Service"]["Port"] == app_port, entries
 print("registered", flush=True)
 "#;
 
@@ -375,6 +398,7 @@ async fn python_consul_reads_the_catalog_and_blocks_until_a_change() {
     let me: AgentSelfJson = get(api, "/v1/agent/self", Duration::from_secs(5)).await.json();
     let mut child = tokio::process::Command::new(python)
         .args(["-c", PYTHON_CLIENT, &api.ip().to_string(), &api.port().to_string(), &me.config.datacenter])
+        .args([mesh.agent(0).api_addr().ip().to_string(), mesh.agent(0).api_addr().port().to_string()])
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
