@@ -380,6 +380,9 @@ fn spec_from_json(name: &str, instance: &str, body: RegisterJson) -> Result<Serv
     if let Some(n) = body.successes {
         spec.check.successes_before_passing = n;
     }
+    if let Some(d) = body.deregister_after {
+        spec.check.deregister_critical_after = Some(parse_duration(&d).map_err(bad_request)?);
+    }
     spec.validate().map_err(bad_request)?;
     Ok(spec)
 }

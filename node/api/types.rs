@@ -87,7 +87,7 @@ pub struct RegisterJson {
     /// Services allowed to call it through the sidecar (empty: any).
     #[serde(default)]
     pub allow: Vec<String>,
-    /// `tcp` (default), `http:/path`, `exec:CMD` or `none`.
+    /// `tcp` (default), `http:/path`, `ttl:DURATION`, `exec:CMD` (refused) or `none`.
     #[serde(default)]
     pub check: Option<String>,
     /// Check interval, e.g. `2s`.
@@ -102,6 +102,9 @@ pub struct RegisterJson {
     /// Successes before passing.
     #[serde(default)]
     pub successes: Option<u32>,
+    /// Remove the instance once it has been critical this long, e.g. `10m`.
+    #[serde(default)]
+    pub deregister_after: Option<String>,
 }
 
 /// `GET /v1/agent/self`.

@@ -118,9 +118,9 @@ pub struct AgentArgs {
     /// 429 (default 50).
     #[arg(long, value_name = "N")]
     pub registration_rate: Option<u32>,
-    /// A service instance: NAME:PORT[,tags=a+b][,check=tcp|http:/path|exec:CMD|none]
-    /// [,interval=2s][,timeout=1s][,failures=2][,successes=1][,weight=N][,id=ID]
-    /// [,addr=IP][,attr.KEY=VALUE]; repeatable; exec must come last.
+    /// A service instance: NAME:PORT[,tags=a+b][,check=tcp|http:/path|exec:CMD|ttl:30s|none]
+    /// [,interval=2s][,timeout=1s][,failures=2][,successes=1][,deregister_after=D][,weight=N]
+    /// [,id=ID][,addr=IP][,attr.KEY=VALUE]; repeatable; exec must come last.
     #[arg(long = "service", value_name = "SPEC")]
     pub services: Vec<String>,
     /// Log as JSON lines.

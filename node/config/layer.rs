@@ -445,6 +445,7 @@ struct FileService {
     timeout: Option<String>,
     failures: Option<u32>,
     successes: Option<u32>,
+    deregister_after: Option<String>,
 }
 
 fn opt<T>(
@@ -496,6 +497,7 @@ fn file_service(i: usize, s: FileService) -> Result<ServiceSpec, ConfigError> {
     if let Some(n) = s.successes {
         spec.check.successes_before_passing = n;
     }
+    spec.check.deregister_critical_after = opt(&field("deregister_after"), s.deregister_after, duration_field)?;
     spec.validate().map_err(|m| ConfigError::new(format!("service[{i}]"), m))?;
     Ok(spec)
 }

@@ -358,4 +358,14 @@ mod tests {
         assert!(parse_duration("-1s").is_err());
         assert!(parse_duration("1e999").is_err());
     }
+
+    #[test]
+    fn ttl_checks_and_deregister_after_parse_and_are_bounded() {
+        let spec = parse_service_spec("job:7000,check=ttl:30s,deregister_after=10m").expect("valid");
+        assert_eq!(spec.check.kind, CheckKind::Ttl { ttl: Duration::from_secs(30) });
+        assert_eq!(spec.check.deregister_critical_after, Some(Duration::from_secs(600)));
+        assert!(parse_service_spec("job:7000,check=ttl:10ms").is_err(), "a TTL under the shortest interval");
+        assert!(parse_service_spec("job:7000,check=ttl:soon").is_err());
+        assert!(parse_service_spec("job:7000,deregister_after=100ms").is_err(), "under a second");
+    }
 }
