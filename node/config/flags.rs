@@ -136,8 +136,8 @@ pub struct AgentArgs {
     /// QUIC address of the inbound sidecar listener (default: advertised IP, port 7947).
     #[arg(long, value_name = "IP:PORT")]
     pub proxy_bind: Option<SocketAddr>,
-    /// The service this sidecar calls as (default: the first --service); the
-    /// certificate must name it.
+    /// The service this sidecar calls as (default: the first --service, else the one
+    /// service the certificate names); the certificate must name it.
     #[arg(long, value_name = "SERVICE")]
     pub proxy_identity: Option<String>,
     /// Cluster CA certificate (PEM) for mutual TLS between sidecars.

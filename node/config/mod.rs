@@ -468,14 +468,28 @@ impl Config {
                     return Err(ConfigError::new("--tls-cert", "give all three of --tls-ca, --tls-cert and --tls-key"))
                 }
             };
-            let identity = l.proxy_identity.clone().or_else(|| services.first().map(|s| s.name.clone()));
+            // The identity to call as: the flag, else the first service, else the one
+            // service the certificate names (a caller-only task needs no flag).
+            let named = if tls.is_mutual() { tls.services_named() } else { Vec::new() };
+            let from_cert = match named.as_slice() {
+                [one] => murmur_protocol::ServiceName::new(one).ok(),
+                _ => None,
+            };
+            let identity = l.proxy_identity.clone().or_else(|| services.first().map(|s| s.name.clone())).or(from_cert);
             tls.check(name.as_str(), identity.as_ref().map(|s| s.as_str()))
                 .map_err(|m| ConfigError::new("--tls-cert", m))?;
             if identity.is_none() && l.upstreams.as_ref().is_some_and(|u| !u.is_empty()) {
-                return Err(ConfigError::new(
-                    "--proxy-identity",
-                    "upstreams need an identity to call as: register a --service or set --proxy-identity",
-                ));
+                let why = match named.len() {
+                    0 => "upstreams need an identity to call as: register a --service, set --proxy-identity, \
+                          or issue the certificate with one --service"
+                        .to_owned(),
+                    _ => format!(
+                        "upstreams need an identity to call as, and the certificate names several services ({}): \
+                         choose one with --proxy-identity",
+                        named.join(", ")
+                    ),
+                };
+                return Err(ConfigError::new("--proxy-identity", why));
             }
             let (vip_base, vip_count) =
                 l.vip_range.unwrap_or((upstream::DEFAULT_VIP_BASE, upstream::DEFAULT_VIP_COUNT));
@@ -738,6 +752,43 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(Config::from_layer(dup, "").expect_err("dup").field, "service[1]");
+    }
+
+    #[test]
+    fn a_caller_only_agent_calls_as_the_one_service_its_certificate_names() {
+        use crate::tls::ca::{cert_pem, key_pem, write_file};
+        let dir =
+            std::env::temp_dir().join(format!("murmur-identity-{}-{}", std::process::id(), rand::random::<u32>()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let ca = crate::tls::Ca::generate().expect("ca");
+        write_file(&dir.join("ca.pem"), ca.cert_pem(), 0o644).expect("write");
+        let node = NodeName::new("n").expect("valid");
+        let layer_for = |services: &[&str]| {
+            let names: Vec<_> = services.iter().map(|s| murmur_protocol::ServiceName::new(s).expect("valid")).collect();
+            let id = ca.issue(&node, &names).expect("issue");
+            let tag = services.join("-");
+            let (cert, key_file) = (dir.join(format!("{tag}.pem")), dir.join(format!("{tag}.key")));
+            write_file(&cert, &cert_pem(&id.cert), 0o644).expect("write");
+            write_file(&key_file, &key_pem(&id.key), 0o600).expect("write");
+            let flags = AgentArgs {
+                name: Some("n".into()),
+                gossip_keys: vec![key()],
+                upstreams: vec!["orders:80".into()],
+                tls_ca: Some(dir.join("ca.pem")),
+                tls_cert: Some(cert),
+                tls_key: Some(key_file),
+                ..Default::default()
+            };
+            flags.to_layer().expect("valid flags")
+        };
+        let c = Config::from_layer(layer_for(&["billing"]), "").expect("valid");
+        assert_eq!(c.proxy.expect("proxy").identity.map(|s| s.to_string()), Some("billing".into()));
+        let err = Config::from_layer(layer_for(&["a", "b"]), "").expect_err("two services");
+        assert_eq!(err.field, "--proxy-identity");
+        assert!(err.to_string().contains("a, b"), "{err}");
+        let err = Config::from_layer(layer_for(&[]), "").expect_err("no service");
+        assert_eq!(err.field, "--proxy-identity");
+        std::fs::remove_dir_all(&dir).expect("clean up");
     }
 
     #[test]

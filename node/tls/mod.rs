@@ -94,6 +94,11 @@ impl TlsMaterial {
         Ok(TlsMaterial::Insecure { identity: ca.issue(node, &[])? })
     }
 
+    /// The services this node's own certificate names.
+    pub fn services_named(&self) -> Vec<String> {
+        services_named(&self.identity().cert)
+    }
+
     /// Whether peers are authenticated.
     pub fn is_mutual(&self) -> bool {
         matches!(self, TlsMaterial::Mutual { .. })
@@ -145,6 +150,22 @@ impl TlsMaterial {
         config.alpn_protocols = vec![ALPN.to_vec()];
         Ok(config)
     }
+}
+
+/// The services `cert` names (its `<service>.svc.murmur` names), each checked the way a
+/// peer checks it.
+pub fn services_named(cert: &CertificateDer<'_>) -> Vec<String> {
+    let Ok(ee) = webpki::EndEntityCert::try_from(cert) else { return Vec::new() };
+    let suffix = service_identity("");
+    let mut names: Vec<String> = ee
+        .valid_dns_names()
+        .filter_map(|n| n.strip_suffix(suffix.as_str()))
+        .filter(|s| !s.is_empty() && cert_names_service(cert, s))
+        .map(str::to_owned)
+        .collect();
+    names.sort();
+    names.dedup();
+    names
 }
 
 /// Whether `cert` (already verified against the CA by the handshake) names `service`.
@@ -206,6 +227,12 @@ mod tests {
             ca.issue(&NodeName::new("n1").expect("valid"), &[ServiceName::new("web").expect("valid")]).expect("issue");
         assert!(cert_names_service(&id.cert, "web"));
         assert!(!cert_names_service(&id.cert, "orders"));
+        assert_eq!(services_named(&id.cert), ["web"]);
+        let two = [ServiceName::new("b").expect("valid"), ServiceName::new("a").expect("valid")];
+        let both = ca.issue(&NodeName::new("n1").expect("valid"), &two).expect("issue");
+        assert_eq!(services_named(&both.cert), ["a", "b"]);
+        let none = ca.issue(&NodeName::new("n1").expect("valid"), &[]).expect("issue");
+        assert!(services_named(&none.cert).is_empty(), "the node's own name is not a service");
         let m = TlsMaterial::Mutual { ca: ca.cert_der().expect("der"), identity: id };
         assert!(m.server_config().is_ok());
         assert!(m.client_config().is_ok());
