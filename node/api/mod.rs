@@ -5,6 +5,7 @@
 mod consul;
 pub mod consul_types;
 pub mod types;
+mod ui;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -80,6 +81,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/agent/check/{verb}/{check_id}", axum::routing::put(consul::check_report))
         .route("/v1/upstreams", get(upstreams))
         .route("/v1/prometheus/targets", get(prometheus_targets))
+        .route("/ui", get(ui::page))
+        .route("/ui/", get(ui::page))
+        .route("/ui/app.js", get(ui::script))
+        .route("/ui/app.css", get(ui::style))
+        .route("/v1/ui/state", get(ui::state))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint; see README for the API".into()) })
@@ -194,22 +200,23 @@ fn status_text(s: MemberStatus) -> &'static str {
 }
 
 async fn members(State(state): State<ApiState>) -> Json<Vec<MemberJson>> {
-    let snap = state.registry.snapshot();
-    Json(
-        snap.members
-            .values()
-            .map(|m| MemberJson {
-                name: m.name.clone(),
-                address: m.advertise.unwrap_or(m.gossip_addr.ip()).to_string(),
-                gossip_address: m.gossip_addr.to_string(),
-                status: status_text(m.status).into(),
-                generation: m.generation,
-                zone: m.zone.clone(),
-                version: m.agent_version.clone(),
-                instances: m.instances,
-            })
-            .collect(),
-    )
+    Json(member_list(&state.registry.snapshot()))
+}
+
+fn member_list(snap: &crate::registry::Snapshot) -> Vec<MemberJson> {
+    snap.members
+        .values()
+        .map(|m| MemberJson {
+            name: m.name.clone(),
+            address: m.advertise.unwrap_or(m.gossip_addr.ip()).to_string(),
+            gossip_address: m.gossip_addr.to_string(),
+            status: status_text(m.status).into(),
+            generation: m.generation,
+            zone: m.zone.clone(),
+            version: m.agent_version.clone(),
+            instances: m.instances,
+        })
+        .collect()
 }
 
 async fn services(State(state): State<ApiState>) -> Json<Vec<ServiceSummaryJson>> {
@@ -432,8 +439,12 @@ fn quantiles(q: crate::metrics::proxy::Quantiles) -> QuantilesJson {
 }
 
 async fn upstreams(State(state): State<ApiState>) -> Json<Vec<UpstreamJson>> {
+    Json(upstream_list(&state))
+}
+
+fn upstream_list(state: &ApiState) -> Vec<UpstreamJson> {
     let now_ms = crate::clock::unix_ms();
-    let list = state
+    state
         .metrics
         .proxy
         .upstreams()
@@ -477,8 +488,7 @@ async fn upstreams(State(state): State<ApiState>) -> Json<Vec<UpstreamJson>> {
                 })
                 .collect(),
         })
-        .collect();
-    Json(list)
+        .collect()
 }
 
 async fn health(State(state): State<ApiState>) -> Response {
