@@ -9,6 +9,9 @@
 //!
 //! On a shared 2-core machine the load generator, the apps and both sidecars compete
 //! for the same cores: absolute figures are noisy, the ratios less so.
+//!
+//! `MURMUR_BENCH_ACCESS_LOG=1` runs the client sidecar with `--access-log` (a file in
+//! the bench's temporary directory), to compare runs with the log on and off.
 
 mod common;
 
@@ -190,6 +193,7 @@ async fn main() {
         "server",
     );
     let client_ip = std::net::IpAddr::from(CLIENT);
+    let access_log = std::env::var_os("MURMUR_BENCH_ACCESS_LOG").map(|_| d("access.log"));
     let proxied: [SocketAddr; 3] = [(client_ip, 18080).into(), (client_ip, 18081).into(), (client_ip, 18082).into()];
     let client = agent(
         "client",
@@ -205,7 +209,10 @@ async fn main() {
             format!("sink:81,listen={}", proxied[1]),
             "--upstream".into(),
             format!("conn:82,listen={}", proxied[2]),
-        ],
+        ]
+        .into_iter()
+        .chain(access_log.iter().flat_map(|p| ["--access-log".to_owned(), p.clone()]))
+        .collect(),
         "client",
     );
     let api = murmur::cli::ApiClient::new((client_ip, 8500).into());
@@ -244,6 +251,10 @@ async fn main() {
         cps_proxy.push(conn_rate(proxied[2], 8, Duration::from_secs(3)).await);
     }
     let stats = api.get("/v1/upstreams").await.unwrap_or_default();
+    let logged = access_log.as_ref().map(|p| std::fs::read_to_string(p).map(|t| t.lines().count()).unwrap_or(0));
+    if let Some(lines) = logged {
+        println!("access log on: {lines} lines written");
+    }
     drop(client);
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
@@ -273,6 +284,7 @@ async fn main() {
         "bulk_gbit_s": {"direct": tp_direct, "proxied": tp_proxy},
         "new_connections_per_s": {"direct": cps_direct, "proxied": cps_proxy},
         "client_upstreams": serde_json::from_str::<serde_json::Value>(&stats).unwrap_or_default(),
+        "access_log_lines": logged,
     });
     write_json("proxy", &json);
 }

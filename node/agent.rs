@@ -48,6 +48,9 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The access log could not be opened.
+    #[error("--access-log: {0}")]
+    AccessLog(String),
     /// The hosts file could not be written.
     #[error("--hosts-file: cannot write {}", path.display())]
     HostsFile {
@@ -81,6 +84,8 @@ pub struct Agent {
     tls_reload: Option<(crate::config::TlsFiles, Option<String>)>,
     /// The hosts file this agent wrote alias lines into, and its namespace.
     hosts_file: Option<(std::path::PathBuf, String)>,
+    /// The access log, reopened on SIGHUP.
+    access_log: Option<crate::proxy::access_log::AccessLog>,
     gossip_addr: SocketAddr,
     dns_addr: SocketAddr,
     api_addr: SocketAddr,
@@ -170,6 +175,13 @@ impl Agent {
         let health = run_health(publisher.clone(), metrics.clone(), cancel.clone()).instrument(info_span!("health"));
         tasks.spawn(async move { ("health", health.await) });
         let draining = Arc::new(AtomicBool::new(false));
+        let access_log = match config.proxy.as_ref().and_then(|p| p.access_log.as_ref()) {
+            Some(path) => {
+                let target = crate::proxy::access_log::Target::from_path(path);
+                Some(crate::proxy::access_log::start(target, cancel.clone()).await.map_err(StartError::AccessLog)?)
+            }
+            None => None,
+        };
         let proxy = match (proxy_sockets, &config.proxy) {
             (Some(sockets), Some(pcfg)) => {
                 let caller = pcfg.identity.clone().map(|service| Caller {
@@ -183,6 +195,7 @@ impl Agent {
                     draining: draining.clone(),
                     metrics: metrics.clone(),
                     caller,
+                    access_log: access_log.clone(),
                 };
                 Some(spawn_proxy(sockets, pcfg, deps, &mut tasks, cancel.clone()))
             }
@@ -234,6 +247,7 @@ impl Agent {
                 let identity = p.identity.as_ref().map(|s| s.as_str().to_owned());
                 p.tls_files.clone().map(|f| (f, identity))
             }),
+            access_log,
             hosts_file: config
                 .proxy
                 .as_ref()
@@ -302,10 +316,16 @@ impl Agent {
                     info!("SIGINT: leaving");
                     break;
                 }
-                _ = hup.recv() => match self.reload_tls() {
-                    Ok(()) => info!("SIGHUP: TLS certificate, key and CA reloaded"),
-                    Err(e) => error!(error = %e, "SIGHUP: TLS files not reloaded; the old ones stay in service"),
-                },
+                _ = hup.recv() => {
+                    match self.reload_tls() {
+                        Ok(()) => info!("SIGHUP: TLS certificate, key and CA reloaded"),
+                        Err(e) => error!(error = %e, "SIGHUP: TLS files not reloaded; the old ones stay in service"),
+                    }
+                    if let Some(log) = &self.access_log {
+                        log.reopen();
+                        info!("SIGHUP: access log reopened");
+                    }
+                }
                 Some(done) = self.tasks.join_next() => {
                     let (part, result) = done.unwrap_or(("task", Err(anyhow::anyhow!("a task panicked"))));
                     let err = result.err().unwrap_or_else(|| anyhow::anyhow!("stopped unexpectedly"));

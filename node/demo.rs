@@ -96,6 +96,7 @@ fn agent_config(
         vip_base: std::net::Ipv4Addr::new(127, 100, 0, 1),
         vip_count: 254,
         hosts_file: None,
+        access_log: None,
     });
     Ok(config)
 }

@@ -778,3 +778,66 @@ async fn a_reloaded_certificate_is_presented_to_new_connections_and_bad_files_ch
     agent.kill().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--access-log`: one JSON line per proxied connection, with the endpoint, its node,
+/// the bytes each way, the result and the retries; a call with no endpoint is logged
+/// with its cause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_has_a_line_per_connection() {
+    let block = 44;
+    let ca = Ca::generate().expect("ca");
+    let key = murmur::gossip::Keyring::generate_base64();
+    let log = std::env::temp_dir().join(format!("murmur-access-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let mut cfg = config(block, 0, Some(&key), &[], &["web:1,check=none".into()]);
+    with_proxy(&mut cfg, block, &ca, None, &["web"], &["echo:80", "nosuch:81"]);
+    cfg.proxy.as_mut().expect("proxy").access_log = Some(log.clone());
+    let client = Agent::start(cfg).await.expect("client agent");
+    let (port, app) = echo_app(ip(block, 1), NAMES[0]).await;
+    let mut cfg = config(block, 1, Some(&key), &[client.gossip_addr()], &[format!("echo:{port},check=none")]);
+    with_proxy(&mut cfg, block, &ca, Some("echo"), &["echo"], &[]);
+    let backend = Agent::start(cfg).await.expect("backend agent");
+    let (_, ok) = client
+        .registry()
+        .wait_for(WAIT, |s| s.lookup(&"echo".parse().expect("name"), &Default::default()).len() == 1)
+        .await;
+    assert!(ok, "the client never saw the echo instance");
+    let dns = client.dns_addr();
+    let vip = |name: &'static str| async move {
+        let reply = query(dns, name, RecordType::A, Duration::from_secs(2)).await.expect("dns");
+        addresses(&reply).first().copied().expect("a VIP")
+    };
+    let (echo, nosuch) = (SocketAddr::new(vip("echo.").await, 80), SocketAddr::new(vip("nosuch.").await, 81));
+    for _ in 0..3 {
+        assert_eq!(call(echo, b"ping").await.expect("call"), "echo-a");
+    }
+    assert!(call(nosuch, b"ping").await.is_err(), "nothing serves nosuch");
+    let lines = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+            .collect()
+    };
+    eventually("four lines in the access log", || async { lines().len() == 4 }).await;
+    let all = lines();
+    let ok: Vec<_> = all.iter().filter(|l| l["upstream"] == "echo").collect();
+    assert_eq!(ok.len(), 3, "{all:?}");
+    for l in &ok {
+        assert_eq!(l["result"], "ok", "{l}");
+        assert_eq!(l["transport"], "tcp");
+        assert_eq!(l["peer_node"], "agent-1");
+        assert_eq!(l["endpoint"], format!("agent-1-{port}"));
+        assert_eq!(l["retries"], 0);
+        assert!(l["bytes_sent"].as_u64().is_some_and(|b| b >= 4), "{l}");
+        assert!(l["bytes_received"].as_u64().is_some_and(|b| b >= 4), "{l}");
+        assert!(l["start_unix_ms"].as_u64().is_some_and(|t| t > 1_700_000_000_000), "{l}");
+    }
+    let missed = all.iter().find(|l| l["upstream"] == "nosuch").expect("the call with no endpoint");
+    assert_eq!(missed["result"], "no_endpoints", "{missed}");
+    assert!(missed["endpoint"].is_null());
+    backend.kill().await;
+    client.kill().await;
+    app.abort();
+    let _ = std::fs::remove_file(&log);
+}

@@ -155,6 +155,10 @@ pub struct AgentArgs {
     /// Also write the aliases into this hosts file (other lines are kept).
     #[arg(long, value_name = "PATH")]
     pub hosts_file: Option<PathBuf>,
+    /// Write one JSON line per proxied connection or UDP flow to this file (`-`:
+    /// stdout); reopened on SIGHUP, for logrotate.
+    #[arg(long, value_name = "PATH|-")]
+    pub access_log: Option<PathBuf>,
 }
 
 fn duration_flag(flag: &str, v: &Option<String>) -> Result<Option<std::time::Duration>, ConfigError> {
@@ -238,6 +242,7 @@ impl AgentArgs {
                 .map(|v| parse_vip_range(v).map_err(|m| ConfigError::new("--vip-range", m)))
                 .transpose()?,
             hosts_file: self.hosts_file.clone(),
+            access_log: self.access_log.clone(),
         })
     }
 }

@@ -81,6 +81,7 @@ pub struct Layer {
     pub tls_key: Option<PathBuf>,
     pub vip_range: Option<(std::net::Ipv4Addr, u32)>,
     pub hosts_file: Option<PathBuf>,
+    pub access_log: Option<PathBuf>,
 }
 
 /// Stacks `high` on `low`, field by field. `high` is destructured without `..`, so a
@@ -139,7 +140,8 @@ impl Layer {
             tls_cert,
             tls_key,
             vip_range,
-            hosts_file
+            hosts_file,
+            access_log
         );
         self
     }
@@ -306,6 +308,7 @@ pub fn from_env(env: &dyn Env) -> Result<Layer, ConfigError> {
     l.tls_cert = text("MURMUR_TLS_CERT").map(PathBuf::from);
     l.tls_key = text("MURMUR_TLS_KEY").map(PathBuf::from);
     l.hosts_file = text("MURMUR_HOSTS_FILE").map(PathBuf::from);
+    l.access_log = text("MURMUR_ACCESS_LOG").map(PathBuf::from);
     if let Some((k, v)) = get("MURMUR_VIP_RANGE") {
         l.vip_range = Some(parse_vip_range(&v).map_err(|m| ConfigError::new(&k, m))?);
     }
@@ -354,6 +357,7 @@ struct FileProxy {
     tls_key: Option<PathBuf>,
     vip_range: Option<String>,
     hosts_file: Option<PathBuf>,
+    access_log: Option<PathBuf>,
 }
 
 /// An `[[upstream]]` table: `service` and `port`, then any `--upstream` option as a
@@ -567,6 +571,7 @@ pub fn from_toml(text: &str) -> Result<Layer, ConfigError> {
             .map(|v| parse_vip_range(&v).map_err(|m| ConfigError::new("proxy.vip_range", m)))
             .transpose()?,
         hosts_file: f.proxy.hosts_file,
+        access_log: f.proxy.access_log,
     })
 }
 

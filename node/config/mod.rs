@@ -278,6 +278,8 @@ pub struct ProxyConfig {
     pub vip_count: u32,
     /// Hosts file to write the aliases into.
     pub hosts_file: Option<std::path::PathBuf>,
+    /// Where to write one JSON line per proxied connection or UDP flow (`-`: stdout).
+    pub access_log: Option<std::path::PathBuf>,
 }
 
 /// Log settings.
@@ -520,6 +522,7 @@ impl Config {
                 vip_base,
                 vip_count,
                 hosts_file: l.hosts_file.clone(),
+                access_log: l.access_log.clone(),
             })
         } else {
             None

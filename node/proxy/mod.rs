@@ -6,6 +6,7 @@
 //! [`outlier`], [`retry`]. The async shells are [`outbound`], [`inbound`], [`pool`] and
 //! [`splice`]. quinn and rustls appear only here and in `tls/`.
 
+pub mod access_log;
 pub mod balance;
 pub mod ewma;
 pub mod header;
@@ -197,6 +198,8 @@ pub struct ProxyDeps {
     pub metrics: Arc<Metrics>,
     /// Who calls; `None` when there are no upstreams.
     pub caller: Option<Caller>,
+    /// Where each proxied connection is logged, when `--access-log` is on.
+    pub access_log: Option<access_log::AccessLog>,
 }
 
 /// Starts the inbound listener and every upstream into `tasks`.
@@ -228,14 +231,10 @@ pub fn spawn_proxy(
             let listen = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
             let stats = deps.metrics.proxy.add_upstream(spec.alias.as_str(), spec.service.as_str(), &listen);
             let alias = spec.alias.to_string();
-            let up = Arc::new(Upstream::new(
-                spec,
-                stats,
-                deps.registry.clone(),
-                pool.clone(),
-                caller.clone(),
-                config.tls.is_mutual(),
-            ));
+            let up = Arc::new(
+                Upstream::new(spec, stats, deps.registry.clone(), pool.clone(), caller.clone(), config.tls.is_mutual())
+                    .with_access_log(deps.access_log.clone()),
+            );
             upstreams.push(up.clone());
             let span = info_span!("upstream", %alias, %listen);
             match listener {

@@ -5,6 +5,7 @@
 //! detection and retried on another endpoint, within the retry count and the retry
 //! budget; after the ack the bytes are spliced.
 
+use super::access_log::{AccessLog, Entry};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -64,8 +65,36 @@ pub struct Upstream {
     caller: Caller,
     /// Whether peers are authenticated (mutual TLS), so their service can be checked.
     verify_identity: bool,
+    /// Where each connection is logged, when `--access-log` is on.
+    access_log: Option<AccessLog>,
     // Held only for picks and bookkeeping, never across an await.
     state: Mutex<State>,
+}
+
+/// What the attempts of one connection came to, for its access-log line.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Attempts {
+    /// Connects tried.
+    pub tries: u32,
+    /// The last one's failure.
+    pub last_failure: Option<FailureCause>,
+    /// There was nothing to try.
+    pub no_endpoints: bool,
+}
+
+impl Attempts {
+    /// The line's `result` and `cause` when no attempt connected.
+    pub fn failed(&self) -> (&'static str, Option<String>) {
+        match (self.no_endpoints, self.last_failure) {
+            (true, _) => ("no_endpoints", None),
+            (_, cause) => ("failed", cause.map(|c| c.as_str().to_owned())),
+        }
+    }
+
+    /// Attempts after the first.
+    pub fn retries(&self) -> u32 {
+        self.tries.saturating_sub(1)
+    }
 }
 
 /// A failed attempt.
@@ -121,7 +150,50 @@ impl Upstream {
             ewma: HashMap::new(),
             outstanding: HashMap::new(),
         };
-        Self { spec, stats, registry, pool, caller, verify_identity, state: Mutex::new(state) }
+        Self { spec, stats, registry, pool, caller, verify_identity, access_log: None, state: Mutex::new(state) }
+    }
+
+    /// Logs every connection to `log`.
+    pub fn with_access_log(mut self, log: Option<AccessLog>) -> Self {
+        self.access_log = log;
+        self
+    }
+
+    /// Writes the access-log line of a connection or flow that started at `started`
+    /// (and `started_ms`, unix), when the log is on.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn log_access(
+        &self,
+        transport: &'static str,
+        started: (Instant, u64),
+        endpoint: Option<&Instance>,
+        bytes: Option<(u64, u64)>,
+        result: &'static str,
+        cause: Option<String>,
+        attempts: &Attempts,
+    ) {
+        let Some(log) = &self.access_log else { return };
+        log.log(Entry {
+            start_unix_ms: started.1,
+            duration_ms: started.0.elapsed().as_millis() as u64,
+            transport,
+            upstream: self.spec.alias.to_string(),
+            service: self.spec.service.to_string(),
+            endpoint: endpoint.map(|e| e.id.to_string()),
+            peer_node: endpoint.map(|e| e.host.node.to_string()),
+            bytes_sent: bytes.map(|b| b.0),
+            bytes_received: bytes.map(|b| b.1),
+            result,
+            cause,
+            retries: attempts.retries(),
+        });
+    }
+
+    /// The start of a connection, as its access-log line needs it (no clock read when
+    /// the log is off).
+    pub(crate) fn started(&self) -> (Instant, u64) {
+        let now = Instant::now();
+        (now, if self.access_log.is_some() { crate::clock::unix_ms() } else { 0 })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -153,6 +225,8 @@ impl Upstream {
     pub async fn handle(&self, client: TcpStream) {
         let stats = &self.stats;
         stats.accepted.inc();
+        let began = self.started();
+        let mut attempts = Attempts::default();
         // Circuit breaking: fail fast past the caps rather than queue.
         // Count first, then check: concurrent accepts cannot all slip under the caps.
         let _active = GaugeGuard(&stats.active);
@@ -162,15 +236,18 @@ impl Upstream {
         if active_now > u64::from(self.spec.max_connections) || pending_now > u64::from(self.spec.max_pending) {
             stats.breaker_rejections.inc();
             reset(client);
+            self.log_access("tcp", began, None, None, "rejected", Some("circuit breaker".into()), &attempts);
             return;
         }
         let _ = client.set_nodelay(true);
 
-        let connected = self.establish(Transport::Tcp).await;
+        let connected = self.establish(Transport::Tcp, &mut attempts).await;
         drop(pending);
         let Some((conn, ep, ep_stats)) = connected else {
             stats.failed.inc();
             reset(client);
+            let (result, cause) = attempts.failed();
+            self.log_access("tcp", began, None, None, result, cause, &attempts);
             return;
         };
         ep_stats.connections.inc();
@@ -204,11 +281,18 @@ impl Upstream {
                 r
             }
         };
-        if let Err(e) = result {
-            if e.kind() != std::io::ErrorKind::TimedOut {
-                ep_stats.failure(FailureCause::Reset);
+        match &result {
+            Ok(moved) => {
+                self.log_access("tcp", began, Some(&ep), Some((moved.forward, moved.backward)), "ok", None, &attempts)
             }
-            debug!(upstream = %self.spec.alias, endpoint = %ep.id, error = %e, "connection ended with an error");
+            Err(e) => {
+                if e.kind() != std::io::ErrorKind::TimedOut {
+                    ep_stats.failure(FailureCause::Reset);
+                }
+                debug!(upstream = %self.spec.alias, endpoint = %ep.id, error = %e, "connection ended with an error");
+                let cause = if e.kind() == std::io::ErrorKind::TimedOut { "idle timeout" } else { "reset" };
+                self.log_access("tcp", began, Some(&ep), None, "error", Some(cause.into()), &attempts);
+            }
         }
         ep_stats.duration.record(started.elapsed());
         ep_stats.active.dec();
@@ -219,6 +303,7 @@ impl Upstream {
     pub(crate) async fn establish(
         &self,
         transport: Transport,
+        attempts: &mut Attempts,
     ) -> Option<(Connected, Arc<Instance>, Arc<EndpointStats>)> {
         let stats = &self.stats;
         let snapshot = self.registry.snapshot();
@@ -234,6 +319,7 @@ impl Upstream {
         }
         if endpoints.is_empty() {
             stats.no_endpoints.inc();
+            attempts.no_endpoints = true;
             return None;
         }
         let mut tried = vec![false; endpoints.len()];
@@ -253,6 +339,7 @@ impl Upstream {
             }
             let Some(i) = self.pick(&endpoints, &tried) else { break };
             tried[i] = true;
+            attempts.tries += 1;
             let ep = &endpoints[i];
             let ep_stats = stats.endpoint(ep.id.as_str());
             // Written once per endpoint (an instance id keeps its address), not formatted
@@ -298,6 +385,7 @@ impl Upstream {
                 }
                 Err(f) => {
                     ep_stats.failure(f.cause);
+                    attempts.last_failure = Some(f.cause);
                     self.release(&ep.id);
                     debug!(upstream = %self.spec.alias, endpoint = %ep.id, cause = f.cause.as_str(), detail = %f.detail, "attempt failed");
                     // Only local-origin failures count against the endpoint: a refusal

@@ -170,18 +170,22 @@ async fn run_flow(
 ) {
     let stats = up.stats();
     stats.accepted.inc();
-    let Some((connected, ep, ep_stats)) = up.establish(Transport::Udp).await else {
+    let began = up.started();
+    let mut attempts = crate::proxy::outbound::Attempts::default();
+    let Some((connected, ep, ep_stats)) = up.establish(Transport::Udp, &mut attempts).await else {
         stats.failed.inc();
+        let (result, cause) = attempts.failed();
+        up.log_access("udp", began, None, None, result, cause, &attempts);
         return;
     };
     ep_stats.connections.inc();
     ep_stats.active.inc();
     let idle = up.spec().idle_timeout;
-    match connected {
+    let moved = match connected {
         Connected::Quic { conn, send, recv, .. } => {
             let flow = u64::from(send.id());
             let mut from_peer = table.register(&conn, flow, false);
-            relay_quic(
+            let moved = relay_quic(
                 &conn,
                 flow,
                 send,
@@ -196,16 +200,20 @@ async fn run_flow(
             )
             .await;
             table.unregister(&conn, flow);
+            moved
         }
         Connected::Udp(target) => {
+            let mut moved = (0, 0);
             if let Ok(direct) = UdpSocket::bind(if target.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }).await {
                 if direct.connect(target).await.is_ok() {
-                    relay_direct(&direct, &socket, client, &mut from_app, idle, &ep_stats).await;
+                    moved = relay_direct(&direct, &socket, client, &mut from_app, idle, &ep_stats).await;
                 }
             }
+            moved
         }
-        Connected::Tcp(_) => {}
-    }
+        Connected::Tcp(_) => (0, 0),
+    };
+    up.log_access("udp", began, Some(&ep), Some(moved), "ok", None, &attempts);
     ep_stats.active.dec();
     up.finished(&ep.id);
 }
@@ -223,9 +231,10 @@ async fn relay_quic(
     idle: Duration,
     ep_stats: &crate::metrics::proxy::EndpointStats,
     cancel: CancellationToken,
-) {
+) -> (u64, u64) {
     let mut eof = [0u8; 1];
     let mut datagrams = 0u64;
+    let mut moved = (0u64, 0u64);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
@@ -242,6 +251,7 @@ async fn relay_quic(
                         continue;
                     }
                     ep_stats.bytes_sent.add(d.len() as u64);
+                    moved.0 += d.len() as u64;
                     if conn.send_datagram(tag(flow, &d)).is_err() {
                         ep_stats.failure(crate::metrics::proxy::FailureCause::Other);
                     }
@@ -251,6 +261,7 @@ async fn relay_quic(
             d = from_peer.recv() => match d {
                 Some(d) => {
                     ep_stats.bytes_received.add(d.len() as u64);
+                    moved.1 += d.len() as u64;
                     let _ = socket.send_to(&d, client).await;
                 }
                 None => break,
@@ -258,6 +269,7 @@ async fn relay_quic(
         }
     }
     let _ = send.finish();
+    moved
 }
 
 async fn relay_direct(
@@ -267,26 +279,29 @@ async fn relay_direct(
     from_app: &mut mpsc::Receiver<Bytes>,
     idle: Duration,
     ep_stats: &crate::metrics::proxy::EndpointStats,
-) {
+) -> (u64, u64) {
     let mut buf = vec![0u8; MAX_PAYLOAD + 1];
     let mut datagrams = 0u64;
+    let mut moved = (0u64, 0u64);
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(idle_after(datagrams, idle)) => return,
+            _ = tokio::time::sleep(idle_after(datagrams, idle)) => return moved,
             d = from_app.recv() => match d {
                 Some(d) => {
                     datagrams += 1;
                     ep_stats.bytes_sent.add(d.len() as u64);
+                    moved.0 += d.len() as u64;
                     let _ = direct.send(&d).await;
                 }
-                None => return,
+                None => return moved,
             },
             r = direct.recv(&mut buf) => match r {
                 Ok(n) => {
                     ep_stats.bytes_received.add(n as u64);
+                    moved.1 += n as u64;
                     let _ = socket.send_to(&buf[..n], client).await;
                 }
-                Err(_) => return,
+                Err(_) => return moved,
             },
         }
     }

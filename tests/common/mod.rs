@@ -178,6 +178,7 @@ pub fn with_proxy(
         vip_base: std::net::Ipv4Addr::new(127, 201, block, 1),
         vip_count: 250,
         hosts_file: None,
+        access_log: None,
     });
 }
 
