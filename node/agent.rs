@@ -178,7 +178,11 @@ impl Agent {
         let access_log = match config.proxy.as_ref().and_then(|p| p.access_log.as_ref()) {
             Some(path) => {
                 let target = crate::proxy::access_log::Target::from_path(path);
-                Some(crate::proxy::access_log::start(target, cancel.clone()).await.map_err(StartError::AccessLog)?)
+                Some(
+                    crate::proxy::access_log::start(target, metrics.clone(), cancel.clone())
+                        .await
+                        .map_err(StartError::AccessLog)?,
+                )
             }
             None => None,
         };

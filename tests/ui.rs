@@ -6,6 +6,7 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -14,7 +15,8 @@ use common::{tcp_apps, TestMesh};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// chromedriver, killed on drop (it ends the browsers it started), with its profile.
+/// chromedriver in a process group of its own with the browser it starts: the whole
+/// group is killed on drop, so a failing test leaves no browser behind.
 struct Driver {
     child: Child,
     addr: SocketAddr,
@@ -23,6 +25,9 @@ struct Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        if let Some(group) = rustix::process::Pid::from_raw(self.child.id() as i32) {
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.profile);
@@ -96,6 +101,7 @@ async fn the_dashboard_shows_the_cluster_live_in_a_real_browser() {
     let profile = std::env::temp_dir().join(format!("murmur-chromium-{}", std::process::id()));
     let child = Command::new("chromedriver")
         .arg(format!("--port={port}"))
+        .process_group(0)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

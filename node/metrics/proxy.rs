@@ -240,6 +240,8 @@ pub struct ProxyMetrics {
     upstreams: Mutex<BTreeMap<String, Arc<UpstreamStats>>>,
     /// The inbound listener.
     pub inbound: InboundStats,
+    /// Access-log lines dropped because the writer fell behind.
+    pub access_log_dropped: Counter,
 }
 
 impl ProxyMetrics {

@@ -240,6 +240,13 @@ fn render_proxy(out: &mut String, m: &Metrics) {
             let _ = writeln!(out, "{name}_count{{{labels}}} {}", q.count);
         }
     }
+    metric(
+        out,
+        "murmur_proxy_access_log_dropped_total",
+        "counter",
+        "Access-log lines dropped because the writer fell behind (--access-log).",
+        m.proxy.access_log_dropped.get(),
+    );
     let inb = &m.proxy.inbound;
     metric(
         out,

@@ -4,7 +4,6 @@
 //! logrotate). A line that finds the channel full is dropped and counted, not waited for.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -12,6 +11,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
+
+use crate::metrics::Metrics;
 
 /// Lines waiting for the writer at most; past that they are dropped (and counted).
 const QUEUE: usize = 16 * 1024;
@@ -71,21 +72,17 @@ impl Target {
 #[derive(Clone, Debug)]
 pub struct AccessLog {
     tx: mpsc::Sender<Entry>,
-    dropped: Arc<AtomicU64>,
+    metrics: Arc<Metrics>,
     reopen: Arc<Notify>,
 }
 
 impl AccessLog {
-    /// Queues a line; drops it when the writer is that far behind.
+    /// Queues a line; drops it (counted in `murmur_proxy_access_log_dropped_total`)
+    /// when the writer is that far behind.
     pub fn log(&self, entry: Entry) {
         if self.tx.try_send(entry).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.metrics.proxy.access_log_dropped.inc();
         }
-    }
-
-    /// Lines dropped so far because the writer fell behind.
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
     }
 
     /// Has the writer reopen its file (after logrotate moved it).
@@ -125,11 +122,11 @@ impl Sink {
 
 /// Opens `target` (so that a path that cannot be written fails at start, naming it) and
 /// starts the writer; it ends with `cancel` after writing what is queued.
-pub async fn start(target: Target, cancel: CancellationToken) -> Result<AccessLog, String> {
+pub async fn start(target: Target, metrics: Arc<Metrics>, cancel: CancellationToken) -> Result<AccessLog, String> {
     let mut sink = Sink::open(&target).await.map_err(|e| format!("cannot open the access log {target:?}: {e}"))?;
     let (tx, mut rx) = mpsc::channel::<Entry>(QUEUE);
     let reopen = Arc::new(Notify::new());
-    let log = AccessLog { tx, dropped: Arc::default(), reopen: reopen.clone() };
+    let log = AccessLog { tx, metrics, reopen: reopen.clone() };
     tokio::spawn(async move {
         let mut buf = Vec::with_capacity(64 * 1024);
         loop {
@@ -201,7 +198,8 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("dir");
         let path = dir.join("access.log");
         let cancel = CancellationToken::new();
-        let log = start(Target::File(path.clone()), cancel.clone()).await.expect("opens");
+        let metrics = Arc::new(Metrics::default());
+        let log = start(Target::File(path.clone()), metrics.clone(), cancel.clone()).await.expect("opens");
         let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
         log.log(entry(1));
         let until = |p: PathBuf, n: usize| async move {
@@ -225,7 +223,7 @@ mod tests {
         log.log(entry(2));
         until(path.clone(), 1).await;
         assert_eq!(read(&rotated).lines().count(), 1, "the old file keeps its line only");
-        assert!(start(Target::File(dir.join("no/such/dir/log")), cancel.clone()).await.is_err());
+        assert!(start(Target::File(dir.join("no/such/dir/log")), metrics, cancel.clone()).await.is_err());
         cancel.cancel();
         std::fs::remove_dir_all(&dir).expect("clean up");
     }
