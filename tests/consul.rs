@@ -252,9 +252,9 @@ impl Drop for VmAgent {
 /// vmagent's `consul_sd_configs`, pointed at an agent as at a Consul agent: it reads
 /// `/v1/agent/self` for the datacenter, watches `/v1/catalog/services` and
 /// `/v1/health/service/web` with blocking queries, and labels each target with what it
-/// read (Prometheus's `__meta_consul_*` labels). A failing check reaches its labels in
-/// seconds. (A target is known by its labels after relabeling: the health is copied into
-/// one, as users do to see it, or vmagent would keep the target it had.)
+/// read (Prometheus's `__meta_consul_*` labels). Consul discovery lists critical
+/// instances too; the scrape config keeps the passing ones, as users write it, so a
+/// killed instance leaves the targets, in about a second: its watch was woken.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vmagent_consul_sd_discovers_instances_and_follows_their_health() {
     let (ports, apps) = tcp_apps(28, 3).await;
@@ -268,7 +268,7 @@ async fn vmagent_consul_sd_discovers_instances_and_follows_their_health() {
     let config = format!(
         "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: web\n    consul_sd_configs:\n      \
          - server: '{api}'\n        services: [web]\n    relabel_configs:\n      \
-         - source_labels: [__meta_consul_health]\n        target_label: health\n"
+         - source_labels: [__meta_consul_health]\n        regex: passing\n        action: keep\n"
     );
     let name = "vmagent_consul_sd_discovers_instances_and_follows_their_health";
     let Some(vmagent) = VmAgent::start(name, SocketAddr::new(ip(28, 99), 8429), &config) else {
@@ -296,13 +296,14 @@ async fn vmagent_consul_sd_discovers_instances_and_follows_their_health() {
     assert_eq!(canary("__meta_consul_tags"), ",canary,");
     assert_eq!(canary("__meta_consul_service_metadata_build"), "b0");
     assert_eq!(canary("__meta_consul_service_port"), ports[0].to_string());
-    // Instance 1's app dies: vmagent's watch is woken and relabels it.
+    // Instance 1's app dies: vmagent's watch is woken, and the instance leaves.
     apps[1].abort();
-    let took = eventually("vmagent sees instance 1 critical", || async {
-        label(&vmagent.targets().await, 1, "__meta_consul_health").as_deref() == Some("critical")
+    let took = eventually("instance 1 leaves vmagent's targets", || async {
+        let targets = vmagent.targets().await;
+        targets.len() == 2 && label(&targets, 1, "__meta_consul_service").is_none()
     })
     .await;
-    eprintln!("vmagent's consul_sd saw a failed check {took:?} after the app died");
+    eprintln!("a failed instance left vmagent's consul_sd targets {took:?} after its app died");
     for app in apps {
         app.abort();
     }
