@@ -6,7 +6,7 @@ mod common;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use common::{config, eventually, ip, status, tcp_apps, Prometheus, TestMesh, WAIT};
+use common::{config, eventually, ip, status, tcp_apps, Scraper, TestMesh, WAIT};
 use hickory_proto::op::{Message, MessageType, OpCode, Query as DnsQuery, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
 use murmur::api::types::{InstanceJson, MemberJson, ServiceSummaryJson};
@@ -855,7 +855,7 @@ async fn prometheus_http_sd_lists_every_healthy_instance() {
         "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: web\n    http_sd_configs:\n      \
          - url: http://{api}/v1/prometheus/targets?service=web\n        refresh_interval: 1s\n"
     );
-    let Some(prometheus) = Prometheus::start(
+    let Some(prometheus) = Scraper::prometheus(
         "prometheus_http_sd_lists_every_healthy_instance",
         SocketAddr::new(ip(25, 99), 9090),
         &config,

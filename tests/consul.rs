@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{eventually, ip, tcp_app, tcp_apps, TestMesh};
+use common::{eventually, ip, tcp_app, tcp_apps, Scraper, TestMesh};
 use murmur::api::consul_types::{AgentSelfJson, CatalogServiceJson, ServiceEntryJson};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
@@ -184,71 +184,6 @@ async fn consul_endpoints_answer_in_consuls_shape_and_block_per_service() {
     mesh.stop().await;
 }
 
-/// vmagent, VictoriaMetrics' scraper (Debian's victoria-metrics; .ci/run installs it),
-/// killed and its data removed on drop. Debian's Prometheus is built without
-/// `consul_sd_configs`; vmagent has them, with Prometheus's configuration and labels.
-struct VmAgent {
-    child: std::process::Child,
-    dir: std::path::PathBuf,
-    web: SocketAddr,
-}
-
-impl VmAgent {
-    fn start(name: &str, web: SocketAddr, config: &str) -> Option<VmAgent> {
-        if std::process::Command::new("vmagent").arg("--version").output().is_err() {
-            assert!(std::env::var_os("CI").is_none(), "vmagent must be installed in CI (.ci/run installs it)");
-            eprintln!("SKIPPED ({name}): no `vmagent` binary (apt-get install victoria-metrics)");
-            return None;
-        }
-        let dir = std::env::temp_dir().join(format!("murmur-vmagent-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        std::fs::write(dir.join("scrape.yml"), config).expect("write config");
-        let log = std::fs::File::create(dir.join("vmagent.log")).expect("log file");
-        let child = std::process::Command::new("vmagent")
-            .arg(format!("-promscrape.config={}", dir.join("scrape.yml").display()))
-            .arg(format!("-httpListenAddr={web}"))
-            // Nothing listens there: vmagent needs somewhere to write, and scraping is not
-            // what is tested (loopback only, and the address is this test's own).
-            .arg(format!("-remoteWrite.url=http://{}:1/api/v1/write", web.ip()))
-            .arg(format!("-remoteWrite.tmpDataPath={}", dir.join("data").display()))
-            // How often it reads what its Consul watches hold; the watches block for
-            // their own wait (vmagent's default) and are woken by a change.
-            .arg("-promscrape.consulSDCheckInterval=1s")
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .spawn()
-            .expect("vmagent starts");
-        Some(VmAgent { child, dir, web })
-    }
-
-    /// The targets it has discovered: each one's discovered labels.
-    async fn targets(&self) -> Vec<serde_json::Map<String, serde_json::Value>> {
-        let Ok(body) = murmur::cli::ApiClient::new(self.web).get("/api/v1/targets").await else { return Vec::new() };
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) else { return Vec::new() };
-        v["data"]["activeTargets"]
-            .as_array()
-            .map(|a| a.iter().filter_map(|t| t["discoveredLabels"].as_object().cloned()).collect())
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for VmAgent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            let log = std::fs::read_to_string(self.dir.join("vmagent.log")).unwrap_or_default();
-            eprintln!("vmagent's log, last lines:");
-            let tail: Vec<&str> = log.lines().rev().take(20).collect();
-            for line in tail.iter().rev() {
-                eprintln!("  {line}");
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 /// vmagent's `consul_sd_configs`, pointed at an agent as at a Consul agent: it reads
 /// `/v1/agent/self` for the datacenter, watches `/v1/catalog/services` and
 /// `/v1/health/service/web` with blocking queries, and labels each target with what it
@@ -271,7 +206,7 @@ async fn vmagent_consul_sd_discovers_instances_and_follows_their_health() {
          - source_labels: [__meta_consul_health]\n        regex: passing\n        action: keep\n"
     );
     let name = "vmagent_consul_sd_discovers_instances_and_follows_their_health";
-    let Some(vmagent) = VmAgent::start(name, SocketAddr::new(ip(28, 99), 8429), &config) else {
+    let Some(vmagent) = Scraper::vmagent(name, SocketAddr::new(ip(28, 99), 8429), &config) else {
         mesh.stop().await;
         return;
     };

@@ -124,8 +124,13 @@ async fn block(state: &ApiState, p: &Params, index_of: impl Fn(&Snapshot) -> u64
 
 /// A reply with Consul's headers: the index the client passes back to block on.
 fn reply(state: &ApiState, version: u64, body: impl serde::Serialize) -> Response {
+    reply_at(consul_index(state, version), body)
+}
+
+/// [`reply`] with the Consul index already made.
+fn reply_at(index: u64, body: impl serde::Serialize) -> Response {
     let mut resp = Json(body).into_response();
-    if let Ok(v) = HeaderValue::from_str(&consul_index(state, version).to_string()) {
+    if let Ok(v) = HeaderValue::from_str(&index.to_string()) {
         resp.headers_mut().insert(HeaderName::from_static("x-consul-index"), v);
     }
     resp
@@ -191,6 +196,20 @@ pub(super) async fn catalog_services(
     Ok(reply(&state, snap.catalog_index, out))
 }
 
+/// What a query on one service starts with: its parameters, the service, the snapshot
+/// to answer from (after blocking, when asked) and that snapshot's Consul index of it.
+async fn service_query(
+    state: &ApiState,
+    name: &str,
+    raw: Option<&str>,
+) -> Result<(Params, ServiceName, Arc<Snapshot>, u64), ApiError> {
+    let p = Params::parse(raw, &state.agent.cluster)?;
+    let service = service_name(name)?;
+    let snap = block(state, &p, |s| s.index_of(&service)).await;
+    let index = consul_index(state, snap.index_of(&service));
+    Ok((p, service, snap, index))
+}
+
 /// `GET /v1/catalog/service/{name}`: its instances flattened with their nodes, whatever
 /// their health (as Consul's catalog), dead nodes' among them.
 pub(super) async fn catalog_service(
@@ -198,10 +217,7 @@ pub(super) async fn catalog_service(
     Path(name): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let p = Params::parse(raw.as_deref(), &state.agent.cluster)?;
-    let service = service_name(&name)?;
-    let snap = block(&state, &p, |s| s.index_of(&service)).await;
-    let index = consul_index(&state, snap.index_of(&service));
+    let (p, service, snap, index) = service_query(&state, &name, raw.as_deref()).await?;
     let dc = &state.agent.cluster;
     let out: Vec<CatalogServiceJson> = every_instance(&snap, &service)
         .into_iter()
@@ -228,7 +244,7 @@ pub(super) async fn catalog_service(
             })
         })
         .collect();
-    Ok(reply(&state, snap.index_of(&service), out))
+    Ok(reply_at(index, out))
 }
 
 fn meta(inst: &Instance) -> BTreeMap<String, String> {
@@ -242,10 +258,7 @@ pub(super) async fn health_service(
     Path(name): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let p = Params::parse(raw.as_deref(), &state.agent.cluster)?;
-    let service = service_name(&name)?;
-    let snap = block(&state, &p, |s| s.index_of(&service)).await;
-    let index = consul_index(&state, snap.index_of(&service));
+    let (p, service, snap, index) = service_query(&state, &name, raw.as_deref()).await?;
     let out: Vec<ServiceEntryJson> = every_instance(&snap, &service)
         .into_iter()
         .filter_map(|inst| {
@@ -256,7 +269,7 @@ pub(super) async fn health_service(
             Some(service_entry(&state.agent.cluster, inst, node, index))
         })
         .collect();
-    Ok(reply(&state, snap.index_of(&service), out))
+    Ok(reply_at(index, out))
 }
 
 fn service_entry(dc: &str, inst: &Instance, node: NodeFacts, index: u64) -> ServiceEntryJson {

@@ -223,38 +223,73 @@ pub fn status(r: Result<String, murmur::cli::ClientError>) -> u16 {
     }
 }
 
-/// A Prometheus server (Debian's package; .ci/run installs it), killed and its data
-/// directory removed on drop.
-pub struct Prometheus {
+/// A scraper that discovers targets from murmur: Debian's Prometheus, or vmagent
+/// (Debian's victoria-metrics; Debian builds Prometheus without `consul_sd_configs`,
+/// which vmagent has, with Prometheus's configuration and labels). .ci/run installs both.
+/// Killed, and its data directory removed, on drop; its log is printed when the test
+/// failed.
+pub struct Scraper {
     child: std::process::Child,
     dir: std::path::PathBuf,
-    /// Its web address.
+    /// Its web address (`/api/v1/targets`).
     pub web: SocketAddr,
 }
 
-impl Prometheus {
-    /// Starts Prometheus on `web` with `config` (YAML). Without a `prometheus` binary it
-    /// says loudly that the test is skipped and returns `None`; in CI that is a failure.
-    pub fn start(name: &str, web: SocketAddr, config: &str) -> Option<Prometheus> {
-        if std::process::Command::new("prometheus").arg("--version").output().is_err() {
-            assert!(std::env::var_os("CI").is_none(), "prometheus must be installed in CI (.ci/run installs it)");
-            eprintln!("SKIPPED ({name}): no `prometheus` binary (apt-get install prometheus)");
+impl Scraper {
+    /// Prometheus on `web` with `config` (YAML); `None`, said loudly, without the binary.
+    pub fn prometheus(test: &str, web: SocketAddr, config: &str) -> Option<Scraper> {
+        Self::start(test, "prometheus", "prometheus", web, config, |dir, cfg| {
+            vec![
+                format!("--config.file={}", cfg.display()),
+                format!("--storage.tsdb.path={}", dir.join("data").display()),
+                format!("--web.listen-address={web}"),
+            ]
+        })
+    }
+
+    /// vmagent on `web` with `config` (YAML); `None`, said loudly, without the binary.
+    pub fn vmagent(test: &str, web: SocketAddr, config: &str) -> Option<Scraper> {
+        Self::start(test, "vmagent", "victoria-metrics", web, config, |dir, cfg| {
+            vec![
+                format!("-promscrape.config={}", cfg.display()),
+                format!("-httpListenAddr={web}"),
+                // Nothing listens there: vmagent needs somewhere to write, and scraping
+                // is not what is tested (loopback, the test's own address).
+                format!("-remoteWrite.url=http://{}:1/api/v1/write", web.ip()),
+                format!("-remoteWrite.tmpDataPath={}", dir.join("data").display()),
+                // How often it reads what its Consul watches hold; the watches block for
+                // their own wait and are woken by a change.
+                "-promscrape.consulSDCheckInterval=1s".into(),
+            ]
+        })
+    }
+
+    fn start(
+        test: &str,
+        program: &str,
+        package: &str,
+        web: SocketAddr,
+        config: &str,
+        args: impl Fn(&std::path::Path, &std::path::Path) -> Vec<String>,
+    ) -> Option<Scraper> {
+        if std::process::Command::new(program).arg("--version").output().is_err() {
+            assert!(std::env::var_os("CI").is_none(), "{program} must be installed in CI (.ci/run installs it)");
+            eprintln!("SKIPPED {test}: no `{program}` binary (apt-get install {package})");
             return None;
         }
-        let dir = std::env::temp_dir().join(format!("murmur-prometheus-{name}-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("murmur-{program}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
-        std::fs::write(dir.join("prometheus.yml"), config).expect("write config");
-        let log = std::fs::File::create(dir.join("prometheus.log")).expect("log file");
-        let child = std::process::Command::new("prometheus")
-            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
-            .arg(format!("--web.listen-address={web}"))
+        let config_file = dir.join("scrape.yml");
+        std::fs::write(&config_file, config).expect("write config");
+        let log = std::fs::File::create(dir.join("log")).expect("log file");
+        let child = std::process::Command::new(program)
+            .args(args(&dir, &config_file))
             .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
             .stderr(log)
             .spawn()
-            .expect("prometheus starts");
-        Some(Prometheus { child, dir, web })
+            .unwrap_or_else(|e| panic!("{program} starts: {e}"));
+        Some(Scraper { child, dir, web })
     }
 
     /// The targets it has discovered: each one's discovered labels (none while it starts).
@@ -268,14 +303,14 @@ impl Prometheus {
     }
 }
 
-impl Drop for Prometheus {
+impl Drop for Scraper {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
-            let log = std::fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default();
+            let log = std::fs::read_to_string(self.dir.join("log")).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(20).collect();
-            eprintln!("prometheus's log, last lines:");
+            eprintln!("the scraper's log, last lines:");
             for line in tail.iter().rev() {
                 eprintln!("  {line}");
             }
