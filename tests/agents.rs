@@ -6,7 +6,7 @@ mod common;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use common::{config, eventually, ip, status, tcp_apps, Scraper, TestMesh, WAIT};
+use common::{config, eventually, ip, status, tcp_apps, web_mesh, Scraper, TestMesh, WAIT};
 use hickory_proto::op::{Message, MessageType, OpCode, Query as DnsQuery, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
 use murmur::api::types::{InstanceJson, MemberJson, ServiceSummaryJson};
@@ -840,16 +840,7 @@ async fn the_udp_stub_answers_malformed_and_unusual_queries_as_a_resolver_expect
 /// and an instance whose app dies leaves at the next refresh.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_http_sd_lists_every_healthy_instance() {
-    let (ports, apps) = tcp_apps(25, 3).await;
-    let mesh = TestMesh::start(25, 3, |i| {
-        vec![format!(
-            "web:{},tags={},interval=200ms,timeout=150ms,attr.build=b{i}",
-            ports[i],
-            if i == 0 { "canary" } else { "stable" }
-        )]
-    })
-    .await;
-    mesh.converge(3).await;
+    let (ports, apps, mesh) = web_mesh(25).await;
     let api = mesh.agent(1).api_addr();
     let config = format!(
         "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: web\n    http_sd_configs:\n      \

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{eventually, ip, tcp_app, tcp_apps, Scraper, TestMesh};
+use common::{eventually, ip, tcp_app, tcp_apps, web_mesh, Scraper, TestMesh};
 use murmur::api::consul_types::{AgentSelfJson, CatalogServiceJson, ServiceEntryJson};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
@@ -192,13 +192,7 @@ async fn consul_endpoints_answer_in_consuls_shape_and_block_per_service() {
 /// killed instance leaves the targets, in about a second: its watch was woken.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vmagent_consul_sd_discovers_instances_and_follows_their_health() {
-    let (ports, apps) = tcp_apps(28, 3).await;
-    let mesh = TestMesh::start(28, 3, |i| {
-        let tag = if i == 0 { "canary" } else { "stable" };
-        vec![format!("web:{},tags={tag},interval=200ms,timeout=150ms,attr.build=b{i}", ports[i])]
-    })
-    .await;
-    mesh.converge(3).await;
+    let (ports, apps, mesh) = web_mesh(28).await;
     let api = mesh.agent(1).api_addr();
     let config = format!(
         "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: web\n    consul_sd_configs:\n      \
@@ -318,13 +312,7 @@ async fn python_consul_reads_the_catalog_and_blocks_until_a_change() {
         );
         return;
     }
-    let (ports, apps) = tcp_apps(29, 3).await;
-    let mesh = TestMesh::start(29, 3, |i| {
-        let tag = if i == 0 { "canary" } else { "stable" };
-        vec![format!("web:{},tags={tag},interval=200ms,timeout=150ms", ports[i])]
-    })
-    .await;
-    mesh.converge(3).await;
+    let (_, apps, mesh) = web_mesh(29).await;
     let api = mesh.agent(1).api_addr();
     eventually("agent 1 sees three passing instances", || async {
         get(api, "/v1/health/service/web?passing", Duration::from_secs(5)).await.json::<Vec<ServiceEntryJson>>().len()

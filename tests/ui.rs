@@ -77,7 +77,9 @@ async fn webdriver(driver: SocketAddr, method: &str, path: &str, body: Value) ->
     reply.map(|v| v["value"].clone()).unwrap_or(Value::Null)
 }
 
-/// A free port on loopback for chromedriver (which takes no port 0).
+/// A free port on 127.0.0.1 for chromedriver (which cannot be given port 0 and report
+/// the port it took). Between this check and chromedriver's bind only another bind on
+/// 127.0.0.1 could take it: every other test binds its own 127.x block.
 fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr").port()

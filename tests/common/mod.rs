@@ -125,6 +125,21 @@ where
     panic!("timed out after {WAIT:?} waiting for {what}");
 }
 
+/// Three converged agents in `block`, each registering an instance of `web` on a TCP app
+/// of its own: instance 0 tagged `canary`, the others `stable`, each with attribute
+/// `build=b<i>`, checked every 200 ms. Returns the apps' ports and handles (abort one to
+/// make its check fail) and the mesh.
+pub async fn web_mesh(block: u8) -> (Vec<u16>, Vec<tokio::task::JoinHandle<()>>, TestMesh) {
+    let (ports, apps) = tcp_apps(block, 3).await;
+    let mesh = TestMesh::start(block, 3, |i| {
+        let tag = if i == 0 { "canary" } else { "stable" };
+        vec![format!("web:{},tags={tag},interval=200ms,timeout=150ms,attr.build=b{i}", ports[i])]
+    })
+    .await;
+    mesh.converge(3).await;
+    (ports, apps, mesh)
+}
+
 /// A TCP app that accepts and closes connections; abort the handle to "crash" it.
 pub async fn tcp_app(ip: IpAddr) -> (u16, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind((ip, 0)).await.expect("bind app");
