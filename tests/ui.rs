@@ -79,7 +79,7 @@ async fn webdriver(driver: SocketAddr, method: &str, path: &str, body: Value) ->
 
 /// A free port on 127.0.0.1 for chromedriver (which cannot be given port 0 and report
 /// the port it took). Between this check and chromedriver's bind only another bind on
-/// 127.0.0.1 could take it: every other test binds its own 127.x block.
+/// 127.0.0.1 could take it: every other TCP bind of the tests is on its own 127.x block.
 fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr").port()
