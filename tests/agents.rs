@@ -846,11 +846,8 @@ async fn prometheus_http_sd_lists_every_healthy_instance() {
         "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: web\n    http_sd_configs:\n      \
          - url: http://{api}/v1/prometheus/targets?service=web\n        refresh_interval: 1s\n"
     );
-    let Some(prometheus) = Scraper::prometheus(
-        "prometheus_http_sd_lists_every_healthy_instance",
-        SocketAddr::new(ip(25, 99), 9090),
-        &config,
-    ) else {
+    let Some(prometheus) = Scraper::prometheus("prometheus_http_sd_lists_every_healthy_instance", ip(25, 99), &config)
+    else {
         mesh.stop().await;
         return;
     };

@@ -200,7 +200,7 @@ async fn vmagent_consul_sd_discovers_instances_and_follows_their_health() {
          - source_labels: [__meta_consul_health]\n        regex: passing\n        action: keep\n"
     );
     let name = "vmagent_consul_sd_discovers_instances_and_follows_their_health";
-    let Some(vmagent) = Scraper::vmagent(name, SocketAddr::new(ip(28, 99), 8429), &config) else {
+    let Some(vmagent) = Scraper::vmagent(name, ip(28, 99), &config) else {
         mesh.stop().await;
         return;
     };

@@ -251,9 +251,10 @@ pub struct Scraper {
 }
 
 impl Scraper {
-    /// Prometheus on `web` with `config` (YAML); `None`, said loudly, without the binary.
-    pub fn prometheus(test: &str, web: SocketAddr, config: &str) -> Option<Scraper> {
-        Self::start(test, "prometheus", "prometheus", web, config, |dir, cfg| {
+    /// Prometheus on a free port of `ip` with `config` (YAML); `None`, said loudly,
+    /// without the binary.
+    pub fn prometheus(test: &str, ip: IpAddr, config: &str) -> Option<Scraper> {
+        Self::start(test, "prometheus", "prometheus", ip, config, |dir, cfg, web| {
             vec![
                 format!("--config.file={}", cfg.display()),
                 format!("--storage.tsdb.path={}", dir.join("data").display()),
@@ -262,9 +263,10 @@ impl Scraper {
         })
     }
 
-    /// vmagent on `web` with `config` (YAML); `None`, said loudly, without the binary.
-    pub fn vmagent(test: &str, web: SocketAddr, config: &str) -> Option<Scraper> {
-        Self::start(test, "vmagent", "victoria-metrics", web, config, |dir, cfg| {
+    /// vmagent on a free port of `ip` with `config` (YAML); `None`, said loudly, without
+    /// the binary.
+    pub fn vmagent(test: &str, ip: IpAddr, config: &str) -> Option<Scraper> {
+        Self::start(test, "vmagent", "victoria-metrics", ip, config, |dir, cfg, web| {
             vec![
                 format!("-promscrape.config={}", cfg.display()),
                 format!("-httpListenAddr={web}"),
@@ -283,9 +285,9 @@ impl Scraper {
         test: &str,
         program: &str,
         package: &str,
-        web: SocketAddr,
+        ip: IpAddr,
         config: &str,
-        args: impl Fn(&std::path::Path, &std::path::Path) -> Vec<String>,
+        args: impl Fn(&std::path::Path, &std::path::Path, SocketAddr) -> Vec<String>,
     ) -> Option<Scraper> {
         if std::process::Command::new(program).arg("--version").output().is_err() {
             assert!(std::env::var_os("CI").is_none(), "{program} must be installed in CI (.ci/run installs it)");
@@ -297,8 +299,11 @@ impl Scraper {
         let config_file = dir.join("scrape.yml");
         std::fs::write(&config_file, config).expect("write config");
         let log = std::fs::File::create(dir.join("log")).expect("log file");
+        // A free port of the test's own address, not a fixed one: two runs of the suite
+        // at once (two clones) would otherwise both want it.
+        let web = std::net::TcpListener::bind((ip, 0)).and_then(|l| l.local_addr()).expect("a free port");
         let child = std::process::Command::new(program)
-            .args(args(&dir, &config_file))
+            .args(args(&dir, &config_file, web))
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)
