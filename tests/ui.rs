@@ -1,7 +1,8 @@
 //! The `/ui` dashboard in a real headless browser (Debian's chromium, driven through
 //! chromedriver's WebDriver protocol; .ci/run installs both): it lists the members and
-//! instances, turns a killed agent's row dead without a reload, filters from the
-//! keyboard, and is saved as a screenshot.
+//! instances and counts the calls made through a sidecar per endpoint, turns a killed
+//! agent's row dead and drops its endpoint without a reload, filters from the keyboard,
+//! and is saved as a screenshot.
 
 mod common;
 
@@ -11,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::{tcp_apps, TestMesh};
+use common::{echo_app, ip, tcp_apps, with_proxy, TestMesh, WAIT};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -85,6 +86,20 @@ fn free_port() -> u16 {
     l.local_addr().expect("addr").port()
 }
 
+/// Calls made through agent 0's sidecar before the page is read.
+const CALLS: u64 = 6;
+
+/// One call through the VIP `vip` to an echo app behind a sidecar: its greeting, then an
+/// echo.
+async fn call(vip: SocketAddr) {
+    let mut s = tokio::net::TcpStream::connect(vip).await.expect("connect to the VIP");
+    s.write_all(b"ping").await.expect("send");
+    s.shutdown().await.expect("half-close");
+    let mut back = Vec::new();
+    s.read_to_end(&mut back).await.expect("the echo");
+    assert_eq!(back, b"echo\nping", "the greeting and the echo");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_the_cluster_live_in_a_real_browser() {
     let name = "the_dashboard_shows_the_cluster_live_in_a_real_browser";
@@ -93,12 +108,43 @@ async fn the_dashboard_shows_the_cluster_live_in_a_real_browser() {
         eprintln!("SKIPPED {name}: no chromedriver (apt-get install chromium chromium-driver)");
         return;
     }
-    let (ports, apps) = tcp_apps(45, 3).await;
-    let mut mesh = TestMesh::start(45, 3, |i| {
-        vec![format!("web:{},tags=v{i},interval=200ms,timeout=150ms", ports[i]), format!("db:{},check=none", 5432)]
-    })
+    let (ports, mut apps) = tcp_apps(45, 3).await;
+    // Agent 0 proxies `echo`, which agents 1 and 2 serve through their sidecars.
+    let mut echo_ports = vec![0];
+    for i in 1..3 {
+        let (port, app) = echo_app(ip(45, i), "echo").await;
+        echo_ports.push(port);
+        apps.push(app);
+    }
+    let ca = murmur::tls::Ca::generate().expect("a CA");
+    let mut mesh = TestMesh::start_with(
+        45,
+        3,
+        |i| {
+            let mut specs = vec![format!("web:{},tags=v{i},interval=200ms,timeout=150ms", ports[i])];
+            specs.push(format!("db:{},check=none", 5432));
+            if i > 0 {
+                specs.push(format!("echo:{},check=none", echo_ports[i]));
+            }
+            specs
+        },
+        |cfg| match cfg.node.name.as_str() {
+            "agent-0" => with_proxy(cfg, 45, &ca, Some("web"), &["web"], &["echo:80"]),
+            _ => with_proxy(cfg, 45, &ca, Some("echo"), &["echo", "web"], &[]),
+        },
+    )
     .await;
     mesh.converge(3).await;
+    let (_, ok) = mesh
+        .agent(0)
+        .registry()
+        .wait_for(WAIT, |s| s.lookup(&"echo".parse().expect("name"), &Default::default()).len() == 2)
+        .await;
+    assert!(ok, "agent 0 never saw both echo instances");
+    let vip = SocketAddr::from(([127, 201, 45, 1], 80));
+    for _ in 0..CALLS {
+        call(vip).await;
+    }
     let port = free_port();
     let profile = std::env::temp_dir().join(format!("murmur-chromium-{}", std::process::id()));
     let child = Command::new("chromedriver")
@@ -155,6 +201,15 @@ async fn the_dashboard_shows_the_cluster_live_in_a_real_browser() {
     until("three passing web instances", vec!["passing".into(); 3], instances_js).await;
     let output_js = "return [document.querySelector('#services tbody tr[data-service=web] td.output').textContent.length > 0 ? 'output' : 'none']";
     until("each instance shows its check output", vec!["output".into()], output_js).await;
+    // The upstream table: both endpoints, every call counted, a connect latency each.
+    let upstreams_js = "const rows = Array.from(document.querySelectorAll('#upstreams tbody tr')).filter(r => r.dataset.upstream == 'echo'); \
+         return rows.map(r => r.dataset.instance + (/ ms$/.test(r.cells[7].textContent) ? ' latency' : ' none')).sort() \
+         .concat(['connections=' + rows.reduce((n, r) => n + Number(r.dataset.connections), 0), \
+                  'bytes=' + rows.reduce((n, r) => n + Number(r.dataset.bytes), 0)])";
+    let endpoint = |i: usize| format!("agent-{i}-{} latency", echo_ports[i]);
+    // Each call: 4 bytes sent, the 5-byte greeting and the 4-byte echo received.
+    let want = vec![endpoint(1), endpoint(2), format!("connections={CALLS}"), format!("bytes={}", CALLS * 13)];
+    until("both echo endpoints with every call", want, upstreams_js).await;
 
     // Agent 2 is killed: its row turns dead on the page, which is never reloaded.
     let two = mesh.agents[2].take().expect("running");
@@ -162,6 +217,10 @@ async fn the_dashboard_shows_the_cluster_live_in_a_real_browser() {
     let want: Vec<String> = vec!["agent-0=alive".into(), "agent-1=alive".into(), "agent-2=dead".into()];
     let took = until("agent 2 dead", want, rows_js).await;
     eprintln!("the page showed agent 2 dead {took:?} after it was killed, without a reload");
+    // Its endpoint leaves agent 0's upstream table; the calls made on agent 1 remain.
+    let upstream_rows_js =
+        "return Array.from(document.querySelectorAll('#upstreams tbody tr')).map(r => r.dataset.instance)";
+    until("agent 2's endpoint gone", vec![format!("agent-1-{}", echo_ports[1])], upstream_rows_js).await;
 
     let shot = webdriver(d, "GET", &format!("{s}/screenshot"), Value::Null).await;
     let png = base64::engine::general_purpose::STANDARD.decode(shot.as_str().unwrap_or_default()).expect("a PNG");

@@ -261,8 +261,14 @@ impl Upstream {
         let result = match conn {
             Connected::Udp(_) => Ok(Default::default()),
             Connected::Quic { mut send, mut recv, early, .. } => {
+                // The bytes that came with the peer's acknowledgement (an app that
+                // speaks first) are the upstream's too: counted like the rest.
+                ep_stats.bytes_received.add(early.len() as u64);
                 let r = match cw.write_all(&early).await {
-                    Ok(()) => splice(&mut cr, &mut cw, &mut recv, &mut send, idle, up, down).await,
+                    Ok(()) => splice(&mut cr, &mut cw, &mut recv, &mut send, idle, up, down).await.map(|mut m| {
+                        m.backward += early.len() as u64;
+                        m
+                    }),
                     Err(e) => Err(e),
                 };
                 if r.is_err() {

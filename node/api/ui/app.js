@@ -90,6 +90,10 @@ function render(state) {
     for (const e of u.endpoints) {
       if (!matches(filter, [u.alias, u.service, e.instance, e.via, e.state])) continue;
       const tr = document.createElement("tr");
+      tr.dataset.upstream = u.alias;
+      tr.dataset.instance = e.instance;
+      tr.dataset.connections = e.connections;
+      tr.dataset.bytes = e.bytes_sent + e.bytes_received;
       cell(tr, `${u.alias} → ${u.service}`);
       cell(tr, e.instance);
       cell(tr, e.via, "num");
