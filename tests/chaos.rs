@@ -667,20 +667,22 @@ impl Net {
     /// Starts the app `role` of tests/chaos_apps in host `i`: this test binary, run in
     /// the host's namespace (so with its resolv.conf), told by `env` what to be.
     fn start_app(&mut self, i: usize, role: &'static str, env: &[(&str, String)]) {
+        let child = self.app(i, role, env).spawn().expect("the app starts");
+        self.apps.push((i, role, child));
+    }
+
+    /// The command that runs app `role` in host `i`, its stderr in the role's log.
+    fn app(&self, i: usize, role: &str, env: &[(&str, String)]) -> Command {
         let exe = std::env::current_exe().expect("the test binary's path");
-        let log = self.log(&format!("{role}-{i}"));
-        let child = self
-            .in_host(i)
-            .arg(exe)
+        let mut cmd = self.in_host(i);
+        cmd.arg(exe)
             .args(["--exact", "app_process", "--ignored", "--nocapture", "--test-threads", "1"])
             .env("MURMUR_CHAOS_APP", role)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("the app starts");
-        self.apps.push((i, role, child));
+            .stderr(self.log(&format!("{role}-{i}")));
+        cmd
     }
 
     /// Host `i`'s app `role`, taken out of the list.
@@ -936,4 +938,121 @@ fn a_delayed_network_causes_no_false_dead_verdicts() {
     let n = net.false_verdicts(Duration::from_secs(secs));
     eprintln!("100 ms ± 20 ms delay on every host for {secs} s: {n} false dead verdicts");
     assert_eq!(n, 0, "delay caused {n} false dead verdicts");
+}
+
+/// Instances of `web` each host serves in the dns_sd scenario: 3 × 15 SRV records do
+/// not fit a UDP reply (at most 1,232 bytes), so the stub truncates and the client must
+/// ask again over TCP.
+const DNS_SD_INSTANCES: u16 = 15;
+
+impl Net {
+    /// Prometheus (Debian's package) in host `i`'s namespace with `config`, its web API on
+    /// 127.0.0.1:9090 there; `None`, said loudly, without the binary.
+    fn start_prometheus(&mut self, i: usize, test: &str, config: &str) -> Option<()> {
+        if Command::new("prometheus").arg("--version").output().is_err() {
+            assert!(std::env::var_os("CI").is_none(), "prometheus must be installed in CI (.ci/run installs it)");
+            eprintln!("\n*** SKIPPED {test}: no `prometheus` binary (apt-get install prometheus) ***\n");
+            return None;
+        }
+        let file = self.dir.join("prometheus.yml");
+        std::fs::write(&file, config).expect("write Prometheus's config");
+        let log = self.log(&format!("prometheus-{i}"));
+        let child = self
+            .in_host(i)
+            .arg("prometheus")
+            .arg(format!("--config.file={}", file.display()))
+            .arg(format!("--storage.tsdb.path={}", self.dir.join("tsdb").display()))
+            .arg("--web.listen-address=127.0.0.1:9090")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("prometheus starts");
+        self.apps.push((i, "prometheus", child));
+        Some(())
+    }
+
+    /// The `__address__` of every target host `i`'s Prometheus has discovered, sorted
+    /// (empty while it starts).
+    fn prometheus_targets(&self, i: usize) -> Vec<String> {
+        let out = self.dir.join("targets.json");
+        let _ = std::fs::remove_file(&out);
+        let env = [
+            ("MURMUR_CHAOS_ADDR", "127.0.0.1:9090".to_owned()),
+            ("MURMUR_CHAOS_PATH", "/api/v1/targets".to_owned()),
+            ("MURMUR_CHAOS_OUT", out.display().to_string()),
+        ];
+        // Bounded: the GET's connect is local and its read times out after 5 s.
+        let _ = self.app(i, "get", &env).status();
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+        let mut got: Vec<String> = json["data"]["activeTargets"]
+            .as_array()
+            .map(|ts| {
+                ts.iter().filter_map(|t| t["discoveredLabels"]["__address__"].as_str().map(str::to_owned)).collect()
+            })
+            .unwrap_or_default();
+        got.sort();
+        got
+    }
+}
+
+/// Prometheus's `dns_sd_configs` (SRV) in a host whose resolv.conf names the agent's
+/// stub on port 53: every healthy instance of the cluster is a target (more than fit
+/// a UDP reply, so through the TCP retry), an unhealthy one is not, and a killed host's
+/// instances leave at the next refresh.
+#[test]
+fn prometheus_dns_sd_finds_every_healthy_instance_through_resolv_conf() {
+    const TEST: &str = "prometheus_dns_sd_finds_every_healthy_instance_through_resolv_conf";
+    if skip(TEST) {
+        return;
+    }
+    const HOSTS: usize = 3;
+    let mut net = Net::new("s", 29, HOSTS);
+    net.resolve_through_stubs();
+    let port = |n: u16| 9100 + n;
+    for i in 0..HOSTS {
+        let mut specs: Vec<String> = (0..DNS_SD_INSTANCES).map(|n| format!("web:{},check=none", port(n))).collect();
+        // Nothing listens there: the check fails, and the instance is not answered.
+        specs.push(format!("web:{},check=tcp,interval=500ms", port(99)));
+        let args: Vec<&str> = specs.iter().flat_map(|s| ["--service", s.as_str()]).collect();
+        net.start_as(i, &format!("host-{i}"), &args);
+    }
+    let all: Vec<usize> = (0..HOSTS).collect();
+    net.until_all_see(&all, &all, "every host to see every host");
+    let serving = |hosts: &[usize]| {
+        let target = |i: usize, n: u16| format!("host-{i}-{}.web.murmur.local:{}", port(n), port(n));
+        let mut want: Vec<String> =
+            hosts.iter().flat_map(|&i| (0..DNS_SD_INSTANCES).map(move |n| target(i, n))).collect();
+        want.sort();
+        want
+    };
+    let config = "global:\n  scrape_interval: 5s\nscrape_configs:\n  - job_name: web\n    dns_sd_configs:\n      \
+                  - names: [_web._tcp.murmur.local]\n        type: SRV\n        refresh_interval: 2s\n";
+    if net.start_prometheus(0, TEST, config).is_none() {
+        return;
+    }
+    let want = serving(&all);
+    let found = net.until("Prometheus to discover every healthy instance", || net.prometheus_targets(0) == want);
+    eprintln!("Prometheus's dns_sd found all {} healthy instances after {found:?}", want.len());
+
+    net.kill(2);
+    let start = Instant::now();
+    net.until("host 0's replica to drop host 2's instances", || {
+        let seen: Vec<InstanceJson> = net.murmur_api(0, &["services", "web"]).unwrap_or_default();
+        !seen.iter().any(|s| s.node == "host-2")
+    });
+    let dropped = start.elapsed();
+    let want = serving(&[0, 1]);
+    net.until("Prometheus to drop host 2's instances", || net.prometheus_targets(0) == want);
+    let gone = start.elapsed();
+    eprintln!(
+        "kill -9 of host-2: its instances left host 0's replica after {dropped:?} and Prometheus's targets after \
+         {gone:?} (refresh 2 s; Prometheus passes discovery updates on at most every 5 s)"
+    );
+    assert!(
+        gone - dropped < Duration::from_secs(2 + 5 + 3),
+        "Prometheus kept the dead instances {:?} after the stub stopped answering them",
+        gone - dropped
+    );
 }

@@ -1,7 +1,8 @@
-//! The apps of the rolling-restart scenario in tests/chaos.rs: an echo server and a
-//! client that resolves its upstream with the standard resolver (getaddrinfo, through
-//! the host's /etc/resolv.conf, which `ip netns exec` replaces with
-//! /etc/netns/NAME/resolv.conf) and checks every transfer byte for byte.
+//! The apps of the scenarios in tests/chaos.rs: an echo server; a client that resolves
+//! its upstream with the standard resolver (getaddrinfo, through the host's
+//! /etc/resolv.conf, which `ip netns exec` replaces with /etc/netns/NAME/resolv.conf)
+//! and checks every transfer byte for byte; one that holds a connection open; and one
+//! HTTP GET, for reading a tool's API inside a host.
 //!
 //! They run as processes in a host's namespace: the test binary starts itself there
 //! with `MURMUR_CHAOS_APP` set (see `Net::start_app`).
@@ -23,6 +24,7 @@ pub fn run_from_env() -> bool {
             client(&var("MURMUR_CHAOS_NAME"), Path::new(&var("MURMUR_CHAOS_STOP")), &var("MURMUR_CHAOS_OUT"))
         }
         Ok("hold") => hold(&var("MURMUR_CHAOS_NAME"), &var("MURMUR_CHAOS_OUT")),
+        Ok("get") => get(&var("MURMUR_CHAOS_ADDR"), &var("MURMUR_CHAOS_PATH"), &var("MURMUR_CHAOS_OUT")),
         Ok(other) => panic!("unknown MURMUR_CHAOS_APP {other:?}"),
         Err(_) => return false,
     }
@@ -157,6 +159,26 @@ fn hold(name: &str, out: &str) {
     };
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis();
     line(format!("ended {now} {how}\n"));
+}
+
+/// One HTTP/1.0 GET of `path` from `addr` (a tool's API in the host, which the test
+/// cannot reach from outside the namespace); writes the body to `out`, or nothing when
+/// the tool does not answer (yet).
+fn get(addr: &str, path: &str, out: &str) {
+    let Ok(mut stream) = TcpStream::connect(addr) else { return };
+    let timeout = Some(Duration::from_secs(5));
+    let _ = stream.set_read_timeout(timeout);
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    let mut reply = Vec::new();
+    if stream.write_all(request.as_bytes()).and_then(|()| stream.read_to_end(&mut reply)).is_err() {
+        return;
+    }
+    let reply = String::from_utf8_lossy(&reply);
+    if let Some((head, body)) = reply.split_once("\r\n\r\n") {
+        if head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200") {
+            std::fs::write(out, body).expect("write the body");
+        }
+    }
 }
 
 /// xorshift64: enough randomness for payloads.
