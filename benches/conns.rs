@@ -4,7 +4,8 @@
 //! through the client sidecar in steps of 2,500 up to `MURMUR_CONNS` (default 10,000),
 //! each an HTTP/1.1 keep-alive connection that must answer 200, then keeps every one
 //! busy (a request on each, round after round) for 20 s, then closes them all. It prints
-//! both sidecars' RSS at every step, through the hold and after the close, and fails if
+//! both sidecars' RSS at every step, through the hold and 5 s and 60 s after the close
+//! (with KB per idle connection and RSS after the close against idle), and fails if
 //! any request fails or a connection outlives its client. (RSS after the close shows
 //! what the allocator keeps, not live connections: the sidecar's own count of active
 //! connections is checked instead.) nginx runs as its own process so that the backend's sockets do not
@@ -175,6 +176,25 @@ async fn main() {
         .map(|ups| ups.iter().map(|u| u.active).sum::<u64>());
     show(format!("0 (all closed, 5 s later; the client sidecar counts {active:?} active)"), &mut rows);
     assert_eq!(active, Some(0), "every proxied connection ended once its client closed");
+    tokio::time::sleep(Duration::from_secs(55)).await;
+    show("0 (all closed, 60 s later)".into(), &mut rows);
+    // Per idle connection: RSS with every connection open (before the hold) less RSS
+    // with none; after the close: RSS a minute later against RSS before any opened.
+    let rss =
+        |at: &str, who: &str| rows.iter().find(|r| r["at"] == at).and_then(|r| r[who].as_f64()).unwrap_or(f64::NAN);
+    let mut summary = serde_json::Map::new();
+    for who in ["client_rss_mb", "server_rss_mb"] {
+        let (idle, open, after) =
+            (rss("0", who), rss(&target.to_string(), who), rss("0 (all closed, 60 s later)", who));
+        let per_conn_kb = (open - idle) * 1024.0 / target as f64;
+        let back = after / idle;
+        println!("{who}: {per_conn_kb:.1} KB per idle connection; a minute after the close at {back:.2}× idle RSS");
+        summary.insert(
+            who.into(),
+            serde_json::json!({"kb_per_idle_connection": per_conn_kb, "after_close_over_idle": back}),
+        );
+    }
+    rows.push(serde_json::Value::Object(summary));
     write_json("conns", &rows.into());
     let _ = std::fs::remove_dir_all(&dir);
 }

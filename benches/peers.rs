@@ -4,9 +4,10 @@
 //!
 //! 1. Proxy path: client → outbound proxy → inbound proxy → nginx, through murmur's
 //!    sidecars (QUIC, mutual TLS), an HAProxy pair in TCP mode (plaintext), an HAProxy
-//!    pair with mutual TLS between them, and direct. wrk at 1 and 64 connections,
-//!    wrk with a fresh connection per request, iperf3 for bulk; CPU seconds and peak
-//!    RSS of the two proxies in each run.
+//!    pair with mutual TLS between them, and direct. wrk at 1 and 16 connections
+//!    (100 B answers), at 4 connections for 1 MiB answers, with a fresh connection per
+//!    request (16 at a time), iperf3 for bulk; CPU per request and peak RSS of each
+//!    proxy in each run.
 //! 2. DNS: dnsperf against murmur's stub, dnsmasq and unbound serving the same names
 //!    (A, SRV and misses): saturated qps, then latency percentiles at a paced rate.
 //! 3. Membership: N murmur agents and N Serf agents on loopback: convergence after
@@ -20,6 +21,9 @@
 //! Environment: `MURMUR_PEERS` (parts: `proxy,dns,membership`, default all),
 //! `MURMUR_PEERS_SECS` (length of each load run, default 5), `MURMUR_PEERS_ROUNDS`
 //! (default 3), `MURMUR_PEERS_SIZES` (membership sizes, default `10,50,100`),
+//! `MURMUR_PEERS_HAPROXY_THREADS` (threads of each HAProxy, default 1),
+//! `MURMUR_PEERS_BASELINE` (another murmur binary, run beside this build in the proxy
+//! part: a before and after measured in the same run),
 //! `MURMUR_PEERS_KEEP` (keep the scratch directory with configs and logs).
 
 mod common;

@@ -78,7 +78,13 @@ pub fn spawn_logged(name: &str, cmd: &mut Command, log: &Path) -> Proc {
 /// `ca.pem`, `cert.pem` and `key.pem` from `murmur cert issue`), a sidecar on 7947 with
 /// mutual TLS. Callers add seeds, services and upstreams.
 pub fn agent_command(name: &str, ip: impl std::fmt::Display, key: &str, certs: Option<&str>) -> Command {
-    let mut cmd = Command::new(MURMUR);
+    agent_command_of(MURMUR, name, ip, key, certs)
+}
+
+/// As [`agent_command`], of the murmur binary at `bin` (another build, for a before and
+/// after in one run).
+pub fn agent_command_of(bin: &str, name: &str, ip: impl std::fmt::Display, key: &str, certs: Option<&str>) -> Command {
+    let mut cmd = Command::new(bin);
     cmd.args(["agent", "--name", name, "--bind", &format!("{ip}:7946"), "--dns-listen", &format!("{ip}:8600")])
         .args(["--api-listen", &format!("{ip}:8500"), "--gossip-key", key, "--dns-upstream", "127.0.0.1:1"])
         .env("RUST_LOG", "warn");
@@ -175,8 +181,14 @@ impl Usage {
 
     /// (CPU seconds, summed peak RSS in MB).
     pub fn finish(self) -> (f64, f64) {
+        let (cpu, each) = self.finish_each();
+        (cpu, each.iter().sum())
+    }
+
+    /// (CPU seconds, each process's peak RSS in MB).
+    pub fn finish_each(self) -> (f64, Vec<f64>) {
         let cpu = self.pids.iter().map(|&p| cpu_seconds(p)).sum::<f64>() - self.cpu0;
-        (cpu, self.pids.iter().map(|&p| peak_rss_mb(p)).sum())
+        (cpu, self.pids.iter().map(|&p| peak_rss_mb(p)).collect())
     }
 }
 

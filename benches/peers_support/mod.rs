@@ -20,6 +20,10 @@ pub struct Settings {
     pub rounds: usize,
     /// Membership sizes.
     pub sizes: Vec<usize>,
+    /// Threads of each HAProxy.
+    pub haproxy_threads: u32,
+    /// Another murmur binary to run beside this build (proxy part).
+    pub baseline: Option<String>,
 }
 
 impl Settings {
@@ -35,6 +39,8 @@ impl Settings {
                 .filter_map(|s| s.parse().ok())
                 .filter(|n| (3..=250).contains(n))
                 .collect(),
+            haproxy_threads: var("MURMUR_PEERS_HAPROXY_THREADS", "1").parse().unwrap_or(1).clamp(1, 8),
+            baseline: std::env::var("MURMUR_PEERS_BASELINE").ok().filter(|p| !p.is_empty()),
         }
     }
 
@@ -43,7 +49,10 @@ impl Settings {
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::json!({"parts": self.parts, "secs": self.secs, "rounds": self.rounds, "sizes": self.sizes})
+        serde_json::json!({
+            "parts": self.parts, "secs": self.secs, "rounds": self.rounds, "sizes": self.sizes,
+            "haproxy_threads": self.haproxy_threads, "baseline": self.baseline,
+        })
     }
 }
 

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info_span, Instrument};
 
 use super::header::read_frame;
-use super::splice::{abort_quic, abort_tcp, splice};
+use super::splice::{abort_quic, abort_tcp, splice_quic};
 use crate::local::{LocalInstance, Origin};
 use crate::metrics::Metrics;
 use crate::tls::cert_names_service;
@@ -304,13 +304,13 @@ async fn serve_stream(
     if send.write_all(&Frame::Ack.encode()).await.is_err() {
         return;
     }
-    let (mut app_r, mut app_w) = app.into_split();
+    let (app_r, mut app_w) = app.into_split();
     let stats = &ctx.metrics.proxy.inbound;
     stats.streams.inc();
     stats.active.inc();
     let mut recv = recv;
     let result = match app_w.write_all(&early).await {
-        Ok(()) => splice(&mut recv, &mut send, &mut app_r, &mut app_w, INBOUND_IDLE, None, None).await,
+        Ok(()) => splice_quic((&app_r, &mut app_w), (&mut recv, &mut send), INBOUND_IDLE, None, None).await,
         Err(e) => Err(e),
     };
     stats.active.dec();

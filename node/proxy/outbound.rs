@@ -24,7 +24,7 @@ use super::header::{read_frame, HeaderError};
 use super::outlier::{Outcome, OutlierDetector};
 use super::pool::{Opened, Pool};
 use super::retry::RetryBudget;
-use super::splice::{abort_quic, abort_tcp, splice};
+use super::splice::{abort_quic, abort_tcp, splice, splice_quic};
 use crate::config::upstream::{DEFAULT_RETRY_FLOOR_PER_SEC, DEFAULT_RETRY_RATIO};
 use crate::config::UpstreamSpec;
 use crate::metrics::proxy::{EndpointStats, FailureCause, UpstreamStats};
@@ -265,7 +265,7 @@ impl Upstream {
                 // speaks first) are the upstream's too: counted like the rest.
                 ep_stats.bytes_received.add(early.len() as u64);
                 let r = match cw.write_all(&early).await {
-                    Ok(()) => splice(&mut cr, &mut cw, &mut recv, &mut send, idle, up, down).await.map(|mut m| {
+                    Ok(()) => splice_quic((&cr, &mut cw), (&mut recv, &mut send), idle, up, down).await.map(|mut m| {
                         m.backward += early.len() as u64;
                         m
                     }),

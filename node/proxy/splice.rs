@@ -2,10 +2,14 @@
 //! half-close: when one side finishes sending, the other side's write half is shut down
 //! (FIN, or QUIC stream finish) and the opposite direction goes on. An idle timeout
 //! closes a connection on which nothing moved either way for that long.
+//!
+//! Between an app's TCP connection and a QUIC stream ([`splice_quic`]), bytes toward
+//! QUIC are read into a buffer taken when the socket turns readable and, when the read
+//! is large, handed to quinn without a copy; bytes from QUIC are quinn's own buffers,
+//! written out many to one `writev`.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -14,8 +18,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::metrics::Counter;
 
-/// Size of each copy buffer: large enough for bulk throughput, small enough for 10,000
-/// connections (two buffers each).
+/// Size of each copy buffer of [`splice`] (TCP to TCP, toward endpoints without a
+/// sidecar): large enough for bulk throughput. Between an app and a QUIC stream,
+/// [`splice_quic`] holds no buffer of its own while the connection is idle.
 const BUF: usize = 32 * 1024;
 
 /// Bytes moved each way.
@@ -50,6 +55,136 @@ where
     }
 }
 
+/// The first buffer taken when an app's socket turns readable: a request or a reply
+/// of a few KB fits, and costs no more than that.
+const FIRST_READ: usize = 4 * 1024;
+/// The buffers taken once a read has filled one: bulk moves in reads this large.
+const BULK_READ: usize = 64 * 1024;
+/// A buffer with less room than this left is replaced rather than read into.
+const MIN_ROOM: usize = 1024;
+
+/// TCP → QUIC. No buffer is held while the socket is idle: one is taken when it turns
+/// readable (small first, large once reads fill it) and dropped when the socket has
+/// nothing more. Every read goes to quinn in the buffer it was read into, without a
+/// copy (quinn keeps it until the peer acknowledges it).
+async fn tcp_to_quic(
+    r: &tokio::net::tcp::OwnedReadHalf,
+    w: &mut quinn::SendStream,
+    counter: Option<&Counter>,
+    clock: &Activity,
+) -> io::Result<u64> {
+    let mut total = 0;
+    loop {
+        r.readable().await?;
+        let (mut buf, mut size) = (bytes::BytesMut::new(), FIRST_READ);
+        loop {
+            if buf.capacity() - buf.len() < MIN_ROOM {
+                buf = bytes::BytesMut::with_capacity(size);
+            }
+            let room = buf.capacity() - buf.len();
+            let n = match r.try_read_buf(&mut buf) {
+                Ok(0) => {
+                    // Half-close: the peer learns this direction is done.
+                    w.finish()?;
+                    return Ok(total);
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            };
+            if n == room {
+                size = BULK_READ;
+            }
+            w.write_chunk(buf.split_to(n).freeze()).await?;
+            total += n as u64;
+            if let Some(c) = counter {
+                c.add(n as u64);
+            }
+            clock.touch();
+        }
+    }
+}
+
+/// Chunks taken from quinn at once, and written to the socket in one `writev`.
+const CHUNKS: usize = 32;
+
+/// QUIC → TCP: quinn's own buffers (a packet's worth each) are written out as they are,
+/// many to one `writev`, with no copy into a buffer of ours.
+async fn quic_to_tcp(
+    r: &mut quinn::RecvStream,
+    w: &mut tokio::net::tcp::OwnedWriteHalf,
+    counter: Option<&Counter>,
+    clock: &Activity,
+) -> io::Result<u64> {
+    let mut chunks: [bytes::Bytes; CHUNKS] = std::array::from_fn(|_| bytes::Bytes::new());
+    let mut total = 0;
+    while let Some(n) = r.read_chunks(&mut chunks).await? {
+        let moved: usize = chunks[..n].iter().map(bytes::Bytes::len).sum();
+        write_all_chunks(w, &mut chunks[..n]).await?;
+        total += moved as u64;
+        if let Some(c) = counter {
+            c.add(moved as u64);
+        }
+        clock.touch();
+    }
+    w.shutdown().await?;
+    Ok(total)
+}
+
+/// Writes every byte of `chunks` with vectored writes, emptying them.
+async fn write_all_chunks(w: &mut tokio::net::tcp::OwnedWriteHalf, chunks: &mut [bytes::Bytes]) -> io::Result<()> {
+    use bytes::Buf;
+    let mut first = 0;
+    loop {
+        while chunks.get(first).is_some_and(bytes::Bytes::is_empty) {
+            first += 1;
+        }
+        if first == chunks.len() {
+            return Ok(());
+        }
+        let mut written = {
+            let mut slices = [io::IoSlice::new(&[]); CHUNKS];
+            let count = (chunks.len() - first).min(CHUNKS);
+            for (slice, chunk) in slices.iter_mut().zip(&chunks[first..]) {
+                *slice = io::IoSlice::new(chunk);
+            }
+            w.write_vectored(&slices[..count]).await?
+        };
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        for chunk in &mut chunks[first..] {
+            let take = written.min(chunk.len());
+            chunk.advance(take);
+            written -= take;
+            if written == 0 {
+                break;
+            }
+        }
+    }
+}
+
+/// [`splice`] between an app's TCP connection and a QUIC stream, without copy buffers
+/// of its own (see [`tcp_to_quic`] and [`quic_to_tcp`]). `Moved::forward` is TCP → QUIC.
+pub async fn splice_quic(
+    tcp: (&tokio::net::tcp::OwnedReadHalf, &mut tokio::net::tcp::OwnedWriteHalf),
+    quic: (&mut quinn::RecvStream, &mut quinn::SendStream),
+    idle: Duration,
+    to_quic: Option<&Counter>,
+    from_quic: Option<&Counter>,
+) -> io::Result<Moved> {
+    let (tcp_r, tcp_w) = tcp;
+    let (quic_r, quic_w) = quic;
+    let clock = Activity { start: Instant::now(), last_ms: AtomicU64::new(0) };
+    let forward = tcp_to_quic(tcp_r, quic_w, to_quic, &clock);
+    let backward = quic_to_tcp(quic_r, tcp_w, from_quic, &clock);
+    let both = async { tokio::try_join!(forward, backward) };
+    tokio::select! {
+        r = both => r.map(|(forward, backward)| Moved { forward, backward }),
+        _ = clock.idle(idle) => Err(io::Error::new(io::ErrorKind::TimedOut, format!("idle for {idle:?}"))),
+    }
+}
+
 /// The last time bytes moved, shared by both directions.
 struct Activity {
     start: Instant,
@@ -62,6 +197,16 @@ impl Activity {
     }
     fn idle_for(&self) -> Duration {
         self.start.elapsed().saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)))
+    }
+    /// Returns once nothing has moved for `idle`.
+    async fn idle(&self, idle: Duration) {
+        loop {
+            let left = idle.saturating_sub(self.idle_for());
+            if left.is_zero() {
+                return;
+            }
+            tokio::time::sleep(left).await;
+        }
     }
 }
 
@@ -83,22 +228,13 @@ where
     BR: AsyncRead + Unpin,
     BW: AsyncWrite + Unpin,
 {
-    let clock = Arc::new(Activity { start: Instant::now(), last_ms: AtomicU64::new(0) });
+    let clock = Activity { start: Instant::now(), last_ms: AtomicU64::new(0) };
     let forward = pump(a_read, b_write, forward_counter, &clock);
     let backward = pump(b_read, a_write, backward_counter, &clock);
     let both = async { tokio::try_join!(forward, backward) };
-    let watchdog = async {
-        loop {
-            let left = idle.saturating_sub(clock.idle_for());
-            if left.is_zero() {
-                return;
-            }
-            tokio::time::sleep(left).await;
-        }
-    };
     tokio::select! {
         r = both => r.map(|(forward, backward)| Moved { forward, backward }),
-        _ = watchdog => Err(io::Error::new(io::ErrorKind::TimedOut, format!("idle for {idle:?}"))),
+        _ = clock.idle(idle) => Err(io::Error::new(io::ErrorKind::TimedOut, format!("idle for {idle:?}"))),
     }
 }
 
@@ -150,6 +286,30 @@ mod tests {
         assert_eq!(back, b"response");
         let moved = task.await.expect("join").expect("splice");
         assert_eq!(moved, Moved { forward: 7, backward: 8 });
+    }
+
+    #[tokio::test]
+    async fn chunks_larger_than_the_socket_takes_at_once_are_written_whole() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let reader = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.expect("accept");
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).await.expect("read");
+            got
+        });
+        let (_r, mut w) = tokio::net::TcpStream::connect(addr).await.expect("connect").into_split();
+        // 32 chunks of 100 KB: far more than one writev moves, so most calls are partial.
+        let want: Vec<u8> = (0..CHUNKS * 100_000).map(|i| (i % 251) as u8).collect();
+        let mut chunks: Vec<bytes::Bytes> = want.chunks(100_000).map(bytes::Bytes::copy_from_slice).collect();
+        chunks.insert(3, bytes::Bytes::new());
+        write_all_chunks(&mut w, &mut chunks[..CHUNKS]).await.expect("write");
+        write_all_chunks(&mut w, &mut chunks[CHUNKS..]).await.expect("write the rest");
+        assert!(chunks.iter().all(bytes::Bytes::is_empty), "every chunk emptied");
+        w.shutdown().await.expect("close");
+        let got = reader.await.expect("join");
+        assert_eq!(got.len(), want.len());
+        assert!(got == want, "bytes arrive in order");
     }
 
     #[tokio::test(start_paused = true)]
