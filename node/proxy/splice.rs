@@ -4,9 +4,9 @@
 //! closes a connection on which nothing moved either way for that long.
 //!
 //! Between an app's TCP connection and a QUIC stream ([`splice_quic`]), bytes toward
-//! QUIC are read into a buffer taken when the socket turns readable and, when the read
-//! is large, handed to quinn without a copy; bytes from QUIC are quinn's own buffers,
-//! written out many to one `writev`.
+//! QUIC are read into a buffer taken when the socket turns readable and handed to
+//! quinn without a copy; bytes from QUIC are quinn's own buffers, written out many to
+//! one `writev`.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
