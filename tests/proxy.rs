@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{config, echo_app, eventually, ip, status, with_proxy, WAIT};
+use common::{call, config, echo_app, eventually, ip, status, with_proxy, WAIT};
 use hickory_proto::rr::RecordType;
 use murmur::dns::client::{addresses, query};
 use murmur::tls::Ca;
@@ -78,26 +78,6 @@ impl ProxyMesh {
         }
         self.client.kill().await;
     }
-}
-
-/// One request/response through the VIP: returns the instance name that answered.
-async fn call(vip: SocketAddr, payload: &[u8]) -> std::io::Result<String> {
-    let s = TcpStream::connect(vip).await?;
-    let (r, mut w) = s.into_split();
-    let mut r = BufReader::new(r);
-    let mut name = String::new();
-    r.read_line(&mut name).await?;
-    if name.is_empty() {
-        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "no greeting"));
-    }
-    w.write_all(payload).await?;
-    w.shutdown().await?;
-    let mut back = Vec::new();
-    r.read_to_end(&mut back).await?;
-    if back != payload {
-        return Err(std::io::Error::other(format!("echo mismatch: {} of {} bytes", back.len(), payload.len())));
-    }
-    Ok(name.trim().to_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,6 @@ use std::time::Duration;
 use murmur_protocol::{Frame, Open, Refuse, RefuseCode, Transport};
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use rustls::pki_types::CertificateDer;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -309,10 +308,7 @@ async fn serve_stream(
     stats.streams.inc();
     stats.active.inc();
     let mut recv = recv;
-    let result = match app_w.write_all(&early).await {
-        Ok(()) => splice_quic((&app_r, &mut app_w), (&mut recv, &mut send), INBOUND_IDLE, None, None).await,
-        Err(e) => Err(e),
-    };
+    let result = splice_quic((&app_r, &mut app_w), (&mut recv, &mut send), &early, INBOUND_IDLE, None, None).await;
     stats.active.dec();
     if let Err(e) = result {
         // Reset both sides: a clean close would pass a cut-off reply off as whole.

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use murmur_protocol::{Frame, InstanceId, NodeName, Open, RefuseCode, ServiceName, Transport};
 use quinn::{RecvStream, SendStream};
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -261,16 +260,7 @@ impl Upstream {
         let result = match conn {
             Connected::Udp(_) => Ok(Default::default()),
             Connected::Quic { mut send, mut recv, early, .. } => {
-                // The bytes that came with the peer's acknowledgement (an app that
-                // speaks first) are the upstream's too: counted like the rest.
-                ep_stats.bytes_received.add(early.len() as u64);
-                let r = match cw.write_all(&early).await {
-                    Ok(()) => splice_quic((&cr, &mut cw), (&mut recv, &mut send), idle, up, down).await.map(|mut m| {
-                        m.backward += early.len() as u64;
-                        m
-                    }),
-                    Err(e) => Err(e),
-                };
+                let r = splice_quic((&cr, &mut cw), (&mut recv, &mut send), &early, idle, up, down).await;
                 if r.is_err() {
                     abort_quic(&mut send, &mut recv);
                     abort_tcp(cr, cw);

@@ -108,16 +108,22 @@ async fn tcp_to_quic(
 /// Chunks taken from quinn at once, and written to the socket in one `writev`.
 const CHUNKS: usize = 32;
 
-/// QUIC → TCP: quinn's own buffers (a packet's worth each) are written out as they are,
-/// many to one `writev`, with no copy into a buffer of ours.
+/// QUIC → TCP: `early` (read from the stream with its header) first, then quinn's own
+/// buffers (a packet's worth each) as they are, many to one `writev`, with no copy into
+/// a buffer of ours.
 async fn quic_to_tcp(
     r: &mut quinn::RecvStream,
     w: &mut tokio::net::tcp::OwnedWriteHalf,
+    early: &[u8],
     counter: Option<&Counter>,
     clock: &Activity,
 ) -> io::Result<u64> {
+    w.write_all(early).await?;
+    let mut total = early.len() as u64;
+    if let Some(c) = counter {
+        c.add(total);
+    }
     let mut chunks: [bytes::Bytes; CHUNKS] = std::array::from_fn(|_| bytes::Bytes::new());
-    let mut total = 0;
     while let Some(n) = r.read_chunks(&mut chunks).await? {
         let moved: usize = chunks[..n].iter().map(bytes::Bytes::len).sum();
         write_all_chunks(w, &mut chunks[..n]).await?;
@@ -165,19 +171,32 @@ async fn write_all_chunks(w: &mut tokio::net::tcp::OwnedWriteHalf, chunks: &mut 
 }
 
 /// [`splice`] between an app's TCP connection and a QUIC stream, without copy buffers
-/// of its own (see [`tcp_to_quic`] and [`quic_to_tcp`]). `Moved::forward` is TCP → QUIC.
+/// of its own (see [`tcp_to_quic`] and [`quic_to_tcp`]). `early` is what was read from
+/// the stream together with its header (the peer's app spoke first): it goes to the app
+/// before the rest and counts as moved. `Moved::forward` is TCP → QUIC.
 pub async fn splice_quic(
     tcp: (&tokio::net::tcp::OwnedReadHalf, &mut tokio::net::tcp::OwnedWriteHalf),
     quic: (&mut quinn::RecvStream, &mut quinn::SendStream),
+    early: &[u8],
     idle: Duration,
     to_quic: Option<&Counter>,
     from_quic: Option<&Counter>,
 ) -> io::Result<Moved> {
     let (tcp_r, tcp_w) = tcp;
     let (quic_r, quic_w) = quic;
-    let clock = Activity { start: Instant::now(), last_ms: AtomicU64::new(0) };
+    let clock = Activity::new();
     let forward = tcp_to_quic(tcp_r, quic_w, to_quic, &clock);
-    let backward = quic_to_tcp(quic_r, tcp_w, from_quic, &clock);
+    let backward = quic_to_tcp(quic_r, tcp_w, early, from_quic, &clock);
+    both_until_idle(forward, backward, &clock, idle).await
+}
+
+/// Both directions to their end, or a timeout once nothing moved for `idle`.
+async fn both_until_idle(
+    forward: impl std::future::Future<Output = io::Result<u64>>,
+    backward: impl std::future::Future<Output = io::Result<u64>>,
+    clock: &Activity,
+    idle: Duration,
+) -> io::Result<Moved> {
     let both = async { tokio::try_join!(forward, backward) };
     tokio::select! {
         r = both => r.map(|(forward, backward)| Moved { forward, backward }),
@@ -192,6 +211,9 @@ struct Activity {
 }
 
 impl Activity {
+    fn new() -> Activity {
+        Activity { start: Instant::now(), last_ms: AtomicU64::new(0) }
+    }
     fn touch(&self) {
         self.last_ms.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
@@ -228,14 +250,10 @@ where
     BR: AsyncRead + Unpin,
     BW: AsyncWrite + Unpin,
 {
-    let clock = Activity { start: Instant::now(), last_ms: AtomicU64::new(0) };
+    let clock = Activity::new();
     let forward = pump(a_read, b_write, forward_counter, &clock);
     let backward = pump(b_read, a_write, backward_counter, &clock);
-    let both = async { tokio::try_join!(forward, backward) };
-    tokio::select! {
-        r = both => r.map(|(forward, backward)| Moved { forward, backward }),
-        _ = clock.idle(idle) => Err(io::Error::new(io::ErrorKind::TimedOut, format!("idle for {idle:?}"))),
-    }
+    both_until_idle(forward, backward, &clock, idle).await
 }
 
 /// The QUIC error code sent when a proxied connection breaks.

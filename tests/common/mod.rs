@@ -228,6 +228,28 @@ pub async fn echo_app(ip: IpAddr, name: &'static str) -> (u16, tokio::task::Join
     (port, task)
 }
 
+/// One request/response through a VIP to an [`echo_app`]: returns the name it greeted
+/// with, once `payload` has come back whole.
+pub async fn call(vip: SocketAddr, payload: &[u8]) -> std::io::Result<String> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    let s = tokio::net::TcpStream::connect(vip).await?;
+    let (r, mut w) = s.into_split();
+    let mut r = tokio::io::BufReader::new(r);
+    let mut name = String::new();
+    r.read_line(&mut name).await?;
+    if name.is_empty() {
+        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "no greeting"));
+    }
+    w.write_all(payload).await?;
+    w.shutdown().await?;
+    let mut back = Vec::new();
+    r.read_to_end(&mut back).await?;
+    if back != payload {
+        return Err(std::io::Error::other(format!("echo mismatch: {} of {} bytes", back.len(), payload.len())));
+    }
+    Ok(name.trim().to_owned())
+}
+
 /// The HTTP status of an API call: 200 for a success, the code of a refusal; panics when
 /// the agent could not be reached at all.
 pub fn status(r: Result<String, murmur::cli::ClientError>) -> u16 {
