@@ -56,6 +56,19 @@ async fn three_agents_resolve_through_dns_and_api() {
         got == want
     })
     .await;
+    // The same query asked again from one socket is served from one UDP socket's cache,
+    // which hands out the rotations of one random order in turn: every instance still
+    // comes first (a cache that kept one order would answer the same one each time).
+    let client = tokio::net::UdpSocket::bind((ip(10, 9), 0)).await.expect("bind");
+    let ask = question(0x0707, OpCode::Query, "orders.test.local.").to_vec().expect("encode");
+    let mut firsts = std::collections::BTreeSet::new();
+    for _ in 0..12 {
+        client.send_to(&ask, dns).await.expect("send");
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(T, client.recv(&mut buf)).await.expect("a reply in time").expect("recv");
+        firsts.extend(addresses(&Message::from_vec(&buf[..n]).expect("decodes")).first().copied());
+    }
+    assert_eq!(firsts.len(), 3, "instances answered first: {firsts:?}");
 
     // SRV at both names, with targets that resolve and addresses in the additional section.
     for name in ["orders.test.local.", "_orders._tcp.test.local."] {

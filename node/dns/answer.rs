@@ -22,6 +22,9 @@ use rand::Rng;
 use crate::registry::{Instance, Query, Snapshot};
 use murmur_protocol::{InstanceId, ServiceName, Tag};
 
+/// Orders the instances behind an answer before it is capped (see [`Zone::answer_with`]).
+pub type Arrange<'a> = &'a mut dyn FnMut(&mut Vec<Arc<Instance>>);
+
 /// The answer to one question.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
@@ -104,8 +107,15 @@ impl Zone {
         Name::from_ascii(format!("{relative}.{}.", self.origin_text)).ok()
     }
 
-    /// Answers `qname`/`qtype` from `snapshot`.
+    /// Answers `qname`/`qtype` from `snapshot`, the instances in a random order.
     pub fn answer(&self, snapshot: &Snapshot, qname: &Name, qtype: RecordType, rng: &mut impl Rng) -> Outcome {
+        self.answer_with(snapshot, qname, qtype, &mut |instances| instances.shuffle(rng))
+    }
+
+    /// As [`Zone::answer`], with `arrange` ordering the instances behind the answer
+    /// before it is capped. It is called at most once, and not at all when the answer
+    /// comes from no instance list (an alias, the SOA, NXDOMAIN).
+    pub fn answer_with(&self, snapshot: &Snapshot, qname: &Name, qtype: RecordType, arrange: Arrange<'_>) -> Outcome {
         let full = qname.to_lowercase().to_ascii();
         let full = full.trim_end_matches('.');
         if let Some(&vip) = self.aliases.get(full) {
@@ -149,7 +159,7 @@ impl Zone {
                     return nodata();
                 }
                 let instances = snapshot.lookup(&svc, &Query::default());
-                self.records(snapshot, qname, &svc, instances, RecordType::SRV, rng)
+                self.records(snapshot, qname, &svc, instances, RecordType::SRV, arrange)
             }
             [svc_label] => {
                 let Ok(svc) = ServiceName::new(svc_label) else {
@@ -159,7 +169,7 @@ impl Zone {
                     return nx();
                 }
                 let instances = snapshot.lookup(&svc, &Query::default());
-                self.records(snapshot, qname, &svc, instances, qtype, rng)
+                self.records(snapshot, qname, &svc, instances, qtype, arrange)
             }
             [filter, svc_label] => {
                 let Ok(svc) = ServiceName::new(svc_label) else {
@@ -169,7 +179,7 @@ impl Zone {
                     return nx();
                 }
                 if let Some(inst) = InstanceId::new(filter).ok().and_then(|id| snapshot.instance(&svc, &id)) {
-                    return self.records(snapshot, qname, &svc, vec![inst], qtype, rng);
+                    return self.records(snapshot, qname, &svc, vec![inst], qtype, arrange);
                 }
                 let Ok(tag) = Tag::new(filter) else {
                     return nx();
@@ -180,7 +190,7 @@ impl Zone {
                     return nx();
                 }
                 let healthy = snapshot.lookup(&svc, &Query { tag: Some(tag), ..Default::default() });
-                self.records(snapshot, qname, &svc, healthy, qtype, rng)
+                self.records(snapshot, qname, &svc, healthy, qtype, arrange)
             }
             _ => nx(),
         }
@@ -193,9 +203,9 @@ impl Zone {
         svc: &ServiceName,
         mut instances: Vec<Arc<Instance>>,
         qtype: RecordType,
-        rng: &mut impl Rng,
+        arrange: Arrange<'_>,
     ) -> Outcome {
-        instances.shuffle(rng);
+        arrange(&mut instances);
         let owner = qname.clone();
         let mut answers = Vec::new();
         let mut additionals = Vec::new();

@@ -10,6 +10,7 @@
 //! hickory-server; both share the same answer logic ([`Handler::plan`]).
 
 pub mod answer;
+mod cache;
 pub mod client;
 mod forward;
 pub mod limit;
@@ -31,9 +32,13 @@ use tracing::debug;
 
 pub use answer::{Outcome, Zone};
 
+use answer::Arrange;
+use cache::{Labels, Lookup, ResponseCache};
+use rand::seq::SliceRandom;
+
 use crate::config::DnsConfig;
 use crate::metrics::{Metrics, QType, Rcode};
-use crate::registry::RegistryReader;
+use crate::registry::{Instance, RegistryReader};
 
 /// How long a TCP client may stay silent before the connection is closed.
 const TCP_IDLE: Duration = Duration::from_secs(5);
@@ -92,7 +97,14 @@ fn response_edns(request: Option<&Edns>) -> Option<Edns> {
 impl Handler {
     /// The response to a parsed query (`query` is `None` when it has no single
     /// question). `udp`: the reply must fit `edns`'s payload size (512 without).
-    fn plan(&self, req: &Metadata, query: Option<&Query>, req_edns: Option<&Edns>, udp: bool) -> Plan {
+    fn plan(
+        &self,
+        req: &Metadata,
+        query: Option<&Query>,
+        req_edns: Option<&Edns>,
+        udp: bool,
+        arrange: Arrange<'_>,
+    ) -> Plan {
         let Some(query) = query else { return Plan::Error(ResponseCode::FormErr) };
         if req.op_code != OpCode::Query || req.message_type != MessageType::Query {
             return Plan::Error(ResponseCode::NotImp);
@@ -102,7 +114,7 @@ impl Handler {
             return Plan::Error(ResponseCode::BADVERS);
         }
         let snapshot = self.registry.snapshot();
-        let outcome = self.zone.answer(&snapshot, query.name(), query.query_type(), &mut rand::rng());
+        let outcome = self.zone.answer_with(&snapshot, query.name(), query.query_type(), arrange);
         drop(snapshot);
         let mut meta = Metadata::response_from_request(req);
         meta.recursion_available = true;
@@ -165,7 +177,8 @@ impl Handler {
         mut response: R,
     ) -> Result<ResponseInfo, String> {
         let query = request.request_info().ok().map(|i| i.query.original().clone());
-        let mut plan = self.plan(&request.metadata, query.as_ref(), request.edns.as_ref(), false);
+        let mut shuffle = |instances: &mut Vec<Arc<Instance>>| instances.shuffle(&mut rand::rng());
+        let mut plan = self.plan(&request.metadata, query.as_ref(), request.edns.as_ref(), false, &mut shuffle);
         if let (Plan::Forward, Some(q)) = (&plan, &query) {
             plan = self.forwarded(request.as_slice(), &request.metadata, q, request.src()).await;
         }
@@ -189,9 +202,14 @@ impl Handler {
 
     /// Counts one response.
     fn count(&self, query: Option<&Query>, code: ResponseCode) {
-        let qtype = query.map(|q| qtype_label(q.query_type())).unwrap_or(QType::Other);
-        self.metrics.dns.query(qtype, rcode_label(code));
+        self.metrics.dns.query(labels(query, code).qtype, rcode_label(code));
     }
+}
+
+/// What a response to `query` with `code` is counted as.
+fn labels(query: Option<&Query>, code: ResponseCode) -> Labels {
+    let qtype = query.map(|q| qtype_label(q.query_type())).unwrap_or(QType::Other);
+    Labels { qtype, rcode: rcode_label(code) }
 }
 
 /// The wire form of `plan` as a UDP reply to `req`: at most `req_edns`'s payload size
@@ -228,15 +246,21 @@ fn encode_udp(plan: Plan, req: &Metadata, query: Option<&Query>, req_edns: Optio
 }
 
 /// Serves one UDP socket until `cancel`. Each datagram over its source's rate limit is
-/// dropped before it is even parsed; names in the namespace are answered in this task
-/// (a few microseconds, no task per query); forwarded ones get a task each, since they
-/// wait on an upstream. Responses and datagrams shorter than a header get nothing.
+/// dropped before it is even parsed; a query asked before gets its reply from the
+/// socket's [`cache`]; other names in the namespace are answered in this task (a few
+/// microseconds, no task per query); forwarded ones get a task each, since they wait on
+/// an upstream. Responses and datagrams shorter than a header get nothing.
 async fn serve_udp(socket: UdpSocket, handler: Arc<Handler>, cancel: CancellationToken) -> anyhow::Result<()> {
     let socket = Arc::new(socket);
     let mut buf = vec![0u8; MAX_QUERY];
+    let mut out = Vec::with_capacity(usize::from(MAX_UDP_PAYLOAD));
+    let mut cache = ResponseCache::new(handler.registry.changes());
+    // One future for the whole loop: making it anew per datagram costs a lock each time.
+    let cancelled = cancel.cancelled();
+    tokio::pin!(cancelled);
     loop {
         let (len, src) = tokio::select! {
-            _ = cancel.cancelled() => return Ok(()),
+            biased;
             r = socket.recv_from(&mut buf) => match r {
                 Ok(r) => r,
                 Err(e) => {
@@ -247,6 +271,7 @@ async fn serve_udp(socket: UdpSocket, handler: Arc<Handler>, cancel: Cancellatio
                     continue;
                 }
             },
+            _ = &mut cancelled => return Ok(()),
         };
         if let Some(limit) = &handler.limit {
             if !limit.allow(src, std::time::Instant::now()) {
@@ -255,12 +280,21 @@ async fn serve_udp(socket: UdpSocket, handler: Arc<Handler>, cancel: Cancellatio
             }
         }
         let raw = &buf[..len];
-        let (req, query, edns, plan) = match Message::from_vec(raw) {
+        let order = match cache.lookup(raw, &mut out) {
+            Lookup::Hit(labels) => {
+                send_udp(&handler, &socket, src, &out, labels).await;
+                continue;
+            }
+            Lookup::Miss(order) => order,
+        };
+        let mut instances = 0;
+        let mut arrange = |list: &mut Vec<Arc<Instance>>| instances = order.apply(list);
+        let (req, query, edns, plan, parsed) = match Message::from_vec(raw) {
             Ok(m) if m.metadata.message_type == MessageType::Response => continue,
             Ok(Message { metadata, mut queries, edns, .. }) => {
                 let query = (queries.len() == 1).then(|| queries.swap_remove(0));
-                let plan = handler.plan(&metadata, query.as_ref(), edns.as_ref(), true);
-                (metadata, query, edns, plan)
+                let plan = handler.plan(&metadata, query.as_ref(), edns.as_ref(), true, &mut arrange);
+                (metadata, query, edns, plan, true)
             }
             Err(_) => {
                 // A header we can read gets FORMERR, as hickory-server answers; a
@@ -269,7 +303,7 @@ async fn serve_udp(socket: UdpSocket, handler: Arc<Handler>, cancel: Cancellatio
                 if header.metadata.message_type == MessageType::Response {
                     continue;
                 }
-                (header.metadata, None, None, Plan::Error(ResponseCode::FormErr))
+                (header.metadata, None, None, Plan::Error(ResponseCode::FormErr), false)
             }
         };
         if let (Plan::Forward, Some(q)) = (&plan, &query) {
@@ -277,36 +311,41 @@ async fn serve_udp(socket: UdpSocket, handler: Arc<Handler>, cancel: Cancellatio
             let q = q.clone();
             tokio::spawn(async move {
                 let plan = handler.forwarded(&raw, &req, &q, src).await;
-                send_udp(&handler, &socket, src, plan, &req, Some(&q), edns.as_ref()).await;
+                let (reply, labels) = udp_reply(plan, &req, Some(&q), edns.as_ref());
+                send_udp(&handler, &socket, src, &reply, labels).await;
             });
             continue;
         }
-        send_udp(&handler, &socket, src, plan, &req, query.as_ref(), edns.as_ref()).await;
+        let (reply, labels) = udp_reply(plan, &req, query.as_ref(), edns.as_ref());
+        if parsed && !reply.is_empty() {
+            cache.store(raw, order, instances, &reply, labels);
+        }
+        send_udp(&handler, &socket, src, &reply, labels).await;
     }
 }
 
-async fn send_udp(
-    handler: &Handler,
-    socket: &UdpSocket,
-    to: SocketAddr,
-    plan: Plan,
-    req: &Metadata,
-    query: Option<&Query>,
-    edns: Option<&Edns>,
-) {
+/// The bytes of `plan` as a UDP reply (empty when it could not be encoded: nothing is
+/// sent, and it counts as SERVFAIL), and what it counts as.
+fn udp_reply(plan: Plan, req: &Metadata, query: Option<&Query>, edns: Option<&Edns>) -> (Vec<u8>, Labels) {
     let code = match &plan {
         Plan::Reply { meta, .. } => meta.response_code,
         Plan::Error(code) => *code,
         Plan::Forward => ResponseCode::ServFail,
     };
     match encode_udp(plan, req, query, edns) {
-        Some(bytes) => {
-            handler.count(query, code);
-            if let Err(e) = socket.send_to(&bytes, to).await {
-                debug!(error = %e, %to, "could not send a DNS response");
-            }
-        }
-        None => handler.count(query, ResponseCode::ServFail),
+        Some(bytes) => (bytes, labels(query, code)),
+        None => (Vec::new(), labels(query, ResponseCode::ServFail)),
+    }
+}
+
+/// Sends `reply` (unless empty) and counts it.
+async fn send_udp(handler: &Handler, socket: &UdpSocket, to: SocketAddr, reply: &[u8], labels: Labels) {
+    handler.metrics.dns.query(labels.qtype, labels.rcode);
+    if reply.is_empty() {
+        return;
+    }
+    if let Err(e) = socket.send_to(reply, to).await {
+        debug!(error = %e, %to, "could not send a DNS response");
     }
 }
 

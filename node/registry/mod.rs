@@ -37,6 +37,12 @@ impl RegistryReader {
         self.rx.borrow().clone()
     }
 
+    /// A receiver of every snapshot published from now on (`has_changed` tells a
+    /// reader that keeps something derived from the current one when to drop it).
+    pub fn changes(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.rx.clone()
+    }
+
     /// Waits until `pred` holds for a snapshot, or `timeout` passes; returns the last
     /// snapshot seen and whether `pred` held.
     pub async fn wait_for(&self, timeout: Duration, pred: impl Fn(&Snapshot) -> bool) -> (Arc<Snapshot>, bool) {
