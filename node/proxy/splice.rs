@@ -5,7 +5,8 @@
 //!
 //! Between an app's TCP connection and a QUIC stream ([`splice_quic`]), bytes toward
 //! QUIC are read into a buffer taken when the socket turns readable and handed to
-//! quinn without a copy; bytes from QUIC are quinn's own buffers, written out many to
+//! quinn without a copy (a read that leaves room ends the burst without another read
+//! that would only block); bytes from QUIC are quinn's own buffers, written out many to
 //! one `writev`.
 
 use std::io;
@@ -14,7 +15,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
 
 use crate::metrics::Counter;
 
@@ -75,20 +76,22 @@ async fn tcp_to_quic(
 ) -> io::Result<u64> {
     let mut total = 0;
     loop {
-        r.readable().await?;
+        let ready = r.as_ref().ready(Interest::READABLE).await?;
+        // Once the peer's FIN is in, no new readiness will come: read until 0.
+        let eof_pending = ready.is_read_closed();
         let (mut buf, mut size) = (bytes::BytesMut::new(), FIRST_READ);
         loop {
             if buf.capacity() - buf.len() < MIN_ROOM {
                 buf = bytes::BytesMut::with_capacity(size);
             }
             let room = buf.capacity() - buf.len();
-            let n = match r.try_read_buf(&mut buf) {
-                Ok(0) => {
+            let (n, drained) = match read_noting_drained(r, &mut buf, room, eof_pending) {
+                Ok((0, _)) => {
                     // Half-close: the peer learns this direction is done.
                     w.finish()?;
                     return Ok(total);
                 }
-                Ok(n) => n,
+                Ok(read) => read,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e),
             };
@@ -101,7 +104,38 @@ async fn tcp_to_quic(
                 c.add(n as u64);
             }
             clock.touch();
+            if drained {
+                break;
+            }
         }
+    }
+}
+
+/// One read into `buf` (`room` bytes free). A read that leaves room found the socket's
+/// queue empty, so the socket is marked not readable at once (as nginx does), saving
+/// the read that would only say "would block" — one system call per request on a
+/// keep-alive connection. Data that arrives meanwhile makes it readable again (tokio
+/// clears only the readiness this read saw). Not when `eof_pending`: the FIN's
+/// readiness was the last, and the 0 must still be read. Returns (bytes, drained).
+fn read_noting_drained(
+    r: &tokio::net::tcp::OwnedReadHalf,
+    buf: &mut bytes::BytesMut,
+    room: usize,
+    eof_pending: bool,
+) -> io::Result<(usize, bool)> {
+    let mut short = None;
+    let read = r.as_ref().try_io(Interest::READABLE, || match r.try_read_buf(buf) {
+        Ok(n) if n > 0 && n < room && !eof_pending => {
+            short = Some(n);
+            // Makes try_io clear the readiness this read used.
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+        other => other,
+    });
+    match (read, short) {
+        (_, Some(n)) => Ok((n, true)),
+        (Ok(n), None) => Ok((n, false)),
+        (Err(e), None) => Err(e),
     }
 }
 
@@ -281,6 +315,39 @@ mod tests {
     use tokio::io::duplex;
 
     use super::*;
+
+    #[tokio::test]
+    async fn a_short_read_marks_the_socket_drained_and_new_data_or_a_fin_still_wake_it() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let mut app = tokio::net::TcpStream::connect(listener.local_addr().expect("addr")).await.expect("connect");
+        let (sidecar, _) = listener.accept().await.expect("accept");
+        let (r, _w) = sidecar.into_split();
+        async fn ready(
+            r: &tokio::net::tcp::OwnedReadHalf,
+        ) -> Result<io::Result<tokio::io::Ready>, tokio::time::error::Elapsed> {
+            let stream: &tokio::net::TcpStream = r.as_ref();
+            tokio::time::timeout(Duration::from_millis(200), stream.ready(Interest::READABLE)).await
+        }
+        let mut buf = bytes::BytesMut::with_capacity(4096);
+        app.write_all(b"abc").await.expect("write");
+        ready(&r).await.expect("readable").expect("ready");
+        assert_eq!(read_noting_drained(&r, &mut buf, 4096, false).expect("read"), (3, true));
+        // No read that would block was made, and none is needed: not readable any more.
+        assert!(ready(&r).await.is_err(), "readiness was left set after a short read");
+        // New data wakes it again.
+        app.write_all(b"de").await.expect("write");
+        let seen = ready(&r).await.expect("readable after new data").expect("ready");
+        assert_eq!(read_noting_drained(&r, &mut buf, 4096, seen.is_read_closed()).expect("read").0, 2);
+        // Data with the FIN behind it: the readiness is kept, so the 0 is read too.
+        app.write_all(b"fg").await.expect("write");
+        app.shutdown().await.expect("half-close");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let seen = ready(&r).await.expect("readable").expect("ready");
+        assert!(seen.is_read_closed());
+        assert_eq!(read_noting_drained(&r, &mut buf, 4096, true).expect("read"), (2, false));
+        assert_eq!(read_noting_drained(&r, &mut buf, 4096, true).expect("read"), (0, false));
+        assert_eq!(&buf[..], b"abcdefg");
+    }
 
     #[tokio::test]
     async fn bytes_flow_both_ways_with_half_close() {
