@@ -23,7 +23,7 @@ use crate::registry::{Instance, Query, Snapshot};
 use murmur_protocol::{InstanceId, ServiceName, Tag};
 
 /// Orders the instances behind an answer before it is capped (see [`Zone::answer_with`]).
-pub type Arrange<'a> = &'a mut dyn FnMut(&mut Vec<Arc<Instance>>);
+pub type Arrange<'a> = &'a mut dyn FnMut(&mut [Arc<Instance>]);
 
 /// The answer to one question.
 #[derive(Debug, Clone, PartialEq)]

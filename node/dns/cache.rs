@@ -72,9 +72,8 @@ impl Order {
         use rand::seq::SliceRandom;
         use rand::SeedableRng;
         items.shuffle(&mut rand::rngs::StdRng::seed_from_u64(self.seed));
-        if !items.is_empty() {
-            let n = items.len();
-            items.rotate_left(self.k % n);
+        if let Some(k) = self.k.checked_rem(items.len()) {
+            items.rotate_left(k);
         }
         items.len()
     }
@@ -131,24 +130,25 @@ impl ResponseCache {
             return;
         }
         let rotations = instances.max(1);
-        let cost = reply.len() + if self.entries.contains_key(key) { 0 } else { key.len() };
-        if self.bytes + cost > BUDGET {
+        if self.bytes + key.len() + reply.len() > BUDGET {
             self.clear();
         }
-        let entry = self.entries.entry(key.into()).or_insert_with(|| Entry {
-            seed,
-            rotations: vec![None; rotations],
-            next: 1 % rotations,
-            labels,
-        });
-        // An entry made for another order (or instance count) than this reply's is
+        let entry = match self.entries.entry(key.into()) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                self.bytes += v.key().len();
+                v.insert(Entry { seed, rotations: vec![None; rotations], next: 1 % rotations, labels })
+            }
+        };
+        // An entry made for another order (or instance count) than this reply's — the
+        // snapshot changed under this query, and the next lookup empties the cache — is
         // left as it is: the reply is sent, not kept.
         if entry.seed != seed || entry.rotations.len() != rotations || entry.labels != labels {
             return;
         }
         if let Some(slot @ None) = entry.rotations.get_mut(k) {
             *slot = Some(reply.into());
-            self.bytes += cost;
+            self.bytes += reply.len();
         }
     }
 

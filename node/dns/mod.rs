@@ -177,7 +177,7 @@ impl Handler {
         mut response: R,
     ) -> Result<ResponseInfo, String> {
         let query = request.request_info().ok().map(|i| i.query.original().clone());
-        let mut shuffle = |instances: &mut Vec<Arc<Instance>>| instances.shuffle(&mut rand::rng());
+        let mut shuffle = |instances: &mut [Arc<Instance>]| instances.shuffle(&mut rand::rng());
         let mut plan = self.plan(&request.metadata, query.as_ref(), request.edns.as_ref(), false, &mut shuffle);
         if let (Plan::Forward, Some(q)) = (&plan, &query) {
             plan = self.forwarded(request.as_slice(), &request.metadata, q, request.src()).await;
@@ -201,8 +201,8 @@ impl Handler {
     }
 
     /// Counts one response.
-    fn count(&self, query: Option<&Query>, code: ResponseCode) {
-        self.metrics.dns.query(labels(query, code).qtype, rcode_label(code));
+    fn count(&self, labels: Labels) {
+        self.metrics.dns.query(labels.qtype, labels.rcode);
     }
 }
 
@@ -288,7 +288,7 @@ async fn serve_udp(socket: UdpSocket, handler: Arc<Handler>, cancel: Cancellatio
             Lookup::Miss(order) => order,
         };
         let mut instances = 0;
-        let mut arrange = |list: &mut Vec<Arc<Instance>>| instances = order.apply(list);
+        let mut arrange = |list: &mut [Arc<Instance>]| instances = order.apply(list);
         let (req, query, edns, plan, parsed) = match Message::from_vec(raw) {
             Ok(m) if m.metadata.message_type == MessageType::Response => continue,
             Ok(Message { metadata, mut queries, edns, .. }) => {
@@ -340,7 +340,7 @@ fn udp_reply(plan: Plan, req: &Metadata, query: Option<&Query>, edns: Option<&Ed
 
 /// Sends `reply` (unless empty) and counts it.
 async fn send_udp(handler: &Handler, socket: &UdpSocket, to: SocketAddr, reply: &[u8], labels: Labels) {
-    handler.metrics.dns.query(labels.qtype, labels.rcode);
+    handler.count(labels);
     if reply.is_empty() {
         return;
     }
@@ -381,12 +381,12 @@ impl RequestHandler for TcpHandler {
         let query = request.request_info().ok().map(|i| i.query.original().clone());
         match self.0.respond_tcp(request, response).await {
             Ok(info) => {
-                self.0.count(query.as_ref(), info.response_code);
+                self.0.count(labels(query.as_ref(), info.response_code));
                 info
             }
             Err(e) => {
                 debug!(error = %e, "could not send a DNS response");
-                self.0.count(query.as_ref(), ResponseCode::ServFail);
+                self.0.count(labels(query.as_ref(), ResponseCode::ServFail));
                 let mut meta = Metadata::response_from_request(&request.metadata);
                 meta.response_code = ResponseCode::ServFail;
                 ResponseInfo::from(hickory_proto::op::Header { metadata: meta, counts: Default::default() })

@@ -341,9 +341,12 @@ mod tests {
         // Data with the FIN behind it: the readiness is kept, so the 0 is read too.
         app.write_all(b"fg").await.expect("write");
         app.shutdown().await.expect("half-close");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let seen = ready(&r).await.expect("readable").expect("ready");
-        assert!(seen.is_read_closed());
+        // Until the reactor has seen the FIN as well as the bytes before it.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !ready(&r).await.expect("readable").expect("ready").is_read_closed() {
+            assert!(Instant::now() < deadline, "the FIN never showed in the readiness");
+            tokio::task::yield_now().await;
+        }
         assert_eq!(read_noting_drained(&r, &mut buf, 4096, true).expect("read"), (2, false));
         assert_eq!(read_noting_drained(&r, &mut buf, 4096, true).expect("read"), (0, false));
         assert_eq!(&buf[..], b"abcdefg");
