@@ -149,6 +149,7 @@ async fn simulate(n: usize, interval: Duration, deadline: Duration, cap_mb: f64)
             advertise: addr,
             seeds: seeds.clone(),
             keyring: Some(keyring.clone()),
+            key_file: None,
             interval,
             probe_interval: murmur::config::DEFAULT_PROBE_INTERVAL,
             probe_timeout: murmur::config::DEFAULT_PROBE_TIMEOUT,

@@ -232,6 +232,7 @@ impl Agent {
             agent: Arc::new(agent_json),
             draining: draining.clone(),
             access: Arc::new(config.api.clone()),
+            keyring: gossip.keyring(),
         };
         let api = serve_api(api_listener, state, cancel.clone()).instrument(info_span!("api", listen = %api_addr));
         tasks.spawn(async move { ("api", api.await) });
@@ -278,6 +279,10 @@ impl Agent {
     /// Metrics.
     pub fn metrics(&self) -> Arc<Metrics> {
         self.metrics.clone()
+    }
+    /// The gossip keyring, for rotation at run time.
+    pub fn keyring(&self) -> crate::gossip::KeyringHandle {
+        self.gossip.keyring()
     }
     /// Advertised gossip address (use it as another agent's seed).
     pub fn gossip_addr(&self) -> SocketAddr {

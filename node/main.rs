@@ -1,5 +1,5 @@
-//! The `murmur` binary: command-line dispatch only. Config errors exit with status 2,
-//! other failures with 1.
+//! The `murmur` binary: command-line dispatch only. Exit status (see `--help`): 0 done,
+//! 1 unreachable or failed, 2 bad usage or config, 3 nothing found.
 
 use std::process::ExitCode;
 
@@ -53,18 +53,32 @@ async fn main() -> ExitCode {
                 Err(e) => Err(anyhow::anyhow!(e)),
             }
         }
-        Command::Members(api) => cli::members(&api).await.map_err(Into::into),
-        Command::Services { name, all, api } => cli::services(name.as_deref(), all, &api).await.map_err(Into::into),
-        Command::Resolve { name, api } => cli::resolve(&name, &api).await.map_err(Into::into),
-        Command::Stats(api) => cli::stats(&api).await.map_err(Into::into),
-        Command::Ca { command: cli::CaCommand::Init { dir } } => cli::ca_init(&dir).map_err(anyhow::Error::msg),
-        Command::Cert { command: cli::CertCommand::Issue { ca_dir, name, services, out } } => {
-            cli::cert_issue(&ca_dir, &name, &services, &out).map_err(anyhow::Error::msg)
+        Command::Members { status, api } => return cli_exit(cli::members(&api, status).await),
+        Command::Services { name, all, api } => return cli_exit(cli::services(name.as_deref(), all, &api).await),
+        Command::Resolve { name, api } => return cli_exit(cli::resolve(&name, &api).await),
+        Command::Stats(api) => return cli_exit(cli::stats(&api).await),
+        Command::Watch { service, count, api } => return cli_exit(cli::watch(&service, count, &api).await),
+        Command::Keyring { command } => return cli_exit(cli::keyring::keyring(&command).await),
+        Command::Ca { command: cli::CaCommand::Init { dir, json } } => {
+            cli::ca_init(&dir, json).map_err(anyhow::Error::msg)
         }
-        Command::Keygen => {
-            println!("{}", Keyring::generate_base64());
+        Command::Cert { command: cli::CertCommand::Issue { ca_dir, name, services, out, json } } => {
+            cli::cert_issue(&ca_dir, &name, &services, &out, json).map_err(anyhow::Error::msg)
+        }
+        Command::Keygen { json } => {
+            let key = Keyring::generate_base64();
+            if json {
+                println!("{}", serde_json::json!({ "key": key }));
+            } else {
+                println!("{key}");
+            }
             Ok(())
         }
+        Command::Completions { shell } => {
+            cli::completions(shell, &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => cli::man(&mut std::io::stdout()).map_err(Into::into),
         Command::Simulate(args) => match args.config() {
             Ok(config) => {
                 let report = murmur::simulate::run(config);
@@ -90,6 +104,17 @@ async fn main() -> ExitCode {
         Err(e) => {
             eprintln!("murmur: {e:#}");
             ExitCode::from(1)
+        }
+    }
+}
+
+/// The exit status of a command that talks to an agent.
+fn cli_exit(result: Result<(), cli::CliError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("murmur: {e}");
+            ExitCode::from(e.exit_code())
         }
     }
 }

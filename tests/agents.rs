@@ -901,3 +901,114 @@ async fn prometheus_http_sd_lists_every_healthy_instance() {
     }
     mesh.stop().await;
 }
+
+/// Whether every member agent `a` knows gossips a keyring that satisfies `pred`.
+async fn every_member_keyring(a: &Agent, pred: impl Fn(&[[u8; 32]]) -> bool) -> bool {
+    let Ok(report) = a.keyring().report().await else { return false };
+    report.members.len() == 5 && report.members.iter().all(|m| m.record.as_ref().is_some_and(|r| pred(&r.keys)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_cluster_rotates_its_gossip_key_and_then_refuses_the_old_one() {
+    use murmur::gossip::{load_keyring_file, KeyChange, Keyring, KeyringError};
+    let dir = std::env::temp_dir().join(format!("murmur-rotation-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file_of = |name: &str| dir.join(format!("{name}.keyring"));
+    let mut mesh =
+        TestMesh::start_with(46, 5, |_| vec![], |c| c.gossip.key_file = Some(file_of(c.node.name.as_str()))).await;
+    mesh.converge(5).await;
+    let old = Keyring::decode_key("old", &mesh.key).expect("the mesh's key");
+    let new_b64 = Keyring::generate_base64();
+    let new = Keyring::decode_key("new", &new_b64).expect("a fresh key");
+
+    // Every agent watches every snapshot: a member seen anything but alive during the
+    // rotation is a false verdict.
+    let verdicts = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let watchers: Vec<_> = mesh
+        .agents
+        .iter()
+        .flatten()
+        .map(|a| {
+            let (name, mut rx, seen) = (a.name().to_owned(), a.registry().subscribe(), verdicts.clone());
+            tokio::spawn(async move {
+                while rx.changed().await.is_ok() {
+                    let snap = rx.borrow_and_update().clone();
+                    for m in
+                        snap.members.values().filter(|m| m.status != MemberStatus::Alive || snap.members.len() != 5)
+                    {
+                        seen.lock().expect("lock").push(format!("{name} saw {} {:?}", m.name, m.status));
+                    }
+                }
+            })
+        })
+        .collect();
+
+    // `use` of a key nobody holds, and removing the primary, are refused at once.
+    let refused = mesh.agent(2).keyring().change(KeyChange::Use(new), false).await;
+    assert!(matches!(refused, Err(KeyringError::NotInstalled(_))), "{refused:?}");
+    let refused = mesh.agent(2).keyring().change(KeyChange::Remove(old), false).await;
+    assert!(matches!(refused, Err(KeyringError::RemovePrimary(_))), "{refused:?}");
+
+    // Install on one agent; it reaches every member.
+    mesh.agent(0).keyring().change(KeyChange::Install(new), false).await.expect("install");
+    let took = eventually("the new key on every member, as agent 2 sees them", || async {
+        every_member_keyring(mesh.agent(2), |k| k == [old, new]).await
+    })
+    .await;
+    eprintln!("install reached every member in {took:?}");
+    // Made primary from another agent.
+    mesh.agent(2).keyring().change(KeyChange::Use(new), false).await.expect("use");
+    eventually("the new key primary everywhere, as agent 1 sees it", || async {
+        every_member_keyring(mesh.agent(1), |k| k == [new, old]).await
+    })
+    .await;
+    mesh.agent(1).keyring().change(KeyChange::Remove(old), false).await.expect("remove");
+    for i in 0..5 {
+        eventually("only the new key, everywhere", || async {
+            every_member_keyring(mesh.agent(i), |k| k == [new]).await
+        })
+        .await;
+        assert_eq!(mesh.agent(i).metrics().gossip.keyring_epoch.get(), 3, "install, use, remove");
+    }
+    // Every keyring file holds the new key alone (written off the gossip task).
+    for i in 0..5 {
+        let path = file_of(&format!("agent-{i}"));
+        eventually("the keyring file rewritten", || async {
+            load_keyring_file(&path).ok().flatten().is_some_and(|r| r.keys == [new] && r.epoch == 3)
+        })
+        .await;
+    }
+
+    // A member that still holds only the old key is refused.
+    let stale = Agent::start(config(46, 9, Some(&mesh.key), &[mesh.seed()], &["stale:1,check=none".into()]))
+        .await
+        .expect("start");
+    let metrics = mesh.agent(0).metrics();
+    let before = metrics.gossip.undecryptable.get();
+    eventually("the old key's datagrams dropped", || async { metrics.gossip.undecryptable.get() >= before + 3 }).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for agent in mesh.agents.iter().flatten() {
+        let snap = agent.registry().snapshot();
+        assert_eq!(snap.members.len(), 5, "{:?}", snap.members);
+        assert!(snap.services.is_empty(), "{:?}", snap.services.keys().collect::<Vec<_>>());
+    }
+    assert_eq!(stale.registry().snapshot().members.len(), 1, "and learned nothing");
+    stale.kill().await;
+    for w in watchers {
+        w.abort();
+    }
+    let seen = verdicts.lock().expect("lock").clone();
+    assert!(seen.is_empty(), "false verdicts during the rotation: {seen:?}");
+
+    // A restart with the old key in its flags comes back with the file's key.
+    mesh.agents[3].take().expect("running").kill().await;
+    let mut restart = common::layer(46, 3, Some(&mesh.key), &[mesh.seed()], &[]);
+    restart.gossip_key_file = Some(file_of("agent-3"));
+    let cfg = murmur::config::Config::from_layer(restart, "").expect("valid config");
+    mesh.agents[3] = Some(Agent::start(cfg).await.expect("restart"));
+    mesh.converge(5).await;
+    let report = mesh.agent(3).keyring().report().await.expect("a keyring");
+    assert_eq!((report.local.epoch, report.local.keys.clone()), (3, vec![new]));
+    mesh.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

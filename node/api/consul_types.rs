@@ -331,3 +331,53 @@ pub struct ConsulCheckUpdate {
     /// The check's output.
     pub output: String,
 }
+
+/// One element of `GET /v1/operator/keyring`, as Consul answers it: every key with the
+/// number of live members that hold it, and murmur's own detail per member.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase")]
+pub struct KeyringJson {
+    /// Always false: murmur has one gossip pool.
+    #[serde(rename = "WAN")]
+    pub wan: bool,
+    /// The cluster id.
+    pub datacenter: String,
+    /// Always empty (Consul's network segments).
+    pub segment: String,
+    /// Each key (base64) and the live members that hold it.
+    pub keys: BTreeMap<String, usize>,
+    /// Each key (base64) and the live members that seal with it.
+    pub primary_keys: BTreeMap<String, usize>,
+    /// Live members, this agent included.
+    pub num_nodes: usize,
+    /// Consul's per-node error messages; always empty.
+    pub messages: BTreeMap<String, String>,
+    /// murmur: the epoch of this agent's keyring (changes since the configured one).
+    pub epoch: u64,
+    /// murmur: every member this agent knows and the keyring it gossips.
+    pub members: Vec<KeyringMemberJson>,
+}
+
+/// One member in [`KeyringJson`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase")]
+pub struct KeyringMemberJson {
+    /// Node name.
+    pub name: String,
+    /// alive, dead or left.
+    pub status: String,
+    /// The epoch of its keyring; absent when it gossips none (an older agent).
+    pub epoch: Option<u64>,
+    /// The id of the key it seals with (8 hex digits, as logs show keys).
+    pub primary: Option<String>,
+    /// The ids of every key it holds, primary first.
+    pub key_ids: Vec<String>,
+}
+
+/// The body of `POST`, `PUT` and `DELETE /v1/operator/keyring`, as Consul takes it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase")]
+pub struct KeyringRequestJson {
+    /// The key, base64.
+    pub key: String,
+}

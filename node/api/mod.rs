@@ -4,8 +4,11 @@
 
 mod consul;
 pub mod consul_types;
+mod keyring;
 pub mod types;
 mod ui;
+
+pub use keyring::PATH as KEYRING_PATH;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,6 +50,8 @@ pub struct ApiState {
     pub draining: Arc<AtomicBool>,
     /// Who may call: the host names answered and the token changes need.
     pub access: Arc<ApiConfig>,
+    /// The gossip keyring, rotated through `/v1/operator/keyring`.
+    pub keyring: crate::gossip::KeyringHandle,
 }
 
 /// An API error: a status and a message.
@@ -79,6 +84,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/agent/service/deregister/{id}", axum::routing::put(consul::deregister))
         .route("/v1/agent/check/update/{check_id}", axum::routing::put(consul::check_update))
         .route("/v1/agent/check/{verb}/{check_id}", axum::routing::put(consul::check_report))
+        .route(
+            keyring::PATH,
+            get(keyring::list).post(keyring::install).put(keyring::make_primary).delete(keyring::remove),
+        )
         .route("/v1/upstreams", get(upstreams))
         .route("/v1/prometheus/targets", get(prometheus_targets))
         .route("/ui", get(ui::page))
@@ -98,7 +107,8 @@ pub fn router(state: ApiState) -> Router {
 /// Refuses, before any handler runs, what a web page or a caller without the token must
 /// not do (see [`check_access`]).
 async fn guard(State(state): State<ApiState>, req: Request, next: Next) -> Response {
-    match check_access(&state.access, req.method(), req.headers()) {
+    let secret = req.uri().path().starts_with(keyring::PATH);
+    match check_access(&state.access, req.method(), secret, req.headers()) {
         Ok(()) => next.run(req).await,
         Err(e) => e.into_response(),
     }
@@ -110,8 +120,8 @@ async fn guard(State(state): State<ApiState>, req: Request, next: Next) -> Respo
 /// - a change (any method but GET and HEAD) carries no `Origin`: browsers send one on
 ///   every cross-site write, programs and the CLI do not;
 /// - a change carries the token, when one is set (`Authorization: Bearer` or
-///   `X-Consul-Token`).
-fn check_access(access: &ApiConfig, method: &Method, headers: &HeaderMap) -> Result<(), ApiError> {
+///   `X-Consul-Token`), and so does a `secret` read (the keyring, which shows keys).
+fn check_access(access: &ApiConfig, method: &Method, secret: bool, headers: &HeaderMap) -> Result<(), ApiError> {
     if let Some(host) = headers.get(header::HOST) {
         let host = host.to_str().unwrap_or("");
         if !host_allowed(host, &access.hosts) {
@@ -124,10 +134,11 @@ fn check_access(access: &ApiConfig, method: &Method, headers: &HeaderMap) -> Res
             ));
         }
     }
-    if matches!(*method, Method::GET | Method::HEAD) {
+    let read = matches!(*method, Method::GET | Method::HEAD);
+    if read && !secret {
         return Ok(());
     }
-    if headers.contains_key(header::ORIGIN) {
+    if !read && headers.contains_key(header::ORIGIN) {
         return Err(ApiError(
             StatusCode::FORBIDDEN,
             "changes from web pages are refused (the request carries an Origin header); use a program or the CLI"
@@ -141,7 +152,8 @@ fn check_access(access: &ApiConfig, method: &Method, headers: &HeaderMap) -> Res
     match presented {
         None => Err(ApiError(
             StatusCode::UNAUTHORIZED,
-            "this agent needs a token for changes: send `Authorization: Bearer <token>` or `X-Consul-Token: <token>`"
+            "this agent needs a token for changes and for the keyring: send `Authorization: Bearer <token>` \
+             or `X-Consul-Token: <token>`"
                 .into(),
         )),
         Some(p) if !token.matches(p) => Err(ApiError(StatusCode::FORBIDDEN, "the token is not this agent's".into())),
@@ -538,7 +550,7 @@ mod tests {
     }
 
     fn status(a: &ApiConfig, method: Method, pairs: &[(&'static str, &str)]) -> u16 {
-        check_access(a, &method, &headers(pairs)).map_or_else(|e| e.0.as_u16(), |()| 200)
+        check_access(a, &method, false, &headers(pairs)).map_or_else(|e| e.0.as_u16(), |()| 200)
     }
 
     #[test]
@@ -574,6 +586,10 @@ mod tests {
         assert_eq!(status(&a, Method::DELETE, &[host, ("x-consul-token", "s3cret")]), 200);
         assert_eq!(status(&a, Method::PUT, &[host, ("authorization", "Basic s3cret")]), 401);
         assert_eq!(status(&a, Method::GET, &[host]), 200, "reads stay open");
+        let keyring = |pairs: &[(&'static str, &str)]| check_access(&a, &Method::GET, true, &headers(pairs)).is_ok();
+        assert!(!keyring(&[host]), "but the keyring shows keys");
+        assert!(keyring(&[host, ("authorization", "Bearer s3cret")]));
+        assert!(check_access(&access(None, &[]), &Method::GET, true, &headers(&[host])).is_ok(), "no token set");
         assert!(!format!("{a:?}").contains("s3cret"), "the token never shows in Debug");
     }
 }

@@ -1,23 +1,61 @@
 //! The command line: clap types and the commands that talk to a local agent's API
-//! (`members`, `services`, `resolve`), print tables for people or, with `--json`,
-//! exactly what the API returned.
+//! (`members`, `services`, `resolve`, `watch`, `keyring`), print tables for people or,
+//! with `--json`, exactly what the API returned. Exit codes are [`EXIT_CODES`].
 
 mod client;
+pub mod keyring;
 mod table;
+mod watch;
 
 use std::net::SocketAddr;
 
 use clap::{Parser, Subcommand};
+use thiserror::Error;
 
-pub use client::{ApiClient, ClientError};
+pub use client::{ApiClient, ClientError, Reply};
+pub use keyring::KeyringCommand;
 pub use table::Table;
+pub use watch::watch;
+
+/// What the exit status of every command means (also in `--help`).
+pub const EXIT_CODES: &str = "\
+Exit status:
+  0  done
+  1  the agent is unreachable, refused, or the command failed
+  2  bad usage or bad configuration
+  3  nothing found (no healthy instance, no member with that status)";
+
+/// Why a command did not succeed, each with its exit status.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum CliError {
+    /// The agent's API failed or refused.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The question had no answer: exit status 3.
+    #[error("{0}")]
+    NothingFound(String),
+    /// The command failed for another reason.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl CliError {
+    /// The exit status: 3 for nothing found, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::NothingFound(_) => 3,
+            _ => 1,
+        }
+    }
+}
 
 use crate::api::types::{InstanceJson, MemberJson, ServiceSummaryJson};
 use crate::config::AgentArgs;
 
 /// murmur: service discovery with no central server.
 #[derive(Debug, Parser)]
-#[command(name = "murmur", version, about)]
+#[command(name = "murmur", version, about, after_help = EXIT_CODES)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -33,6 +71,27 @@ pub struct ApiArgs {
     /// Print the API's JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// The agent's API token, for changes and the keyring (`--api-token` of the agent).
+    #[arg(long, env = "MURMUR_API_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+impl ApiArgs {
+    /// A client of the agent these options name.
+    pub fn client(&self) -> ApiClient {
+        ApiClient::new(self.api).with_token(self.token.clone())
+    }
+}
+
+/// A member status, for `members --status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StatusFilter {
+    /// Answers probes.
+    Alive,
+    /// Declared dead.
+    Dead,
+    /// Left gracefully.
+    Left,
 }
 
 /// The subcommands.
@@ -41,7 +100,13 @@ pub enum Command {
     /// Run an agent.
     Agent(Box<AgentArgs>),
     /// List the cluster's members.
-    Members(ApiArgs),
+    Members {
+        /// Only members with this status (exit status 3 when there is none).
+        #[arg(long, value_enum)]
+        status: Option<StatusFilter>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// List services, or the instances of one.
     Services {
         /// A service to list instances of.
@@ -52,7 +117,23 @@ pub enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
-    /// Resolve a service to its healthy instances (as the DNS stub would).
+    /// Print a line each time an instance of SERVICE comes, goes or changes health.
+    Watch {
+        /// The service.
+        service: String,
+        /// Stop after this many lines (default: run until interrupted).
+        #[arg(long)]
+        count: Option<u64>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Rotate the gossip key at run time: list, install, use, remove.
+    Keyring {
+        #[command(subcommand)]
+        command: KeyringCommand,
+    },
+    /// Resolve a service to its healthy instances (as the DNS stub would; exit status 3
+    /// when there is none).
     Resolve {
         /// Service name, or TAG.SERVICE.
         name: String,
@@ -62,7 +143,11 @@ pub enum Command {
     /// Proxy statistics per upstream and endpoint.
     Stats(ApiArgs),
     /// Print a new random gossip key (base64).
-    Keygen,
+    Keygen {
+        /// Print `{"key": ...}`.
+        #[arg(long)]
+        json: bool,
+    },
     /// Manage the cluster CA for mutual TLS between sidecars.
     Ca {
         #[command(subcommand)]
@@ -77,6 +162,24 @@ pub enum Command {
     Demo,
     /// Run the membership code for N agents on a simulated network in virtual time.
     Simulate(crate::simulate::SimulateArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `murmur man | man -l -`.
+    Man,
+}
+
+/// Writes the completion script for `shell` to `out`.
+pub fn completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
+    let mut command = <Cli as clap::CommandFactory>::command();
+    clap_complete::generate(shell, &mut command, "murmur", out);
+}
+
+/// Writes the manual page to `out`.
+pub fn man(out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(out)
 }
 
 /// `murmur ca ...`.
@@ -87,6 +190,9 @@ pub enum CaCommand {
         /// Where to write it.
         #[arg(long)]
         dir: std::path::PathBuf,
+        /// Print the files written as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -107,14 +213,29 @@ pub enum CertCommand {
         /// Output directory.
         #[arg(long)]
         out: std::path::PathBuf,
+        /// Print the files written as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
+/// Prints the files a command wrote: a line for people, or `{"wrote": [...]}`.
+fn print_written(json: bool, files: &[std::path::PathBuf], text: &str) {
+    if json {
+        let files: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+        println!("{}", serde_json::json!({ "wrote": files }));
+    } else {
+        println!("{text}");
+    }
+}
+
 /// Runs `ca init`.
-pub fn ca_init(dir: &std::path::Path) -> Result<(), String> {
+pub fn ca_init(dir: &std::path::Path, json: bool) -> Result<(), String> {
     let ca = crate::tls::Ca::generate()?;
     ca.save(dir)?;
-    println!("wrote {} and {} (keep the key secret)", dir.join("ca.pem").display(), dir.join("ca-key.pem").display());
+    let (cert, key) = (dir.join("ca.pem"), dir.join("ca-key.pem"));
+    let text = format!("wrote {} and {} (keep the key secret)", cert.display(), key.display());
+    print_written(json, &[cert, key], &text);
     Ok(())
 }
 
@@ -124,6 +245,7 @@ pub fn cert_issue(
     name: &str,
     services: &[String],
     out: &std::path::Path,
+    json: bool,
 ) -> Result<(), String> {
     use crate::tls::ca::{cert_pem, key_pem, write_file};
     let node = murmur_protocol::NodeName::new(name).map_err(|e| format!("--name: {e}"))?;
@@ -137,17 +259,18 @@ pub fn cert_issue(
     write_file(&out.join("cert.pem"), &cert_pem(&id.cert), 0o644)?;
     write_file(&out.join("key.pem"), &key_pem(&id.key), 0o600)?;
     write_file(&out.join("ca.pem"), ca.cert_pem(), 0o644)?;
-    println!(
+    let text = format!(
         "wrote {}/{{cert.pem,key.pem,ca.pem}} for node {node} (services: {})",
         out.display(),
         services.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
     );
+    print_written(json, &[out.join("cert.pem"), out.join("key.pem"), out.join("ca.pem")], &text);
     Ok(())
 }
 
 /// Runs `stats`.
-pub async fn stats(api: &ApiArgs) -> Result<(), ClientError> {
-    let raw = ApiClient::new(api.api).get("/v1/upstreams").await?;
+pub async fn stats(api: &ApiArgs) -> Result<(), CliError> {
+    let raw = api.client().get("/v1/upstreams").await?;
     print_json_or(&raw, api.json, |list: Vec<crate::api::types::UpstreamJson>| {
         let mut t = Table::new(&[
             "UPSTREAM",
@@ -198,13 +321,38 @@ fn print_json_or<T: serde::de::DeserializeOwned>(
     raw: &str,
     json: bool,
     table: impl FnOnce(T) -> Table,
-) -> Result<(), ClientError> {
+) -> Result<(), CliError> {
     if json {
         println!("{raw}");
         return Ok(());
     }
-    let value: T = serde_json::from_str(raw).map_err(|e| ClientError::BadReply(e.to_string()))?;
+    let value: T = parse(raw)?;
     print!("{}", table(value).render());
+    Ok(())
+}
+
+/// Parses a reply of the API.
+fn parse<T: serde::de::DeserializeOwned>(raw: &str) -> Result<T, ClientError> {
+    serde_json::from_str(raw).map_err(|e| ClientError::BadReply(e.to_string()))
+}
+
+/// Prints `list` (as JSON, or as the table `table` makes of it); nothing in it is exit
+/// status 3, with `none` said on stderr.
+fn print_list<T: serde::Serialize>(
+    list: Vec<T>,
+    json: bool,
+    none: impl FnOnce() -> String,
+    table: impl FnOnce(Vec<T>) -> Table,
+) -> Result<(), CliError> {
+    let empty = list.is_empty();
+    if json {
+        println!("{}", serde_json::to_string(&list).map_err(|e| CliError::Failed(e.to_string()))?);
+    } else if !empty {
+        print!("{}", table(list).render());
+    }
+    if empty {
+        return Err(CliError::NothingFound(none()));
+    }
     Ok(())
 }
 
@@ -216,10 +364,19 @@ fn instances_table(list: Vec<InstanceJson>) -> Table {
     t
 }
 
-/// Runs `members`.
-pub async fn members(api: &ApiArgs) -> Result<(), ClientError> {
-    let raw = ApiClient::new(api.api).get("/v1/members").await?;
-    print_json_or(&raw, api.json, |list: Vec<MemberJson>| {
+/// Runs `members [--status S]`.
+pub async fn members(api: &ApiArgs, status: Option<StatusFilter>) -> Result<(), CliError> {
+    let mut list: Vec<MemberJson> = parse(&api.client().get("/v1/members").await?)?;
+    let wanted = status.map(|s| match s {
+        StatusFilter::Alive => "alive",
+        StatusFilter::Dead => "dead",
+        StatusFilter::Left => "left",
+    });
+    if let Some(w) = wanted {
+        list.retain(|m| m.status == w);
+    }
+    let none = || format!("no member is {}", wanted.unwrap_or("known"));
+    print_list(list, api.json, none, |list| {
         let mut t = Table::new(&["NAME", "ADDRESS", "GOSSIP", "STATUS", "ZONE", "INSTANCES"]);
         for m in list {
             t.row(vec![
@@ -236,8 +393,8 @@ pub async fn members(api: &ApiArgs) -> Result<(), ClientError> {
 }
 
 /// Runs `services [NAME]`.
-pub async fn services(name: Option<&str>, all: bool, api: &ApiArgs) -> Result<(), ClientError> {
-    let client = ApiClient::new(api.api);
+pub async fn services(name: Option<&str>, all: bool, api: &ApiArgs) -> Result<(), CliError> {
+    let client = api.client();
     match name {
         None => {
             let raw = client.get("/v1/services").await?;
@@ -251,15 +408,16 @@ pub async fn services(name: Option<&str>, all: bool, api: &ApiArgs) -> Result<()
         }
         Some(name) => {
             let path = format!("/v1/services/{}{}", name, if all { "?all=true" } else { "" });
-            let raw = client.get(&path).await?;
-            print_json_or(&raw, api.json, instances_table)
+            let list: Vec<InstanceJson> = parse(&client.get(&path).await?)?;
+            let none = || format!("no {}instance of {name}", if all { "" } else { "healthy " });
+            print_list(list, api.json, none, instances_table)
         }
     }
 }
 
 /// Runs `resolve NAME`: `svc` or `tag.svc`, optionally followed by the namespace.
-pub async fn resolve(name: &str, api: &ApiArgs) -> Result<(), ClientError> {
-    let client = ApiClient::new(api.api);
+pub async fn resolve(name: &str, api: &ApiArgs) -> Result<(), CliError> {
+    let client = api.client();
     let me: crate::api::consul_types::AgentSelfJson =
         serde_json::from_str(&client.get("/v1/agent/self").await?).map_err(|e| ClientError::BadReply(e.to_string()))?;
     let me = me.murmur;
@@ -269,12 +427,17 @@ pub async fn resolve(name: &str, api: &ApiArgs) -> Result<(), ClientError> {
         Some((tag, svc)) => format!("/v1/services/{svc}?tag={tag}"),
         None => format!("/v1/services/{name}"),
     };
-    let raw = client.get(&path).await?;
-    print_json_or(&raw, api.json, |list: Vec<InstanceJson>| {
-        let mut t = Table::new(&["ADDRESS", "PORT", "INSTANCE", "NODE"]);
-        for i in list {
-            t.row(vec![i.address, i.port.to_string(), i.instance, i.node]);
-        }
-        t
-    })
+    let list: Vec<InstanceJson> = parse(&client.get(&path).await?)?;
+    print_list(
+        list,
+        api.json,
+        || format!("no healthy instance of {name}"),
+        |list| {
+            let mut t = Table::new(&["ADDRESS", "PORT", "INSTANCE", "NODE"]);
+            for i in list {
+                t.row(vec![i.address, i.port.to_string(), i.instance, i.node]);
+            }
+            t
+        },
+    )
 }

@@ -25,6 +25,7 @@ fn also(field: &str) -> String {
         "--zone" => ("MURMUR_ZONE", "zone"),
         "--advertise" => ("MURMUR_ADVERTISE", "gossip.advertise"),
         "--gossip-key" => ("MURMUR_GOSSIP_KEYS", "gossip.keys"),
+        "--gossip-key-file" => ("MURMUR_GOSSIP_KEY_FILE", "gossip.key_file"),
         "--gossip-interval" => ("MURMUR_GOSSIP_INTERVAL", "gossip.interval"),
         "--probe-interval" => ("MURMUR_PROBE_INTERVAL", "gossip.probe_interval"),
         "--probe-timeout" => ("MURMUR_PROBE_TIMEOUT", "gossip.probe_timeout"),

@@ -44,6 +44,11 @@ pub struct AgentArgs {
     /// all open (rotation).
     #[arg(long = "gossip-key", value_name = "BASE64")]
     pub gossip_keys: Vec<String>,
+    /// The keyring file: read at start when it exists (it then wins over --gossip-key),
+    /// made from --gossip-key when it does not, and rewritten on every change made with
+    /// `murmur keyring`, so keys installed at run time survive a restart.
+    #[arg(long, value_name = "PATH")]
+    pub gossip_key_file: Option<PathBuf>,
     /// Run without a gossip key (anyone who can reach the port can join). Tests only.
     #[arg(long)]
     pub insecure: bool,
@@ -189,6 +194,7 @@ impl AgentArgs {
             advertise: self.advertise.as_deref().map(|a| parse_field::<Advertise>("--advertise", a)).transpose()?,
             seeds: nonempty(&self.seeds),
             gossip_keys: nonempty(&self.gossip_keys),
+            gossip_key_file: self.gossip_key_file.clone(),
             gossip_interval: duration_flag("--gossip-interval", &self.gossip_interval)?,
             probe_interval: duration_flag("--probe-interval", &self.probe_interval)?,
             probe_timeout: duration_flag("--probe-timeout", &self.probe_timeout)?,

@@ -48,6 +48,7 @@ pub struct Layer {
     pub advertise: Option<Advertise>,
     pub seeds: Option<Vec<String>>,
     pub gossip_keys: Option<Vec<String>>,
+    pub gossip_key_file: Option<PathBuf>,
     pub gossip_interval: Option<Duration>,
     pub probe_interval: Option<Duration>,
     pub probe_timeout: Option<Duration>,
@@ -108,6 +109,7 @@ impl Layer {
             advertise,
             seeds,
             gossip_keys,
+            gossip_key_file,
             gossip_interval,
             probe_interval,
             probe_timeout,
@@ -304,6 +306,7 @@ pub fn from_env(env: &dyn Env) -> Result<Layer, ConfigError> {
     if let Some((k, v)) = get("MURMUR_PROXY_IDENTITY") {
         l.proxy_identity = Some(ServiceName::new(&v).map_err(|e| ConfigError::new(&k, e.to_string()))?);
     }
+    l.gossip_key_file = text("MURMUR_GOSSIP_KEY_FILE").map(PathBuf::from);
     l.tls_ca = text("MURMUR_TLS_CA").map(PathBuf::from);
     l.tls_cert = text("MURMUR_TLS_CERT").map(PathBuf::from);
     l.tls_key = text("MURMUR_TLS_KEY").map(PathBuf::from);
@@ -389,6 +392,7 @@ struct FileGossip {
     advertise: Option<String>,
     seeds: Option<Vec<String>>,
     keys: Option<Vec<String>>,
+    key_file: Option<PathBuf>,
     interval: Option<String>,
     probe_interval: Option<String>,
     probe_timeout: Option<String>,
@@ -524,6 +528,7 @@ pub fn from_toml(text: &str) -> Result<Layer, ConfigError> {
         advertise: opt("gossip.advertise", g.advertise, parse_field)?,
         seeds: g.seeds,
         gossip_keys: g.keys,
+        gossip_key_file: g.key_file,
         gossip_interval: opt("gossip.interval", g.interval, duration_field)?,
         probe_interval: opt("gossip.probe_interval", g.probe_interval, duration_field)?,
         probe_timeout: opt("gossip.probe_timeout", g.probe_timeout, duration_field)?,

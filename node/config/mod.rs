@@ -106,6 +106,8 @@ pub struct GossipConfig {
     pub seeds: Vec<String>,
     /// Keys; `None` only with `insecure`.
     pub keyring: Option<Keyring>,
+    /// Where the keyring is kept across restarts (`--gossip-key-file`).
+    pub key_file: Option<std::path::PathBuf>,
     /// How often waiting changes are pushed.
     pub interval: Duration,
     /// How often one member is probed.
@@ -363,17 +365,28 @@ impl Config {
         let advertise_port = l.advertise.and_then(|a| a.port).unwrap_or(bind.port());
         let insecure = l.insecure.unwrap_or(false);
         let keys = l.gossip_keys.unwrap_or_default();
-        let keyring = if keys.is_empty() {
-            if !insecure {
-                return Err(ConfigError::new(
-                    "--gossip-key",
-                    "no gossip key: make one with `murmur keygen` and give it to every agent, \
-                     or pass --insecure to run an open cluster",
-                ));
+        let key_file = l.gossip_key_file.clone();
+        let from_file = match &key_file {
+            Some(path) => {
+                crate::gossip::load_keyring_file(path).map_err(|m| ConfigError::new("--gossip-key-file", m))?
             }
-            None
-        } else {
-            Some(Keyring::from_base64(&keys).map_err(|m| ConfigError::new("--gossip-key", m))?)
+            None => None,
+        };
+        // A keyring file that exists wins over --gossip-key: it holds what `murmur
+        // keyring` changed since (as Consul's keyring file wins over `encrypt`).
+        let keyring = match from_file {
+            Some(record) => Some(Keyring::from_record(&record).map_err(|m| ConfigError::new("--gossip-key-file", m))?),
+            None if keys.is_empty() => {
+                if !insecure {
+                    return Err(ConfigError::new(
+                        "--gossip-key",
+                        "no gossip key: make one with `murmur keygen` and give it to every agent \
+                         (with --gossip-key-file, to start the file with), or pass --insecure to run an open cluster",
+                    ));
+                }
+                None
+            }
+            None => Some(Keyring::from_base64(&keys).map_err(|m| ConfigError::new("--gossip-key", m))?),
         };
         let interval = l.gossip_interval.unwrap_or(DEFAULT_GOSSIP_INTERVAL);
         if interval < Duration::from_millis(10) || interval > Duration::from_secs(10) {
@@ -536,6 +549,7 @@ impl Config {
                 advertise: SocketAddr::new(advertise_ip, advertise_port),
                 seeds: l.seeds.unwrap_or_default(),
                 keyring,
+                key_file,
                 interval,
                 probe_interval,
                 probe_timeout,

@@ -79,6 +79,16 @@ impl FrameCodec {
         Self { keyring }
     }
 
+    /// The keyring datagrams are sealed with, if any.
+    pub fn keyring(&self) -> Option<&Keyring> {
+        self.keyring.as_ref()
+    }
+
+    /// Seals with `keyring` from now on (a rotation); opens only what it can open.
+    pub fn set_keyring(&mut self, keyring: Keyring) {
+        self.keyring = Some(keyring);
+    }
+
     /// Whether datagrams are sealed (a keyring is set).
     pub fn sealed(&self) -> bool {
         self.keyring.is_some()

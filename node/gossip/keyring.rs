@@ -9,11 +9,19 @@
 //! of a collision, which lets an attacker forge) in about 11 days at 100 agents; with a
 //! counter two seals of one process never share a nonce, and two processes only could
 //! if they drew the same prefix (2^-32 per pair) and overlapping stretches of 2^64.
+//!
+//! A keyring also has a version, `(epoch, origin)`, which [`super::rotation`] uses to
+//! spread changes made at run time; and it can be kept in a file ([`load_file`],
+//! [`save_file`]) so that those changes survive a restart.
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+use std::io::Write;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+use murmur_protocol::KeyringRecord;
 
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use ring::rand::{SecureRandom, SystemRandom};
@@ -27,12 +35,17 @@ pub const SEAL_OVERHEAD: usize = NONCE_LEN + 16;
 
 struct SealKey {
     id: [u8; KEY_ID_LEN],
+    raw: [u8; KEY_LEN],
     key: LessSafeKey,
 }
 
 /// The keys of one agent. `Debug` never prints key material.
 pub struct Keyring {
     keys: Vec<SealKey>,
+    /// Changes made at run time since the configured keyring (0: as configured).
+    epoch: u64,
+    /// The node that made the last change ("" for a configured keyring).
+    origin: String,
     /// Shared by every clone, so that no two seals of this process share a nonce.
     nonces: Arc<Nonces>,
 }
@@ -72,14 +85,16 @@ impl Nonces {
 
 impl std::fmt::Debug for Keyring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Keyring").field("keys", &self.keys.len()).finish()
+        f.debug_struct("Keyring").field("keys", &self.keys.len()).field("epoch", &self.epoch).finish()
     }
 }
 
 impl Clone for Keyring {
     fn clone(&self) -> Self {
         Self {
-            keys: self.keys.iter().map(|k| SealKey { id: k.id, key: k.key.clone() }).collect(),
+            keys: self.keys.iter().map(|k| SealKey { id: k.id, raw: k.raw, key: k.key.clone() }).collect(),
+            epoch: self.epoch,
+            origin: self.origin.clone(),
             nonces: self.nonces.clone(),
         }
     }
@@ -99,41 +114,63 @@ pub enum OpenError {
 impl Keyring {
     /// Builds a keyring from raw keys; the first is primary.
     pub fn new(raw_keys: &[[u8; KEY_LEN]]) -> Result<Keyring, String> {
-        if raw_keys.is_empty() {
-            return Err("a keyring needs at least one key".into());
-        }
-        let keys = raw_keys
+        let record = KeyringRecord { epoch: 0, origin: String::new(), keys: raw_keys.to_vec() };
+        Keyring::build(&record, Arc::new(Nonces::new()))
+    }
+
+    /// Builds a keyring from a record (a keyring file's, or a peer's).
+    pub fn from_record(record: &KeyringRecord) -> Result<Keyring, String> {
+        Keyring::build(record, Arc::new(Nonces::new()))
+    }
+
+    /// The keyring `record` describes, drawing nonces from the same source as this one
+    /// (so that a change of keys never repeats a nonce).
+    pub fn adopt(&self, record: &KeyringRecord) -> Result<Keyring, String> {
+        Keyring::build(record, self.nonces.clone())
+    }
+
+    fn build(record: &KeyringRecord, nonces: Arc<Nonces>) -> Result<Keyring, String> {
+        use murmur_protocol::record::Record;
+        record.check().map_err(|e| format!("not a usable keyring: {e}"))?;
+        let keys = record
+            .keys
             .iter()
             .map(|raw| {
-                let digest = ring::digest::digest(&ring::digest::SHA256, raw);
-                let mut id = [0u8; KEY_ID_LEN];
-                id.copy_from_slice(&digest.as_ref()[..KEY_ID_LEN]);
                 let unbound = UnboundKey::new(&AES_256_GCM, raw).map_err(|_| "invalid AES-256 key".to_owned())?;
-                Ok(SealKey { id, key: LessSafeKey::new(unbound) })
+                Ok(SealKey { id: key_id(raw), raw: *raw, key: LessSafeKey::new(unbound) })
             })
             .collect::<Result<_, String>>()?;
-        Ok(Keyring { keys, nonces: Arc::new(Nonces::new()) })
+        Ok(Keyring { keys, epoch: record.epoch, origin: record.origin.clone(), nonces })
+    }
+
+    /// What this keyring is, as gossiped and as kept in a keyring file.
+    pub fn record(&self) -> KeyringRecord {
+        KeyringRecord {
+            epoch: self.epoch,
+            origin: self.origin.clone(),
+            keys: self.keys.iter().map(|k| k.raw).collect(),
+        }
     }
 
     /// Builds a keyring from base64 keys as given on the command line.
     pub fn from_base64(keys: &[String]) -> Result<Keyring, String> {
+        if keys.is_empty() {
+            return Err("a keyring needs at least one key".into());
+        }
         let raw = keys
             .iter()
             .enumerate()
-            .map(|(i, k)| {
-                let bytes = STANDARD
-                    .decode(k.trim())
-                    .map_err(|_| format!("key #{} is not base64; make one with `murmur keygen`", i + 1))?;
-                <[u8; KEY_LEN]>::try_from(bytes.as_slice()).map_err(|_| {
-                    format!(
-                        "key #{} is {} bytes, a key is {KEY_LEN}; make one with `murmur keygen`",
-                        i + 1,
-                        bytes.len()
-                    )
-                })
-            })
+            .map(|(i, k)| Keyring::decode_key(&format!("key #{}", i + 1), k))
             .collect::<Result<Vec<_>, _>>()?;
         Keyring::new(&raw)
+    }
+
+    /// Decodes one base64 key (`what` names it in the error).
+    pub fn decode_key(what: &str, key: &str) -> Result<[u8; KEY_LEN], String> {
+        let bytes =
+            STANDARD.decode(key.trim()).map_err(|_| format!("{what} is not base64; make one with `murmur keygen`"))?;
+        <[u8; KEY_LEN]>::try_from(bytes.as_slice())
+            .map_err(|_| format!("{what} is {} bytes, a key is {KEY_LEN}; make one with `murmur keygen`", bytes.len()))
     }
 
     /// A fresh random key in base64, for `murmur keygen`.
@@ -153,6 +190,21 @@ impl Keyring {
     /// The id of the primary key: the first bytes of its SHA-256.
     pub fn primary_id(&self) -> [u8; KEY_ID_LEN] {
         self.keys[0].id
+    }
+
+    /// The change count of this keyring (0: as configured).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// How many keys open datagrams.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Never true: a keyring holds at least one key.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
     }
 
     /// Seals `plaintext` under the primary key, authenticating `header` too. Returns
@@ -186,6 +238,87 @@ impl Keyring {
         body.truncate(len);
         Ok(body)
     }
+}
+
+/// The id of a key: the first bytes of its SHA-256, which every sealed datagram names.
+pub fn key_id(raw: &[u8; KEY_LEN]) -> [u8; KEY_ID_LEN] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, raw);
+    let mut id = [0u8; KEY_ID_LEN];
+    id.copy_from_slice(&digest.as_ref()[..KEY_ID_LEN]);
+    id
+}
+
+/// A key id as people read it: eight hex digits.
+pub fn key_id_hex(raw: &[u8; KEY_LEN]) -> String {
+    key_id(raw).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A key in base64, as `murmur keygen` prints it.
+pub fn key_base64(raw: &[u8; KEY_LEN]) -> String {
+    STANDARD.encode(raw)
+}
+
+/// The keyring file: JSON, primary key first.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyringFile {
+    epoch: u64,
+    origin: String,
+    keys: Vec<String>,
+}
+
+/// Reads a keyring file. `Ok(None)` when there is none. Serf's format (a JSON array of
+/// base64 keys, primary first) is read too, as a configured keyring.
+pub fn load_file(path: &Path) -> Result<Option<KeyringRecord>, String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let bad = |e: &dyn std::fmt::Display| format!("{} is not a keyring file: {e}", path.display());
+    let file = match serde_json::from_str::<KeyringFile>(&text) {
+        Ok(f) => f,
+        Err(e) => match serde_json::from_str::<Vec<String>>(&text) {
+            Ok(keys) => KeyringFile { epoch: 0, origin: String::new(), keys },
+            Err(_) => return Err(bad(&e)),
+        },
+    };
+    let keys = file
+        .keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| Keyring::decode_key(&format!("key #{}", i + 1), k))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(&e))?;
+    let record = KeyringRecord { epoch: file.epoch, origin: file.origin, keys };
+    murmur_protocol::record::Record::check(&record).map_err(|e| bad(&e))?;
+    Ok(Some(record))
+}
+
+/// Writes a keyring file so that a crash leaves the old file or the new one, never a
+/// torn one: a temporary file beside it (mode 0600), synced, renamed over it, and the
+/// directory synced.
+pub fn save_file(path: &Path, record: &KeyringRecord) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = KeyringFile {
+        epoch: record.epoch,
+        origin: record.origin.clone(),
+        keys: record.keys.iter().map(key_base64).collect(),
+    };
+    let mut text = serde_json::to_string_pretty(&file).map_err(std::io::Error::other)?;
+    text.push('\n');
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "keyring".into());
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]
@@ -254,5 +387,40 @@ mod tests {
         assert!(Keyring::from_base64(&["!!".into()]).expect_err("bad").contains("base64"));
         assert!(Keyring::from_base64(&["AAAA".into()]).expect_err("short").contains("3 bytes"));
         assert!(Keyring::from_base64(&[]).is_err());
+    }
+
+    #[test]
+    fn a_keyring_file_round_trips_and_serf_files_are_read() {
+        let dir = std::env::temp_dir().join(format!("murmur-keyring-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("keyring.json");
+        assert_eq!(load_file(&path), Ok(None));
+        let record = KeyringRecord { epoch: 3, origin: "a".into(), keys: vec![[7; KEY_LEN], [9; KEY_LEN]] };
+        save_file(&path, &record).expect("written");
+        assert_eq!(load_file(&path), Ok(Some(record.clone())));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).expect("exists").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "only the owner reads keys");
+        let keys = record.keys.iter().map(key_base64).collect::<Vec<_>>();
+        std::fs::write(&path, serde_json::to_string(&keys).expect("json")).expect("written");
+        assert_eq!(load_file(&path), Ok(Some(KeyringRecord { epoch: 0, origin: String::new(), ..record })));
+        std::fs::write(&path, "{\"epoch\": 1}").expect("written");
+        assert!(load_file(&path).expect_err("torn").contains("not a keyring file"));
+        std::fs::write(&path, "[\"AAAA\"]").expect("written");
+        assert!(load_file(&path).expect_err("short key").contains("3 bytes"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_adopted_keyring_keeps_drawing_from_the_same_nonces() {
+        let first = ring_of(&[Keyring::generate_base64()]);
+        let mut sealed = Vec::new();
+        first.seal(b"h", b"x", &mut sealed);
+        let next =
+            first.adopt(&KeyringRecord { epoch: 1, origin: "b".into(), keys: vec![[5; KEY_LEN]] }).expect("valid");
+        assert_eq!(next.epoch(), 1);
+        assert_eq!(next.seals(), 1, "one counter across the change");
+        assert_eq!(next.record().keys, vec![[5; KEY_LEN]]);
+        assert_eq!(key_id(&[5; KEY_LEN]), next.primary_id());
     }
 }

@@ -10,6 +10,7 @@
 mod budget;
 mod frame;
 mod keyring;
+mod rotation;
 pub mod swim;
 
 use std::collections::{BTreeSet, HashMap};
@@ -23,7 +24,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 pub use frame::{FrameCodec, Reject, MAX_DATAGRAM};
-pub use keyring::{Keyring, KEY_LEN};
+pub use keyring::{key_base64, key_id_hex, load_file as load_keyring_file, Keyring, KEY_LEN};
+pub use rotation::{KeyChange, KeyringError, KeyringReport, MemberKeys};
 
 use crate::clock::unix_ms;
 use crate::config::GossipConfig;
@@ -32,6 +34,7 @@ use crate::shared::SharedMap;
 use budget::ReplyBudget;
 use frame::{Reassembler, ReplayGuard};
 use murmur_protocol::swim::Status;
+use murmur_protocol::{decode_value, encode_value, keys, KeyringRecord};
 use swim::{Event, Identity, MapStore, Swim, SwimConfig};
 
 /// How often DNS seeds are resolved again, so a seed name that moves is followed.
@@ -86,6 +89,30 @@ impl ClusterView {
 enum Command {
     Set(String, Option<String>),
     Leave(oneshot::Sender<()>),
+    ChangeKeyring(KeyChange, bool, oneshot::Sender<Result<KeyringRecord, KeyringError>>),
+    ReportKeyring(oneshot::Sender<Option<KeyringReport>>),
+}
+
+/// Rotates the gossip keyring of a running agent: the API's way in (`murmur keyring`).
+#[derive(Clone)]
+pub struct KeyringHandle {
+    tx: mpsc::UnboundedSender<Command>,
+}
+
+impl KeyringHandle {
+    /// What every member this agent knows holds.
+    pub async fn report(&self) -> Result<KeyringReport, KeyringError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::ReportKeyring(reply)).map_err(|_| KeyringError::Stopped)?;
+        rx.await.map_err(|_| KeyringError::Stopped)?.ok_or(KeyringError::Insecure)
+    }
+
+    /// Makes `change` on this agent; it spreads from here. Returns the new keyring.
+    pub async fn change(&self, change: KeyChange, force: bool) -> Result<KeyringRecord, KeyringError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::ChangeKeyring(change, force, reply)).map_err(|_| KeyringError::Stopped)?;
+        rx.await.map_err(|_| KeyringError::Stopped)?
+    }
 }
 
 /// The one write path into this node's gossip state.
@@ -153,6 +180,19 @@ pub async fn spawn_gossip(
     for (key, value) in &initial {
         core.set_local(key, Some(value), now);
     }
+    let persist = match (&config.keyring, &config.key_file) {
+        (Some(keyring), Some(path)) => {
+            keyring::save_file(path, &keyring.record())
+                .map_err(|e| anyhow::anyhow!("--gossip-key-file: cannot write {}: {e}", path.display()))?;
+            Some(spawn_keyring_writer(path.clone(), keyring.record()))
+        }
+        _ => None,
+    };
+    if let Some(keyring) = &config.keyring {
+        core.set_local(keys::KEYRING, Some(&encode_value(&keyring.record())), now);
+        metrics.gossip.keyring_epoch.set(keyring.epoch());
+        metrics.gossip.keyring_keys.set(keyring.len() as u64);
+    }
     let (tx, rx) = mpsc::unbounded_channel();
     let (view_tx, view_rx) = watch::channel(Arc::new(ClusterView::default()));
     let (done_tx, done_rx) = watch::channel(None);
@@ -176,6 +216,8 @@ pub async fn spawn_gossip(
         live: HashMap::new(),
         live_addrs: HashMap::new(),
         budget: ReplyBudget::default(),
+        keyrings: HashMap::new(),
+        persist,
     };
     let task_cancel = cancel.clone();
     tokio::spawn(async move {
@@ -190,6 +232,11 @@ impl Gossip {
     /// The write path into this node's state.
     pub fn writer(&self) -> StateWriter {
         StateWriter { tx: self.tx.clone() }
+    }
+
+    /// The way to rotate the gossip keyring at run time.
+    pub fn keyring(&self) -> KeyringHandle {
+        KeyringHandle { tx: self.tx.clone() }
     }
 
     /// The cluster view, updated on every change.
@@ -260,6 +307,32 @@ struct Shell {
     live_addrs: HashMap<SocketAddr, u32>,
     /// What may go to addresses that are neither live members nor seeds.
     budget: ReplyBudget,
+    /// The keyring every member gossips, as of its last view.
+    keyrings: HashMap<Arc<str>, MemberKeys>,
+    /// Where a changed keyring goes to be written to the keyring file.
+    persist: Option<watch::Sender<KeyringRecord>>,
+}
+
+/// Writes every keyring sent to it to `path`, off the gossip task (a file sync can take a
+/// while). The newest wins when changes come faster than writes.
+fn spawn_keyring_writer(path: std::path::PathBuf, first: KeyringRecord) -> watch::Sender<KeyringRecord> {
+    let (tx, mut rx) = watch::channel(first);
+    tokio::spawn(async move {
+        while rx.changed().await.is_ok() {
+            let record = rx.borrow_and_update().clone();
+            let target = path.clone();
+            match tokio::task::spawn_blocking(move || keyring::save_file(&target, &record)).await {
+                Ok(Ok(())) => debug!(path = %path.display(), "keyring file written"),
+                Ok(Err(e)) => warn!(
+                    path = %path.display(),
+                    error = %e,
+                    "could not write the keyring file: a restart would come back with the keys it holds"
+                ),
+                Err(e) => warn!(error = %e, "the keyring file writer failed"),
+            }
+        }
+    });
+    tx
 }
 
 impl Shell {
@@ -294,6 +367,12 @@ impl Shell {
                         self.flush().await;
                         leaving = true;
                         let _ = done.send(());
+                    }
+                    Some(Command::ChangeKeyring(change, force, reply)) => {
+                        let _ = reply.send(self.change_keyring(&change, force));
+                    }
+                    Some(Command::ReportKeyring(reply)) => {
+                        let _ = reply.send(self.keyring_report());
                     }
                     None => return Ok(()),
                 },
@@ -403,41 +482,20 @@ impl Shell {
         if self.changed.is_empty() {
             return;
         }
-        let store = self.core.store();
         let mut modified = false;
         for name in std::mem::take(&mut self.changed) {
-            let view = if *name == *self.name {
-                Some(NodeView {
-                    name: self.name.clone(),
-                    generation: self.generation,
-                    gossip_addr: self.advertise,
-                    status: MemberStatus::Alive,
-                    is_self: true,
-                    values: store.values(&self.name),
-                })
-            } else {
-                // A member up but none of whose state has arrived yet (its pull is under
-                // way) is left out: readers would see a node without its record.
-                self.core.member(&name).filter(|m| !m.is_up() || m.version > 0).map(|m| NodeView {
-                    name: m.name.to_string(),
-                    generation: m.generation,
-                    gossip_addr: m.addr,
-                    status: match m.status {
-                        Status::Alive | Status::Suspect => MemberStatus::Alive,
-                        Status::Dead => MemberStatus::Dead,
-                        Status::Left => MemberStatus::Left,
-                    },
-                    is_self: false,
-                    values: store.values(&m.name),
-                })
-            };
+            let view = self.view_of(&name);
             match view {
                 Some(v) if self.views.get(&*name).is_some_and(|old| **old == v) => {}
                 Some(v) => {
+                    self.note_keyring(&name, &v);
                     self.views.insert(name.to_string(), Arc::new(v));
                     modified = true;
                 }
-                None => modified |= self.views.remove(&*name).is_some(),
+                None => {
+                    self.keyrings.remove(&name);
+                    modified |= self.views.remove(&*name).is_some();
+                }
             }
         }
         // A copy of the map is its chunk pointers; readers diff it against the last one
@@ -445,6 +503,95 @@ impl Shell {
         if modified {
             self.view_tx.send_replace(Arc::new(ClusterView { nodes: self.views.clone() }));
         }
+    }
+
+    /// The view of member `name` as the core has it now; `None` for a member up whose
+    /// state has not arrived yet.
+    fn view_of(&self, name: &Arc<str>) -> Option<NodeView> {
+        let store = self.core.store();
+        if **name == *self.name {
+            Some(NodeView {
+                name: self.name.clone(),
+                generation: self.generation,
+                gossip_addr: self.advertise,
+                status: MemberStatus::Alive,
+                is_self: true,
+                values: store.values(&self.name),
+            })
+        } else {
+            // A member up but none of whose state has arrived yet (its pull is under
+            // way) is left out: readers would see a node without its record.
+            self.core.member(name).filter(|m| !m.is_up() || m.version > 0).map(|m| NodeView {
+                name: m.name.to_string(),
+                generation: m.generation,
+                gossip_addr: m.addr,
+                status: match m.status {
+                    Status::Alive | Status::Suspect => MemberStatus::Alive,
+                    Status::Dead => MemberStatus::Dead,
+                    Status::Left => MemberStatus::Left,
+                },
+                is_self: false,
+                values: store.values(&m.name),
+            })
+        }
+    }
+
+    /// Keeps the keyring `view` gossips, and adopts it when it ranks above ours.
+    fn note_keyring(&mut self, name: &Arc<str>, view: &NodeView) {
+        let record = view
+            .values
+            .iter()
+            .find(|(k, _)| &**k == keys::KEYRING)
+            .and_then(|(_, v)| decode_value::<KeyringRecord>(v).ok());
+        if !view.is_self {
+            let newer = match (self.codec.keyring(), &record) {
+                (Some(applied), Some(r)) => rotation::to_adopt(applied, r),
+                _ => None,
+            };
+            if let Some(next) = newer {
+                info!(
+                    from = %view.name,
+                    epoch = next.epoch(),
+                    keys = next.len(),
+                    primary = %keyring::key_id_hex(&next.record().keys[0]),
+                    "gossip keyring changed by a peer's rotation"
+                );
+                self.apply_keyring(next);
+            }
+        }
+        self.keyrings.insert(name.clone(), MemberKeys { name: view.name.clone(), status: view.status, record });
+    }
+
+    /// Seals with `next` from now on, gossips it and has it written to the keyring file.
+    fn apply_keyring(&mut self, next: Keyring) {
+        let record = next.record();
+        self.core.set_local(keys::KEYRING, Some(&encode_value(&record)), Instant::now());
+        self.changed.insert(Arc::from(self.name.as_str()));
+        self.metrics.gossip.keyring_epoch.set(next.epoch());
+        self.metrics.gossip.keyring_keys.set(next.len() as u64);
+        self.codec.set_keyring(next);
+        if let Some(persist) = &self.persist {
+            persist.send_replace(record);
+        }
+    }
+
+    /// Makes a change asked for through the API.
+    fn change_keyring(&mut self, change: &KeyChange, force: bool) -> Result<KeyringRecord, KeyringError> {
+        let report = self.keyring_report().ok_or(KeyringError::Insecure)?;
+        let record = rotation::plan(&report.local, &self.name, change, force, &report.members)?;
+        let next = self.codec.keyring().ok_or(KeyringError::Insecure)?.adopt(&record).map_err(KeyringError::BadKey)?;
+        info!(?change, epoch = record.epoch, "gossip keyring changed here");
+        self.apply_keyring(next);
+        Ok(record)
+    }
+
+    /// What every member holds; `None` without a keyring.
+    fn keyring_report(&self) -> Option<KeyringReport> {
+        let local = self.codec.keyring()?.record();
+        let mut members: Vec<MemberKeys> = self.keyrings.values().filter(|m| m.name != self.name).cloned().collect();
+        members.push(MemberKeys { name: self.name.clone(), status: MemberStatus::Alive, record: Some(local.clone()) });
+        members.sort_by(|a, b| a.name.cmp(&b.name));
+        Some(KeyringReport { local, members })
     }
 
     /// Resolves the seeds (names too) and joins through them when the set changed or

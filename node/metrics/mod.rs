@@ -83,6 +83,10 @@ pub struct GossipMetrics {
     pub capped: Counter,
     /// Removals (tombstones) held until their grace passes, over every member.
     pub tombstones: Gauge,
+    /// The epoch of the keyring this agent applies (0 until `murmur keyring` changes it).
+    pub keyring_epoch: Gauge,
+    /// Keys in this agent's keyring.
+    pub keyring_keys: Gauge,
 }
 
 /// Membership gauges, set by the registry builder.

@@ -60,6 +60,20 @@ pub fn render_prometheus(m: &Metrics) -> String {
     );
     metric(
         &mut out,
+        "murmur_gossip_keyring_epoch",
+        "gauge",
+        "Epoch of the gossip keyring this agent applies; a rotation has reached every agent when all report the same.",
+        g.keyring_epoch.get(),
+    );
+    metric(
+        &mut out,
+        "murmur_gossip_keyring_keys",
+        "gauge",
+        "Keys in this agent's gossip keyring.",
+        g.keyring_keys.get(),
+    );
+    metric(
+        &mut out,
         "murmur_gossip_bad_values_total",
         "counter",
         "Gossip values skipped because they did not decode.",

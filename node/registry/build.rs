@@ -318,7 +318,7 @@ fn decode_node(node: &Arc<NodeView>, bad: &mut Vec<BadValue>) -> (Member, NodePa
                 }
                 Err(e) => bad.push(skip(e)),
             },
-            Key::Left | Key::Unknown => {}
+            Key::Left | Key::Keyring | Key::Unknown => {}
         }
     }
     let member = Member {

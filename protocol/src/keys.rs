@@ -12,6 +12,9 @@ pub const LEFT: &str = "left";
 pub const INSTANCE_PREFIX: &str = "i/";
 /// Prefix of health keys: `h/<instance id>` holds a [`crate::HealthRecord`].
 pub const HEALTH_PREFIX: &str = "h/";
+/// Key of the keyring this node applies ([`crate::KeyringRecord`]): how a rotation made
+/// at run time reaches every member, and how an operator sees that it has.
+pub const KEYRING: &str = "keyring";
 
 /// A parsed gossip key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +27,8 @@ pub enum Key {
     Instance(InstanceId),
     /// The health of one service instance.
     Health(InstanceId),
+    /// The node's keyring.
+    Keyring,
     /// A key this version does not know (written by a newer agent): ignored.
     Unknown,
 }
@@ -36,6 +41,8 @@ impl Key {
             Key::Node
         } else if key == LEFT {
             Key::Left
+        } else if key == KEYRING {
+            Key::Keyring
         } else if let Some(id) = key.strip_prefix(INSTANCE_PREFIX) {
             InstanceId::new(id).map(Key::Instance).unwrap_or(Key::Unknown)
         } else if let Some(id) = key.strip_prefix(HEALTH_PREFIX) {
@@ -50,6 +57,7 @@ impl Key {
         match self {
             Key::Node => NODE.to_owned(),
             Key::Left => LEFT.to_owned(),
+            Key::Keyring => KEYRING.to_owned(),
             Key::Instance(id) => format!("{INSTANCE_PREFIX}{id}"),
             Key::Health(id) => format!("{HEALTH_PREFIX}{id}"),
             Key::Unknown => String::new(),
@@ -64,7 +72,7 @@ mod tests {
     #[test]
     fn keys_round_trip() {
         let id = InstanceId::new("web-1").expect("valid id");
-        for key in [Key::Node, Key::Left, Key::Instance(id.clone()), Key::Health(id)] {
+        for key in [Key::Node, Key::Left, Key::Keyring, Key::Instance(id.clone()), Key::Health(id)] {
             assert_eq!(Key::parse(&key.render()), key);
         }
     }

@@ -20,7 +20,7 @@ pub use error::{DecodeError, NameError};
 pub use frame::{Frame, FrameError, Open, Refuse, RefuseCode, Transport};
 pub use keys::Key;
 pub use names::{AttrKey, InstanceId, NodeName, ServiceName, Tag};
-pub use record::{Health, HealthRecord, InstanceRecord, NodeRecord};
+pub use record::{Health, HealthRecord, InstanceRecord, KeyringRecord, NodeRecord};
 
 /// The version of the gossip value schema this build writes. A value whose first byte
 /// is another version is skipped by readers (and logged), never misread.

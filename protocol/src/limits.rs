@@ -23,3 +23,5 @@ pub const MAX_AGENT_VERSION_LEN: usize = 32;
 pub const MAX_RECORD_LEN: usize = 16 * 1024;
 /// Largest gossip value (base64 text) a decoder looks at.
 pub const MAX_VALUE_LEN: usize = MAX_RECORD_LEN * 4 / 3 + 4;
+/// Most keys a gossip keyring holds: the primary and the ones still accepted.
+pub const MAX_KEYRING_KEYS: usize = 8;

@@ -7,7 +7,8 @@ use std::net::{IpAddr, SocketAddr};
 use serde::{Deserialize, Serialize};
 
 use crate::limits::{
-    MAX_AGENT_VERSION_LEN, MAX_ATTRIBUTES, MAX_ATTR_VALUE_LEN, MAX_HEALTH_OUTPUT_LEN, MAX_TAGS, MAX_ZONE_LEN,
+    MAX_AGENT_VERSION_LEN, MAX_ATTRIBUTES, MAX_ATTR_VALUE_LEN, MAX_HEALTH_OUTPUT_LEN, MAX_KEYRING_KEYS, MAX_TAGS,
+    MAX_ZONE_LEN,
 };
 use crate::names::{AttrKey, InstanceId, NodeName, ServiceName, Tag};
 
@@ -144,6 +145,46 @@ impl Record for HealthRecord {
     }
 }
 
+/// The gossip keyring a node applies, gossiped so that a change made on one member
+/// reaches all of them. Records are ordered by `(epoch, origin)`: a node adopts any record
+/// above its own, and a change made at run time takes the next epoch, so the newest change
+/// wins everywhere. A keyring given only by configuration has epoch 0 and an empty origin,
+/// so agents started with different flags never overwrite one another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyringRecord {
+    /// How many changes this keyring is from the configured one.
+    pub epoch: u64,
+    /// The node whose change made it (empty for a configured keyring).
+    pub origin: String,
+    /// The AES-256 keys, primary first: the primary seals, all of them open.
+    pub keys: Vec<[u8; 32]>,
+}
+
+impl KeyringRecord {
+    /// The order in which records win: the higher epoch, then the higher origin name.
+    pub fn rank(&self) -> (u64, &str) {
+        (self.epoch, &self.origin)
+    }
+}
+
+impl Record for KeyringRecord {
+    fn check(&self) -> Result<(), String> {
+        if self.keys.is_empty() {
+            return Err("a keyring without a key".into());
+        }
+        if self.keys.len() > MAX_KEYRING_KEYS {
+            return Err(format!("more than {MAX_KEYRING_KEYS} keys"));
+        }
+        if self.keys.iter().enumerate().any(|(i, k)| self.keys[..i].contains(k)) {
+            return Err("a key appears twice".into());
+        }
+        if self.origin.len() > crate::limits::MAX_LABEL_LEN {
+            return Err(format!("origin longer than {} bytes", crate::limits::MAX_LABEL_LEN));
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,5 +203,16 @@ mod tests {
         assert!(Health::Warning.is_healthy());
         assert!(!Health::Critical.is_healthy());
         assert!(!Health::Draining.is_healthy());
+    }
+
+    #[test]
+    fn keyrings_are_checked_and_ranked() {
+        let ring = |epoch, origin: &str, keys: Vec<[u8; 32]>| KeyringRecord { epoch, origin: origin.into(), keys };
+        assert!(ring(0, "", vec![[1; 32]]).check().is_ok());
+        assert!(ring(0, "", vec![]).check().is_err());
+        assert!(ring(0, "", vec![[1; 32], [1; 32]]).check().is_err());
+        assert!(ring(0, "", (0..9u8).map(|i| [i; 32]).collect()).check().is_err());
+        assert!(ring(2, "a", vec![[1; 32]]).rank() > ring(1, "z", vec![[1; 32]]).rank());
+        assert!(ring(2, "b", vec![[1; 32]]).rank() > ring(2, "a", vec![[1; 32]]).rank());
     }
 }

@@ -32,8 +32,13 @@ pub fn ip(block: u8, i: usize) -> IpAddr {
 
 /// A config for one test agent.
 pub fn config(block: u8, i: usize, key: Option<&str>, seeds: &[SocketAddr], services: &[String]) -> Config {
+    Config::from_layer(layer(block, i, key, seeds, services), "").expect("valid test config")
+}
+
+/// The settings of [`config`], to change before they are checked.
+pub fn layer(block: u8, i: usize, key: Option<&str>, seeds: &[SocketAddr], services: &[String]) -> Layer {
     let ip = ip(block, i);
-    let layer = Layer {
+    Layer {
         name: Some(format!("agent-{i}")),
         namespace: Some("test.local".into()),
         bind: Some(SocketAddr::new(ip, 0)),
@@ -46,8 +51,7 @@ pub fn config(block: u8, i: usize, key: Option<&str>, seeds: &[SocketAddr], serv
         api_listen: Some(SocketAddr::new(ip, 0)),
         services: Some(services.iter().map(|s| parse_service_spec(s).expect("valid test spec")).collect()),
         ..Default::default()
-    };
-    Config::from_layer(layer, "").expect("valid test config")
+    }
 }
 
 impl TestMesh {
