@@ -157,11 +157,14 @@ impl Keyring {
         if keys.is_empty() {
             return Err("a keyring needs at least one key".into());
         }
-        let raw = keys
+        let mut raw = keys
             .iter()
             .enumerate()
             .map(|(i, k)| Keyring::decode_key(&format!("key #{}", i + 1), k))
             .collect::<Result<Vec<_>, _>>()?;
+        // A key given twice is one key (the first place counts).
+        let mut seen = std::collections::HashSet::new();
+        raw.retain(|k| seen.insert(*k));
         Keyring::new(&raw)
     }
 
