@@ -30,22 +30,28 @@ const AGENTS: u8 = 5;
 const WAIT: Duration = Duration::from_secs(15);
 const POLL: Duration = Duration::from_millis(10);
 
-/// A sample app: echoes what it reads, prefixed with its name.
+/// The sample app (`murmur sample-app`, and the demo's): to each connection, echoes
+/// what it reads first, prefixed with `NAME@IP says: `. Runs until the listener fails.
+pub async fn sample_app(listener: TcpListener, name: String) {
+    let ip = listener.local_addr().map(|a| a.ip().to_string()).unwrap_or_default();
+    let greeting: Arc<str> = format!("{name}@{ip} says: ").into();
+    while let Ok((mut s, _)) = listener.accept().await {
+        let greeting = greeting.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 256];
+            if let Ok(n) = s.read(&mut buf).await {
+                let _ = s.write_all(greeting.as_bytes()).await;
+                let _ = s.write_all(&buf[..n]).await;
+            }
+        });
+    }
+}
+
+/// Starts a sample app on `ip`, on a port of the system's choosing.
 async fn spawn_app(ip: IpAddr, name: &'static str) -> anyhow::Result<(u16, JoinHandle<()>)> {
     let listener = TcpListener::bind((ip, 0)).await?;
     let port = listener.local_addr()?.port();
-    let task = tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 256];
-                if let Ok(n) = s.read(&mut buf).await {
-                    let _ = s.write_all(format!("{name}@{ip} says: ").as_bytes()).await;
-                    let _ = s.write_all(&buf[..n]).await;
-                }
-            });
-        }
-    });
-    Ok((port, task))
+    Ok((port, tokio::spawn(sample_app(listener, name.to_owned()))))
 }
 
 fn agent_config(

@@ -79,6 +79,16 @@ async fn main() -> ExitCode {
             Ok(())
         }
         Command::Man => cli::man(&mut std::io::stdout()).map_err(Into::into),
+        Command::SampleApp { listen, name } => match tokio::net::TcpListener::bind(listen).await {
+            Ok(listener) => {
+                eprintln!("murmur: sample app {name} listening on {listen}");
+                tokio::select! {
+                    _ = murmur::demo::sample_app(listener, name) => Err(anyhow::anyhow!("the sample app stopped")),
+                    _ = shutdown_signal() => Ok(()),
+                }
+            }
+            Err(e) => Err(anyhow::anyhow!("--listen: cannot bind {listen}: {e}")),
+        },
         Command::Simulate(args) => match args.config() {
             Ok(config) => {
                 let report = murmur::simulate::run(config);
@@ -104,6 +114,21 @@ async fn main() -> ExitCode {
         Err(e) => {
             eprintln!("murmur: {e:#}");
             ExitCode::from(1)
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }

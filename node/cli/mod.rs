@@ -162,6 +162,16 @@ pub enum Command {
     Demo,
     /// Run the membership code for N agents on a simulated network in virtual time.
     Simulate(crate::simulate::SimulateArgs),
+    /// Run the sample app of the demo and the deployment examples: it answers each
+    /// connection with `NAME@IP says: ` and what it read.
+    SampleApp {
+        /// Where to listen.
+        #[arg(long, default_value = "127.0.0.1:8080", env = "SAMPLE_APP_LISTEN")]
+        listen: SocketAddr,
+        /// The name it answers with.
+        #[arg(long, default_value = "app", env = "SAMPLE_APP_NAME")]
+        name: String,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.

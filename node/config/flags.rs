@@ -151,7 +151,8 @@ pub struct AgentArgs {
     /// This node's certificate (PEM), from `murmur cert issue`.
     #[arg(long, value_name = "PATH")]
     pub tls_cert: Option<PathBuf>,
-    /// This node's key (PEM).
+    /// This node's key (PEM). Each of the three TLS settings may also be the PEM text
+    /// itself (as ECS passes secrets, in environment variables).
     #[arg(long, value_name = "PATH")]
     pub tls_key: Option<PathBuf>,
     /// Loopback range the upstream VIPs come from (default 127.100.0.0/16).

@@ -49,20 +49,36 @@ fn provider() -> Arc<CryptoProvider> {
 
 impl TlsMaterial {
     /// Loads `--tls-ca`, `--tls-cert` and `--tls-key`.
+    ///
+    /// Each setting is a path, or the PEM text itself when it starts with `-----BEGIN`
+    /// (ECS hands secrets to a container only as environment variables).
     pub fn load(ca: &Path, cert: &Path, key: &Path) -> Result<TlsMaterial, String> {
-        let ca = CertificateDer::from_pem_file(ca)
-            .map_err(|e| format!("--tls-ca: cannot read a certificate from {}: {e}", ca.display()))?;
-        let cert_der = CertificateDer::from_pem_file(cert)
-            .map_err(|e| format!("--tls-cert: cannot read a certificate from {}: {e}", cert.display()))?;
-        let key = PrivateKeyDer::from_pem_file(key)
-            .map_err(|e| format!("--tls-key: cannot read a key from {}: {e}", key.display()))?;
+        let ca = pem::<CertificateDer>(ca)
+            .map_err(|(from, e)| format!("--tls-ca: cannot read a certificate from {from}: {e}"))?;
+        let cert_der = pem::<CertificateDer>(cert)
+            .map_err(|(from, e)| format!("--tls-cert: cannot read a certificate from {from}: {e}"))?;
+        let key =
+            pem::<PrivateKeyDer>(key).map_err(|(from, e)| format!("--tls-key: cannot read a key from {from}: {e}"))?;
         // The key must match the certificate; `check` (run by config) then checks the
         // certificate against the CA and the node's names, so mistakes fail at start.
         let material = TlsMaterial::Mutual { ca, identity: Identity { cert: cert_der, key } };
         material.server_config().map_err(|e| format!("--tls-cert: {e}"))?;
         Ok(material)
     }
+}
 
+/// Reads a PEM setting: the text itself when it starts with `-----BEGIN`, else a path. The
+/// error names where it came from, never the text (it may be a private key).
+fn pem<T: PemObject>(setting: &Path) -> Result<T, (String, rustls::pki_types::pem::Error)> {
+    let text = setting.as_os_str().as_encoded_bytes();
+    if text.trim_ascii_start().starts_with(b"-----BEGIN") {
+        T::from_pem_slice(text).map_err(|e| ("the PEM text given in place of a path".to_owned(), e))
+    } else {
+        T::from_pem_file(setting).map_err(|e| (setting.display().to_string(), e))
+    }
+}
+
+impl TlsMaterial {
     /// Checks that the certificate chains to the CA, names node `node` and, when given,
     /// the service the sidecar calls as. Nothing to check without mutual TLS.
     pub fn check(&self, node: &str, identity: Option<&str>) -> Result<(), String> {
@@ -256,5 +272,20 @@ mod tests {
         let other = Ca::generate().expect("ca").issue(&NodeName::new("n3").expect("valid"), &[]).expect("issue");
         assert!(verifier.verify_client_cert(&other.cert, &[], now).is_err(), "another CA's certificate is refused");
         std::fs::remove_dir_all(&dir).expect("clean up");
+    }
+
+    #[test]
+    fn pem_text_in_place_of_a_path_loads_and_its_errors_never_show_it() {
+        use crate::tls::ca::{cert_pem, key_pem};
+        let ca = Ca::generate().expect("ca");
+        let id = ca.issue(&NodeName::new("n1").expect("valid"), &[]).expect("issue");
+        let text = |s: String| std::path::PathBuf::from(s);
+        let (ca_pem, cert, key) = (text(ca.cert_pem().to_owned()), text(cert_pem(&id.cert)), text(key_pem(&id.key)));
+        let m = TlsMaterial::load(&ca_pem, &cert, &key).expect("inline PEM loads");
+        assert!(m.check("n1", None).is_ok());
+        let broken = text(format!("{}garbage", &key_pem(&id.key)[..40]));
+        let err = TlsMaterial::load(&ca_pem, &cert, &broken).expect_err("a torn key");
+        assert!(err.starts_with("--tls-key: cannot read a key from the PEM text"), "{err}");
+        assert!(!err.contains("garbage") && !err.contains("PRIVATE KEY-----"), "the key never shows: {err}");
     }
 }
