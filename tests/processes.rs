@@ -518,3 +518,72 @@ fn the_open_files_limit_is_raised_at_start_and_reported() {
     let me = me.murmur;
     assert_eq!((me.open_files.soft, me.open_files.hard), (Some(4096), Some(4096)), "{:?}", me.open_files);
 }
+
+/// Runs `murmur ARGS` and returns its exit status and stdout.
+fn status_of(args: &[&str]) -> (i32, String) {
+    let out = cli(args);
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn the_cli_tells_scripts_what_happened_by_its_exit_status() {
+    let rt = rt();
+    let key = keygen();
+    let a = agent(7, 0, &key, &[], &["--service", "web:8080,check=none"]);
+    let b = agent(7, 1, &key, &[a.gossip.to_string()], &[]);
+    wait_until("two members", || alive(&rt, b.api).len() == 2);
+    let api = b.api.to_string();
+    let with = |args: &[&str]| status_of(&[args, &["--api", &api]].concat());
+
+    // 0 found, 3 nothing found, 1 no agent, 2 bad usage.
+    let (code, table) = with(&["resolve", "web"]);
+    assert_eq!(code, 0, "{table}");
+    assert!(table.contains("8080"), "{table}");
+    assert_eq!(with(&["resolve", "nosuch"]).0, 3);
+    let (code, json) = with(&["resolve", "nosuch", "--json"]);
+    assert_eq!((code, json.trim()), (3, "[]"), "--json prints the empty list and still says nothing found");
+    assert_eq!(with(&["services", "nosuch"]).0, 3);
+    assert_eq!(with(&["members", "--status", "alive"]).0, 0);
+    assert_eq!(with(&["members", "--status", "dead"]).0, 3);
+    let (code, json) = with(&["members", "--status", "alive", "--json"]);
+    let members: Vec<MemberJson> = serde_json::from_str(&json).expect("--json is JSON");
+    assert_eq!((code, members.len()), (0, 2));
+    assert_eq!(status_of(&["members", "--api", "127.30.7.99:1"]).0, 1, "no agent there");
+    assert_eq!(with(&["members", "--status", "bogus"]).0, 2, "bad usage");
+    let help = String::from_utf8_lossy(&cli(&["--help"]).stdout).into_owned();
+    assert!(help.contains("3  nothing found"), "--help documents the exit status: {help}");
+
+    // watch prints the instances there, then one line per change.
+    let mut watch = Command::new(bin())
+        .args(["watch", "web", "--count", "2", "--api", &api])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("watch starts");
+    let mut stdout = watch.stdout.take().expect("piped");
+    let mut first = [0u8; 6];
+    std::io::Read::read_exact(&mut stdout, &mut first).expect("the first line comes at once");
+    assert_eq!(&first, b"added ");
+    let put = r#"{"Name":"web","ID":"web-2","Port":9090,"Check":{"TTL":"60s"}}"#.to_owned();
+    rt.block_on(ApiClient::new(a.api).put("/v1/agent/service/register", put)).expect("registered");
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut stdout, &mut rest);
+    let lines: Vec<&str> = rest.lines().collect();
+    assert_eq!(watch.wait().expect("watch ends").code(), Some(0), "{rest}");
+    assert_eq!(lines.len(), 2, "{rest}");
+    assert!(lines[0].contains(":8080 passing"), "the configured instance: {rest}");
+    assert!(lines[1].starts_with("added web-2 ") && lines[1].contains(":9090"), "the new instance: {rest}");
+
+    // The keyring from the CLI: install reaches both members before the command returns.
+    let new = keygen();
+    let (code, said) = with(&["keyring", "install", &new, "--wait", "15s"]);
+    assert_eq!(code, 0, "{said}");
+    assert!(said.contains("installed: 2/2 live members"), "{said}");
+    assert_eq!(with(&["keyring", "remove", &key]).0, 1, "the primary cannot be removed");
+    let (code, list) = with(&["keyring", "list"]);
+    assert!(code == 0 && list.contains(&new) && list.contains("2/2"), "{list}");
+
+    // Completions and the man page come from the binary.
+    assert!(String::from_utf8_lossy(&cli(&["completions", "bash"]).stdout).contains("_murmur()"));
+    assert!(String::from_utf8_lossy(&cli(&["man"]).stdout).starts_with(".ie"), "roff");
+}
