@@ -92,7 +92,7 @@ fn agent_config(
     let identity = ca.issue(&config.node.name, &names).map_err(anyhow::Error::msg)?;
     config.proxy = Some(ProxyConfig {
         bind: SocketAddr::new(ip, 0),
-        tls: TlsMaterial::Mutual { ca: ca.cert_der().map_err(anyhow::Error::msg)?, identity },
+        tls: TlsMaterial::Mutual { ca: vec![ca.cert_der().map_err(anyhow::Error::msg)?], identity },
         tls_files: None,
         identity: names.first().cloned(),
         upstreams: upstreams

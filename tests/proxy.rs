@@ -414,7 +414,7 @@ async fn raw_client(ca: &Ca, services: &[&str], peer: SocketAddr, server_node: &
     use murmur::tls::TlsMaterial;
     let names: Vec<murmur_protocol::ServiceName> = services.iter().map(|s| s.parse().expect("name")).collect();
     let tls = TlsMaterial::Mutual {
-        ca: ca.cert_der().expect("der"),
+        ca: vec![ca.cert_der().expect("der")],
         identity: ca.issue(&"raw-client".parse().expect("node"), &names).expect("issue"),
     };
     let crypto =

@@ -24,8 +24,9 @@ pub const ALPN: &[u8] = b"murmur/1";
 pub enum TlsMaterial {
     /// The cluster CA and this node's certificate: mutual TLS.
     Mutual {
-        /// Trust anchor.
-        ca: CertificateDer<'static>,
+        /// Trust anchors: the cluster CA, or during a CA change the old one and the new
+        /// one (every certificate in `--tls-ca`).
+        ca: Vec<CertificateDer<'static>>,
         /// This node's certificate and key.
         identity: Identity,
     },
@@ -36,10 +37,12 @@ pub enum TlsMaterial {
     },
 }
 
-/// A trust store holding only the cluster CA.
-fn roots(ca: &CertificateDer<'static>) -> Result<RootCertStore, String> {
+/// A trust store holding only the cluster CA (or CAs).
+fn roots(ca: &[CertificateDer<'static>]) -> Result<RootCertStore, String> {
     let mut roots = RootCertStore::empty();
-    roots.add(ca.clone()).map_err(|e| format!("bad CA certificate: {e}"))?;
+    for c in ca {
+        roots.add(c.clone()).map_err(|e| format!("bad CA certificate: {e}"))?;
+    }
     Ok(roots)
 }
 
@@ -53,7 +56,7 @@ impl TlsMaterial {
     /// Each setting is a path, or the PEM text itself when it starts with `-----BEGIN`
     /// (ECS hands secrets to a container only as environment variables).
     pub fn load(ca: &Path, cert: &Path, key: &Path) -> Result<TlsMaterial, String> {
-        let ca = pem::<CertificateDer>(ca)
+        let ca = pem_certificates(ca)
             .map_err(|(from, e)| format!("--tls-ca: cannot read a certificate from {from}: {e}"))?;
         let cert_der = pem::<CertificateDer>(cert)
             .map_err(|(from, e)| format!("--tls-cert: cannot read a certificate from {from}: {e}"))?;
@@ -64,6 +67,24 @@ impl TlsMaterial {
         let material = TlsMaterial::Mutual { ca, identity: Identity { cert: cert_der, key } };
         material.server_config().map_err(|e| format!("--tls-cert: {e}"))?;
         Ok(material)
+    }
+}
+
+/// Every certificate of a PEM setting (a CA bundle), read as [`pem`] reads one.
+fn pem_certificates(setting: &Path) -> Result<Vec<CertificateDer<'static>>, (String, rustls::pki_types::pem::Error)> {
+    let text = setting.as_os_str().as_encoded_bytes();
+    let (from, all) = if text.trim_ascii_start().starts_with(b"-----BEGIN") {
+        ("the PEM text given in place of a path".to_owned(), CertificateDer::pem_slice_iter(text).collect())
+    } else {
+        match CertificateDer::pem_file_iter(setting) {
+            Ok(iter) => (setting.display().to_string(), iter.collect()),
+            Err(e) => return Err((setting.display().to_string(), e)),
+        }
+    };
+    match all {
+        Ok(v) if Vec::is_empty(&v) => Err((from, rustls::pki_types::pem::Error::NoItemsFound)),
+        Ok(v) => Ok(v),
+        Err(e) => Err((from, e)),
     }
 }
 
@@ -249,7 +270,7 @@ mod tests {
         assert_eq!(services_named(&both.cert), ["a", "b"]);
         let none = ca.issue(&NodeName::new("n1").expect("valid"), &[]).expect("issue");
         assert!(services_named(&none.cert).is_empty(), "the node's own name is not a service");
-        let m = TlsMaterial::Mutual { ca: ca.cert_der().expect("der"), identity: id };
+        let m = TlsMaterial::Mutual { ca: vec![ca.cert_der().expect("der")], identity: id };
         assert!(m.server_config().is_ok());
         assert!(m.client_config().is_ok());
     }
@@ -287,5 +308,23 @@ mod tests {
         let err = TlsMaterial::load(&ca_pem, &cert, &broken).expect_err("a torn key");
         assert!(err.starts_with("--tls-key: cannot read a key from the PEM text"), "{err}");
         assert!(!err.contains("garbage") && !err.contains("PRIVATE KEY-----"), "the key never shows: {err}");
+    }
+
+    #[test]
+    fn a_ca_bundle_trusts_both_cas_while_the_ca_changes() {
+        use crate::tls::ca::{cert_pem, key_pem};
+        let (old, new) = (Ca::generate().expect("ca"), Ca::generate().expect("ca"));
+        let node = NodeName::new("n1").expect("valid");
+        let on_new = new.issue(&node, &[]).expect("issue");
+        let text = |s: String| std::path::PathBuf::from(s);
+        let bundle = text(format!("{}{}", old.cert_pem(), new.cert_pem()));
+        let (cert, key) = (text(cert_pem(&on_new.cert)), text(key_pem(&on_new.key)));
+        let m = TlsMaterial::load(&bundle, &cert, &key).expect("a bundle loads");
+        assert!(matches!(&m, TlsMaterial::Mutual { ca, .. } if ca.len() == 2));
+        assert!(m.check("n1", None).is_ok(), "a certificate of the new CA chains to the bundle");
+        let only_old = TlsMaterial::load(&text(old.cert_pem().to_owned()), &cert, &key).expect("loads");
+        assert!(only_old.check("n1", None).is_err(), "and not to the old CA alone");
+        let none = TlsMaterial::load(&text("-----BEGIN nothing".into()), &cert, &key);
+        assert!(none.is_err(), "a CA setting without a certificate is refused");
     }
 }

@@ -185,7 +185,7 @@ pub fn with_proxy(
     let services: Vec<murmur_protocol::ServiceName> =
         services.iter().map(|s| s.parse().expect("valid service")).collect();
     let tls = TlsMaterial::Mutual {
-        ca: ca.cert_der().expect("ca der"),
+        ca: vec![ca.cert_der().expect("ca der")],
         identity: ca.issue(&cfg.node.name, &services).expect("issue"),
     };
     cfg.proxy = Some(ProxyConfig {
