@@ -262,6 +262,8 @@ async fn the_image_runs_a_three_node_mesh_from_the_podman_kube_file() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+    // Each agent wrote its keyring file to the image's /var/lib/murmur as user 65532 at
+    // start (it exits 1 when it cannot), so converging shows the directory is its own.
     eprintln!("three containers converged {:?} after the build", started.elapsed());
     for i in 1..=3 {
         let dns = SocketAddr::from(([127, 47, 0, i], 8600));

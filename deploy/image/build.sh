@@ -30,7 +30,7 @@ fi
 ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT
 rootfs=$ctx/rootfs
-mkdir -p "$rootfs/etc" "$rootfs/tmp"
+mkdir -p "$rootfs/etc" "$rootfs/tmp" "$ctx/state"
 chmod 1777 "$rootfs/tmp"
 install -m 0755 "$binary" "$rootfs/murmur"
 strip "$rootfs/murmur"

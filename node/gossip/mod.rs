@@ -183,7 +183,12 @@ pub async fn spawn_gossip(
     let persist = match (&config.keyring, &config.key_file) {
         (Some(keyring), Some(path)) => {
             keyring::save_file(path, &keyring.record())
-                .map_err(|e| anyhow::anyhow!("--gossip-key-file: cannot write {}: {e}", path.display()))?;
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "--gossip-key-file: cannot write {}: {e} (its directory must exist and be writable by the agent's user)",
+                        path.display()
+                    )
+                })?;
             Some(spawn_keyring_writer(path.clone(), keyring.record()))
         }
         _ => None,
