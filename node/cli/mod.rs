@@ -1,6 +1,7 @@
 //! The command line: clap types and the commands that talk to a local agent's API
 //! (`members`, `services`, `resolve`, `watch`, `keyring`), print tables for people or,
-//! with `--json`, exactly what the API returned. Exit codes are [`EXIT_CODES`].
+//! with `--json`, the API's JSON (filtered, for `members --status`). Exit codes are
+//! [`EXIT_CODES`].
 
 mod client;
 pub mod keyring;
