@@ -175,6 +175,7 @@ async fn killing_a_backend_app_or_agent_under_load_fails_nothing() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     // The app behind backend 1 dies: attempts to it are refused by its sidecar before
     // the ack and retried elsewhere; its health check then takes it out.
+    let app_killed = Instant::now();
     if let Some(app) = mesh.apps[0].take() {
         app.abort();
     }
@@ -188,14 +189,18 @@ async fn killing_a_backend_app_or_agent_under_load_fails_nothing() {
     let (ok, failed) = traffic.await.expect("load");
     eprintln!("{ok} calls succeeded, {} failed", failed.len());
     assert!(ok > 100, "the load ran: {ok}");
-    // Calls are sequential, so at most one is in flight when the agent dies; if it was
-    // already spliced to that agent, its loss is the kill's, not the proxy's (the demo
-    // counts it apart too). Every other call succeeds.
-    let in_flight_at_kill = |(start, end): &(Instant, Instant)| *start <= killed && killed <= *end;
+    // Calls are sequential, so at most one is in flight when the app dies and one when
+    // the agent dies. A call already past the ack at that instant is lost with them (a
+    // connection still in the app's accept queue is reset when its listener closes),
+    // which is the kill's loss, not the proxy's; the demo counts those apart too. Every
+    // other call succeeds.
+    let in_flight_at = |at: Instant| move |(start, end): &(Instant, Instant)| *start <= at && at <= *end;
+    let excused = |call: &(Instant, Instant)| in_flight_at(app_killed)(call) || in_flight_at(killed)(call);
     assert!(
-        failed.len() <= 1 && failed.iter().all(in_flight_at_kill),
-        "only a call in flight at the kill may fail: {} failed",
-        failed.len()
+        failed.len() <= 2 && failed.iter().all(excused),
+        "only a call in flight at a kill may fail: {} failed, {} of them in flight at neither",
+        failed.len(),
+        failed.iter().filter(|c| !excused(c)).count()
     );
     let stats = mesh.client.metrics().proxy.upstreams();
     let retries = stats[0].1.retries.get();
