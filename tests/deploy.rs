@@ -53,6 +53,13 @@ fn python_yaml() -> bool {
     Command::new("python3").args(["-c", "import yaml"]).output().is_ok_and(|o| o.status.success())
 }
 
+/// A list of `{"name": ..., "value": ...}` (an ECS or Kubernetes `env`) as a map.
+fn name_values(list: &Value) -> BTreeMap<String, String> {
+    let pair =
+        |e: &Value| (e["name"].as_str().expect("name").to_owned(), e["value"].as_str().expect("value").to_owned());
+    list.as_array().expect("a list of names and values").iter().map(pair).collect()
+}
+
 /// Checks that `env`, the MURMUR_* settings of an example, is what the agent accepts.
 fn accepted(example: &str, env: BTreeMap<String, String>) {
     assert!(env.len() >= 8, "{example}: found the settings: {env:?}");
@@ -96,12 +103,7 @@ fn the_ecs_task_definition_runs_murmur_beside_the_app_with_secrets_and_the_stub_
     for needed in ["MURMUR_GOSSIP_KEYS", "MURMUR_TLS_CA", "MURMUR_TLS_CERT", "MURMUR_TLS_KEY"] {
         assert!(secrets.contains_key(needed), "{needed} comes from a secret");
     }
-    let mut env: BTreeMap<String, String> = murmur["environment"]
-        .as_array()
-        .expect("environment")
-        .iter()
-        .map(|e| (e["name"].as_str().expect("name").to_owned(), e["value"].as_str().expect("value").to_owned()))
-        .collect();
+    let mut env: BTreeMap<String, String> = name_values(&murmur["environment"]);
     assert_eq!(env["MURMUR_DNS_LISTEN"], "127.0.0.1:53");
     assert!(
         env["MURMUR_SEEDS"].split(':').next().is_some_and(|h| h.parse::<std::net::IpAddr>().is_err()),
@@ -328,12 +330,7 @@ fn the_podman_kube_file_gives_each_node_settings_the_agent_accepts() {
     assert_eq!(docs.iter().filter(|d| d["kind"] == "Pod").count(), 3);
     for pod in &docs {
         let agent = &pod["spec"]["containers"][0];
-        let env: BTreeMap<String, String> = agent["env"]
-            .as_array()
-            .expect("env")
-            .iter()
-            .map(|e| (e["name"].as_str().expect("name").to_owned(), e["value"].as_str().expect("value").to_owned()))
-            .collect();
+        let env: BTreeMap<String, String> = name_values(&agent["env"]);
         let layer = from_env(&env).expect("settings the agent accepts");
         Config::from_layer(layer, "").expect("a whole config");
     }
