@@ -168,7 +168,7 @@ async fn main() {
     let key = keygen();
     let mut report = serde_json::Map::new();
     // The same phases with the stub's per-source rate limit off, then at its default.
-    let default = murmur::config::DEFAULT_DNS_RATE_LIMIT;
+    let default = murmur::config::Settings::resolve(Default::default()).dns_rate_limit;
     let settings = [("no rate limit".to_owned(), 0), (format!("default rate limit ({default}/s per socket)"), default)];
     for (setting, limit) in settings {
         println!("{setting}:");

@@ -141,6 +141,7 @@ async fn simulate(n: usize, interval: Duration, deadline: Duration, cap_mb: f64)
     let cpu0 = cpu_seconds();
     let started = Instant::now();
     let mut nodes: Vec<Option<Gossip>> = Vec::with_capacity(n);
+    let defaults = murmur::config::Settings::resolve(Default::default());
     for i in 0..n {
         let addr = SocketAddr::new(ip(i), 7946);
         let config = GossipConfig {
@@ -151,14 +152,14 @@ async fn simulate(n: usize, interval: Duration, deadline: Duration, cap_mb: f64)
             keyring: Some(keyring.clone()),
             key_file: None,
             interval,
-            probe_interval: murmur::config::DEFAULT_PROBE_INTERVAL,
+            probe_interval: defaults.probe_interval,
             probe_timeout: murmur::config::DEFAULT_PROBE_TIMEOUT,
-            indirect_probes: murmur::config::DEFAULT_INDIRECT_PROBES,
-            suspicion_mult: murmur::config::DEFAULT_SUSPICION_MULT,
-            retransmit_mult: murmur::config::DEFAULT_RETRANSMIT_MULT,
-            sync_interval: murmur::config::DEFAULT_SYNC_INTERVAL,
+            indirect_probes: defaults.indirect_probes,
+            suspicion_mult: defaults.suspicion_mult,
+            retransmit_mult: defaults.retransmit_mult,
+            sync_interval: defaults.sync_interval,
             dead_grace: Duration::from_secs(3600),
-            tombstone_grace: murmur::config::DEFAULT_TOMBSTONE_GRACE,
+            tombstone_grace: defaults.tombstone_grace,
             drain: Duration::ZERO,
         };
         let started = match tokio::net::UdpSocket::bind(addr).await {

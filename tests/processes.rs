@@ -532,6 +532,12 @@ fn the_cli_tells_scripts_what_happened_by_its_exit_status() {
     let a = agent(7, 0, &key, &[], &["--service", "web:8080,check=none"]);
     let b = agent(7, 1, &key, &[a.gossip.to_string()], &[]);
     wait_until("two members", || alive(&rt, b.api).len() == 2);
+    // Membership comes first and a's instances a little after (up to 160 ms measured
+    // on an idle machine): wait for them in b's replica, through the API rather than
+    // the command under test.
+    wait_until("web in b's replica", || {
+        api_get(&rt, b.api, "/v1/services/web").is_some_and(|json| json.contains("8080"))
+    });
     let api = b.api.to_string();
     let with = |args: &[&str]| status_of(&[args, &["--api", &api]].concat());
 

@@ -16,37 +16,13 @@ pub struct ConfigError {
     pub message: String,
 }
 
-/// The other spellings of a flag whose value is checked after merging.
+/// The other spellings of a flag whose value is checked after merging, from the
+/// settings table.
 fn also(field: &str) -> String {
-    let other = match field {
-        "--name" => ("MURMUR_NAME", "name"),
-        "--cluster" => ("MURMUR_CLUSTER", "cluster"),
-        "--namespace" => ("MURMUR_NAMESPACE", "namespace"),
-        "--zone" => ("MURMUR_ZONE", "zone"),
-        "--advertise" => ("MURMUR_ADVERTISE", "gossip.advertise"),
-        "--gossip-key" => ("MURMUR_GOSSIP_KEYS", "gossip.keys"),
-        "--gossip-key-file" => ("MURMUR_GOSSIP_KEY_FILE", "gossip.key_file"),
-        "--gossip-interval" => ("MURMUR_GOSSIP_INTERVAL", "gossip.interval"),
-        "--probe-interval" => ("MURMUR_PROBE_INTERVAL", "gossip.probe_interval"),
-        "--probe-timeout" => ("MURMUR_PROBE_TIMEOUT", "gossip.probe_timeout"),
-        "--indirect-probes" => ("MURMUR_INDIRECT_PROBES", "gossip.indirect_probes"),
-        "--suspicion-mult" => ("MURMUR_SUSPICION_MULT", "gossip.suspicion_mult"),
-        "--retransmit-mult" => ("MURMUR_RETRANSMIT_MULT", "gossip.retransmit_mult"),
-        "--sync-interval" => ("MURMUR_SYNC_INTERVAL", "gossip.sync_interval"),
-        "--dead-grace" => ("MURMUR_DEAD_GRACE", "gossip.dead_grace"),
-        "--drain" => ("MURMUR_DRAIN", "gossip.drain"),
-        "--tls-cert" => ("MURMUR_TLS_CERT", "proxy.tls_cert"),
-        "--proxy-identity" => ("MURMUR_PROXY_IDENTITY", "proxy.identity"),
-        "--vip-range" => ("MURMUR_VIP_RANGE", "proxy.vip_range"),
-        "--api-token" => ("MURMUR_API_TOKEN", "api.token"),
-        "--api-token-file" => ("MURMUR_API_TOKEN_FILE", "api.token_file"),
-        "--api-host" => ("MURMUR_API_HOSTS", "api.hosts"),
-        "--max-instances" => ("MURMUR_MAX_INSTANCES", "api.max_instances"),
-        "--registration-rate" => ("MURMUR_REGISTRATION_RATE", "api.registration_rate"),
-        "--tombstone-grace" => ("MURMUR_TOMBSTONE_GRACE", "gossip.tombstone_grace"),
-        _ => return String::new(),
-    };
-    format!(" (or {}, or {} in the config file)", other.0, other.1)
+    match super::settings::Setting::by_flag(field) {
+        Some(s) => format!(" (or {}, or {} in the config file)", s.env, s.toml),
+        None => String::new(),
+    }
 }
 
 impl ConfigError {

@@ -5,18 +5,21 @@
 //! field, so that `main` can exit with status 2 before anything runs.
 
 mod error;
+mod file;
 mod flags;
-mod layer;
+mod kinds;
+mod settings;
 pub mod spec;
 pub mod upstream;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
-use std::path::PathBuf;
 use std::time::Duration;
 
 pub use error::ConfigError;
+pub use file::from_toml;
 pub use flags::AgentArgs;
-pub use layer::{from_env, from_toml, Advertise, Env, Layer, ProcessEnv};
+pub use kinds::{Advertise, Shape};
+pub use settings::{Env, Layer, ProcessEnv, Setting, Settings, SETTINGS};
 pub use spec::{CheckKind, CheckSpec, ServiceSpec};
 pub use upstream::{OutlierConfig, Policy, Proto, UpstreamSpec};
 
@@ -26,61 +29,19 @@ use murmur_protocol::NodeName;
 use crate::gossip::Keyring;
 use crate::tls::TlsMaterial;
 
-/// Default gossip bind address: every interface, the port Serf and Consul use.
-pub const DEFAULT_GOSSIP_BIND: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 7946);
-/// Default time between pushes of waiting membership changes to three random members.
-/// Nothing is sent when nothing waits, so an idle cluster pays only for probes.
-pub const DEFAULT_GOSSIP_INTERVAL: Duration = Duration::from_millis(200);
-/// Default probe interval: one member probed per period. Four pings and four acks a
-/// second at about 100 bytes each keep an idle agent under 1 KB/s, and a dead member
-/// is first missed within a period or two.
-pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_millis(250);
 /// Default probe timeout: a LAN answers in well under a millisecond; 100 ms leaves room
-/// for a loaded host before others are asked to probe.
+/// for a loaded host before others are asked to probe. (Half the probe interval when
+/// that is shorter, so it is not in the settings table.)
 pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_millis(100);
-/// Default number of members asked to probe indirectly (SWIM's k; memberlist's 3).
-pub const DEFAULT_INDIRECT_PROBES: u32 = 3;
-/// Default shortest suspicion, in probe intervals times `max(1, log10 N)`: 0.5 s at 100
-/// members, 0.75 s at 1,000 (longer on a lossy network; 6× that with no confirmation).
-pub const DEFAULT_SUSPICION_MULT: f64 = 1.0;
-/// Default retransmit multiplier: each change is sent `4 · ⌈log10(N + 1)⌉` times, as
-/// memberlist does.
-pub const DEFAULT_RETRANSMIT_MULT: u32 = 4;
-/// Default full-state repair interval up to 32 members (memberlist's push/pull); it
-/// grows as `⌈log2(N / 32)⌉ + 1` times this above.
-pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_secs(30);
-/// Default time a dead node is remembered (listed as dead) before it is forgotten.
-/// Minutes, not chitchat's 24 h: tasks churn all the time.
-pub const DEFAULT_DEAD_GRACE: Duration = Duration::from_secs(300);
-/// How long a removed key is remembered: far longer than any rumor takes to spread, so
-/// that only a replica cut off for minutes has to refetch a node's state.
-pub const DEFAULT_TOMBSTONE_GRACE: Duration = Duration::from_secs(300);
-/// Default drain period: instances are marked draining this long before the agent
-/// leaves, three DNS TTLs so that clients stop picking them.
-pub const DEFAULT_DRAIN: Duration = Duration::from_secs(3);
 /// Longest dead grace accepted.
 pub const MAX_DEAD_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Longest drain period accepted.
 pub const MAX_DRAIN: Duration = Duration::from_secs(600);
-/// Default DNS stub address (Consul's DNS port, on loopback only).
-pub const DEFAULT_DNS_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8600);
-/// Default DNS TTL in seconds: the replica is live, short TTLs keep client caches fresh.
-pub const DEFAULT_DNS_TTL: u32 = 1;
-/// Default log filter: hickory's server logs every query at info, which a busy stub
-/// cannot afford, so it is held to warnings.
-pub const DEFAULT_LOG_FILTER: &str = "info,hickory_server=warn";
-/// Default cap on A/AAAA/SRV records per answer (as Cloud Map's multivalue answers).
-pub const DEFAULT_DNS_MAX_ANSWERS: usize = 8;
-/// Default per-source DNS rate limit, queries per second per client socket (address and
-/// port). The standard resolver opens a socket per lookup; a flood from one socket is
-/// held to this. (AWS's VPC resolver allows 1,024 packets/s per network interface.)
-pub const DEFAULT_DNS_RATE_LIMIT: u32 = 2000;
-/// Default admin API address (Consul's HTTP port, on loopback only).
-pub const DEFAULT_API_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8500);
-/// Default DNS namespace.
-pub const DEFAULT_NAMESPACE: &str = "murmur.local";
-/// Default cluster id.
-pub const DEFAULT_CLUSTER: &str = "murmur";
+
+/// Reads the `MURMUR_*` variables into a layer.
+pub fn from_env(env: &dyn Env) -> Result<Layer, ConfigError> {
+    Layer::from_env(env)
+}
 
 /// Who this node is.
 #[derive(Debug, Clone)]
@@ -175,12 +136,6 @@ pub struct RegistrationLimits {
     pub per_second: u32,
 }
 
-impl Default for RegistrationLimits {
-    fn default() -> Self {
-        RegistrationLimits { instances: 256, attribute_bytes: 64 * 1024, per_second: 50 }
-    }
-}
-
 /// The API token. Its `Debug` never shows it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ApiToken(String);
@@ -200,21 +155,16 @@ impl std::fmt::Debug for ApiToken {
     }
 }
 
-/// The API settings from a merged layer: the token from its value or its file (not
-/// both), the extra host names checked.
-fn api_config(
-    listen: Option<SocketAddr>,
-    token: Option<String>,
-    file: Option<PathBuf>,
-    hosts: Option<Vec<String>>,
-) -> Result<ApiConfig, ConfigError> {
-    let token = match (token, file) {
+/// The API settings: the token from its value or its file (not both), the extra host
+/// names checked, the registration caps.
+fn api_config(s: &Settings) -> Result<ApiConfig, ConfigError> {
+    let token = match (&s.api_token, &s.api_token_file) {
         (Some(_), Some(_)) => {
             return Err(ConfigError::new("--api-token", "set either the token or --api-token-file, not both"))
         }
-        (Some(t), None) => Some(("--api-token", t)),
+        (Some(t), None) => Some(("--api-token", t.clone())),
         (None, Some(path)) => {
-            let text = std::fs::read_to_string(&path)
+            let text = std::fs::read_to_string(path)
                 .map_err(|e| ConfigError::new("--api-token-file", format!("cannot read {}: {e}", path.display())))?;
             Some(("--api-token-file", text.lines().next().unwrap_or_default().trim().to_owned()))
         }
@@ -227,16 +177,28 @@ fn api_config(
         Some((_, t)) => Some(ApiToken(t)),
         None => None,
     };
-    let hosts = hosts
-        .unwrap_or_default()
-        .into_iter()
+    let hosts = s
+        .api_hosts
+        .iter()
+        .flatten()
         .map(|h| {
             let h = h.trim().trim_end_matches('.').to_ascii_lowercase();
             let ok = !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
             ok.then_some(h.clone()).ok_or_else(|| ConfigError::new("--api-host", format!("`{h}` is not a host name")))
         })
         .collect::<Result<_, _>>()?;
-    Ok(ApiConfig { listen: listen.unwrap_or(DEFAULT_API_LISTEN), token, hosts, limits: RegistrationLimits::default() })
+    if s.max_instances == 0 {
+        return Err(ConfigError::new("--max-instances", "must be at least 1"));
+    }
+    if s.registration_rate == 0 {
+        return Err(ConfigError::new("--registration-rate", "must be at least 1 a second"));
+    }
+    let limits = RegistrationLimits {
+        instances: s.max_instances,
+        attribute_bytes: s.max_attribute_bytes,
+        per_second: s.registration_rate,
+    };
+    Ok(ApiConfig { listen: s.api_listen, token, hosts, limits })
 }
 
 /// The PEM files of a sidecar's mutual TLS.
@@ -318,7 +280,7 @@ impl Config {
     pub fn load(args: &AgentArgs, env: &dyn Env) -> Result<Config, ConfigError> {
         let path = args.config.clone().or_else(|| env.var("MURMUR_CONFIG").map(Into::into));
         let file = match path {
-            Some(p) => layer::from_file(&p)?,
+            Some(p) => file::from_file(&p)?,
             None => Layer::default(),
         };
         let merged = file.stack(from_env(env)?).stack(args.to_layer()?);
@@ -329,255 +291,222 @@ impl Config {
     /// Validates a merged layer. `resolv_conf` is the text of /etc/resolv.conf, used
     /// when no upstream resolver is configured.
     pub fn from_layer(l: Layer, resolv_conf: &str) -> Result<Config, ConfigError> {
-        let mut api = api_config(l.api_listen, l.api_token.clone(), l.api_token_file.clone(), l.api_hosts.clone())?;
-        let defaults = RegistrationLimits::default();
-        api.limits.instances = match l.max_instances {
-            Some(0) => return Err(ConfigError::new("--max-instances", "must be at least 1")),
-            n => n.unwrap_or(defaults.instances),
-        };
-        api.limits.attribute_bytes = l.max_attribute_bytes.unwrap_or(defaults.attribute_bytes);
-        api.limits.per_second = match l.registration_rate {
-            Some(0) => return Err(ConfigError::new("--registration-rate", "must be at least 1 a second")),
-            n => n.unwrap_or(defaults.per_second),
-        };
-        let name_text = l.name.clone().unwrap_or_else(hostname);
-        let name = NodeName::new(&name_text)
-            .map_err(|e| ConfigError::new("--name", format!("{e}; set a node name that is a DNS label")))?;
-        if let Some(z) = &l.zone {
-            if z.is_empty() || z.len() > MAX_ZONE_LEN {
-                return Err(ConfigError::new("--zone", format!("must be 1-{MAX_ZONE_LEN} bytes")));
-            }
-        }
-        let cluster = l.cluster.unwrap_or_else(|| DEFAULT_CLUSTER.to_owned());
-        if cluster.is_empty() || cluster.len() > 64 {
-            return Err(ConfigError::new("--cluster", "must be 1-64 bytes"));
-        }
-        let namespace = parse_namespace(l.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE))?;
-        let bind = l.bind.unwrap_or(DEFAULT_GOSSIP_BIND);
-        let advertise_ip = match l.advertise {
-            Some(a) => a.ip,
-            None if !bind.ip().is_unspecified() => bind.ip(),
-            None => guess_advertise_ip(),
-        };
-        if advertise_ip.is_unspecified() {
-            return Err(ConfigError::new("--advertise", "must be a reachable address, not 0.0.0.0"));
-        }
-        let advertise_port = l.advertise.and_then(|a| a.port).unwrap_or(bind.port());
-        let insecure = l.insecure.unwrap_or(false);
-        let keys = l.gossip_keys.unwrap_or_default();
-        let key_file = l.gossip_key_file.clone();
-        let from_file = match &key_file {
-            Some(path) => {
-                crate::gossip::load_keyring_file(path).map_err(|m| ConfigError::new("--gossip-key-file", m))?
-            }
-            None => None,
-        };
-        // A keyring file that exists wins over --gossip-key: it holds what `murmur
-        // keyring` changed since (as Consul's keyring file wins over `encrypt`).
-        let keyring = match from_file {
-            Some(record) => Some(Keyring::from_record(&record).map_err(|m| ConfigError::new("--gossip-key-file", m))?),
-            None if keys.is_empty() => {
-                if !insecure {
-                    return Err(ConfigError::new(
-                        "--gossip-key",
-                        "no gossip key: make one with `murmur keygen` and give it to every agent \
-                         (with --gossip-key-file, to start the file with), or pass --insecure to run an open cluster",
-                    ));
-                }
-                None
-            }
-            None => Some(Keyring::from_base64(&keys).map_err(|m| ConfigError::new("--gossip-key", m))?),
-        };
-        let interval = l.gossip_interval.unwrap_or(DEFAULT_GOSSIP_INTERVAL);
-        if interval < Duration::from_millis(10) || interval > Duration::from_secs(10) {
-            return Err(ConfigError::new("--gossip-interval", "must be between 10ms and 10s"));
-        }
-        let probe_interval = l.probe_interval.unwrap_or(DEFAULT_PROBE_INTERVAL);
-        if probe_interval < Duration::from_millis(20) || probe_interval > Duration::from_secs(10) {
-            return Err(ConfigError::new("--probe-interval", "must be between 20ms and 10s"));
-        }
-        let probe_timeout = l.probe_timeout.unwrap_or(DEFAULT_PROBE_TIMEOUT.min(probe_interval / 2));
-        if probe_timeout < Duration::from_millis(1) || probe_timeout >= probe_interval {
-            return Err(ConfigError::new(
-                "--probe-timeout",
-                "must be at least 1ms and shorter than the probe interval",
-            ));
-        }
-        let indirect_probes = l.indirect_probes.unwrap_or(DEFAULT_INDIRECT_PROBES);
-        if indirect_probes > 16 {
-            return Err(ConfigError::new("--indirect-probes", "must be at most 16"));
-        }
-        let suspicion_mult = l.suspicion_mult.unwrap_or(DEFAULT_SUSPICION_MULT);
-        if !(0.25..=64.0).contains(&suspicion_mult) {
-            return Err(ConfigError::new("--suspicion-mult", "must be between 0.25 and 64"));
-        }
-        let retransmit_mult = l.retransmit_mult.unwrap_or(DEFAULT_RETRANSMIT_MULT);
-        if !(1..=16).contains(&retransmit_mult) {
-            return Err(ConfigError::new("--retransmit-mult", "must be between 1 and 16"));
-        }
-        let sync_interval = l.sync_interval.unwrap_or(DEFAULT_SYNC_INTERVAL);
-        if sync_interval < Duration::from_secs(1) || sync_interval > Duration::from_secs(3600) {
-            return Err(ConfigError::new("--sync-interval", "must be between 1s and 1h"));
-        }
-        let dead_grace = l.dead_grace.unwrap_or(DEFAULT_DEAD_GRACE);
-        if dead_grace < Duration::from_secs(1) || dead_grace > MAX_DEAD_GRACE {
-            return Err(ConfigError::new("--dead-grace", "must be between 1s and 7 days"));
-        }
-        let tombstone_grace = l.tombstone_grace.unwrap_or(DEFAULT_TOMBSTONE_GRACE);
-        if tombstone_grace < Duration::from_secs(1) || tombstone_grace > MAX_DEAD_GRACE {
-            return Err(ConfigError::new("--tombstone-grace", "must be between 1s and 7 days"));
-        }
-        let drain = l.drain.unwrap_or(DEFAULT_DRAIN);
-        if drain > MAX_DRAIN {
-            return Err(ConfigError::new("--drain", "must be at most 10 minutes"));
-        }
-        let dns_listen = l.dns_listen.unwrap_or(DEFAULT_DNS_LISTEN);
-        let upstreams = match l.dns_upstreams {
-            Some(u) => u,
-            None => parse_resolv_conf(resolv_conf),
-        };
-        let upstreams: Vec<SocketAddr> = upstreams.into_iter().filter(|u| !same_endpoint(*u, dns_listen)).collect();
-        let max_answers = l.dns_max_answers.unwrap_or(DEFAULT_DNS_MAX_ANSWERS);
-        if max_answers == 0 || max_answers > 64 {
-            return Err(ConfigError::new("dns.max_answers", "must be between 1 and 64"));
-        }
-        let services = l.services.unwrap_or_default();
-        if services.len() > api.limits.instances {
-            return Err(ConfigError::new(
-                "--max-instances",
-                format!(
-                    "the config declares {} instances, more than the cap of {}",
-                    services.len(),
-                    api.limits.instances
-                ),
-            ));
-        }
-        let mut ids = std::collections::BTreeSet::new();
-        for (i, s) in services.iter().enumerate() {
-            let id = s.id.as_ref().map(|i| i.to_string()).unwrap_or_else(|| format!("{name}-{}", s.port));
-            if !ids.insert(id.clone()) {
-                return Err(ConfigError::new(
-                    format!("service[{i}]"),
-                    format!("instance id `{id}` is used twice; give one an id="),
-                ));
-            }
-        }
-        let proxy_on = l.upstreams.is_some() || l.proxy_bind.is_some() || l.tls_cert.is_some();
-        let proxy = if proxy_on {
-            let tls = match (&l.tls_ca, &l.tls_cert, &l.tls_key) {
-                (Some(ca), Some(cert), Some(key)) => TlsMaterial::load(ca, cert, key).map_err(|m| {
-                    let (field, rest) = m.split_once(": ").unwrap_or(("--tls-cert", m.as_str()));
-                    ConfigError::new(field, rest)
-                })?,
-                (None, None, None) if insecure => {
-                    TlsMaterial::insecure(&name).map_err(|m| ConfigError::new("--tls-cert", m))?
-                }
-                (None, None, None) => {
-                    return Err(ConfigError::new(
-                        "--tls-cert",
-                        "proxy mode needs --tls-ca, --tls-cert and --tls-key (`murmur ca init`, `murmur cert issue`), \
-                         or --insecure",
-                    ))
-                }
-                _ => {
-                    return Err(ConfigError::new("--tls-cert", "give all three of --tls-ca, --tls-cert and --tls-key"))
-                }
-            };
-            // The identity to call as: the flag, else the first service, else the one
-            // service the certificate names (a caller-only task needs no flag).
-            let named = if tls.is_mutual() { tls.services_named() } else { Vec::new() };
-            let from_cert = match named.as_slice() {
-                [one] => murmur_protocol::ServiceName::new(one).ok(),
-                _ => None,
-            };
-            let identity = l.proxy_identity.clone().or_else(|| services.first().map(|s| s.name.clone())).or(from_cert);
-            tls.check(name.as_str(), identity.as_ref().map(|s| s.as_str()))
-                .map_err(|m| ConfigError::new("--tls-cert", m))?;
-            if identity.is_none() && l.upstreams.as_ref().is_some_and(|u| !u.is_empty()) {
-                let why = match named.len() {
-                    0 => "upstreams need an identity to call as: register a --service, set --proxy-identity, \
-                          or issue the certificate with one --service"
-                        .to_owned(),
-                    _ => format!(
-                        "upstreams need an identity to call as, and the certificate names several services ({}): \
-                         choose one with --proxy-identity",
-                        named.join(", ")
-                    ),
-                };
-                return Err(ConfigError::new("--proxy-identity", why));
-            }
-            let (vip_base, vip_count) =
-                l.vip_range.unwrap_or((upstream::DEFAULT_VIP_BASE, upstream::DEFAULT_VIP_COUNT));
-            let upstreams = l.upstreams.clone().unwrap_or_default();
-            let mut aliases = std::collections::BTreeSet::new();
-            for (i, u) in upstreams.iter().enumerate() {
-                if !aliases.insert((u.alias.clone(), u.port)) {
-                    return Err(ConfigError::new(
-                        format!("upstream[{i}]"),
-                        format!("alias `{}` port {} is used twice", u.alias, u.port),
-                    ));
-                }
-            }
-            if upstreams.len() as u64 > u64::from(vip_count) {
-                return Err(ConfigError::new("--vip-range", "has fewer addresses than there are upstreams"));
-            }
-            Some(ProxyConfig {
-                bind: l.proxy_bind.unwrap_or(SocketAddr::new(advertise_ip, upstream::DEFAULT_PROXY_PORT)),
-                tls,
-                tls_files: match (&l.tls_ca, &l.tls_cert, &l.tls_key) {
-                    (Some(ca), Some(cert), Some(key)) => {
-                        Some(TlsFiles { ca: ca.clone(), cert: cert.clone(), key: key.clone() })
-                    }
-                    _ => None,
-                },
-                identity,
-                upstreams,
-                vip_base,
-                vip_count,
-                hosts_file: l.hosts_file.clone(),
-                access_log: l.access_log.clone(),
-            })
-        } else {
-            None
-        };
-        Ok(Config {
-            proxy,
-            node: NodeConfig { name, zone: l.zone, advertise: advertise_ip },
-            gossip: GossipConfig {
-                cluster,
-                bind,
-                advertise: SocketAddr::new(advertise_ip, advertise_port),
-                seeds: l.seeds.unwrap_or_default(),
-                keyring,
-                key_file,
-                interval,
-                probe_interval,
-                probe_timeout,
-                indirect_probes,
-                suspicion_mult,
-                retransmit_mult,
-                sync_interval,
-                dead_grace,
-                tombstone_grace,
-                drain,
-            },
-            dns: DnsConfig {
-                listen: dns_listen,
-                namespace,
-                upstreams,
-                ttl: l.dns_ttl.unwrap_or(DEFAULT_DNS_TTL),
-                max_answers,
-                rate_limit: l.dns_rate_limit.unwrap_or(DEFAULT_DNS_RATE_LIMIT),
-                aliases: Vec::new(),
-            },
-            api,
-            services,
-            log: LogConfig {
-                json: l.log_json.unwrap_or(false),
-                filter: l.log_filter.unwrap_or_else(|| DEFAULT_LOG_FILTER.to_owned()),
-            },
-        })
+        let s = Settings::resolve(l);
+        let api = api_config(&s)?;
+        let node = node_config(&s)?;
+        let gossip = gossip_config(&s, node.advertise)?;
+        let dns = dns_config(&s, resolv_conf)?;
+        let services = services(&s, &node.name, api.limits.instances)?;
+        let proxy = proxy_config(&s, &node, &services)?;
+        let log = LogConfig { json: s.log_json, filter: s.log_filter };
+        Ok(Config { node, gossip, dns, api, services, proxy, log })
     }
+}
+
+/// `value`, when it lies within `lo..=hi`; else an error about `flag` that says
+/// "must be between {range}".
+fn within<T: PartialOrd>(flag: &str, value: T, lo: T, hi: T, range: &str) -> Result<T, ConfigError> {
+    if value < lo || value > hi {
+        return Err(ConfigError::new(flag, format!("must be between {range}")));
+    }
+    Ok(value)
+}
+
+/// Who this node is: its name (a DNS label), zone and advertised IP.
+fn node_config(s: &Settings) -> Result<NodeConfig, ConfigError> {
+    let name_text = s.name.clone().unwrap_or_else(hostname);
+    let name = NodeName::new(&name_text)
+        .map_err(|e| ConfigError::new("--name", format!("{e}; set a node name that is a DNS label")))?;
+    if let Some(z) = &s.zone {
+        if z.is_empty() || z.len() > MAX_ZONE_LEN {
+            return Err(ConfigError::new("--zone", format!("must be 1-{MAX_ZONE_LEN} bytes")));
+        }
+    }
+    let advertise = match s.advertise {
+        Some(a) => a.ip,
+        None if !s.bind.ip().is_unspecified() => s.bind.ip(),
+        None => guess_advertise_ip(),
+    };
+    if advertise.is_unspecified() {
+        return Err(ConfigError::new("--advertise", "must be a reachable address, not 0.0.0.0"));
+    }
+    Ok(NodeConfig { name, zone: s.zone.clone(), advertise })
+}
+
+/// The keyring: the key file's when it exists (it holds what `murmur keyring` changed
+/// since, as Consul's keyring file wins over `encrypt`), else the keys given; none only
+/// with `--insecure`.
+fn keyring(s: &Settings) -> Result<Option<Keyring>, ConfigError> {
+    let from_file = match &s.gossip_key_file {
+        Some(path) => crate::gossip::load_keyring_file(path).map_err(|m| ConfigError::new("--gossip-key-file", m))?,
+        None => None,
+    };
+    let keys = s.gossip_keys.as_deref().unwrap_or_default();
+    match from_file {
+        Some(record) => Ok(Some(Keyring::from_record(&record).map_err(|m| ConfigError::new("--gossip-key-file", m))?)),
+        None if keys.is_empty() && s.insecure => Ok(None),
+        None if keys.is_empty() => Err(ConfigError::new(
+            "--gossip-key",
+            "no gossip key: make one with `murmur keygen` and give it to every agent \
+             (with --gossip-key-file, to start the file with), or pass --insecure to run an open cluster",
+        )),
+        None => Ok(Some(Keyring::from_base64(keys).map_err(|m| ConfigError::new("--gossip-key", m))?)),
+    }
+}
+
+/// Gossip: the keyring and the SWIM timings, each within its bounds.
+fn gossip_config(s: &Settings, advertise_ip: IpAddr) -> Result<GossipConfig, ConfigError> {
+    let cluster = s.cluster.clone();
+    if cluster.is_empty() || cluster.len() > 64 {
+        return Err(ConfigError::new("--cluster", "must be 1-64 bytes"));
+    }
+    let ms = Duration::from_millis;
+    let secs = Duration::from_secs;
+    let probe_interval = within("--probe-interval", s.probe_interval, ms(20), secs(10), "20ms and 10s")?;
+    let probe_timeout = s.probe_timeout.unwrap_or(DEFAULT_PROBE_TIMEOUT.min(probe_interval / 2));
+    if probe_timeout < ms(1) || probe_timeout >= probe_interval {
+        return Err(ConfigError::new("--probe-timeout", "must be at least 1ms and shorter than the probe interval"));
+    }
+    if s.indirect_probes > 16 {
+        return Err(ConfigError::new("--indirect-probes", "must be at most 16"));
+    }
+    if s.drain > MAX_DRAIN {
+        return Err(ConfigError::new("--drain", "must be at most 10 minutes"));
+    }
+    let port = s.advertise.and_then(|a| a.port).unwrap_or(s.bind.port());
+    Ok(GossipConfig {
+        cluster,
+        bind: s.bind,
+        advertise: SocketAddr::new(advertise_ip, port),
+        seeds: s.seeds.clone().unwrap_or_default(),
+        keyring: keyring(s)?,
+        key_file: s.gossip_key_file.clone(),
+        interval: within("--gossip-interval", s.gossip_interval, ms(10), secs(10), "10ms and 10s")?,
+        probe_interval,
+        probe_timeout,
+        indirect_probes: s.indirect_probes,
+        suspicion_mult: within("--suspicion-mult", s.suspicion_mult, 0.25, 64.0, "0.25 and 64")?,
+        retransmit_mult: within("--retransmit-mult", s.retransmit_mult, 1, 16, "1 and 16")?,
+        sync_interval: within("--sync-interval", s.sync_interval, secs(1), secs(3600), "1s and 1h")?,
+        dead_grace: within("--dead-grace", s.dead_grace, secs(1), MAX_DEAD_GRACE, "1s and 7 days")?,
+        tombstone_grace: within("--tombstone-grace", s.tombstone_grace, secs(1), MAX_DEAD_GRACE, "1s and 7 days")?,
+        drain: s.drain,
+    })
+}
+
+/// The DNS stub: resolv.conf's nameservers when no upstream is given, never the stub
+/// itself.
+fn dns_config(s: &Settings, resolv_conf: &str) -> Result<DnsConfig, ConfigError> {
+    let upstreams = s.dns_upstreams.clone().unwrap_or_else(|| parse_resolv_conf(resolv_conf));
+    Ok(DnsConfig {
+        listen: s.dns_listen,
+        namespace: parse_namespace(&s.namespace)?,
+        upstreams: upstreams.into_iter().filter(|u| !same_endpoint(*u, s.dns_listen)).collect(),
+        ttl: s.dns_ttl,
+        max_answers: within("--dns-max-answers", s.dns_max_answers, 1, 64, "1 and 64")?,
+        rate_limit: s.dns_rate_limit,
+        aliases: Vec::new(),
+    })
+}
+
+/// The instances registered at start: within the cap, each id used once.
+fn services(s: &Settings, node: &NodeName, cap: usize) -> Result<Vec<ServiceSpec>, ConfigError> {
+    let services = s.services.clone().unwrap_or_default();
+    if services.len() > cap {
+        return Err(ConfigError::new(
+            "--max-instances",
+            format!("the config declares {} instances, more than the cap of {cap}", services.len()),
+        ));
+    }
+    let mut ids = std::collections::BTreeSet::new();
+    for (i, spec) in services.iter().enumerate() {
+        let id = spec.id.as_ref().map(|i| i.to_string()).unwrap_or_else(|| format!("{node}-{}", spec.port));
+        if !ids.insert(id.clone()) {
+            return Err(ConfigError::new(
+                format!("service[{i}]"),
+                format!("instance id `{id}` is used twice; give one an id="),
+            ));
+        }
+    }
+    Ok(services)
+}
+
+/// The sidecar's TLS: the three files, or with `--insecure` a throwaway certificate.
+fn tls_material(s: &Settings, name: &NodeName) -> Result<TlsMaterial, ConfigError> {
+    match (&s.tls_ca, &s.tls_cert, &s.tls_key) {
+        (Some(ca), Some(cert), Some(key)) => TlsMaterial::load(ca, cert, key).map_err(|m| {
+            let (field, rest) = m.split_once(": ").unwrap_or(("--tls-cert", m.as_str()));
+            ConfigError::new(field, rest)
+        }),
+        (None, None, None) if s.insecure => TlsMaterial::insecure(name).map_err(|m| ConfigError::new("--tls-cert", m)),
+        (None, None, None) => Err(ConfigError::new(
+            "--tls-cert",
+            "proxy mode needs --tls-ca, --tls-cert and --tls-key (`murmur ca init`, `murmur cert issue`), \
+             or --insecure",
+        )),
+        _ => Err(ConfigError::new("--tls-cert", "give all three of --tls-ca, --tls-cert and --tls-key")),
+    }
+}
+
+/// Proxy mode, on when there are upstreams, TLS files or a proxy bind: its TLS, the
+/// identity it calls as, the upstreams and their VIPs.
+fn proxy_config(s: &Settings, node: &NodeConfig, services: &[ServiceSpec]) -> Result<Option<ProxyConfig>, ConfigError> {
+    if s.upstreams.is_none() && s.proxy_bind.is_none() && s.tls_cert.is_none() {
+        return Ok(None);
+    }
+    let tls = tls_material(s, &node.name)?;
+    // The identity to call as: the flag, else the first service, else the one service
+    // the certificate names (a caller-only task needs no flag).
+    let named = if tls.is_mutual() { tls.services_named() } else { Vec::new() };
+    let from_cert = match named.as_slice() {
+        [one] => murmur_protocol::ServiceName::new(one).ok(),
+        _ => None,
+    };
+    let identity = s.proxy_identity.clone().or_else(|| services.first().map(|s| s.name.clone())).or(from_cert);
+    tls.check(node.name.as_str(), identity.as_ref().map(|s| s.as_str()))
+        .map_err(|m| ConfigError::new("--tls-cert", m))?;
+    let upstreams = s.upstreams.clone().unwrap_or_default();
+    if identity.is_none() && !upstreams.is_empty() {
+        let why = match named.len() {
+            0 => "upstreams need an identity to call as: register a --service, set --proxy-identity, \
+                  or issue the certificate with one --service"
+                .to_owned(),
+            _ => format!(
+                "upstreams need an identity to call as, and the certificate names several services ({}): \
+                 choose one with --proxy-identity",
+                named.join(", ")
+            ),
+        };
+        return Err(ConfigError::new("--proxy-identity", why));
+    }
+    let (vip_base, vip_count) = s.vip_range;
+    let mut aliases = std::collections::BTreeSet::new();
+    for (i, u) in upstreams.iter().enumerate() {
+        if !aliases.insert((u.alias.clone(), u.port)) {
+            return Err(ConfigError::new(
+                format!("upstream[{i}]"),
+                format!("alias `{}` port {} is used twice", u.alias, u.port),
+            ));
+        }
+    }
+    if upstreams.len() as u64 > u64::from(vip_count) {
+        return Err(ConfigError::new("--vip-range", "has fewer addresses than there are upstreams"));
+    }
+    let tls_files = match (&s.tls_ca, &s.tls_cert, &s.tls_key) {
+        (Some(ca), Some(cert), Some(key)) => Some(TlsFiles { ca: ca.clone(), cert: cert.clone(), key: key.clone() }),
+        _ => None,
+    };
+    Ok(Some(ProxyConfig {
+        bind: s.proxy_bind.unwrap_or(SocketAddr::new(node.advertise, upstream::DEFAULT_PROXY_PORT)),
+        tls,
+        tls_files,
+        identity,
+        upstreams,
+        vip_base,
+        vip_count,
+        hosts_file: s.hosts_file.clone(),
+        access_log: s.access_log.clone(),
+    }))
 }
 
 /// A resolver listed as 127.0.0.1:53 is the agent itself when the agent listens on
@@ -647,14 +576,14 @@ mod tests {
         .expect("valid toml");
         let env =
             from_env(&env(&[("MURMUR_NAME", "from-env"), ("MURMUR_DNS_LISTEN", "127.0.0.1:2")])).expect("valid env");
-        let flags = AgentArgs { name: Some("from-flag".into()), ..Default::default() };
+        let flags = AgentArgs::parse(["--name", "from-flag"]).expect("valid flags");
         let merged = file.stack(env).stack(flags.to_layer().expect("valid flags"));
         let c = Config::from_layer(merged, "").expect("valid config");
         assert_eq!(c.node.name.as_str(), "from-flag");
         assert_eq!(c.dns.listen.port(), 2);
         assert_eq!(c.dns.namespace, "file.local");
         assert_eq!(c.dns.ttl, 5);
-        assert_eq!(c.dns.rate_limit, DEFAULT_DNS_RATE_LIMIT);
+        assert_eq!(c.dns.rate_limit, 2000);
     }
 
     #[test]
@@ -663,7 +592,7 @@ mod tests {
         assert_eq!(Config::from_layer(file.clone(), "").expect("valid").dns.rate_limit, 10);
         let from_vars = from_env(&env(&[("MURMUR_DNS_RATE_LIMIT", "20")])).expect("valid env");
         assert_eq!(Config::from_layer(file.clone().stack(from_vars.clone()), "").expect("valid").dns.rate_limit, 20);
-        let flags = AgentArgs { dns_rate_limit: Some(0), ..Default::default() }.to_layer().expect("valid flags");
+        let flags = AgentArgs::parse(["--dns-rate-limit", "0"]).expect("valid").to_layer().expect("valid flags");
         assert_eq!(Config::from_layer(file.stack(from_vars).stack(flags), "").expect("valid").dns.rate_limit, 0);
         let err = from_env(&env(&[("MURMUR_DNS_RATE_LIMIT", "-1")])).expect_err("negative");
         assert_eq!(err.field, "MURMUR_DNS_RATE_LIMIT");
@@ -787,15 +716,22 @@ mod tests {
             let (cert, key_file) = (dir.join(format!("{tag}.pem")), dir.join(format!("{tag}.key")));
             write_file(&cert, &cert_pem(&id.cert), 0o644).expect("write");
             write_file(&key_file, &key_pem(&id.key), 0o600).expect("write");
-            let flags = AgentArgs {
-                name: Some("n".into()),
-                gossip_keys: vec![key()],
-                upstreams: vec!["orders:80".into()],
-                tls_ca: Some(dir.join("ca.pem")),
-                tls_cert: Some(cert),
-                tls_key: Some(key_file),
-                ..Default::default()
-            };
+            let (ca, cert, key_file) = (dir.join("ca.pem"), cert.display().to_string(), key_file.display().to_string());
+            let flags = AgentArgs::parse([
+                "--name",
+                "n",
+                "--gossip-key",
+                &key(),
+                "--upstream",
+                "orders:80",
+                "--tls-ca",
+                &ca.display().to_string(),
+                "--tls-cert",
+                &cert,
+                "--tls-key",
+                &key_file,
+            ])
+            .expect("valid flags");
             flags.to_layer().expect("valid flags")
         };
         let c = Config::from_layer(layer_for(&["billing"]), "").expect("valid");
@@ -810,32 +746,19 @@ mod tests {
 
     #[test]
     fn proxy_settings_survive_the_stack() {
-        let flags = AgentArgs {
-            name: Some("n".into()),
-            insecure: true,
-            services: vec!["web:1,check=none".into()],
-            upstreams: vec!["orders:80".into()],
-            ..Default::default()
-        };
+        let flags =
+            AgentArgs::parse(["--name", "n", "--insecure", "--service", "web:1,check=none", "--upstream", "orders:80"])
+                .expect("valid flags");
         let merged = Layer::default().stack(flags.to_layer().expect("valid flags"));
         let c = Config::from_layer(merged, "").expect("valid");
         let p = c.proxy.expect("proxy mode on");
         assert_eq!(p.upstreams.len(), 1);
         assert_eq!(p.identity.map(|s| s.to_string()), Some("web".into()));
-        let no_identity = AgentArgs {
-            name: Some("n".into()),
-            insecure: true,
-            upstreams: vec!["orders:80".into()],
-            ..Default::default()
-        };
+        let no_identity = AgentArgs::parse(["--name", "n", "--insecure", "--upstream", "orders:80"]).expect("valid");
         let err = Config::from_layer(no_identity.to_layer().expect("valid"), "").expect_err("no identity");
         assert_eq!(err.field, "--proxy-identity");
-        let no_tls = AgentArgs {
-            name: Some("n".into()),
-            gossip_keys: vec![key()],
-            upstreams: vec!["orders:80".into()],
-            ..Default::default()
-        };
+        let no_tls =
+            AgentArgs::parse(["--name", "n", "--gossip-key", &key(), "--upstream", "orders:80"]).expect("valid");
         let err = Config::from_layer(no_tls.to_layer().expect("valid"), "").expect_err("no tls");
         assert_eq!(err.field, "--tls-cert");
     }

@@ -8,10 +8,6 @@ use murmur_protocol::{ServiceName, Tag};
 
 use super::spec::parse_duration;
 
-/// Default first address of the VIP range; aliases get consecutive addresses from it.
-pub const DEFAULT_VIP_BASE: Ipv4Addr = Ipv4Addr::new(127, 100, 0, 1);
-/// Default size of the VIP range (a /16).
-pub const DEFAULT_VIP_COUNT: u32 = 65_534;
 /// Default QUIC port of the inbound listener.
 pub const DEFAULT_PROXY_PORT: u16 = 7947;
 /// Default retries of a connection that failed before the ack.
@@ -143,20 +139,24 @@ fn num<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, String> {
     v.parse().map_err(|_| format!("{key} `{v}` is not a valid number"))
 }
 
-/// Parses `--upstream SERVICE:PORT[,alias=NAME][,listen=IP:PORT][,proto=tcp|udp]
-/// [,retries=N][,connect-timeout=D][,idle-timeout=D][,balance=p2c|rr]
-/// [,max-connections=N][,max-pending=N][,eject-after=N][,eject-percent=N]
-/// [,eject-base=D][,eject-max-percent=N][,plaintext=allow|deny]`.
-pub fn parse_upstream_spec(text: &str) -> Result<UpstreamSpec, String> {
-    let mut parts = text.split(',');
-    let head = parts.next().unwrap_or_default();
-    let (svc, port) = head.split_once(':').ok_or_else(|| format!("`{head}` must be SERVICE:PORT"))?;
-    let service = ServiceName::new(svc).map_err(|e| e.to_string())?;
-    let port: u16 = port.parse().ok().filter(|p| *p > 0).ok_or_else(|| format!("port `{port}` is not 1-65535"))?;
-    let mut u = UpstreamSpec::new(service, port);
-    let mut idle_set = false;
-    for item in parts.filter(|p| !p.is_empty()) {
-        let (k, v) = item.split_once('=').ok_or_else(|| format!("`{item}` must be key=value"))?;
+/// An upstream spec being built, option by option, from `--upstream` text or from an
+/// `[[upstream]]` table.
+pub(super) struct UpstreamOptions {
+    spec: UpstreamSpec,
+    idle_set: bool,
+}
+
+impl UpstreamOptions {
+    /// The defaults for calling `service` on `port`.
+    pub(super) fn new(service: &str, port: &str) -> Result<Self, String> {
+        let service = ServiceName::new(service).map_err(|e| e.to_string())?;
+        let port: u16 = port.parse().ok().filter(|p| *p > 0).ok_or_else(|| format!("port `{port}` is not 1-65535"))?;
+        Ok(Self { spec: UpstreamSpec::new(service, port), idle_set: false })
+    }
+
+    /// Sets option `k` (the `--upstream` key, such as `connect-timeout`) from its text.
+    pub(super) fn set(&mut self, k: &str, v: &str) -> Result<(), String> {
+        let u = &mut self.spec;
         match k {
             "alias" => u.alias = Tag::new(v).map_err(|e| format!("alias: {e}"))?,
             "listen" => u.listen = Some(v.parse().map_err(|_| format!("listen `{v}` is not IP:PORT"))?),
@@ -171,7 +171,7 @@ pub fn parse_upstream_spec(text: &str) -> Result<UpstreamSpec, String> {
             "connect-timeout" => u.connect_timeout = parse_duration(v)?,
             "idle-timeout" => {
                 u.idle_timeout = parse_duration(v)?;
-                idle_set = true;
+                self.idle_set = true;
             }
             "balance" => {
                 u.policy = match v {
@@ -195,23 +195,45 @@ pub fn parse_upstream_spec(text: &str) -> Result<UpstreamSpec, String> {
             }
             _ => return Err(format!("unknown upstream option `{k}` (see `murmur agent --help`)")),
         }
+        Ok(())
     }
-    if u.proto == Proto::Udp && !idle_set {
-        u.idle_timeout = DEFAULT_UDP_IDLE_TIMEOUT;
+
+    /// The spec, once the options agree with each other.
+    pub(super) fn finish(self) -> Result<UpstreamSpec, String> {
+        let mut u = self.spec;
+        if u.proto == Proto::Udp && !self.idle_set {
+            u.idle_timeout = DEFAULT_UDP_IDLE_TIMEOUT;
+        }
+        if u.connect_timeout.is_zero() || u.idle_timeout.is_zero() {
+            return Err("timeouts must be above zero".into());
+        }
+        if u.max_connections == 0 || u.max_pending == 0 {
+            return Err("max-connections and max-pending must be at least 1".into());
+        }
+        if u.retries > 10 {
+            return Err("retries must be at most 10".into());
+        }
+        if u.outlier.failure_percent > 100 || u.outlier.max_ejected_percent > 100 {
+            return Err("percentages must be 0-100".into());
+        }
+        Ok(u)
     }
-    if u.connect_timeout.is_zero() || u.idle_timeout.is_zero() {
-        return Err("timeouts must be above zero".into());
+}
+
+/// Parses `--upstream SERVICE:PORT[,alias=NAME][,listen=IP:PORT][,proto=tcp|udp]
+/// [,retries=N][,connect-timeout=D][,idle-timeout=D][,balance=p2c|rr]
+/// [,max-connections=N][,max-pending=N][,eject-after=N][,eject-percent=N]
+/// [,eject-base=D][,eject-max-percent=N][,plaintext=allow|deny]`.
+pub fn parse_upstream_spec(text: &str) -> Result<UpstreamSpec, String> {
+    let mut parts = text.split(',');
+    let head = parts.next().unwrap_or_default();
+    let (svc, port) = head.split_once(':').ok_or_else(|| format!("`{head}` must be SERVICE:PORT"))?;
+    let mut u = UpstreamOptions::new(svc, port)?;
+    for item in parts.filter(|p| !p.is_empty()) {
+        let (k, v) = item.split_once('=').ok_or_else(|| format!("`{item}` must be key=value"))?;
+        u.set(k, v)?;
     }
-    if u.max_connections == 0 || u.max_pending == 0 {
-        return Err("max-connections and max-pending must be at least 1".into());
-    }
-    if u.retries > 10 {
-        return Err("retries must be at most 10".into());
-    }
-    if u.outlier.failure_percent > 100 || u.outlier.max_ejected_percent > 100 {
-        return Err("percentages must be 0-100".into());
-    }
-    Ok(u)
+    u.finish()
 }
 
 /// Parses `--vip-range A.B.C.D/N` (inside 127.0.0.0/8).
