@@ -16,8 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::write_json;
-use murmur::config::{Config, Layer, ServiceSpec};
+use murmur::config::{Layer, ServiceSpec};
 use murmur::local::Origin;
+use murmur::Config;
 use murmur_protocol::{InstanceId, ServiceName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

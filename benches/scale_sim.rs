@@ -22,7 +22,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use murmur::config::GossipConfig;
+use murmur::gossip::Config as GossipConfig;
 use murmur::gossip::{spawn_gossip, Gossip, Keyring, MemberStatus};
 use murmur::metrics::Metrics;
 use murmur_protocol::{
@@ -153,7 +153,7 @@ async fn simulate(n: usize, interval: Duration, deadline: Duration, cap_mb: f64)
             key_file: None,
             interval,
             probe_interval: defaults.probe_interval,
-            probe_timeout: murmur::config::DEFAULT_PROBE_TIMEOUT,
+            probe_timeout: murmur::gossip::DEFAULT_PROBE_TIMEOUT,
             indirect_probes: defaults.indirect_probes,
             suspicion_mult: defaults.suspicion_mult,
             retransmit_mult: defaults.retransmit_mult,

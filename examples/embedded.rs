@@ -7,13 +7,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use hickory_proto::rr::RecordType;
-use murmur::config::{spec::parse_service_spec, Config, Layer};
+use murmur::config::{spec::parse_service_spec, Layer};
 use murmur::dns::client::{addresses, query};
 use murmur::gossip::Keyring;
 use murmur::registry::Query;
 use murmur::Agent;
 
-fn config(i: u8, key: &str, seed: Option<SocketAddr>) -> anyhow::Result<Config> {
+fn config(i: u8, key: &str, seed: Option<SocketAddr>) -> anyhow::Result<murmur::Config> {
     let ip: IpAddr = format!("127.0.1.{}", 10 + i).parse()?;
     let layer = Layer {
         name: Some(format!("embedded-{i}")),
@@ -27,7 +27,7 @@ fn config(i: u8, key: &str, seed: Option<SocketAddr>) -> anyhow::Result<Config> 
         drain: Some(Duration::from_millis(100)),
         ..Default::default()
     };
-    Config::from_layer(layer, "").map_err(|e| anyhow::anyhow!("{e}"))
+    murmur::Config::from_layer(layer, "").map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 #[tokio::main]

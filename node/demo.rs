@@ -17,10 +17,12 @@ use crate::cli::ApiClient;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use crate::agent::Config;
 use crate::config::upstream::parse_upstream_spec;
-use crate::config::{spec::parse_service_spec, Config, Layer, ProxyConfig, ServiceSpec};
+use crate::config::{spec::parse_service_spec, Layer, ServiceSpec};
 use crate::dns::client::{addresses, query};
 use crate::gossip::Keyring;
+use crate::proxy::Config as ProxyConfig;
 use crate::tls::{Ca, TlsMaterial};
 use crate::Agent;
 

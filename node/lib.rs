@@ -10,7 +10,7 @@
 //! [`api`]). [`agent`] is the only module that knows every part; it owns start-up and
 //! the shutdown order. [`metrics`] is a leaf everyone writes and the API reads.
 //!
-//! Embedding: build a [`config::Config`], start an [`agent::Agent`], read its
+//! Embedding: build a [`Config`], start an [`agent::Agent`], read its
 //! [`registry::RegistryReader`], register through its [`local::Publisher`]; see
 //! `examples/embedded.rs`.
 
@@ -30,8 +30,7 @@ pub mod rlimit;
 pub mod shared;
 pub mod simulate;
 
-pub use agent::{Agent, StartError};
-pub use config::Config;
+pub use agent::{Agent, Config, StartError};
 pub mod proxy;
 pub mod tls;
 

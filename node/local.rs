@@ -11,8 +11,21 @@ use thiserror::Error;
 use tokio::sync::{watch, Mutex, MutexGuard};
 
 use crate::clock::unix_ms;
-use crate::config::{CheckKind, CheckSpec, RegistrationLimits, ServiceSpec};
+use crate::config::{CheckKind, CheckSpec, ServiceSpec};
 use crate::gossip::StateWriter;
+
+/// Caps on what one agent registers, so that one local process cannot make every replica
+/// in the cluster carry its junk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegistrationLimits {
+    /// Instances, the config's included (`--max-instances`).
+    pub instances: usize,
+    /// Bytes of tags and attributes (keys and values) over every instance
+    /// (`--max-attribute-bytes`).
+    pub attribute_bytes: usize,
+    /// API registrations and removals a second (a burst of twice that is allowed).
+    pub per_second: u32,
+}
 
 /// One instance this agent registers, with its check and current health.
 #[derive(Debug, Clone, PartialEq, Eq)]

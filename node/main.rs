@@ -5,9 +5,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use murmur::cli::{self, Cli, Command};
-use murmur::config::{Config, ProcessEnv};
+use murmur::config::ProcessEnv;
 use murmur::gossip::Keyring;
 use murmur::Agent;
+use murmur::Config;
 use tracing_subscriber::EnvFilter;
 
 /// jemalloc instead of glibc's malloc: it hands freed pages back to the kernel (a

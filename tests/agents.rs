@@ -311,7 +311,7 @@ async fn raw_status(addr: SocketAddr, request: String) -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_refuses_rebound_names_web_pages_and_changes_without_the_token() {
     let mut cfg = config(21, 0, None, &[], &[]);
-    cfg.api.token = murmur::config::Config::from_layer(
+    cfg.api.token = murmur::Config::from_layer(
         murmur::config::Layer {
             api_token: Some("s3cret".into()),
             insecure: Some(true),
@@ -1004,7 +1004,7 @@ async fn a_running_cluster_rotates_its_gossip_key_and_then_refuses_the_old_one()
     mesh.agents[3].take().expect("running").kill().await;
     let mut restart = common::layer(46, 3, Some(&mesh.key), &[mesh.seed()], &[]);
     restart.gossip_key_file = Some(file_of("agent-3"));
-    let cfg = murmur::config::Config::from_layer(restart, "").expect("valid config");
+    let cfg = murmur::Config::from_layer(restart, "").expect("valid config");
     mesh.agents[3] = Some(Agent::start(cfg).await.expect("restart"));
     mesh.converge(5).await;
     let report = mesh.agent(3).keyring().report().await.expect("a keyring");

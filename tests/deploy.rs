@@ -16,9 +16,10 @@ use std::time::{Duration, Instant};
 use hickory_proto::rr::RecordType;
 use murmur::api::types::MemberJson;
 use murmur::cli::ApiClient;
-use murmur::config::{from_env, Config};
+use murmur::config::from_env;
 use murmur::dns::client::{addresses, query};
 use murmur::gossip::Keyring;
+use murmur::Config;
 use serde_json::Value;
 
 fn repo(path: &str) -> PathBuf {

@@ -716,7 +716,7 @@ fn presented(conn: &quinn::Connection) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reloaded_certificate_is_presented_to_new_connections_and_bad_files_change_nothing() {
-    use murmur::config::TlsFiles;
+    use murmur::proxy::TlsFiles;
     use murmur::tls::ca::{cert_pem, key_pem};
     use murmur::tls::TlsMaterial;
     let ca = Ca::generate().expect("ca");

@@ -2,12 +2,14 @@
 //! registry snapshot; run-time registration goes through the [`Publisher`]. Every bad
 //! request gets a 4xx with a JSON `{"error": ...}` that says what to fix.
 
+mod config;
 mod consul;
 pub mod consul_types;
 mod keyring;
 pub mod types;
 mod ui;
 
+pub use config::{ApiToken, Config};
 pub use keyring::PATH as KEYRING_PATH;
 
 use std::net::SocketAddr;
@@ -25,7 +27,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::spec::{parse_check_kind, parse_duration};
-use crate::config::{ApiConfig, ServiceSpec};
+use crate::config::ServiceSpec;
 use crate::local::{Origin, PublishError, Publisher};
 use crate::metrics::{render_prometheus, Metrics};
 use crate::registry::{HealthFilter, Instance, MemberStatus, Query, RegistryReader};
@@ -49,7 +51,7 @@ pub struct ApiState {
     /// Set when the agent starts draining: `/health` turns 503.
     pub draining: Arc<AtomicBool>,
     /// Who may call: the host names answered and the token changes need.
-    pub access: Arc<ApiConfig>,
+    pub access: Arc<Config>,
     /// The gossip keyring, rotated through `/v1/operator/keyring`.
     pub keyring: crate::gossip::KeyringHandle,
 }
@@ -121,7 +123,7 @@ async fn guard(State(state): State<ApiState>, req: Request, next: Next) -> Respo
 ///   every cross-site write, programs and the CLI do not;
 /// - a change carries the token, when one is set (`Authorization: Bearer` or
 ///   `X-Consul-Token`), and so does a `secret` read (the keyring, which shows keys).
-fn check_access(access: &ApiConfig, method: &Method, secret: bool, headers: &HeaderMap) -> Result<(), ApiError> {
+fn check_access(access: &Config, method: &Method, secret: bool, headers: &HeaderMap) -> Result<(), ApiError> {
     if let Some(host) = headers.get(header::HOST) {
         let host = host.to_str().unwrap_or("");
         if !host_allowed(host, &access.hosts) {
@@ -530,7 +532,7 @@ pub async fn serve_api(listener: TcpListener, state: ApiState, cancel: Cancellat
 mod tests {
     use super::*;
 
-    fn access(token: Option<&str>, hosts: &[&str]) -> ApiConfig {
+    fn access(token: Option<&str>, hosts: &[&str]) -> Config {
         let layer = crate::config::Layer {
             api_token: token.map(str::to_owned),
             api_hosts: Some(hosts.iter().map(|h| h.to_string()).collect()),
@@ -538,7 +540,7 @@ mod tests {
             insecure: Some(true),
             ..Default::default()
         };
-        crate::config::Config::from_layer(layer, "").expect("valid config").api
+        crate::agent::Config::from_layer(layer, "").expect("valid config").api
     }
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
@@ -549,7 +551,7 @@ mod tests {
         h
     }
 
-    fn status(a: &ApiConfig, method: Method, pairs: &[(&'static str, &str)]) -> u16 {
+    fn status(a: &Config, method: Method, pairs: &[(&'static str, &str)]) -> u16 {
         check_access(a, &method, false, &headers(pairs)).map_or_else(|e| e.0.as_u16(), |()| 200)
     }
 

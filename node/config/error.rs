@@ -32,6 +32,15 @@ impl ConfigError {
     }
 }
 
+/// `value`, when it lies within `lo..=hi`; else an error about `flag` that says
+/// "must be between {range}".
+pub fn within<T: PartialOrd>(flag: &str, value: T, lo: T, hi: T, range: &str) -> Result<T, ConfigError> {
+    if value < lo || value > hi {
+        return Err(ConfigError::new(flag, format!("must be between {range}")));
+    }
+    Ok(value)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

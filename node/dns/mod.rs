@@ -12,6 +12,7 @@
 pub mod answer;
 mod cache;
 pub mod client;
+mod config;
 mod forward;
 pub mod limit;
 
@@ -31,12 +32,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 pub use answer::{Outcome, Zone};
+pub use config::{parse_resolv_conf, Config};
 
 use answer::Arrange;
 use cache::{Labels, Lookup, ResponseCache};
 use rand::seq::SliceRandom;
 
-use crate::config::DnsConfig;
 use crate::metrics::{Metrics, QType, Rcode};
 use crate::registry::{Instance, RegistryReader};
 
@@ -445,7 +446,7 @@ impl DnsSockets {
 /// Serves DNS until `cancel`.
 pub async fn serve_dns(
     sockets: DnsSockets,
-    config: DnsConfig,
+    config: Config,
     registry: RegistryReader,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,

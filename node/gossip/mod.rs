@@ -8,6 +8,7 @@
 //! in one task, so the core needs no lock.
 
 mod budget;
+mod config;
 mod frame;
 mod keyring;
 mod rotation;
@@ -23,12 +24,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+pub use config::{Config, DEFAULT_PROBE_TIMEOUT, MAX_DEAD_GRACE, MAX_DRAIN};
 pub use frame::{FrameCodec, Reject, MAX_DATAGRAM};
 pub use keyring::{key_base64, key_id_hex, load_file as load_keyring_file, Keyring, KEY_LEN};
 pub use rotation::{KeyChange, KeyringError, KeyringReport, MemberKeys};
 
 use crate::clock::unix_ms;
-use crate::config::GossipConfig;
 use crate::metrics::Metrics;
 use crate::shared::SharedMap;
 use budget::ReplyBudget;
@@ -143,7 +144,7 @@ pub struct Gossip {
 }
 
 /// The membership settings in `config`.
-fn swim_config(config: &GossipConfig) -> SwimConfig {
+fn swim_config(config: &Config) -> SwimConfig {
     SwimConfig {
         probe_interval: config.probe_interval,
         probe_timeout: config.probe_timeout,
@@ -161,7 +162,7 @@ fn swim_config(config: &GossipConfig) -> SwimConfig {
 /// Starts gossip on an already-bound socket, with `initial` keys set before the first
 /// datagram so peers never see this node without its record.
 pub async fn spawn_gossip(
-    config: &GossipConfig,
+    config: &Config,
     name: &str,
     generation: u64,
     socket: UdpSocket,

@@ -8,6 +8,7 @@
 
 pub mod access_log;
 pub mod balance;
+mod config;
 pub mod ewma;
 pub mod header;
 pub mod inbound;
@@ -32,11 +33,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info_span, Instrument};
 
-use crate::config::{ProxyConfig, UpstreamSpec};
+use crate::config::UpstreamSpec;
 use crate::local::LocalInstance;
 use crate::metrics::Metrics;
 use crate::registry::RegistryReader;
 use crate::tls::TlsMaterial;
+pub use config::{Config, TlsFiles};
 use inbound::{serve_inbound, InboundContext};
 use outbound::{Caller, Upstream};
 use pool::Pool;
@@ -171,7 +173,7 @@ fn quic_configs(tls: &TlsMaterial) -> Result<(quinn::ServerConfig, quinn::Client
 
 impl ProxySockets {
     /// Binds the QUIC endpoint and every upstream listener.
-    pub async fn bind(config: &ProxyConfig) -> Result<ProxySockets, ProxyError> {
+    pub async fn bind(config: &Config) -> Result<ProxySockets, ProxyError> {
         let (server, client) = quic_configs(&config.tls)?;
         let bind_err = |source| ProxyError::Bind { setting: "--proxy-bind", addr: config.bind, source };
         let socket = std::net::UdpSocket::bind(config.bind).map_err(bind_err)?;
@@ -256,7 +258,7 @@ pub struct ProxyDeps {
 /// Starts the inbound listener and every upstream into `tasks`.
 pub fn spawn_proxy(
     sockets: ProxySockets,
-    config: &ProxyConfig,
+    config: &Config,
     deps: ProxyDeps,
     tasks: &mut JoinSet<(&'static str, anyhow::Result<()>)>,
     cancel: CancellationToken,

@@ -8,9 +8,10 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use murmur::config::{spec::parse_service_spec, Config, Layer};
+use murmur::config::{spec::parse_service_spec, Layer};
 use murmur::gossip::Keyring;
 use murmur::Agent;
+use murmur::Config;
 
 /// Every wait in the tests is bounded by this.
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -180,7 +181,8 @@ pub fn with_proxy(
     services: &[&str],
     upstreams: &[&str],
 ) {
-    use murmur::config::{upstream::parse_upstream_spec, ProxyConfig};
+    use murmur::config::upstream::parse_upstream_spec;
+    use murmur::proxy::Config as ProxyConfig;
     use murmur::tls::TlsMaterial;
     let services: Vec<murmur_protocol::ServiceName> =
         services.iter().map(|s| s.parse().expect("valid service")).collect();

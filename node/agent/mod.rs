@@ -3,6 +3,10 @@
 //! data-flow order (gossip → registry → health, DNS, API), and owns shutdown:
 //! mark draining → drain period → cancel → bounded wait for tasks → leave → done.
 
+mod config;
+
+pub use config::{Config, LogConfig, NodeConfig};
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -17,7 +21,6 @@ use tracing::{error, info, info_span, Instrument};
 
 use crate::api::{serve_api, types::AgentJson, ApiState};
 use crate::clock::unix_ms;
-use crate::config::Config;
 use crate::dns::{serve_dns, DnsSockets};
 use crate::gossip::{spawn_gossip, Gossip};
 use crate::health::run_health;
@@ -81,7 +84,7 @@ pub struct Agent {
     proxy: Option<Proxy>,
     /// Where the sidecar's TLS material is read again on SIGHUP, and the service it must
     /// name besides this node (the one the sidecar calls as).
-    tls_reload: Option<(crate::config::TlsFiles, Option<String>)>,
+    tls_reload: Option<(crate::proxy::TlsFiles, Option<String>)>,
     /// The hosts file this agent wrote alias lines into, and its namespace.
     hosts_file: Option<(std::path::PathBuf, String)>,
     /// The access log, reopened on SIGHUP.
