@@ -40,7 +40,7 @@ async fn main() -> anyhow::Result<()> {
 
     // An app on the third agent's address registers itself (no health check here: the
     // example has no app listening).
-    let spec = parse_service_spec("inventory:9090,check=none,tags=v1").map_err(anyhow::Error::msg)?;
+    let spec = parse_service_spec("inventory:9090,check=none,tags=v1")?;
     let id = third.publisher().register(&spec, murmur::local::Origin::Config).await?;
     println!("registered {id} on {}", third.name());
 

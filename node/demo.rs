@@ -66,7 +66,7 @@ fn agent_config(
 ) -> anyhow::Result<Config> {
     let ip: IpAddr = format!("127.0.0.{}", 10 + i).parse()?;
     let specs: Vec<ServiceSpec> =
-        services.iter().map(|s| parse_service_spec(s).map_err(anyhow::Error::msg)).collect::<Result<_, _>>()?;
+        services.iter().map(|s| parse_service_spec(s).map_err(anyhow::Error::new)).collect::<Result<_, _>>()?;
     let layer = Layer {
         name: Some(format!("node-{i}")),
         cluster: Some("demo".into()),
@@ -91,15 +91,15 @@ fn agent_config(
     if i == 1 {
         names.push("orders".parse()?);
     }
-    let identity = ca.issue(&config.node.name, &names).map_err(anyhow::Error::msg)?;
+    let identity = ca.issue(&config.node.name, &names)?;
     config.proxy = Some(ProxyConfig {
         bind: SocketAddr::new(ip, 0),
-        tls: TlsMaterial::Mutual { ca: vec![ca.cert_der().map_err(anyhow::Error::msg)?], identity },
+        tls: TlsMaterial::Mutual { ca: vec![ca.cert_der()?], identity },
         tls_files: None,
         identity: names.first().cloned(),
         upstreams: upstreams
             .iter()
-            .map(|u| parse_upstream_spec(u).map_err(anyhow::Error::msg))
+            .map(|u| parse_upstream_spec(u).map_err(anyhow::Error::new))
             .collect::<Result<_, _>>()?,
         vip_base: std::net::Ipv4Addr::new(127, 100, 0, 1),
         vip_count: 254,
@@ -203,7 +203,7 @@ pub async fn run() -> anyhow::Result<()> {
     println!("murmur demo: {AGENTS} agents on 127.0.0.10-14, namespace {NAMESPACE}");
     println!("gossip sealed with a fresh key; sidecars speak QUIC with mutual TLS under a fresh CA\n");
     let key = Keyring::generate_base64();
-    let ca = Ca::generate().map_err(anyhow::Error::msg)?;
+    let ca = Ca::generate()?;
     let mut agents: Vec<Option<Agent>> = Vec::new();
     let mut apps: Vec<JoinHandle<()>> = Vec::new();
     let mut seed = None;

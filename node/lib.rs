@@ -21,6 +21,7 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod dns;
+pub mod error;
 pub mod gossip;
 pub mod health;
 pub mod local;
@@ -30,7 +31,7 @@ pub mod rlimit;
 pub mod shared;
 pub mod simulate;
 
-pub use agent::{Agent, Config, StartError};
+pub use agent::{Agent, Config, RunError, StartError};
 pub mod proxy;
 pub mod tls;
 

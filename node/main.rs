@@ -50,8 +50,8 @@ async fn main() -> ExitCode {
                 ),
             }
             match Agent::start(config).await {
-                Ok(agent) => agent.run_until_signal().await,
-                Err(e) => Err(anyhow::anyhow!(e)),
+                Ok(agent) => agent.run_until_signal().await.map_err(anyhow::Error::new),
+                Err(e) => Err(anyhow::Error::new(e)),
             }
         }
         Command::Members { status, api } => return cli_exit(cli::members(&api, status).await),
@@ -60,11 +60,9 @@ async fn main() -> ExitCode {
         Command::Stats(api) => return cli_exit(cli::stats(&api).await),
         Command::Watch { service, count, api } => return cli_exit(cli::watch(&service, count, &api).await),
         Command::Keyring { command } => return cli_exit(cli::keyring::keyring(&command).await),
-        Command::Ca { command: cli::CaCommand::Init { dir, json } } => {
-            cli::ca_init(&dir, json).map_err(anyhow::Error::msg)
-        }
+        Command::Ca { command: cli::CaCommand::Init { dir, json } } => cli::ca_init(&dir, json),
         Command::Cert { command: cli::CertCommand::Issue { ca_dir, name, services, out, json } } => {
-            cli::cert_issue(&ca_dir, &name, &services, &out, json).map_err(anyhow::Error::msg)
+            cli::cert_issue(&ca_dir, &name, &services, &out, json)
         }
         Command::Keygen { json } => {
             let key = Keyring::generate_base64();

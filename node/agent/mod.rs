@@ -22,12 +22,13 @@ use tracing::{error, info, info_span, Instrument};
 use crate::api::{serve_api, types::AgentJson, ApiState};
 use crate::clock::unix_ms;
 use crate::dns::{serve_dns, DnsSockets};
+use crate::error::{chain, TaskError};
 use crate::gossip::{spawn_gossip, Gossip};
 use crate::health::run_health;
 use crate::local::{Origin, Publisher};
 use crate::metrics::Metrics;
 use crate::proxy::outbound::Caller;
-use crate::proxy::{spawn_proxy, Proxy, ProxyDeps, ProxySockets};
+use crate::proxy::{spawn_proxy, Proxy, ProxyDeps, ProxySockets, ReloadError};
 use crate::registry::{spawn_registry, RegistryReader};
 
 /// How long stopped parts get to finish before they are abandoned.
@@ -35,8 +36,26 @@ const TASK_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a leaving agent waits for its "left" message to be exchanged with peers.
 const LEAVE_SETTLE: Duration = Duration::from_millis(300);
 
+/// Why a running agent stopped other than by a signal.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// The signal handlers could not be installed.
+    #[error("cannot listen for signals")]
+    Signals(#[source] std::io::Error),
+    /// A part's task ended while the agent ran.
+    #[error("{part} died")]
+    Died {
+        /// The part (`gossip`, `dns`, `proxy upstream`).
+        part: &'static str,
+        /// How it ended.
+        source: TaskError,
+    },
+}
+
 /// Why the agent could not start.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum StartError {
     /// The sidecar proxy could not start.
     #[error(transparent)]
@@ -52,8 +71,13 @@ pub enum StartError {
         source: std::io::Error,
     },
     /// The access log could not be opened.
-    #[error("--access-log: {0}")]
-    AccessLog(String),
+    #[error("--access-log: cannot open {}", path.display())]
+    AccessLog {
+        /// The file (`-`: standard output).
+        path: std::path::PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// The hosts file could not be written.
     #[error("--hosts-file: cannot write {}", path.display())]
     HostsFile {
@@ -63,11 +87,16 @@ pub enum StartError {
         source: std::io::Error,
     },
     /// Gossip would not start.
-    #[error("gossip: {0}")]
-    Gossip(String),
+    #[error(transparent)]
+    Gossip(#[from] crate::gossip::StartError),
     /// A service from the config could not be registered.
-    #[error("service: {0}")]
-    Register(String),
+    #[error("service {service}: cannot register it")]
+    Register {
+        /// The service of the instance.
+        service: String,
+        /// Why the publisher refused it.
+        source: crate::local::PublishError,
+    },
 }
 
 /// A running agent.
@@ -78,7 +107,7 @@ pub struct Agent {
     publisher: Publisher,
     registry: RegistryReader,
     metrics: Arc<Metrics>,
-    tasks: JoinSet<(&'static str, anyhow::Result<()>)>,
+    tasks: JoinSet<(&'static str, Result<(), TaskError>)>,
     draining: Arc<AtomicBool>,
     drain: Duration,
     proxy: Option<Proxy>,
@@ -149,8 +178,7 @@ impl Agent {
         let initial = vec![(keys::NODE.to_owned(), encode_value(&record))];
         let gossip = spawn_gossip(&config.gossip, &name, generation, gossip_socket, initial, metrics.clone())
             .instrument(info_span!("gossip", node = %name))
-            .await
-            .map_err(|e| StartError::Gossip(e.to_string()))?;
+            .await?;
         let gossip_addr = gossip.advertise_addr();
         let publisher = Publisher::new(
             gossip.writer(),
@@ -160,18 +188,21 @@ impl Agent {
             config.api.limits,
         );
         for spec in &config.services {
-            publisher.register(spec, Origin::Config).await.map_err(|e| StartError::Register(e.to_string()))?;
+            publisher
+                .register(spec, Origin::Config)
+                .await
+                .map_err(|source| StartError::Register { service: spec.name.to_string(), source })?;
         }
 
         let cancel = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let (registry, registry_task) = spawn_registry(gossip.view(), metrics.clone(), cancel.clone());
-        tasks.spawn(async move { ("registry", registry_task.await.unwrap_or_else(|e| Err(e.into()))) });
+        tasks.spawn(async move { ("registry", registry_task.await.unwrap_or_else(|e| Err(TaskError::Panicked(e)))) });
         let died = gossip.died();
         let gossip_cancel = cancel.clone();
         tasks.spawn(async move {
             tokio::select! {
-                r = died => ("gossip", r.and_then(|_| Err(anyhow::anyhow!("gossip stopped")))),
+                () = died => ("gossip", Err(TaskError::Stopped)),
                 _ = gossip_cancel.cancelled() => ("gossip", Ok(())),
             }
         });
@@ -184,7 +215,7 @@ impl Agent {
                 Some(
                     crate::proxy::access_log::start(target, metrics.clone(), cancel.clone())
                         .await
-                        .map_err(StartError::AccessLog)?,
+                        .map_err(|source| StartError::AccessLog { path: path.clone(), source })?,
                 )
             }
             None => None,
@@ -238,7 +269,7 @@ impl Agent {
             keyring: gossip.keyring(),
         };
         let api = serve_api(api_listener, state, cancel.clone()).instrument(info_span!("api", listen = %api_addr));
-        tasks.spawn(async move { ("api", api.await) });
+        tasks.spawn(async move { ("api", api.await.map_err(TaskError::failed)) });
         info!(node = %name, gossip = %gossip_addr, dns = %dns_addr, api = %api_addr, "agent started");
         Ok(Agent {
             name,
@@ -304,20 +335,20 @@ impl Agent {
     /// chains to the CA and names this node (and its service), puts them in service:
     /// new handshakes use them, connections already made keep theirs. Bad files change
     /// nothing. Without TLS files (no proxy, `--insecure`) there is nothing to reload.
-    pub fn reload_tls(&self) -> Result<(), String> {
+    pub fn reload_tls(&self) -> Result<(), ReloadError> {
         let (Some(proxy), Some((files, identity))) = (&self.proxy, &self.tls_reload) else {
-            return Err("no TLS files to reload (the sidecar runs without --tls-cert)".into());
+            return Err(ReloadError::NoFiles);
         };
         let tls = files.reload(&self.name, identity.as_deref())?;
-        proxy.set_tls(&tls).map_err(|e| e.to_string())
+        proxy.set_tls(&tls).map_err(ReloadError::Apply)
     }
 
     /// Runs until SIGTERM or SIGINT (then leaves gracefully) or until a part dies (then
     /// returns its error). SIGHUP reloads the TLS files ([`Agent::reload_tls`]).
-    pub async fn run_until_signal(mut self) -> anyhow::Result<()> {
+    pub async fn run_until_signal(mut self) -> Result<(), RunError> {
         use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut hup = signal(SignalKind::hangup())?;
+        let mut term = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
+        let mut hup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
         loop {
             tokio::select! {
                 _ = term.recv() => {
@@ -331,7 +362,7 @@ impl Agent {
                 _ = hup.recv() => {
                     match self.reload_tls() {
                         Ok(()) => info!("SIGHUP: TLS certificate, key and CA reloaded"),
-                        Err(e) => error!(error = %e, "SIGHUP: TLS files not reloaded; the old ones stay in service"),
+                        Err(e) => error!(error = %chain(&e), "SIGHUP: TLS files not reloaded; the old ones stay in service"),
                     }
                     if let Some(log) = &self.access_log {
                         log.reopen();
@@ -339,11 +370,11 @@ impl Agent {
                     }
                 }
                 Some(done) = self.tasks.join_next() => {
-                    let (part, result) = done.unwrap_or(("task", Err(anyhow::anyhow!("a task panicked"))));
-                    let err = result.err().unwrap_or_else(|| anyhow::anyhow!("stopped unexpectedly"));
-                    error!(part, error = %err, "a part of the agent died");
+                    let (part, result) = done.unwrap_or_else(|e| ("a task", Err(TaskError::Panicked(e))));
+                    let err = result.err().unwrap_or(TaskError::Stopped);
+                    error!(part, error = %chain(&err), "a part of the agent died");
                     self.kill().await;
-                    return Err(err.context(format!("{part} died")));
+                    return Err(RunError::Died { part, source: err });
                 }
             }
         }

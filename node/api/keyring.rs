@@ -87,7 +87,7 @@ async fn change(
     force: bool,
     make: fn([u8; crate::gossip::KEY_LEN]) -> KeyChange,
 ) -> Result<Json<Vec<KeyringJson>>, ApiError> {
-    let key = Keyring::decode_key("Key", &body.key).map_err(|m| keyring_error(KeyringError::BadKey(m)))?;
+    let key = Keyring::decode_key("Key", &body.key).map_err(|e| keyring_error(KeyringError::BadKey(e)))?;
     state.keyring.change(make(key), force).await.map_err(keyring_error)?;
     list(State(state.clone())).await
 }

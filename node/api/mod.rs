@@ -66,8 +66,9 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn bad_request(msg: impl Into<String>) -> ApiError {
-    ApiError(StatusCode::BAD_REQUEST, msg.into())
+/// A 400 whose body is `msg` (a message or an error that says what was wrong).
+fn bad_request(msg: impl std::fmt::Display) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, msg.to_string())
 }
 
 /// Builds the router.
@@ -519,13 +520,10 @@ async fn metrics(State(state): State<ApiState>) -> Response {
 }
 
 /// Serves the API on an already-bound listener until `cancel`.
-pub async fn serve_api(listener: TcpListener, state: ApiState, cancel: CancellationToken) -> anyhow::Result<()> {
+pub async fn serve_api(listener: TcpListener, state: ApiState, cancel: CancellationToken) -> std::io::Result<()> {
     let addr: SocketAddr = listener.local_addr()?;
     tracing::info!(%addr, "api listening");
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move { cancel.cancelled().await })
-        .await
-        .map_err(|e| anyhow::anyhow!("api server failed: {e}"))
+    axum::serve(listener, router(state)).with_graceful_shutdown(async move { cancel.cancelled().await }).await
 }
 
 #[cfg(test)]

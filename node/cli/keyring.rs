@@ -129,7 +129,7 @@ async fn list(api: &ApiArgs) -> Result<(), CliError> {
 
 async fn change(verb: Verb, args: &ChangeArgs) -> Result<(), CliError> {
     let wait = parse_duration(&args.wait).map_err(|e| CliError::Failed(format!("--wait: {e}")))?;
-    let key = Keyring::decode_key("KEY", &args.key).map_err(CliError::Failed)?;
+    let key = Keyring::decode_key("KEY", &args.key).map_err(|e| CliError::Failed(e.to_string()))?;
     let id = key_id_hex(&key);
     let body = serde_json::to_string(&KeyringRequestJson { key: args.key.trim().to_owned() })
         .map_err(|e| CliError::Failed(e.to_string()))?;

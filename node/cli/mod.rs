@@ -241,7 +241,7 @@ fn print_written(json: bool, files: &[std::path::PathBuf], text: &str) {
 }
 
 /// Runs `ca init`.
-pub fn ca_init(dir: &std::path::Path, json: bool) -> Result<(), String> {
+pub fn ca_init(dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
     let ca = crate::tls::Ca::generate()?;
     ca.save(dir)?;
     let (cert, key) = (dir.join("ca.pem"), dir.join("ca-key.pem"));
@@ -257,16 +257,17 @@ pub fn cert_issue(
     services: &[String],
     out: &std::path::Path,
     json: bool,
-) -> Result<(), String> {
+) -> anyhow::Result<()> {
     use crate::tls::ca::{cert_pem, key_pem, write_file};
-    let node = murmur_protocol::NodeName::new(name).map_err(|e| format!("--name: {e}"))?;
+    use anyhow::Context;
+    let node = murmur_protocol::NodeName::new(name).context("--name")?;
     let services = services
         .iter()
-        .map(|s| murmur_protocol::ServiceName::new(s).map_err(|e| format!("--service: {e}")))
+        .map(|s| murmur_protocol::ServiceName::new(s).context("--service"))
         .collect::<Result<Vec<_>, _>>()?;
     let ca = crate::tls::Ca::load(ca_dir)?;
     let id = ca.issue(&node, &services)?;
-    std::fs::create_dir_all(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     write_file(&out.join("cert.pem"), &cert_pem(&id.cert), 0o644)?;
     write_file(&out.join("key.pem"), &key_pem(&id.key), 0o600)?;
     write_file(&out.join("ca.pem"), ca.cert_pem(), 0o644)?;

@@ -27,8 +27,8 @@ fn also(field: &str) -> String {
 
 impl ConfigError {
     /// An error about `field`.
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: field.into(), message: message.into() }
+    pub fn new(field: impl Into<String>, message: impl std::fmt::Display) -> Self {
+        Self { field: field.into(), message: message.to_string() }
     }
 }
 

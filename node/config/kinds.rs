@@ -12,7 +12,7 @@ use murmur_protocol::ServiceName;
 
 use super::error::ConfigError;
 use super::file::{file_service, file_upstream};
-use super::spec::{parse_duration, parse_service_spec, ServiceSpec};
+use super::spec::{parse_duration, parse_service_spec, ServiceSpec, SpecError};
 use super::upstream::{parse_upstream_spec, parse_vip_range, UpstreamSpec};
 
 /// How a setting is given on the command line.
@@ -237,12 +237,13 @@ pub struct Advertise {
 }
 
 impl FromStr for Advertise {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = SpecError;
+    fn from_str(s: &str) -> Result<Self, SpecError> {
         if let Ok(addr) = s.parse::<SocketAddr>() {
             return Ok(Self { ip: addr.ip(), port: Some(addr.port()) });
         }
-        s.parse::<IpAddr>().map(|ip| Self { ip, port: None }).map_err(|_| format!("`{s}` is not IP or IP:PORT"))
+        let shape = || SpecError::Shape { text: s.to_owned(), expected: "IP or IP:PORT" };
+        s.parse::<IpAddr>().map(|ip| Self { ip, port: None }).map_err(|_| shape())
     }
 }
 

@@ -1,6 +1,6 @@
 //! Parsers for the compact specs people type on a command line:
 //! `--service NAME:PORT[,tags=a+b][,check=...][,interval=2s]...` and durations (`2s`).
-//! Pure: text in, typed value or a message out.
+//! Pure: text in, typed value or a [`SpecError`] out.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -8,6 +8,111 @@ use std::time::Duration;
 
 use murmur_protocol::limits::{MAX_ATTRIBUTES, MAX_ATTR_VALUE_LEN, MAX_TAGS};
 use murmur_protocol::{AttrKey, InstanceId, ServiceName, Tag};
+
+/// Why a spec (of a service, an upstream, a check, a duration) was refused. Each says
+/// what to write instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpecError {
+    /// The text does not have the spec's shape.
+    #[error("`{text}` must be {expected}")]
+    Shape {
+        /// What was written.
+        text: String,
+        /// The shape, such as `NAME:PORT` or `key=value`.
+        expected: &'static str,
+    },
+    /// A name is not a valid name of its kind. (The reason is shown, not kept as a
+    /// source: this error's text is whole.)
+    #[error("{key}: {reason}")]
+    Name {
+        /// The option or part it was given as (`name`, `alias`, `allow`).
+        key: &'static str,
+        /// What is wrong with it.
+        reason: murmur_protocol::NameError,
+    },
+    /// An option's value is not of its type.
+    #[error("{key} `{value}` is not {expected}")]
+    Value {
+        /// The option (`port`, `retries`, `proto`).
+        key: String,
+        /// What was written.
+        value: String,
+        /// What it must be ("a whole number", "tcp or udp").
+        expected: &'static str,
+    },
+    /// A check that is none of the kinds.
+    #[error("unknown check `{text}` (use tcp, http:/path, exec:CMD, ttl:DURATION or none)")]
+    UnknownCheck {
+        /// What was written.
+        text: String,
+    },
+    /// An http check's path that is not one.
+    #[error("http check path `{path}` must start with '/' and hold no spaces")]
+    HttpPath {
+        /// What was written.
+        path: String,
+    },
+    /// An attribute value over the limit.
+    #[error("attribute {key} is longer than {max} bytes")]
+    AttributeTooLong {
+        /// The attribute.
+        key: String,
+        /// The limit.
+        max: usize,
+    },
+    /// An option the spec does not have.
+    #[error("unknown {spec} option `{key}` (see `murmur agent --help`)")]
+    UnknownOption {
+        /// `service` or `upstream`.
+        spec: &'static str,
+        /// The option.
+        key: String,
+    },
+    /// A value outside what is accepted, or options that disagree.
+    #[error("{what} must be {rule}")]
+    Bound {
+        /// What (`interval`, `timeout`, `tags`).
+        what: &'static str,
+        /// The rule, such as "between 100ms and 3600s".
+        rule: String,
+    },
+    /// Not a duration.
+    #[error("`{text}` is not a duration (use 250ms, 2s, 5m or 1h)")]
+    NotADuration {
+        /// What was written.
+        text: String,
+    },
+    /// A duration with a unit other than ms, s, m or h.
+    #[error("`{text}` has an unknown unit (use ms, s, m or h)")]
+    UnknownUnit {
+        /// What was written.
+        text: String,
+    },
+    /// A duration too long to hold.
+    #[error("`{text}` is out of range")]
+    OutOfRange {
+        /// What was written.
+        text: String,
+    },
+}
+
+impl SpecError {
+    /// A value that is not `expected`.
+    pub(super) fn value(key: &str, value: &str, expected: &'static str) -> SpecError {
+        SpecError::Value { key: key.to_owned(), value: value.to_owned(), expected }
+    }
+
+    /// A value or a combination outside `rule`.
+    pub(super) fn bound(what: &'static str, rule: impl Into<String>) -> SpecError {
+        SpecError::Bound { what, rule: rule.into() }
+    }
+
+    /// A name that is not valid as `key`.
+    pub(super) fn name(key: &'static str) -> impl FnOnce(murmur_protocol::NameError) -> SpecError {
+        move |reason| SpecError::Name { key, reason }
+    }
+}
 
 /// Default time between two health checks of one instance.
 pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(2);
@@ -141,59 +246,60 @@ impl ServiceSpec {
     }
 
     /// Checks the cross-field rules (timeout below interval, limits).
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), SpecError> {
         let c = &self.check;
+        let between = format!("between {MIN_CHECK_INTERVAL:?} and {MAX_CHECK_INTERVAL:?}");
         if c.interval < MIN_CHECK_INTERVAL || c.interval > MAX_CHECK_INTERVAL {
-            return Err(format!("interval must be between {MIN_CHECK_INTERVAL:?} and {MAX_CHECK_INTERVAL:?}"));
+            return Err(SpecError::bound("interval", between));
         }
         if c.timeout.is_zero() || c.timeout > c.interval {
-            return Err("timeout must be above zero and at most the interval".into());
+            return Err(SpecError::bound("timeout", "above zero and at most the interval"));
         }
         if c.failures_before_critical == 0 || c.successes_before_passing == 0 {
-            return Err("failures and successes thresholds must be at least 1".into());
+            return Err(SpecError::bound("failures and successes thresholds", "at least 1"));
         }
         if let CheckKind::Ttl { ttl } = c.kind {
             if ttl < MIN_CHECK_INTERVAL || ttl > MAX_CHECK_INTERVAL {
-                return Err(format!("ttl must be between {MIN_CHECK_INTERVAL:?} and {MAX_CHECK_INTERVAL:?}"));
+                return Err(SpecError::bound("ttl", between));
             }
         }
         if c.deregister_critical_after.is_some_and(|d| d < MIN_DEREGISTER_AFTER) {
-            return Err(format!("deregister_after must be at least {MIN_DEREGISTER_AFTER:?}"));
+            return Err(SpecError::bound("deregister_after", format!("at least {MIN_DEREGISTER_AFTER:?}")));
         }
         if self.tags.len() > MAX_TAGS {
-            return Err(format!("at most {MAX_TAGS} tags"));
+            return Err(SpecError::bound("tags", format!("at most {MAX_TAGS}")));
         }
         if self.attributes.len() > MAX_ATTRIBUTES {
-            return Err(format!("at most {MAX_ATTRIBUTES} attributes"));
+            return Err(SpecError::bound("attributes", format!("at most {MAX_ATTRIBUTES}")));
         }
         if let Some((k, _)) = self.attributes.iter().find(|(_, v)| v.len() > MAX_ATTR_VALUE_LEN) {
-            return Err(format!("attribute {k} is longer than {MAX_ATTR_VALUE_LEN} bytes"));
+            return Err(SpecError::AttributeTooLong { key: k.to_string(), max: MAX_ATTR_VALUE_LEN });
         }
         if self.port == 0 {
-            return Err("port must be 1-65535".into());
+            return Err(SpecError::bound("port", "1-65535"));
         }
         Ok(())
     }
 }
 
 /// Parses a duration such as `250ms`, `2s`, `5m`, `1h` (a bare number is seconds).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, SpecError> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
     let (num, unit) = text.split_at(split);
-    let value: f64 = num.parse().map_err(|_| format!("`{text}` is not a duration (use 250ms, 2s, 5m or 1h)"))?;
+    let value: f64 = num.parse().map_err(|_| SpecError::NotADuration { text: text.to_owned() })?;
     let secs = match unit {
         "ms" => value / 1000.0,
         "" | "s" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
-        _ => return Err(format!("`{text}` has an unknown unit (use ms, s, m or h)")),
+        _ => return Err(SpecError::UnknownUnit { text: text.to_owned() }),
     };
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("`{text}` is out of range"))
+    Duration::try_from_secs_f64(secs).map_err(|_| SpecError::OutOfRange { text: text.to_owned() })
 }
 
 /// Parses a check: `tcp`, `http:/path`, `exec:CMD`, `ttl:DURATION` or `none`.
-pub fn parse_check_kind(text: &str) -> Result<CheckKind, String> {
+pub fn parse_check_kind(text: &str) -> Result<CheckKind, SpecError> {
     if let Some(ttl) = text.strip_prefix("ttl:") {
         Ok(CheckKind::Ttl { ttl: parse_duration(ttl)? })
     } else if text == "tcp" {
@@ -202,16 +308,16 @@ pub fn parse_check_kind(text: &str) -> Result<CheckKind, String> {
         Ok(CheckKind::None)
     } else if let Some(path) = text.strip_prefix("http:") {
         if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(format!("http check path `{path}` must start with '/' and hold no spaces"));
+            return Err(SpecError::HttpPath { path: path.to_owned() });
         }
         Ok(CheckKind::Http { path: path.to_owned() })
     } else if let Some(command) = text.strip_prefix("exec:") {
         if command.trim().is_empty() {
-            return Err("exec check needs a command".into());
+            return Err(SpecError::bound("an exec check", "given a command"));
         }
         Ok(CheckKind::Exec { command: command.to_owned() })
     } else {
-        Err(format!("unknown check `{text}` (use tcp, http:/path, exec:CMD, ttl:DURATION or none)"))
+        Err(SpecError::UnknownCheck { text: text.to_owned() })
     }
 }
 
@@ -219,14 +325,15 @@ pub fn parse_check_kind(text: &str) -> Result<CheckKind, String> {
 /// `check`, `interval`, `timeout`, `failures`, `successes`, `deregister_after`, `weight`,
 /// `allow` (`a+b`), `attr.KEY`.
 /// An `exec:` check takes the rest of the spec, so it must come last.
-pub fn parse_service_spec(text: &str) -> Result<ServiceSpec, String> {
+pub fn parse_service_spec(text: &str) -> Result<ServiceSpec, SpecError> {
     let (head, mut rest) = match text.split_once(',') {
         Some((h, r)) => (h, r),
         None => (text, ""),
     };
-    let (name, port) = head.split_once(':').ok_or_else(|| format!("`{head}` must be NAME:PORT"))?;
-    let name = ServiceName::new(name).map_err(|e| e.to_string())?;
-    let port: u16 = port.parse().map_err(|_| format!("port `{port}` is not a number 1-65535"))?;
+    let shape = || SpecError::Shape { text: head.to_owned(), expected: "NAME:PORT" };
+    let (name, port) = head.split_once(':').ok_or_else(shape)?;
+    let name = ServiceName::new(name).map_err(SpecError::name("name"))?;
+    let port: u16 = port.parse().map_err(|_| SpecError::value("port", port, "a number 1-65535"))?;
     let mut spec = ServiceSpec::new(name, port);
     let mut timeout_given = false;
     while !rest.is_empty() {
@@ -239,7 +346,8 @@ pub fn parse_service_spec(text: &str) -> Result<ServiceSpec, String> {
             }
         };
         rest = tail;
-        let (key, value) = item.split_once('=').ok_or_else(|| format!("`{item}` must be key=value"))?;
+        let (key, value) =
+            item.split_once('=').ok_or_else(|| SpecError::Shape { text: item.to_owned(), expected: "key=value" })?;
         apply_service_option(&mut spec, key, value)?;
         timeout_given |= key == "timeout";
     }
@@ -250,19 +358,19 @@ pub fn parse_service_spec(text: &str) -> Result<ServiceSpec, String> {
     Ok(spec)
 }
 
-fn parse_count(key: &str, value: &str) -> Result<u32, String> {
-    value.parse().map_err(|_| format!("{key} `{value}` is not a whole number"))
+fn parse_count(key: &str, value: &str) -> Result<u32, SpecError> {
+    value.parse().map_err(|_| SpecError::value(key, value, "a whole number"))
 }
 
-fn apply_service_option(spec: &mut ServiceSpec, key: &str, value: &str) -> Result<(), String> {
+fn apply_service_option(spec: &mut ServiceSpec, key: &str, value: &str) -> Result<(), SpecError> {
     match key {
-        "id" => spec.id = Some(InstanceId::new(value).map_err(|e| e.to_string())?),
-        "addr" => spec.address = Some(value.parse().map_err(|_| format!("addr `{value}` is not an IP address"))?),
+        "id" => spec.id = Some(InstanceId::new(value).map_err(SpecError::name("id"))?),
+        "addr" => spec.address = Some(value.parse().map_err(|_| SpecError::value(key, value, "an IP address"))?),
         "tags" => {
             spec.tags = value
                 .split('+')
                 .filter(|t| !t.is_empty())
-                .map(|t| Tag::new(t).map_err(|e| e.to_string()))
+                .map(|t| Tag::new(t).map_err(SpecError::name("tags")))
                 .collect::<Result<_, _>>()?
         }
         "check" => spec.check.kind = parse_check_kind(value)?,
@@ -270,7 +378,7 @@ fn apply_service_option(spec: &mut ServiceSpec, key: &str, value: &str) -> Resul
             spec.allow = value
                 .split('+')
                 .filter(|t| !t.is_empty())
-                .map(|t| ServiceName::new(t).map_err(|e| format!("allow: {e}")))
+                .map(|t| ServiceName::new(t).map_err(SpecError::name("allow")))
                 .collect::<Result<_, _>>()?
         }
         "interval" => spec.check.interval = parse_duration(value)?,
@@ -278,12 +386,11 @@ fn apply_service_option(spec: &mut ServiceSpec, key: &str, value: &str) -> Resul
         "failures" => spec.check.failures_before_critical = parse_count(key, value)?,
         "successes" => spec.check.successes_before_passing = parse_count(key, value)?,
         "deregister_after" => spec.check.deregister_critical_after = Some(parse_duration(value)?),
-        "weight" => spec.weight = value.parse().map_err(|_| format!("weight `{value}` is not 0-65535"))?,
+        "weight" => spec.weight = value.parse().map_err(|_| SpecError::value(key, value, "0-65535"))?,
         _ => {
-            let attr = key
-                .strip_prefix("attr.")
-                .ok_or_else(|| format!("unknown service option `{key}` (see `murmur agent --help`)"))?;
-            let attr = AttrKey::new(attr).map_err(|e| e.to_string())?;
+            let unknown = || SpecError::UnknownOption { spec: "service", key: key.to_owned() };
+            let attr = key.strip_prefix("attr.").ok_or_else(unknown)?;
+            let attr = AttrKey::new(attr).map_err(SpecError::name("attr"))?;
             spec.attributes.insert(attr, value.to_owned());
         }
     }
@@ -343,7 +450,7 @@ mod tests {
             ("o:1,tags", "key=value"),
             (&format!("o:1,attr.x={}", "v".repeat(300)), "longer than"),
         ] {
-            let err = parse_service_spec(spec).expect_err(spec);
+            let err = parse_service_spec(spec).expect_err(spec).to_string();
             assert!(err.contains(needle), "{spec}: {err}");
         }
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use murmur_protocol::{ServiceName, Tag};
 
-use super::spec::parse_duration;
+use super::spec::{parse_duration, SpecError};
 
 /// Default QUIC port of the inbound listener.
 pub const DEFAULT_PROXY_PORT: u16 = 7947;
@@ -135,8 +135,8 @@ fn unreachable_label() -> Tag {
     Tag::new("upstream").unwrap_or_else(|_| unreachable!("`upstream` is a valid label"))
 }
 
-fn num<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, String> {
-    v.parse().map_err(|_| format!("{key} `{v}` is not a valid number"))
+fn num<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, SpecError> {
+    v.parse().map_err(|_| SpecError::value(key, v, "a valid number"))
 }
 
 /// An upstream spec being built, option by option, from `--upstream` text or from an
@@ -148,23 +148,24 @@ pub(super) struct UpstreamOptions {
 
 impl UpstreamOptions {
     /// The defaults for calling `service` on `port`.
-    pub(super) fn new(service: &str, port: &str) -> Result<Self, String> {
-        let service = ServiceName::new(service).map_err(|e| e.to_string())?;
-        let port: u16 = port.parse().ok().filter(|p| *p > 0).ok_or_else(|| format!("port `{port}` is not 1-65535"))?;
+    pub(super) fn new(service: &str, port: &str) -> Result<Self, SpecError> {
+        let service = ServiceName::new(service).map_err(SpecError::name("service"))?;
+        let port: u16 =
+            port.parse().ok().filter(|p| *p > 0).ok_or_else(|| SpecError::value("port", port, "1-65535"))?;
         Ok(Self { spec: UpstreamSpec::new(service, port), idle_set: false })
     }
 
     /// Sets option `k` (the `--upstream` key, such as `connect-timeout`) from its text.
-    pub(super) fn set(&mut self, k: &str, v: &str) -> Result<(), String> {
+    pub(super) fn set(&mut self, k: &str, v: &str) -> Result<(), SpecError> {
         let u = &mut self.spec;
         match k {
-            "alias" => u.alias = Tag::new(v).map_err(|e| format!("alias: {e}"))?,
-            "listen" => u.listen = Some(v.parse().map_err(|_| format!("listen `{v}` is not IP:PORT"))?),
+            "alias" => u.alias = Tag::new(v).map_err(SpecError::name("alias"))?,
+            "listen" => u.listen = Some(v.parse().map_err(|_| SpecError::value(k, v, "IP:PORT"))?),
             "proto" => {
                 u.proto = match v {
                     "tcp" => Proto::Tcp,
                     "udp" => Proto::Udp,
-                    _ => return Err(format!("proto `{v}` is not tcp or udp")),
+                    _ => return Err(SpecError::value(k, v, "tcp or udp")),
                 }
             }
             "retries" => u.retries = num(k, v)?,
@@ -177,7 +178,7 @@ impl UpstreamOptions {
                 u.policy = match v {
                     "p2c" => Policy::P2c,
                     "rr" | "round-robin" => Policy::RoundRobin,
-                    _ => return Err(format!("balance `{v}` is not p2c or rr")),
+                    _ => return Err(SpecError::value(k, v, "p2c or rr")),
                 }
             }
             "max-connections" => u.max_connections = num(k, v)?,
@@ -190,31 +191,31 @@ impl UpstreamOptions {
                 u.plaintext = match v {
                     "allow" => true,
                     "deny" => false,
-                    _ => return Err(format!("plaintext `{v}` is not allow or deny")),
+                    _ => return Err(SpecError::value(k, v, "allow or deny")),
                 }
             }
-            _ => return Err(format!("unknown upstream option `{k}` (see `murmur agent --help`)")),
+            _ => return Err(SpecError::UnknownOption { spec: "upstream", key: k.to_owned() }),
         }
         Ok(())
     }
 
     /// The spec, once the options agree with each other.
-    pub(super) fn finish(self) -> Result<UpstreamSpec, String> {
+    pub(super) fn finish(self) -> Result<UpstreamSpec, SpecError> {
         let mut u = self.spec;
         if u.proto == Proto::Udp && !self.idle_set {
             u.idle_timeout = DEFAULT_UDP_IDLE_TIMEOUT;
         }
         if u.connect_timeout.is_zero() || u.idle_timeout.is_zero() {
-            return Err("timeouts must be above zero".into());
+            return Err(SpecError::bound("timeouts", "above zero"));
         }
         if u.max_connections == 0 || u.max_pending == 0 {
-            return Err("max-connections and max-pending must be at least 1".into());
+            return Err(SpecError::bound("max-connections and max-pending", "at least 1"));
         }
         if u.retries > 10 {
-            return Err("retries must be at most 10".into());
+            return Err(SpecError::bound("retries", "at most 10"));
         }
         if u.outlier.failure_percent > 100 || u.outlier.max_ejected_percent > 100 {
-            return Err("percentages must be 0-100".into());
+            return Err(SpecError::bound("percentages", "0-100"));
         }
         Ok(u)
     }
@@ -224,26 +225,29 @@ impl UpstreamOptions {
 /// [,retries=N][,connect-timeout=D][,idle-timeout=D][,balance=p2c|rr]
 /// [,max-connections=N][,max-pending=N][,eject-after=N][,eject-percent=N]
 /// [,eject-base=D][,eject-max-percent=N][,plaintext=allow|deny]`.
-pub fn parse_upstream_spec(text: &str) -> Result<UpstreamSpec, String> {
+pub fn parse_upstream_spec(text: &str) -> Result<UpstreamSpec, SpecError> {
     let mut parts = text.split(',');
     let head = parts.next().unwrap_or_default();
-    let (svc, port) = head.split_once(':').ok_or_else(|| format!("`{head}` must be SERVICE:PORT"))?;
+    let shape = |text: &str, expected| SpecError::Shape { text: text.to_owned(), expected };
+    let (svc, port) = head.split_once(':').ok_or_else(|| shape(head, "SERVICE:PORT"))?;
     let mut u = UpstreamOptions::new(svc, port)?;
     for item in parts.filter(|p| !p.is_empty()) {
-        let (k, v) = item.split_once('=').ok_or_else(|| format!("`{item}` must be key=value"))?;
+        let (k, v) = item.split_once('=').ok_or_else(|| shape(item, "key=value"))?;
         u.set(k, v)?;
     }
     u.finish()
 }
 
 /// Parses `--vip-range A.B.C.D/N` (inside 127.0.0.0/8).
-pub fn parse_vip_range(text: &str) -> Result<(Ipv4Addr, u32), String> {
-    let (ip, prefix) =
-        text.split_once('/').ok_or_else(|| format!("`{text}` must be IP/PREFIX, such as 127.100.0.0/16"))?;
-    let ip: Ipv4Addr = ip.parse().map_err(|_| format!("`{ip}` is not an IPv4 address"))?;
-    let prefix: u32 = prefix.parse().ok().filter(|p| (8..=30).contains(p)).ok_or("prefix must be 8-30")?;
+pub fn parse_vip_range(text: &str) -> Result<(Ipv4Addr, u32), SpecError> {
+    let (ip, prefix) = text
+        .split_once('/')
+        .ok_or_else(|| SpecError::Shape { text: text.to_owned(), expected: "IP/PREFIX, such as 127.100.0.0/16" })?;
+    let ip: Ipv4Addr = ip.parse().map_err(|_| SpecError::value("address", ip, "an IPv4 address"))?;
+    let prefix: u32 =
+        prefix.parse().ok().filter(|p| (8..=30).contains(p)).ok_or_else(|| SpecError::bound("prefix", "8-30"))?;
     if ip.octets()[0] != 127 {
-        return Err("the VIP range must be inside 127.0.0.0/8 (loopback)".into());
+        return Err(SpecError::bound("the VIP range", "inside 127.0.0.0/8 (loopback)"));
     }
     let mask = u32::MAX << (32 - prefix);
     let base = u32::from(ip) & mask;
@@ -280,7 +284,7 @@ mod tests {
             ("orders:80,max-pending=0", "at least 1"),
             ("orders:80,connect-timeout=0s", "above zero"),
         ] {
-            let e = parse_upstream_spec(bad).expect_err(bad);
+            let e = parse_upstream_spec(bad).expect_err(bad).to_string();
             assert!(e.contains(needle), "{bad}: {e}");
         }
     }

@@ -57,12 +57,23 @@ pub struct Zone {
     aliases: std::collections::BTreeMap<String, IpAddr>,
 }
 
+/// The namespace does not make a DNS name (config checks it first, so this is for
+/// embedders who build a zone themselves).
+#[derive(Debug, thiserror::Error)]
+#[error("namespace `{namespace}` is not a DNS name")]
+pub struct NamespaceError {
+    /// The namespace.
+    pub namespace: String,
+    /// hickory's reason.
+    pub source: hickory_proto::ProtoError,
+}
+
 impl Zone {
     /// A zone for `namespace` (already validated by config). `serial_base` (the agent's
     /// start, unix seconds) keeps the SOA serial growing across restarts.
-    pub fn new(namespace: &str, ttl: u32, max_answers: usize, serial_base: u32) -> Result<Zone, String> {
+    pub fn new(namespace: &str, ttl: u32, max_answers: usize, serial_base: u32) -> Result<Zone, NamespaceError> {
         let origin = Name::from_ascii(format!("{namespace}."))
-            .map_err(|e| format!("namespace `{namespace}` is not a DNS name: {e}"))?;
+            .map_err(|source| NamespaceError { namespace: namespace.to_owned(), source })?;
         let name = |label: &str| Name::from_ascii(format!("{label}.{namespace}.")).unwrap_or_else(|_| origin.clone());
         let (mname, rname) = (name("ns"), name("hostmaster"));
         Ok(Zone {

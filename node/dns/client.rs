@@ -8,31 +8,62 @@ use hickory_proto::op::{Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RecordType};
 use tokio::net::UdpSocket;
 
+/// Why a query got no reply.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum QueryError {
+    /// The name or the message could not be encoded.
+    #[error("cannot encode the query")]
+    Encode(#[source] hickory_proto::ProtoError),
+    /// The socket failed.
+    #[error("cannot ask {server}")]
+    Io {
+        /// The DNS server.
+        server: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Nothing came back in time.
+    #[error("no DNS reply from {server} within {timeout:?}")]
+    Timeout {
+        /// The DNS server.
+        server: SocketAddr,
+        /// How long it waited.
+        timeout: Duration,
+    },
+}
+
 /// Asks `server` one question; returns the reply.
-pub async fn query(server: SocketAddr, name: &str, qtype: RecordType, timeout: Duration) -> anyhow::Result<Message> {
+pub async fn query(
+    server: SocketAddr,
+    name: &str,
+    qtype: RecordType,
+    timeout: Duration,
+) -> Result<Message, QueryError> {
     let id: u16 = rand::random();
     let mut msg = Message::new(id, MessageType::Query, OpCode::Query);
     msg.metadata.recursion_desired = true;
-    msg.add_query(Query::query(Name::from_ascii(name)?, qtype));
-    let bytes = msg.to_vec()?;
+    msg.add_query(Query::query(Name::from_ascii(name).map_err(QueryError::Encode)?, qtype));
+    let bytes = msg.to_vec().map_err(QueryError::Encode)?;
     let bind: SocketAddr =
         if server.is_ipv4() { ([127, 0, 0, 1], 0).into() } else { ([0u16, 0, 0, 0, 0, 0, 0, 1], 0).into() };
-    let socket = UdpSocket::bind(bind).await?;
-    socket.connect(server).await?;
-    socket.send(&bytes).await?;
+    let io = |source| QueryError::Io { server, source };
+    let socket = UdpSocket::bind(bind).await.map_err(io)?;
+    socket.connect(server).await.map_err(io)?;
+    socket.send(&bytes).await.map_err(io)?;
     let mut buf = vec![0u8; 4096];
     let reply = tokio::time::timeout(timeout, async {
         loop {
-            let n = socket.recv(&mut buf).await?;
+            let n = socket.recv(&mut buf).await.map_err(io)?;
             if let Ok(m) = Message::from_vec(&buf[..n]) {
                 if m.metadata.id == id {
-                    return Ok::<_, anyhow::Error>(m);
+                    return Ok(m);
                 }
             }
         }
     })
     .await
-    .map_err(|_| anyhow::anyhow!("no DNS reply from {server} within {timeout:?}"))??;
+    .map_err(|_| QueryError::Timeout { server, timeout })??;
     Ok(reply)
 }
 

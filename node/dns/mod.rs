@@ -38,6 +38,7 @@ use answer::Arrange;
 use cache::{Labels, Lookup, ResponseCache};
 use rand::seq::SliceRandom;
 
+use crate::error::TaskError;
 use crate::metrics::{Metrics, QType, Rcode};
 use crate::registry::{Instance, RegistryReader};
 
@@ -176,7 +177,7 @@ impl Handler {
         &self,
         request: &Request,
         mut response: R,
-    ) -> Result<ResponseInfo, String> {
+    ) -> Result<ResponseInfo, hickory_server::net::NetError> {
         let query = request.request_info().ok().map(|i| i.query.original().clone());
         let mut shuffle = |instances: &mut [Arc<Instance>]| instances.shuffle(&mut rand::rng());
         let mut plan = self.plan(&request.metadata, query.as_ref(), request.edns.as_ref(), false, &mut shuffle);
@@ -198,7 +199,7 @@ impl Handler {
             // Only when the request had no question to forward, which plan() refuses.
             Plan::Forward => response.send_response(builder.error_msg(&request.metadata, ResponseCode::FormErr)).await,
         };
-        sent.map_err(|e| e.to_string())
+        sent
     }
 
     /// Counts one response.
@@ -251,7 +252,7 @@ fn encode_udp(plan: Plan, req: &Metadata, query: Option<&Query>, req_edns: Optio
 /// socket's [`cache`]; other names in the namespace are answered in this task (a few
 /// microseconds, no task per query); forwarded ones get a task each, since they wait on
 /// an upstream. Responses and datagrams shorter than a header get nothing.
-async fn serve_udp(socket: UdpSocket, handler: Arc<Handler>, cancel: CancellationToken) -> anyhow::Result<()> {
+async fn serve_udp(socket: UdpSocket, handler: Arc<Handler>, cancel: CancellationToken) -> Result<(), TaskError> {
     let socket = Arc::new(socket);
     let mut buf = vec![0u8; MAX_QUERY];
     let mut out = Vec::with_capacity(usize::from(MAX_UDP_PAYLOAD));
@@ -450,10 +451,10 @@ pub async fn serve_dns(
     registry: RegistryReader,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
-) -> anyhow::Result<()> {
+) -> Result<(), TaskError> {
     let start = (crate::clock::unix_ms() / 1000) as u32;
     let zone = Zone::new(&config.namespace, config.ttl, config.max_answers, start)
-        .map_err(anyhow::Error::msg)?
+        .map_err(TaskError::failed)?
         .with_aliases(&config.aliases);
     let forwarder = forward::Forwarder::new(config.upstreams);
     let limit = limit::RateLimit::new(config.rate_limit);
@@ -466,17 +467,16 @@ pub async fn serve_dns(
     server.register_listener(sockets.tcp, TCP_IDLE, 64);
     tokio::select! {
         _ = cancel.cancelled() => {
-            server.shutdown_gracefully().await.map_err(|e| anyhow::anyhow!("dns shutdown: {e}"))?;
+            server.shutdown_gracefully().await.map_err(TaskError::failed)?;
             Ok(())
         }
         Some(r) = udp.join_next() => {
-            let r = r.map_err(|e| anyhow::anyhow!("dns udp task: {e}")).and_then(|r| r);
-            r?;
-            if cancel.is_cancelled() { Ok(()) } else { Err(anyhow::anyhow!("dns udp stopped unexpectedly")) }
+            r.map_err(TaskError::Panicked)??;
+            if cancel.is_cancelled() { Ok(()) } else { Err(TaskError::Stopped) }
         }
         r = server.block_until_done() => {
-            r.map_err(|e| anyhow::anyhow!("dns server stopped: {e}"))?;
-            if cancel.is_cancelled() { Ok(()) } else { Err(anyhow::anyhow!("dns server stopped unexpectedly")) }
+            r.map_err(TaskError::failed)?;
+            if cancel.is_cancelled() { Ok(()) } else { Err(TaskError::Stopped) }
         }
     }
 }

@@ -4,6 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use crate::config::{within, ConfigError, Settings};
+use crate::error::chain;
 
 use super::keyring::{load_file, Keyring};
 
@@ -103,18 +104,20 @@ impl Config {
 /// with `--insecure`.
 fn keyring(s: &Settings) -> Result<Option<Keyring>, ConfigError> {
     let from_file = match &s.gossip_key_file {
-        Some(path) => load_file(path).map_err(|m| ConfigError::new("--gossip-key-file", m))?,
+        Some(path) => load_file(path).map_err(|e| ConfigError::new("--gossip-key-file", chain(&e)))?,
         None => None,
     };
     let keys = s.gossip_keys.as_deref().unwrap_or_default();
     match from_file {
-        Some(record) => Ok(Some(Keyring::from_record(&record).map_err(|m| ConfigError::new("--gossip-key-file", m))?)),
+        Some(record) => {
+            Ok(Some(Keyring::from_record(&record).map_err(|e| ConfigError::new("--gossip-key-file", e.to_string()))?))
+        }
         None if keys.is_empty() && s.insecure => Ok(None),
         None if keys.is_empty() => Err(ConfigError::new(
             "--gossip-key",
             "no gossip key: make one with `murmur keygen` and give it to every agent \
              (with --gossip-key-file, to start the file with), or pass --insecure to run an open cluster",
         )),
-        None => Ok(Some(Keyring::from_base64(keys).map_err(|m| ConfigError::new("--gossip-key", m))?)),
+        None => Ok(Some(Keyring::from_base64(keys).map_err(|e| ConfigError::new("--gossip-key", e.to_string()))?)),
     }
 }

@@ -111,35 +111,94 @@ pub enum OpenError {
     Forged,
 }
 
+/// Why keys do not make a keyring.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// No key at all.
+    #[error("a keyring needs at least one key")]
+    Empty,
+    /// A key is not base64.
+    #[error("{what} is not base64; make one with `murmur keygen`")]
+    NotBase64 {
+        /// Which key ("key #2", "KEY").
+        what: String,
+    },
+    /// A key is not 32 bytes.
+    #[error("{what} is {len} bytes, a key is {KEY_LEN}; make one with `murmur keygen`")]
+    WrongLength {
+        /// Which key.
+        what: String,
+        /// Its length.
+        len: usize,
+    },
+    /// The keys break a limit of the keyring record (too many, one twice).
+    #[error("not a usable keyring: {0}")]
+    Record(murmur_protocol::LimitError),
+    /// ring refused the key.
+    #[error("not a usable AES-256 key")]
+    Aes,
+}
+
+/// Why a keyring file could not be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyFileError {
+    /// The file exists but cannot be read.
+    #[error("cannot read {}", path.display())]
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// It is neither murmur's keyring file nor Serf's (a JSON array of base64 keys).
+    #[error("{} is not a keyring file", path.display())]
+    Format {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What the JSON reader found.
+        source: serde_json::Error,
+    },
+    /// Its keys do not make a keyring.
+    #[error("{} is not a keyring file", path.display())]
+    Keys {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with the keys.
+        source: KeyError,
+    },
+}
+
 impl Keyring {
     /// Builds a keyring from raw keys; the first is primary.
-    pub fn new(raw_keys: &[[u8; KEY_LEN]]) -> Result<Keyring, String> {
+    pub fn new(raw_keys: &[[u8; KEY_LEN]]) -> Result<Keyring, KeyError> {
         let record = KeyringRecord { epoch: 0, origin: String::new(), keys: raw_keys.to_vec() };
         Keyring::build(&record, Arc::new(Nonces::new()))
     }
 
     /// Builds a keyring from a record (a keyring file's, or a peer's).
-    pub fn from_record(record: &KeyringRecord) -> Result<Keyring, String> {
+    pub fn from_record(record: &KeyringRecord) -> Result<Keyring, KeyError> {
         Keyring::build(record, Arc::new(Nonces::new()))
     }
 
     /// The keyring `record` describes, drawing nonces from the same source as this one
     /// (so that a change of keys never repeats a nonce).
-    pub fn adopt(&self, record: &KeyringRecord) -> Result<Keyring, String> {
+    pub fn adopt(&self, record: &KeyringRecord) -> Result<Keyring, KeyError> {
         Keyring::build(record, self.nonces.clone())
     }
 
-    fn build(record: &KeyringRecord, nonces: Arc<Nonces>) -> Result<Keyring, String> {
+    fn build(record: &KeyringRecord, nonces: Arc<Nonces>) -> Result<Keyring, KeyError> {
         use murmur_protocol::record::Record;
-        record.check().map_err(|e| format!("not a usable keyring: {e}"))?;
+        record.check().map_err(KeyError::Record)?;
         let keys = record
             .keys
             .iter()
             .map(|raw| {
-                let unbound = UnboundKey::new(&AES_256_GCM, raw).map_err(|_| "invalid AES-256 key".to_owned())?;
+                let unbound = UnboundKey::new(&AES_256_GCM, raw).map_err(|_| KeyError::Aes)?;
                 Ok(SealKey { id: key_id(raw), raw: *raw, key: LessSafeKey::new(unbound) })
             })
-            .collect::<Result<_, String>>()?;
+            .collect::<Result<_, KeyError>>()?;
         Ok(Keyring { keys, epoch: record.epoch, origin: record.origin.clone(), nonces })
     }
 
@@ -153,9 +212,9 @@ impl Keyring {
     }
 
     /// Builds a keyring from base64 keys as given on the command line.
-    pub fn from_base64(keys: &[String]) -> Result<Keyring, String> {
+    pub fn from_base64(keys: &[String]) -> Result<Keyring, KeyError> {
         if keys.is_empty() {
-            return Err("a keyring needs at least one key".into());
+            return Err(KeyError::Empty);
         }
         let mut raw = keys
             .iter()
@@ -169,11 +228,10 @@ impl Keyring {
     }
 
     /// Decodes one base64 key (`what` names it in the error).
-    pub fn decode_key(what: &str, key: &str) -> Result<[u8; KEY_LEN], String> {
-        let bytes =
-            STANDARD.decode(key.trim()).map_err(|_| format!("{what} is not base64; make one with `murmur keygen`"))?;
+    pub fn decode_key(what: &str, key: &str) -> Result<[u8; KEY_LEN], KeyError> {
+        let bytes = STANDARD.decode(key.trim()).map_err(|_| KeyError::NotBase64 { what: what.to_owned() })?;
         <[u8; KEY_LEN]>::try_from(bytes.as_slice())
-            .map_err(|_| format!("{what} is {} bytes, a key is {KEY_LEN}; make one with `murmur keygen`", bytes.len()))
+            .map_err(|_| KeyError::WrongLength { what: what.to_owned(), len: bytes.len() })
     }
 
     /// A fresh random key in base64, for `murmur keygen`.
@@ -272,29 +330,29 @@ struct KeyringFile {
 
 /// Reads a keyring file. `Ok(None)` when there is none. Serf's format (a JSON array of
 /// base64 keys, primary first) is read too, as a configured keyring.
-pub fn load_file(path: &Path) -> Result<Option<KeyringRecord>, String> {
+pub fn load_file(path: &Path) -> Result<Option<KeyringRecord>, KeyFileError> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        Err(source) => return Err(KeyFileError::Read { path: path.to_owned(), source }),
     };
-    let bad = |e: &dyn std::fmt::Display| format!("{} is not a keyring file: {e}", path.display());
     let file = match serde_json::from_str::<KeyringFile>(&text) {
         Ok(f) => f,
-        Err(e) => match serde_json::from_str::<Vec<String>>(&text) {
+        Err(source) => match serde_json::from_str::<Vec<String>>(&text) {
             Ok(keys) => KeyringFile { epoch: 0, origin: String::new(), keys },
-            Err(_) => return Err(bad(&e)),
+            Err(_) => return Err(KeyFileError::Format { path: path.to_owned(), source }),
         },
     };
+    let bad_keys = |source| KeyFileError::Keys { path: path.to_owned(), source };
     let keys = file
         .keys
         .iter()
         .enumerate()
         .map(|(i, k)| Keyring::decode_key(&format!("key #{}", i + 1), k))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| bad(&e))?;
+        .map_err(bad_keys)?;
     let record = KeyringRecord { epoch: file.epoch, origin: file.origin, keys };
-    murmur_protocol::record::Record::check(&record).map_err(|e| bad(&e))?;
+    murmur_protocol::record::Record::check(&record).map_err(|e| bad_keys(KeyError::Record(e)))?;
     Ok(Some(record))
 }
 
@@ -387,9 +445,11 @@ mod tests {
 
     #[test]
     fn bad_keys_are_refused_with_a_reason() {
-        assert!(Keyring::from_base64(&["!!".into()]).expect_err("bad").contains("base64"));
-        assert!(Keyring::from_base64(&["AAAA".into()]).expect_err("short").contains("3 bytes"));
-        assert!(Keyring::from_base64(&[]).is_err());
+        let err = Keyring::from_base64(&["!!".into()]).expect_err("bad");
+        assert!(matches!(err, KeyError::NotBase64 { .. }) && err.to_string().contains("base64"), "{err}");
+        let err = Keyring::from_base64(&["AAAA".into()]).expect_err("short");
+        assert_eq!(err, KeyError::WrongLength { what: "key #1".into(), len: 3 });
+        assert_eq!(Keyring::from_base64(&[]).expect_err("none"), KeyError::Empty);
     }
 
     #[test]
@@ -397,20 +457,22 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("murmur-keyring-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let path = dir.join("keyring.json");
-        assert_eq!(load_file(&path), Ok(None));
+        assert!(load_file(&path).expect("no file is no keyring").is_none());
         let record = KeyringRecord { epoch: 3, origin: "a".into(), keys: vec![[7; KEY_LEN], [9; KEY_LEN]] };
         save_file(&path, &record).expect("written");
-        assert_eq!(load_file(&path), Ok(Some(record.clone())));
+        assert_eq!(load_file(&path).expect("readable"), Some(record.clone()));
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).expect("exists").permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "only the owner reads keys");
         let keys = record.keys.iter().map(key_base64).collect::<Vec<_>>();
         std::fs::write(&path, serde_json::to_string(&keys).expect("json")).expect("written");
-        assert_eq!(load_file(&path), Ok(Some(KeyringRecord { epoch: 0, origin: String::new(), ..record })));
+        let serf = load_file(&path).expect("readable");
+        assert_eq!(serf, Some(KeyringRecord { epoch: 0, origin: String::new(), ..record }));
         std::fs::write(&path, "{\"epoch\": 1}").expect("written");
-        assert!(load_file(&path).expect_err("torn").contains("not a keyring file"));
+        assert!(matches!(load_file(&path).expect_err("torn"), KeyFileError::Format { .. }));
         std::fs::write(&path, "[\"AAAA\"]").expect("written");
-        assert!(load_file(&path).expect_err("short key").contains("3 bytes"));
+        let err = load_file(&path).expect_err("short key");
+        assert!(crate::error::chain(&err).contains("3 bytes"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

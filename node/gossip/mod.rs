@@ -26,7 +26,7 @@ use tracing::{debug, info, warn};
 
 pub use config::{Config, DEFAULT_PROBE_TIMEOUT, MAX_DEAD_GRACE, MAX_DRAIN};
 pub use frame::{FrameCodec, Reject, MAX_DATAGRAM};
-pub use keyring::{key_base64, key_id_hex, load_file as load_keyring_file, Keyring, KEY_LEN};
+pub use keyring::{key_base64, key_id_hex, load_file as load_keyring_file, KeyError, KeyFileError, Keyring, KEY_LEN};
 pub use rotation::{KeyChange, KeyringError, KeyringReport, MemberKeys};
 
 use crate::clock::unix_ms;
@@ -140,7 +140,7 @@ pub struct Gossip {
     view_rx: watch::Receiver<Arc<ClusterView>>,
     cancel: CancellationToken,
     advertise: SocketAddr,
-    done_rx: watch::Receiver<Option<Result<(), String>>>,
+    done_rx: watch::Receiver<bool>,
 }
 
 /// The membership settings in `config`.
@@ -159,6 +159,23 @@ fn swim_config(config: &Config) -> SwimConfig {
     }
 }
 
+/// Why gossip would not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The socket given has no local address.
+    #[error("cannot read the gossip socket's address")]
+    Socket(#[source] std::io::Error),
+    /// The keyring file could not be written at start.
+    #[error("--gossip-key-file: cannot write {} (its directory must exist and be writable by the agent's user)", path.display())]
+    KeyFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
 /// Starts gossip on an already-bound socket, with `initial` keys set before the first
 /// datagram so peers never see this node without its record.
 pub async fn spawn_gossip(
@@ -168,8 +185,8 @@ pub async fn spawn_gossip(
     socket: UdpSocket,
     initial: Vec<(String, String)>,
     metrics: Arc<Metrics>,
-) -> anyhow::Result<Gossip> {
-    let listen_addr = socket.local_addr()?;
+) -> Result<Gossip, StartError> {
+    let listen_addr = socket.local_addr().map_err(StartError::Socket)?;
     let advertise = if config.advertise.port() == 0 {
         SocketAddr::new(config.advertise.ip(), listen_addr.port())
     } else {
@@ -184,12 +201,7 @@ pub async fn spawn_gossip(
     let persist = match (&config.keyring, &config.key_file) {
         (Some(keyring), Some(path)) => {
             keyring::save_file(path, &keyring.record())
-                .map_err(|e| {
-                    anyhow::anyhow!(
-                        "--gossip-key-file: cannot write {}: {e} (its directory must exist and be writable by the agent's user)",
-                        path.display()
-                    )
-                })?;
+                .map_err(|source| StartError::KeyFile { path: path.clone(), source })?;
             Some(spawn_keyring_writer(path.clone(), keyring.record()))
         }
         _ => None,
@@ -201,7 +213,7 @@ pub async fn spawn_gossip(
     }
     let (tx, rx) = mpsc::unbounded_channel();
     let (view_tx, view_rx) = watch::channel(Arc::new(ClusterView::default()));
-    let (done_tx, done_rx) = watch::channel(None);
+    let (done_tx, done_rx) = watch::channel(false);
     let cancel = CancellationToken::new();
     let shell = Shell {
         core,
@@ -227,8 +239,8 @@ pub async fn spawn_gossip(
     };
     let task_cancel = cancel.clone();
     tokio::spawn(async move {
-        let result = shell.run(rx, task_cancel).await.map_err(|e| format!("{e:#}"));
-        let _ = done_tx.send(Some(result));
+        shell.run(rx, task_cancel).await;
+        let _ = done_tx.send(true);
     });
     info!(%advertise, seeds = ?config.seeds, "gossip started");
     Ok(Gossip { tx, view_rx, cancel, advertise, done_rx })
@@ -271,20 +283,15 @@ impl Gossip {
     pub async fn stop(self) {
         self.cancel.cancel();
         let mut done = self.done_rx.clone();
-        let _ = tokio::time::timeout(Duration::from_secs(2), done.wait_for(Option::is_some)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), done.wait_for(|done| *done)).await;
     }
 
-    /// Resolves when the gossip loop ends on its own (a fatal socket error).
-    pub fn died(&self) -> impl std::future::Future<Output = anyhow::Result<()>> + use<> {
+    /// Resolves when the gossip loop has ended (cancelled, or its command channel
+    /// closed).
+    pub fn died(&self) -> impl std::future::Future<Output = ()> + use<> {
         let mut done = self.done_rx.clone();
         async move {
-            match done.wait_for(Option::is_some).await {
-                Ok(r) => match r.clone() {
-                    Some(Err(e)) => Err(anyhow::anyhow!(e)),
-                    _ => Ok(()),
-                },
-                Err(_) => Ok(()),
-            }
+            let _ = done.wait_for(|done| *done).await;
         }
     }
 }
@@ -342,7 +349,7 @@ fn spawn_keyring_writer(path: std::path::PathBuf, first: KeyringRecord) -> watch
 }
 
 impl Shell {
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>, cancel: CancellationToken) -> anyhow::Result<()> {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>, cancel: CancellationToken) {
         let mut buf = vec![0u8; MAX_DATAGRAM];
         let mut next_resolve = tokio::time::Instant::now();
         let mut leaving = false;
@@ -351,7 +358,7 @@ impl Shell {
             self.publish();
             let wake = tokio::time::Instant::from_std(self.core.poll_timeout());
             tokio::select! {
-                _ = cancel.cancelled() => return Ok(()),
+                _ = cancel.cancelled() => return,
                 r = self.socket.recv_from(&mut buf) => match r {
                     Ok((len, from)) => self.receive(&buf[..len], from),
                     // An ICMP error from an earlier send (a peer gone) surfaces here; it
@@ -380,7 +387,7 @@ impl Shell {
                     Some(Command::ReportKeyring(reply)) => {
                         let _ = reply.send(self.keyring_report());
                     }
-                    None => return Ok(()),
+                    None => return,
                 },
             }
         }

@@ -53,9 +53,9 @@ pub enum KeyringError {
     /// Gossip runs without a keyring.
     #[error("gossip is not encrypted on this agent (--insecure): there is no keyring to change")]
     Insecure,
-    /// The key is not base64 of 32 bytes.
-    #[error("{0}")]
-    BadKey(String),
+    /// The key is not base64 of 32 bytes, or the keys would not make a keyring.
+    #[error(transparent)]
+    BadKey(#[from] super::keyring::KeyError),
     /// No room for another key.
     #[error("the keyring holds {MAX_KEYRING_KEYS} keys already: remove one first (`murmur keyring remove`)")]
     Full,

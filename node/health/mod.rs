@@ -24,7 +24,11 @@ use crate::metrics::Metrics;
 use murmur_protocol::InstanceId;
 
 /// Runs the checks until `cancel`. Returns `Ok(())` when cancelled.
-pub async fn run_health(publisher: Publisher, metrics: Arc<Metrics>, cancel: CancellationToken) -> anyhow::Result<()> {
+pub async fn run_health(
+    publisher: Publisher,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) -> Result<(), crate::error::TaskError> {
     let mut local_rx = publisher.local();
     // One loop per instance, keyed by id; replaced when its check or address changes.
     let mut loops: BTreeMap<InstanceId, (CheckSpec, SocketAddr, CancellationToken)> = BTreeMap::new();

@@ -122,8 +122,12 @@ impl Sink {
 
 /// Opens `target` (so that a path that cannot be written fails at start, naming it) and
 /// starts the writer; it ends with `cancel` after writing what is queued.
-pub async fn start(target: Target, metrics: Arc<Metrics>, cancel: CancellationToken) -> Result<AccessLog, String> {
-    let mut sink = Sink::open(&target).await.map_err(|e| format!("cannot open the access log {target:?}: {e}"))?;
+pub async fn start(
+    target: Target,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) -> Result<AccessLog, std::io::Error> {
+    let mut sink = Sink::open(&target).await?;
     let (tx, mut rx) = mpsc::channel::<Entry>(QUEUE);
     let reopen = Arc::new(Notify::new());
     let log = AccessLog { tx, metrics, reopen: reopen.clone() };

@@ -7,7 +7,8 @@ use murmur_protocol::NodeName;
 
 use crate::config::upstream::DEFAULT_PROXY_PORT;
 use crate::config::{ConfigError, ServiceSpec, Settings, UpstreamSpec};
-use crate::tls::TlsMaterial;
+use crate::error::chain;
+use crate::tls::{CheckError, LoadError, TlsMaterial};
 
 /// The PEM files of a sidecar's mutual TLS.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,12 +21,30 @@ pub struct TlsFiles {
     pub key: std::path::PathBuf,
 }
 
+/// Why the TLS files were not reloaded (the old ones then stay in service).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReloadError {
+    /// The sidecar runs without TLS files (no proxy, or `--insecure`).
+    #[error("no TLS files to reload (the sidecar runs without --tls-cert)")]
+    NoFiles,
+    /// A file could not be read.
+    #[error("{}", .0.setting().flag())]
+    Load(#[source] LoadError),
+    /// The new certificate does not fit this node.
+    #[error("--tls-cert")]
+    Check(#[source] CheckError),
+    /// The new material does not make a QUIC config.
+    #[error("the new TLS files do not make a QUIC config")]
+    Apply(#[source] super::ProxyError),
+}
+
 impl TlsFiles {
     /// Reads the files again and checks the certificate as at start: it chains to the
     /// CA and names `node` (and `identity`, when given).
-    pub fn reload(&self, node: &str, identity: Option<&str>) -> Result<TlsMaterial, String> {
-        let tls = TlsMaterial::load(&self.ca, &self.cert, &self.key)?;
-        tls.check(node, identity)?;
+    pub fn reload(&self, node: &str, identity: Option<&str>) -> Result<TlsMaterial, ReloadError> {
+        let tls = TlsMaterial::load(&self.ca, &self.cert, &self.key).map_err(ReloadError::Load)?;
+        tls.check(node, identity).map_err(ReloadError::Check)?;
         Ok(tls)
     }
 }
@@ -77,7 +96,7 @@ impl Config {
         };
         let identity = s.proxy_identity.clone().or_else(|| services.first().map(|s| s.name.clone())).or(from_cert);
         tls.check(name.as_str(), identity.as_ref().map(|s| s.as_str()))
-            .map_err(|m| ConfigError::new("--tls-cert", m))?;
+            .map_err(|e| ConfigError::new("--tls-cert", chain(&e)))?;
         let upstreams = s.upstreams.clone().unwrap_or_default();
         if identity.is_none() && !upstreams.is_empty() {
             let why = match named.len() {
@@ -128,11 +147,13 @@ impl Config {
 /// The sidecar's TLS: the three files, or with `--insecure` a throwaway certificate.
 fn tls_material(s: &Settings, name: &NodeName) -> Result<TlsMaterial, ConfigError> {
     match (&s.tls_ca, &s.tls_cert, &s.tls_key) {
-        (Some(ca), Some(cert), Some(key)) => TlsMaterial::load(ca, cert, key).map_err(|m| {
-            let (field, rest) = m.split_once(": ").unwrap_or(("--tls-cert", m.as_str()));
-            ConfigError::new(field, rest)
+        (Some(ca), Some(cert), Some(key)) => TlsMaterial::load(ca, cert, key).map_err(|e| {
+            let (flag, message) = load_error(&e);
+            ConfigError::new(flag, message)
         }),
-        (None, None, None) if s.insecure => TlsMaterial::insecure(name).map_err(|m| ConfigError::new("--tls-cert", m)),
+        (None, None, None) if s.insecure => {
+            TlsMaterial::insecure(name).map_err(|e| ConfigError::new("--tls-cert", chain(&e)))
+        }
         (None, None, None) => Err(ConfigError::new(
             "--tls-cert",
             "proxy mode needs --tls-ca, --tls-cert and --tls-key (`murmur ca init`, `murmur cert issue`), \
@@ -140,4 +161,9 @@ fn tls_material(s: &Settings, name: &NodeName) -> Result<TlsMaterial, ConfigErro
         )),
         _ => Err(ConfigError::new("--tls-cert", "give all three of --tls-ca, --tls-cert and --tls-key")),
     }
+}
+
+/// The flag a TLS load error is about, and the error with its causes on one line.
+fn load_error(e: &LoadError) -> (&'static str, String) {
+    (e.setting().flag(), chain(e))
 }

@@ -108,13 +108,13 @@ pub async fn serve_inbound(
     endpoint: Endpoint,
     ctx: Arc<InboundContext>,
     cancel: CancellationToken,
-) -> anyhow::Result<()> {
+) -> Result<(), crate::error::TaskError> {
     loop {
         let incoming = tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
             i = endpoint.accept() => match i {
                 Some(i) => i,
-                None => return if cancel.is_cancelled() { Ok(()) } else { Err(anyhow::anyhow!("the QUIC endpoint closed")) },
+                None => return if cancel.is_cancelled() { Ok(()) } else { Err(crate::error::TaskError::Stopped) },
             },
         };
         let ctx = ctx.clone();

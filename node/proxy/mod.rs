@@ -38,7 +38,7 @@ use crate::local::LocalInstance;
 use crate::metrics::Metrics;
 use crate::registry::RegistryReader;
 use crate::tls::TlsMaterial;
-pub use config::{Config, TlsFiles};
+pub use config::{Config, ReloadError, TlsFiles};
 use inbound::{serve_inbound, InboundContext};
 use outbound::{Caller, Upstream};
 use pool::Pool;
@@ -85,9 +85,12 @@ pub enum ProxyError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// The TLS material does not make a config.
-    #[error("tls: {0}")]
-    Tls(String),
+    /// The TLS material does not make a rustls config.
+    #[error("tls")]
+    Tls(#[from] crate::tls::BuildError),
+    /// rustls's config does not make a QUIC config (no TLS 1.3 cipher suite QUIC uses).
+    #[error("the TLS config does not suit QUIC")]
+    Quic(#[from] quinn::crypto::rustls::NoInitialCipherSuite),
 }
 
 /// Every socket of the proxy, bound before anything runs.
@@ -159,12 +162,10 @@ fn transport(max_streams: u32) -> Arc<TransportConfig> {
 
 /// The QUIC server and client configs built from `tls`.
 fn quic_configs(tls: &TlsMaterial) -> Result<(quinn::ServerConfig, quinn::ClientConfig), ProxyError> {
-    let server = tls.server_config().map_err(ProxyError::Tls)?;
-    let server = QuicServerConfig::try_from(server).map_err(|e| ProxyError::Tls(e.to_string()))?;
+    let server = QuicServerConfig::try_from(tls.server_config()?)?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(server));
     server.transport_config(transport(MAX_STREAMS));
-    let client = tls.client_config().map_err(ProxyError::Tls)?;
-    let client = QuicClientConfig::try_from(client).map_err(|e| ProxyError::Tls(e.to_string()))?;
+    let client = QuicClientConfig::try_from(tls.client_config()?)?;
     let mut client = quinn::ClientConfig::new(Arc::new(client));
     // Nothing accepts streams a peer opens toward the calling side: advertise none.
     client.transport_config(transport(0));
@@ -260,7 +261,7 @@ pub fn spawn_proxy(
     sockets: ProxySockets,
     config: &Config,
     deps: ProxyDeps,
-    tasks: &mut JoinSet<(&'static str, anyhow::Result<()>)>,
+    tasks: &mut JoinSet<(&'static str, Result<(), crate::error::TaskError>)>,
     cancel: CancellationToken,
 ) -> Proxy {
     let ProxySockets { mut endpoint, client, listeners } = sockets;

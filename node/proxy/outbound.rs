@@ -201,7 +201,11 @@ impl Upstream {
     }
 
     /// Accepts app connections on `listener` until `cancel`.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, cancel: CancellationToken) -> anyhow::Result<()> {
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        cancel: CancellationToken,
+    ) -> Result<(), crate::error::TaskError> {
         loop {
             let (client, _) = tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
@@ -464,7 +468,7 @@ impl Upstream {
                     .pool
                     .open(peer, node, ep.host.generation)
                     .await
-                    .map_err(|e| fail(FailureCause::QuicConnect, true, e.to_string()))?;
+                    .map_err(|e| fail(FailureCause::QuicConnect, true, crate::error::chain(&e)))?;
                 // The peer proved it is that node; it must also be allowed to serve the
                 // service, or any member could register a service and take its traffic.
                 if self.verify_identity && !peer_serves(&conn, self.spec.service.as_str()) {

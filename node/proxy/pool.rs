@@ -37,14 +37,29 @@ const CLOSE_STALE: u32 = 1;
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
     /// The connection attempt could not start (bad address, endpoint closed).
-    #[error("cannot connect to {0}: {1}")]
-    Connect(SocketAddr, String),
+    #[error("cannot connect to {addr}")]
+    Connect {
+        /// The peer's sidecar.
+        addr: SocketAddr,
+        /// Why quinn would not start the attempt.
+        source: quinn::ConnectError,
+    },
     /// The handshake failed (peer down, wrong CA, refused).
-    #[error("handshake with {0} failed: {1}")]
-    Handshake(SocketAddr, String),
+    #[error("handshake with {addr} failed")]
+    Handshake {
+        /// The peer's sidecar.
+        addr: SocketAddr,
+        /// How the connection ended.
+        source: quinn::ConnectionError,
+    },
     /// The connection failed while a stream was being opened.
-    #[error("cannot open a stream to {0}: {1}")]
-    Stream(SocketAddr, String),
+    #[error("cannot open a stream to {addr}")]
+    Stream {
+        /// The peer's sidecar.
+        addr: SocketAddr,
+        /// How the connection ended.
+        source: quinn::ConnectionError,
+    },
 }
 
 /// A stream opened to a peer.
@@ -141,22 +156,24 @@ impl Pool {
                 return Ok(Opened { conn: p.conn.clone(), send, recv, handshake: Duration::ZERO });
             }
         }
-        let (conn, handshake) = if conns.len() < MAX_CONNECTIONS_PER_PEER {
-            let start = Instant::now();
-            let client = self.client.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            let connecting = self
-                .endpoint
-                .connect_with(client, addr, &node_server_name(node))
-                .map_err(|e| PoolError::Connect(addr, e.to_string()))?;
-            let conn = connecting.await.map_err(|e| PoolError::Handshake(addr, e.to_string()))?;
-            conns.push(Pooled { conn: conn.clone(), generation });
-            (conn, start.elapsed())
-        } else {
-            let first = conns.first().map(|p| p.conn.clone());
-            first.map(|c| (c, Duration::ZERO)).ok_or_else(|| PoolError::Connect(addr, "no connection".into()))?
+        // At the cap, the first connection is shared; below it, a new one is made.
+        let shared = conns.first().filter(|_| conns.len() >= MAX_CONNECTIONS_PER_PEER).map(|p| p.conn.clone());
+        let (conn, handshake) = match shared {
+            Some(conn) => (conn, Duration::ZERO),
+            None => {
+                let start = Instant::now();
+                let client = self.client.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let connecting = self
+                    .endpoint
+                    .connect_with(client, addr, &node_server_name(node))
+                    .map_err(|source| PoolError::Connect { addr, source })?;
+                let conn = connecting.await.map_err(|source| PoolError::Handshake { addr, source })?;
+                conns.push(Pooled { conn: conn.clone(), generation });
+                (conn, start.elapsed())
+            }
         };
         drop(conns);
-        let (send, recv) = conn.open_bi().await.map_err(|e| PoolError::Stream(addr, e.to_string()))?;
+        let (send, recv) = conn.open_bi().await.map_err(|source| PoolError::Stream { addr, source })?;
         Ok(Opened { conn, send, recv, handshake })
     }
 

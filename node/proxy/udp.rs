@@ -122,7 +122,7 @@ pub async fn serve_udp(
     socket: UdpSocket,
     table: Arc<FlowTable>,
     cancel: CancellationToken,
-) -> anyhow::Result<()> {
+) -> Result<(), crate::error::TaskError> {
     let socket = Arc::new(socket);
     let flows: Arc<Mutex<HashMap<SocketAddr, mpsc::Sender<Bytes>>>> = Arc::default();
     let mut buf = vec![0u8; MAX_PAYLOAD + 1];

@@ -6,6 +6,7 @@
 mod build;
 mod snapshot;
 
+use crate::error::TaskError;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -63,7 +64,7 @@ pub fn spawn_registry(
     mut view_rx: watch::Receiver<Arc<ClusterView>>,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
-) -> (RegistryReader, tokio::task::JoinHandle<anyhow::Result<()>>) {
+) -> (RegistryReader, tokio::task::JoinHandle<Result<(), TaskError>>) {
     let (tx, rx) = watch::channel(Arc::new(Snapshot::default()));
     let task = tokio::spawn(async move {
         let mut version = 0u64;
@@ -93,7 +94,7 @@ pub fn spawn_registry(
             tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
                 changed = view_rx.changed() => if changed.is_err() {
-                    return if cancel.is_cancelled() { Ok(()) } else { Err(anyhow::anyhow!("gossip view closed")) };
+                    return if cancel.is_cancelled() { Ok(()) } else { Err(TaskError::Stopped) };
                 }
             }
             // Changes that come in a burst (a deployment, a join) are taken together: at

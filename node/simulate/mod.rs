@@ -765,21 +765,25 @@ pub struct SimulateArgs {
 
 impl SimulateArgs {
     /// The simulation these flags ask for, or what is wrong with them.
-    pub fn config(&self) -> Result<SimConfig, String> {
+    pub fn config(&self) -> Result<SimConfig, crate::config::ConfigError> {
+        use crate::config::ConfigError;
         if self.nodes < 2 {
-            return Err(format!("--nodes: at least 2 (got {})", self.nodes));
+            return Err(ConfigError::new("--nodes", format!("at least 2 (got {})", self.nodes)));
         }
         if !(0.0..100.0).contains(&self.loss) {
-            return Err(format!("--loss: a percentage from 0 to below 100 (got {})", self.loss));
+            return Err(ConfigError::new("--loss", format!("a percentage from 0 to below 100 (got {})", self.loss)));
         }
         if !(0.0..=50.0).contains(&self.partition) {
-            return Err(format!("--partition: a percentage from 0 to 50 (got {})", self.partition));
+            return Err(ConfigError::new("--partition", format!("a percentage from 0 to 50 (got {})", self.partition)));
         }
         if self.kill >= self.nodes.saturating_sub(SEEDS) && self.kill > 0 {
-            return Err(format!("--kill: fewer than the agents that are not seeds (got {})", self.kill));
+            return Err(ConfigError::new(
+                "--kill",
+                format!("fewer than the agents that are not seeds (got {})", self.kill),
+            ));
         }
         if !(0.0..=1000.0).contains(&self.changes_per_s) {
-            return Err(format!("--changes-per-s: from 0 to 1000 (got {})", self.changes_per_s));
+            return Err(ConfigError::new("--changes-per-s", format!("from 0 to 1000 (got {})", self.changes_per_s)));
         }
         let mut swim = SwimConfig::default();
         if let Some(v) = self.probe_interval {

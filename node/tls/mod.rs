@@ -14,7 +14,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-pub use ca::{node_server_name, service_identity, Ca, Identity};
+pub use ca::{node_server_name, service_identity, Ca, CaError, Identity};
 
 /// ALPN of the sidecar protocol; a peer speaking anything else is refused.
 pub const ALPN: &[u8] = b"murmur/1";
@@ -37,11 +37,119 @@ pub enum TlsMaterial {
     },
 }
 
+/// One of the three TLS settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsSetting {
+    /// `--tls-ca`.
+    Ca,
+    /// `--tls-cert`.
+    Cert,
+    /// `--tls-key`.
+    Key,
+}
+
+impl TlsSetting {
+    /// The flag that sets it.
+    pub fn flag(self) -> &'static str {
+        match self {
+            TlsSetting::Ca => "--tls-ca",
+            TlsSetting::Cert => "--tls-cert",
+            TlsSetting::Key => "--tls-key",
+        }
+    }
+}
+
+/// Why the TLS files could not be loaded; [`LoadError::setting`] says which one to fix.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// A setting's PEM could not be read: a path that cannot be read, or no PEM item in
+    /// it. Where it came from is named, never its text (it may be a private key).
+    #[error("cannot read {what} from {from}")]
+    Pem {
+        /// Which setting.
+        setting: TlsSetting,
+        /// "a certificate" or "a key".
+        what: &'static str,
+        /// The path, or "the PEM text given in place of a path".
+        from: String,
+        /// What the PEM reader found.
+        source: rustls::pki_types::pem::Error,
+    },
+    /// The certificate and the key do not make a TLS config (a key that is not the
+    /// certificate's, an unsupported key type).
+    #[error("the certificate and key are not usable")]
+    Unusable(#[source] BuildError),
+}
+
+/// Why a rustls config could not be built from the material.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// A CA certificate is not one rustls can trust.
+    #[error("a certificate in --tls-ca is not a usable CA certificate")]
+    Roots(#[source] rustls::Error),
+    /// The client-certificate verifier could not be built from the CAs.
+    #[error("cannot verify client certificates with the CAs in --tls-ca")]
+    Verifier(#[source] rustls::server::VerifierBuilderError),
+    /// The crypto provider refused TLS 1.3.
+    #[error("the crypto provider does not offer TLS 1.3")]
+    Versions(#[source] rustls::Error),
+    /// The key is not the certificate's, or of a type rustls does not take.
+    #[error("the certificate and the key do not match")]
+    KeyMismatch(#[source] rustls::Error),
+}
+
+/// Why a certificate does not fit this node.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CheckError {
+    /// The CAs could not be used to verify.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// The certificate was not issued by a CA in `--tls-ca` (or has expired).
+    #[error("the certificate does not chain to the CA in --tls-ca")]
+    Chain(#[source] rustls::Error),
+    /// The certificate does not parse as an X.509 end-entity certificate.
+    #[error("not a certificate")]
+    NotACertificate(#[source] webpki::Error),
+    /// The node name does not make a DNS name.
+    #[error("node name {node} is not a DNS name")]
+    NodeName {
+        /// The node name.
+        node: String,
+        /// Why it is not.
+        source: rustls::pki_types::InvalidDnsNameError,
+    },
+    /// The certificate names another node.
+    #[error("the certificate is not for node {node}; issue one with `murmur cert issue --name {node}`")]
+    WrongNode {
+        /// This node.
+        node: String,
+    },
+    /// The certificate does not name the service the sidecar calls as.
+    #[error("the certificate does not name service {service}; add --service {service} when issuing it")]
+    MissingService {
+        /// The service.
+        service: String,
+    },
+}
+
+impl LoadError {
+    /// The setting to fix.
+    pub fn setting(&self) -> TlsSetting {
+        match self {
+            LoadError::Pem { setting, .. } => *setting,
+            LoadError::Unusable(_) => TlsSetting::Cert,
+        }
+    }
+}
+
 /// A trust store holding only the cluster CA (or CAs).
-fn roots(ca: &[CertificateDer<'static>]) -> Result<RootCertStore, String> {
+fn roots(ca: &[CertificateDer<'static>]) -> Result<RootCertStore, BuildError> {
     let mut roots = RootCertStore::empty();
     for c in ca {
-        roots.add(c.clone()).map_err(|e| format!("bad CA certificate: {e}"))?;
+        roots.add(c.clone()).map_err(BuildError::Roots)?;
     }
     Ok(roots)
 }
@@ -55,17 +163,15 @@ impl TlsMaterial {
     ///
     /// Each setting is a path, or the PEM text itself when it starts with `-----BEGIN`
     /// (ECS hands secrets to a container only as environment variables).
-    pub fn load(ca: &Path, cert: &Path, key: &Path) -> Result<TlsMaterial, String> {
-        let ca = pem_certificates(ca)
-            .map_err(|(from, e)| format!("--tls-ca: cannot read a certificate from {from}: {e}"))?;
-        let cert_der = pem::<CertificateDer>(cert)
-            .map_err(|(from, e)| format!("--tls-cert: cannot read a certificate from {from}: {e}"))?;
-        let key =
-            pem::<PrivateKeyDer>(key).map_err(|(from, e)| format!("--tls-key: cannot read a key from {from}: {e}"))?;
+    pub fn load(ca: &Path, cert: &Path, key: &Path) -> Result<TlsMaterial, LoadError> {
+        let unreadable = |setting, what| move |(from, source)| LoadError::Pem { setting, what, from, source };
+        let ca = pem_certificates(ca).map_err(unreadable(TlsSetting::Ca, "a certificate"))?;
+        let cert_der = pem::<CertificateDer>(cert).map_err(unreadable(TlsSetting::Cert, "a certificate"))?;
+        let key = pem::<PrivateKeyDer>(key).map_err(unreadable(TlsSetting::Key, "a key"))?;
         // The key must match the certificate; `check` (run by config) then checks the
         // certificate against the CA and the node's names, so mistakes fail at start.
         let material = TlsMaterial::Mutual { ca, identity: Identity { cert: cert_der, key } };
-        material.server_config().map_err(|e| format!("--tls-cert: {e}"))?;
+        material.server_config().map_err(LoadError::Unusable)?;
         Ok(material)
     }
 }
@@ -102,31 +208,26 @@ fn pem<T: PemObject>(setting: &Path) -> Result<T, (String, rustls::pki_types::pe
 impl TlsMaterial {
     /// Checks that the certificate chains to the CA, names node `node` and, when given,
     /// the service the sidecar calls as. Nothing to check without mutual TLS.
-    pub fn check(&self, node: &str, identity: Option<&str>) -> Result<(), String> {
+    pub fn check(&self, node: &str, identity: Option<&str>) -> Result<(), CheckError> {
         let TlsMaterial::Mutual { ca, identity: id } = self else { return Ok(()) };
         let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider())
             .build()
-            .map_err(|e| e.to_string())?;
-        verifier
-            .verify_client_cert(&id.cert, &[], UnixTime::now())
-            .map_err(|e| format!("the certificate does not chain to the CA in --tls-ca: {e}"))?;
-        let ee = webpki::EndEntityCert::try_from(&id.cert).map_err(|e| format!("not a certificate: {e}"))?;
-        let name = ServerName::try_from(node_server_name(node)).map_err(|e| e.to_string())?;
-        ee.verify_is_valid_for_subject_name(&name).map_err(|_| {
-            format!("the certificate is not for node {node}; issue one with `murmur cert issue --name {node}`")
-        })?;
+            .map_err(BuildError::Verifier)?;
+        verifier.verify_client_cert(&id.cert, &[], UnixTime::now()).map_err(CheckError::Chain)?;
+        let ee = webpki::EndEntityCert::try_from(&id.cert).map_err(CheckError::NotACertificate)?;
+        let name = ServerName::try_from(node_server_name(node))
+            .map_err(|source| CheckError::NodeName { node: node.to_owned(), source })?;
+        ee.verify_is_valid_for_subject_name(&name).map_err(|_| CheckError::WrongNode { node: node.to_owned() })?;
         if let Some(service) = identity {
             if !cert_names_service(&id.cert, service) {
-                return Err(format!(
-                    "the certificate does not name service {service}; add --service {service} when issuing it"
-                ));
+                return Err(CheckError::MissingService { service: service.to_owned() });
             }
         }
         Ok(())
     }
 
     /// Throwaway material for `--insecure` proxying.
-    pub fn insecure(node: &murmur_protocol::NodeName) -> Result<TlsMaterial, String> {
+    pub fn insecure(node: &murmur_protocol::NodeName) -> Result<TlsMaterial, CaError> {
         let ca = Ca::generate()?;
         Ok(TlsMaterial::Insecure { identity: ca.issue(node, &[])? })
     }
@@ -148,31 +249,31 @@ impl TlsMaterial {
     }
 
     /// The rustls server config (TLS 1.3, client certificates required under mutual TLS).
-    pub fn server_config(&self) -> Result<rustls::ServerConfig, String> {
+    pub fn server_config(&self) -> Result<rustls::ServerConfig, BuildError> {
         let builder = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| e.to_string())?;
+            .map_err(BuildError::Versions)?;
         let id = self.identity();
         let mut config = match self {
             TlsMaterial::Mutual { ca, .. } => {
                 let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider())
                     .build()
-                    .map_err(|e| e.to_string())?;
+                    .map_err(BuildError::Verifier)?;
                 builder.with_client_cert_verifier(verifier)
             }
             TlsMaterial::Insecure { .. } => builder.with_no_client_auth(),
         }
         .with_single_cert(vec![id.cert.clone()], id.key.clone_key())
-        .map_err(|e| format!("certificate and key do not match: {e}"))?;
+        .map_err(BuildError::KeyMismatch)?;
         config.alpn_protocols = vec![ALPN.to_vec()];
         Ok(config)
     }
 
     /// The rustls client config (TLS 1.3, presenting this node's certificate).
-    pub fn client_config(&self) -> Result<rustls::ClientConfig, String> {
+    pub fn client_config(&self) -> Result<rustls::ClientConfig, BuildError> {
         let builder = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| e.to_string())?;
+            .map_err(BuildError::Versions)?;
         let id = self.identity();
         let mut config = match self {
             TlsMaterial::Mutual { ca, .. } => builder
@@ -183,7 +284,7 @@ impl TlsMaterial {
                 .with_custom_certificate_verifier(Arc::new(AcceptAnyServer(provider())))
                 .with_client_auth_cert(vec![id.cert.clone()], id.key.clone_key()),
         }
-        .map_err(|e| format!("certificate and key do not match: {e}"))?;
+        .map_err(BuildError::KeyMismatch)?;
         config.alpn_protocols = vec![ALPN.to_vec()];
         Ok(config)
     }
@@ -306,7 +407,9 @@ mod tests {
         assert!(m.check("n1", None).is_ok());
         let broken = text(format!("{}garbage", &key_pem(&id.key)[..40]));
         let err = TlsMaterial::load(&ca_pem, &cert, &broken).expect_err("a torn key");
-        assert!(err.starts_with("--tls-key: cannot read a key from the PEM text"), "{err}");
+        assert_eq!(err.setting(), TlsSetting::Key);
+        let err = format!("{err}: {}", std::error::Error::source(&err).expect("the PEM error"));
+        assert!(err.starts_with("cannot read a key from the PEM text"), "{err}");
         assert!(!err.contains("garbage") && !err.contains("PRIVATE KEY-----"), "the key never shows: {err}");
     }
 

@@ -44,7 +44,7 @@ pub fn decode_value<T: DeserializeOwned + Record>(value: &str) -> Result<T, Deco
     if used != body.len() {
         return Err(DecodeError::Malformed(format!("{} trailing bytes", body.len() - used)));
     }
-    record.check().map_err(DecodeError::Malformed)?;
+    record.check()?;
     Ok(record)
 }
 

@@ -33,6 +33,42 @@ pub enum NameError {
     },
 }
 
+/// Which protocol limit a decoded record breaks.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum LimitError {
+    /// A text field is longer than its limit.
+    #[error("{what} longer than {max} bytes")]
+    TooLong {
+        /// The field ("zone", "origin").
+        what: &'static str,
+        /// Its limit.
+        max: usize,
+    },
+    /// More items than allowed.
+    #[error("more than {max} {what}")]
+    TooMany {
+        /// The items ("tags", "keys").
+        what: &'static str,
+        /// The limit.
+        max: usize,
+    },
+    /// An attribute value over its limit.
+    #[error("attribute {key} longer than {max} bytes")]
+    AttributeTooLong {
+        /// The attribute's key.
+        key: String,
+        /// The limit.
+        max: usize,
+    },
+    /// A keyring record without a key.
+    #[error("a keyring without a key")]
+    NoKey,
+    /// A keyring record holding one key twice.
+    #[error("a key appears twice")]
+    DuplicateKey,
+}
+
 /// Why a gossip value could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]
@@ -52,4 +88,7 @@ pub enum DecodeError {
     /// The bytes do not form a record (bad bincode, a bad name inside, trailing bytes).
     #[error("value does not decode: {0}")]
     Malformed(String),
+    /// The record decodes but breaks a protocol limit.
+    #[error("value breaks a limit: {0}")]
+    Limit(#[from] LimitError),
 }

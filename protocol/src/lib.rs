@@ -16,7 +16,7 @@ pub mod record;
 pub mod swim;
 
 pub use codec::{decode_value, encode_value};
-pub use error::{DecodeError, NameError};
+pub use error::{DecodeError, LimitError, NameError};
 pub use frame::{Frame, FrameError, Open, Refuse, RefuseCode, Transport};
 pub use keys::Key;
 pub use names::{AttrKey, InstanceId, NodeName, ServiceName, Tag};

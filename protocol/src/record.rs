@@ -6,6 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::LimitError;
 use crate::limits::{
     MAX_AGENT_VERSION_LEN, MAX_ATTRIBUTES, MAX_ATTR_VALUE_LEN, MAX_HEALTH_OUTPUT_LEN, MAX_KEYRING_KEYS, MAX_TAGS,
     MAX_ZONE_LEN,
@@ -15,7 +16,7 @@ use crate::names::{AttrKey, InstanceId, NodeName, ServiceName, Tag};
 /// A record that can be checked against the protocol limits after decoding.
 pub trait Record {
     /// Returns a description of the first limit the record breaks, if any.
-    fn check(&self) -> Result<(), String>;
+    fn check(&self) -> Result<(), LimitError>;
 }
 
 /// What a node says about itself.
@@ -36,12 +37,12 @@ pub struct NodeRecord {
 }
 
 impl Record for NodeRecord {
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), LimitError> {
         if self.zone.as_ref().is_some_and(|z| z.len() > MAX_ZONE_LEN) {
-            return Err(format!("zone longer than {MAX_ZONE_LEN} bytes"));
+            return Err(LimitError::TooLong { what: "zone", max: MAX_ZONE_LEN });
         }
         if self.agent_version.len() > MAX_AGENT_VERSION_LEN {
-            return Err(format!("agent version longer than {MAX_AGENT_VERSION_LEN} bytes"));
+            return Err(LimitError::TooLong { what: "agent version", max: MAX_AGENT_VERSION_LEN });
         }
         Ok(())
     }
@@ -69,15 +70,15 @@ pub struct InstanceRecord {
 }
 
 impl Record for InstanceRecord {
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), LimitError> {
         if self.tags.len() > MAX_TAGS {
-            return Err(format!("more than {MAX_TAGS} tags"));
+            return Err(LimitError::TooMany { what: "tags", max: MAX_TAGS });
         }
         if self.attributes.len() > MAX_ATTRIBUTES {
-            return Err(format!("more than {MAX_ATTRIBUTES} attributes"));
+            return Err(LimitError::TooMany { what: "attributes", max: MAX_ATTRIBUTES });
         }
         if let Some((k, _)) = self.attributes.iter().find(|(_, v)| v.len() > MAX_ATTR_VALUE_LEN) {
-            return Err(format!("attribute {k} longer than {MAX_ATTR_VALUE_LEN} bytes"));
+            return Err(LimitError::AttributeTooLong { key: k.to_string(), max: MAX_ATTR_VALUE_LEN });
         }
         Ok(())
     }
@@ -137,9 +138,9 @@ impl HealthRecord {
 }
 
 impl Record for HealthRecord {
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), LimitError> {
         if self.output.len() > MAX_HEALTH_OUTPUT_LEN {
-            return Err(format!("health output longer than {MAX_HEALTH_OUTPUT_LEN} bytes"));
+            return Err(LimitError::TooLong { what: "health output", max: MAX_HEALTH_OUTPUT_LEN });
         }
         Ok(())
     }
@@ -168,18 +169,18 @@ impl KeyringRecord {
 }
 
 impl Record for KeyringRecord {
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), LimitError> {
         if self.keys.is_empty() {
-            return Err("a keyring without a key".into());
+            return Err(LimitError::NoKey);
         }
         if self.keys.len() > MAX_KEYRING_KEYS {
-            return Err(format!("more than {MAX_KEYRING_KEYS} keys"));
+            return Err(LimitError::TooMany { what: "keys", max: MAX_KEYRING_KEYS });
         }
         if self.keys.iter().enumerate().any(|(i, k)| self.keys[..i].contains(k)) {
-            return Err("a key appears twice".into());
+            return Err(LimitError::DuplicateKey);
         }
         if self.origin.len() > crate::limits::MAX_LABEL_LEN {
-            return Err(format!("origin longer than {} bytes", crate::limits::MAX_LABEL_LEN));
+            return Err(LimitError::TooLong { what: "origin", max: crate::limits::MAX_LABEL_LEN });
         }
         Ok(())
     }
