@@ -50,8 +50,11 @@ fn imports_follow_the_map() {
     // settings table and the specs it parses; each part builds its own config from the
     // settings, and only the agent composes them.
     let everyone = ["gossip", "registry", "dns", "api", "proxy", "health", "local", "agent", "tls", "cli", "metrics"];
-    let forbidden: [(&str, &[&str]); 9] = [
+    // error and task are leaves too: how errors read, and the tasks behind a handle.
+    let forbidden: [(&str, &[&str]); 11] = [
         ("config", &everyone),
+        ("error", &everyone),
+        ("task", &everyone),
         ("gossip", &["registry", "dns", "api", "proxy", "health", "local", "agent", "cli"]),
         ("tls", &["gossip", "registry", "dns", "api", "proxy", "health", "local", "agent", "cli"]),
         ("metrics", &["config", "gossip", "registry", "dns", "api", "proxy", "health", "local", "agent", "tls", "cli"]),

@@ -30,6 +30,7 @@ pub mod registry;
 pub mod rlimit;
 pub mod shared;
 pub mod simulate;
+pub mod task;
 
 pub use agent::{Agent, Config, RunError, StartError};
 pub mod proxy;

@@ -15,24 +15,22 @@ use std::time::Duration;
 use murmur_protocol::{encode_value, keys, NodeRecord};
 use thiserror::Error;
 use tokio::net::{TcpListener, UdpSocket};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, info_span, Instrument};
 
-use crate::api::{serve_api, types::AgentJson, ApiState};
+use crate::api::{spawn_api, types::AgentJson, ApiState};
 use crate::clock::unix_ms;
-use crate::dns::{serve_dns, DnsSockets};
+use crate::dns::{spawn_dns, DnsSockets};
 use crate::error::{chain, TaskError};
 use crate::gossip::{spawn_gossip, Gossip};
-use crate::health::run_health;
+use crate::health::spawn_health;
 use crate::local::{Origin, Publisher};
 use crate::metrics::Metrics;
 use crate::proxy::outbound::Caller;
 use crate::proxy::{spawn_proxy, Proxy, ProxyDeps, ProxySockets, ReloadError};
 use crate::registry::{spawn_registry, RegistryReader};
+use crate::task::Tasks;
 
-/// How long stopped parts get to finish before they are abandoned.
-const TASK_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a leaving agent waits for its "left" message to be exchanged with peers.
 const LEAVE_SETTLE: Duration = Duration::from_millis(300);
 
@@ -107,10 +105,9 @@ pub struct Agent {
     publisher: Publisher,
     registry: RegistryReader,
     metrics: Arc<Metrics>,
-    tasks: JoinSet<(&'static str, Result<(), TaskError>)>,
+    parts: Parts,
     draining: Arc<AtomicBool>,
     drain: Duration,
-    proxy: Option<Proxy>,
     /// Where the sidecar's TLS material is read again on SIGHUP, and the service it must
     /// name besides this node (the one the sidecar calls as).
     tls_reload: Option<(crate::proxy::TlsFiles, Option<String>)>,
@@ -195,19 +192,8 @@ impl Agent {
         }
 
         let cancel = CancellationToken::new();
-        let mut tasks = JoinSet::new();
-        let (registry, registry_task) = spawn_registry(gossip.view(), metrics.clone(), cancel.clone());
-        tasks.spawn(async move { ("registry", registry_task.await.unwrap_or_else(|e| Err(TaskError::Panicked(e)))) });
-        let died = gossip.died();
-        let gossip_cancel = cancel.clone();
-        tasks.spawn(async move {
-            tokio::select! {
-                () = died => ("gossip", Err(TaskError::Stopped)),
-                _ = gossip_cancel.cancelled() => ("gossip", Ok(())),
-            }
-        });
-        let health = run_health(publisher.clone(), metrics.clone(), cancel.clone()).instrument(info_span!("health"));
-        tasks.spawn(async move { ("health", health.await) });
+        let (registry, registry_tasks) = spawn_registry(gossip.view(), metrics.clone(), cancel.child_token());
+        let health = spawn_health(publisher.clone(), metrics.clone(), cancel.child_token());
         let draining = Arc::new(AtomicBool::new(false));
         let access_log = match config.proxy.as_ref().and_then(|p| p.access_log.as_ref()) {
             Some(path) => {
@@ -235,15 +221,13 @@ impl Agent {
                     caller,
                     access_log: access_log.clone(),
                 };
-                Some(spawn_proxy(sockets, pcfg, deps, &mut tasks, cancel.clone()))
+                Some(spawn_proxy(sockets, pcfg, deps, cancel.child_token()))
             }
             _ => None,
         };
         let mut dns_config = config.dns.clone();
         dns_config.aliases = aliases;
-        let dns = serve_dns(dns_sockets, dns_config, registry.clone(), metrics.clone(), cancel.clone())
-            .instrument(info_span!("dns", listen = %dns_addr));
-        tasks.spawn(async move { ("dns", dns.await) });
+        let dns = spawn_dns(dns_sockets, dns_config, registry.clone(), metrics.clone(), cancel.child_token());
         let agent_json = AgentJson {
             name: name.clone(),
             cluster: config.gossip.cluster.clone(),
@@ -268,8 +252,7 @@ impl Agent {
             access: Arc::new(config.api.clone()),
             keyring: gossip.keyring(),
         };
-        let api = serve_api(api_listener, state, cancel.clone()).instrument(info_span!("api", listen = %api_addr));
-        tasks.spawn(async move { ("api", api.await.map_err(TaskError::failed)) });
+        let api = spawn_api(api_listener, state, cancel.child_token());
         info!(node = %name, gossip = %gossip_addr, dns = %dns_addr, api = %api_addr, "agent started");
         Ok(Agent {
             name,
@@ -278,10 +261,9 @@ impl Agent {
             publisher,
             registry,
             metrics,
-            tasks,
+            parts: Parts { proxy, dns, api, health, registry: registry_tasks },
             draining,
             drain: config.gossip.drain,
-            proxy,
             tls_reload: config.proxy.as_ref().and_then(|p| {
                 let identity = p.identity.as_ref().map(|s| s.as_str().to_owned());
                 p.tls_files.clone().map(|f| (f, identity))
@@ -336,7 +318,7 @@ impl Agent {
     /// new handshakes use them, connections already made keep theirs. Bad files change
     /// nothing. Without TLS files (no proxy, `--insecure`) there is nothing to reload.
     pub fn reload_tls(&self) -> Result<(), ReloadError> {
-        let (Some(proxy), Some((files, identity))) = (&self.proxy, &self.tls_reload) else {
+        let (Some(proxy), Some((files, identity))) = (&self.parts.proxy, &self.tls_reload) else {
             return Err(ReloadError::NoFiles);
         };
         let tls = files.reload(&self.name, identity.as_deref())?;
@@ -369,9 +351,7 @@ impl Agent {
                         info!("SIGHUP: access log reopened");
                     }
                 }
-                Some(done) = self.tasks.join_next() => {
-                    let (part, result) = done.unwrap_or_else(|e| ("a task", Err(TaskError::Panicked(e))));
-                    let err = result.err().unwrap_or(TaskError::Stopped);
+                (part, err) = self.parts.ended(&self.gossip) => {
                     error!(part, error = %chain(&err), "a part of the agent died");
                     self.kill().await;
                     return Err(RunError::Died { part, source: err });
@@ -390,11 +370,8 @@ impl Agent {
         // New inbound streams are refused from here on; open ones may finish until the
         // drain deadline, when the QUIC endpoint closes whatever is left.
         tokio::time::sleep(self.drain).await;
-        if let Some(p) = &self.proxy {
-            p.close_and_wait().await;
-        }
+        self.parts.shutdown().await;
         self.cancel.cancel();
-        self.wait_tasks().await;
         self.gossip.leave(LEAVE_SETTLE).await;
         if let Some((path, namespace)) = &self.hosts_file {
             // Our alias lines go with us; every other line stays.
@@ -407,19 +384,58 @@ impl Agent {
 
     /// Stops at once without telling peers, as a crash looks to them (tests, demo).
     pub async fn kill(mut self) {
-        if let Some(p) = &self.proxy {
-            p.close();
-        }
+        self.parts.kill().await;
         self.cancel.cancel();
-        self.tasks.abort_all();
-        self.wait_tasks().await;
         self.gossip.stop().await;
     }
+}
 
-    async fn wait_tasks(&mut self) {
-        let all = async { while self.tasks.join_next().await.is_some() {} };
-        if tokio::time::timeout(TASK_STOP_TIMEOUT, all).await.is_err() {
-            self.tasks.abort_all();
+/// The running parts besides gossip, each behind its handle, stopped in order.
+struct Parts {
+    proxy: Option<Proxy>,
+    dns: Tasks,
+    api: Tasks,
+    health: Tasks,
+    registry: Tasks,
+}
+
+impl Parts {
+    /// Resolves when a part's task ends on its own, or gossip's loop does: which, and
+    /// how.
+    async fn ended(&mut self, gossip: &Gossip) -> (&'static str, TaskError) {
+        let Parts { proxy, dns, api, health, registry } = self;
+        let proxy = async {
+            match proxy {
+                Some(p) => p.ended().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = proxy => r,
+            r = dns.ended() => r,
+            r = api.ended() => r,
+            r = health.ended() => r,
+            r = registry.ended() => r,
+            () = gossip.died() => ("gossip", TaskError::Stopped),
         }
+    }
+
+    /// Stops every part and waits for its tasks: the proxy first (its connections are
+    /// closed, telling peers), then the others together.
+    async fn shutdown(&mut self) {
+        if let Some(p) = &mut self.proxy {
+            p.shutdown().await;
+        }
+        let Parts { dns, api, health, registry, .. } = self;
+        tokio::join!(dns.shutdown(), api.shutdown(), health.shutdown(), registry.shutdown());
+    }
+
+    /// Stops every part at once.
+    async fn kill(&mut self) {
+        if let Some(p) = &mut self.proxy {
+            p.kill().await;
+        }
+        let Parts { dns, api, health, registry, .. } = self;
+        tokio::join!(dns.abort(), api.abort(), health.abort(), registry.abort());
     }
 }

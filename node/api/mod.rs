@@ -25,6 +25,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::config::spec::{parse_check_kind, parse_duration};
 use crate::config::ServiceSpec;
@@ -519,8 +520,18 @@ async fn metrics(State(state): State<ApiState>) -> Response {
         .into_response()
 }
 
+/// Starts the API on its bound listener; it stops with `cancel` or the handle's
+/// `shutdown()`.
+pub fn spawn_api(listener: TcpListener, state: ApiState, cancel: CancellationToken) -> crate::task::Tasks {
+    let mut tasks = crate::task::Tasks::new(cancel);
+    let listen = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let serve = serve_api(listener, state, tasks.token()).instrument(tracing::info_span!("api", %listen));
+    tasks.spawn("api", async move { serve.await.map_err(crate::error::TaskError::failed) });
+    tasks
+}
+
 /// Serves the API on an already-bound listener until `cancel`.
-pub async fn serve_api(listener: TcpListener, state: ApiState, cancel: CancellationToken) -> std::io::Result<()> {
+async fn serve_api(listener: TcpListener, state: ApiState, cancel: CancellationToken) -> std::io::Result<()> {
     let addr: SocketAddr = listener.local_addr()?;
     tracing::info!(%addr, "api listening");
     axum::serve(listener, router(state)).with_graceful_shutdown(async move { cancel.cancelled().await }).await

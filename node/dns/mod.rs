@@ -29,7 +29,7 @@ use hickory_server::zone_handler::MessageResponseBuilder;
 use hickory_server::Server;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{debug, Instrument};
 
 pub use answer::{Outcome, Zone};
 pub use config::{parse_resolv_conf, Config};
@@ -444,8 +444,24 @@ impl DnsSockets {
     }
 }
 
+/// Starts the stub on its bound sockets; it stops with `cancel` or the handle's
+/// `shutdown()`.
+pub fn spawn_dns(
+    sockets: DnsSockets,
+    config: Config,
+    registry: RegistryReader,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) -> crate::task::Tasks {
+    let mut tasks = crate::task::Tasks::new(cancel);
+    let listen = sockets.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let serve = serve_dns(sockets, config, registry, metrics, tasks.token());
+    tasks.spawn("dns", serve.instrument(tracing::info_span!("dns", %listen)));
+    tasks
+}
+
 /// Serves DNS until `cancel`.
-pub async fn serve_dns(
+async fn serve_dns(
     sockets: DnsSockets,
     config: Config,
     registry: RegistryReader,

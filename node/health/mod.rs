@@ -23,8 +23,17 @@ use crate::local::{LocalInstance, Publisher};
 use crate::metrics::Metrics;
 use murmur_protocol::InstanceId;
 
+/// Starts the checks of this agent's instances, one loop per instance, as they are
+/// registered and removed; they stop with `cancel` or the handle's `shutdown()`.
+pub fn spawn_health(publisher: Publisher, metrics: Arc<Metrics>, cancel: CancellationToken) -> crate::task::Tasks {
+    let mut tasks = crate::task::Tasks::new(cancel);
+    let run = run_health(publisher, metrics, tasks.token()).instrument(info_span!("health"));
+    tasks.spawn("health", run);
+    tasks
+}
+
 /// Runs the checks until `cancel`. Returns `Ok(())` when cancelled.
-pub async fn run_health(
+async fn run_health(
     publisher: Publisher,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,

@@ -29,7 +29,6 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Endpoint, TransportConfig, VarInt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info_span, Instrument};
 
@@ -37,6 +36,7 @@ use crate::config::UpstreamSpec;
 use crate::local::LocalInstance;
 use crate::metrics::Metrics;
 use crate::registry::RegistryReader;
+use crate::task::Tasks;
 use crate::tls::TlsMaterial;
 pub use config::{Config, ReloadError, TlsFiles};
 use inbound::{serve_inbound, InboundContext};
@@ -210,10 +210,11 @@ impl ProxySockets {
     }
 }
 
-/// A running proxy.
+/// A running proxy: its QUIC endpoint, its connection pool and its tasks.
 pub struct Proxy {
     endpoint: Endpoint,
     pool: Arc<Pool>,
+    tasks: Tasks,
 }
 
 impl Proxy {
@@ -238,6 +239,24 @@ impl Proxy {
         self.close();
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
     }
+
+    /// Closes every connection (telling peers), then stops the listeners and waits for
+    /// the tasks.
+    pub async fn shutdown(&mut self) {
+        self.close_and_wait().await;
+        self.tasks.shutdown().await;
+    }
+
+    /// Stops at once: connections closed, tasks aborted.
+    pub async fn kill(&mut self) {
+        self.close();
+        self.tasks.abort().await;
+    }
+
+    /// Resolves when one of the proxy's tasks ends on its own.
+    pub async fn ended(&mut self) -> (&'static str, crate::error::TaskError) {
+        self.tasks.ended().await
+    }
 }
 
 /// What the proxy needs from the rest of the agent.
@@ -256,14 +275,11 @@ pub struct ProxyDeps {
     pub access_log: Option<access_log::AccessLog>,
 }
 
-/// Starts the inbound listener and every upstream into `tasks`.
-pub fn spawn_proxy(
-    sockets: ProxySockets,
-    config: &Config,
-    deps: ProxyDeps,
-    tasks: &mut JoinSet<(&'static str, Result<(), crate::error::TaskError>)>,
-    cancel: CancellationToken,
-) -> Proxy {
+/// Starts the inbound listener and every upstream; they stop with `cancel` or
+/// [`Proxy::shutdown`].
+pub fn spawn_proxy(sockets: ProxySockets, config: &Config, deps: ProxyDeps, cancel: CancellationToken) -> Proxy {
+    let mut tasks = Tasks::new(cancel);
+    let cancel = tasks.token();
     let ProxySockets { mut endpoint, client, listeners } = sockets;
     endpoint.set_default_client_config(client.clone());
     let pool = Arc::new(Pool::new(endpoint.clone(), client));
@@ -278,7 +294,7 @@ pub fn spawn_proxy(
         peers: inbound::PeerTable::default(),
     });
     let inbound = serve_inbound(endpoint.clone(), ctx, cancel.clone()).instrument(info_span!("inbound"));
-    tasks.spawn(async move { ("proxy inbound", inbound.await) });
+    tasks.spawn("proxy inbound", inbound);
     let mut upstreams = Vec::new();
     if let Some(caller) = deps.caller {
         for (spec, listener) in listeners {
@@ -294,11 +310,11 @@ pub fn spawn_proxy(
             match listener {
                 Listener::Tcp(l) => {
                     let serve = up.serve(l, cancel.clone()).instrument(span);
-                    tasks.spawn(async move { ("proxy upstream", serve.await) });
+                    tasks.spawn("proxy upstream", serve);
                 }
                 Listener::Udp(u) => {
                     let serve = udp::serve_udp(up, u, flows.clone(), cancel.clone()).instrument(span);
-                    tasks.spawn(async move { ("proxy udp upstream", serve.await) });
+                    tasks.spawn("proxy udp upstream", serve);
                 }
             }
         }
@@ -307,19 +323,20 @@ pub fn spawn_proxy(
     // pooled connections. On every registry change: connections to peers that died or
     // restarted are closed.
     let mut changes = deps.registry.subscribe();
-    let proxy = Proxy { endpoint, pool: pool.clone() };
-    tasks.spawn(async move {
+    let refresh_pool = pool.clone();
+    tasks.spawn("proxy refresh", async move {
+        let pool = refresh_pool;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
-                _ = cancel.cancelled() => return ("proxy refresh", Ok(())),
+                _ = cancel.cancelled() => return Ok(()),
                 _ = tick.tick() => {
                     upstreams.iter().for_each(|u| u.refresh());
                     pool.prune();
                 }
                 changed = changes.changed() => {
                     if changed.is_err() {
-                        return ("proxy refresh", Ok(()));
+                        return Ok(());
                     }
                     let snapshot = changes.borrow_and_update().clone();
                     pool.close_stale(&snapshot.members);
@@ -327,5 +344,5 @@ pub fn spawn_proxy(
             }
         }
     });
-    proxy
+    Proxy { endpoint, pool, tasks }
 }

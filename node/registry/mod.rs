@@ -7,6 +7,7 @@ mod build;
 mod snapshot;
 
 use crate::error::TaskError;
+use crate::task::Tasks;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,14 +60,17 @@ impl RegistryReader {
     }
 }
 
-/// Starts the builder: every new cluster view becomes a new snapshot.
+/// Starts the builder: every new cluster view becomes a new snapshot. The tasks stop
+/// with `cancel` or the handle's `shutdown()`.
 pub fn spawn_registry(
     mut view_rx: watch::Receiver<Arc<ClusterView>>,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
-) -> (RegistryReader, tokio::task::JoinHandle<Result<(), TaskError>>) {
+) -> (RegistryReader, Tasks) {
     let (tx, rx) = watch::channel(Arc::new(Snapshot::default()));
-    let task = tokio::spawn(async move {
+    let mut tasks = Tasks::new(cancel);
+    let cancel = tasks.token();
+    tasks.spawn("registry", async move {
         let mut version = 0u64;
         let mut last_bad: Vec<BadValue> = Vec::new();
         let mut builder = SnapshotBuilder::default();
@@ -105,5 +109,5 @@ pub fn spawn_registry(
             }
         }
     });
-    (RegistryReader { rx }, task)
+    (RegistryReader { rx }, tasks)
 }
