@@ -121,93 +121,25 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Binds every socket, then starts every part.
+    /// Binds every socket, then starts every part: gossip with this node's record, the
+    /// instances of the config, the registry, the checks, the proxy, DNS and the API.
     pub async fn start(config: Config) -> Result<Agent, StartError> {
-        let bind_err = |setting, addr| move |source| StartError::Bind { setting, addr, source };
-        let gossip_socket =
-            UdpSocket::bind(config.gossip.bind).await.map_err(bind_err("--bind", config.gossip.bind))?;
-        let dns_sockets =
-            DnsSockets::bind(config.dns.listen).await.map_err(bind_err("--dns-listen", config.dns.listen))?;
-        let api_listener =
-            TcpListener::bind(config.api.listen).await.map_err(bind_err("--api-listen", config.api.listen))?;
-        let local = |r: std::io::Result<SocketAddr>, setting, addr| r.map_err(bind_err(setting, addr));
-        let dns_addr = local(dns_sockets.local_addr(), "--dns-listen", config.dns.listen)?;
-        let api_addr = local(api_listener.local_addr(), "--api-listen", config.api.listen)?;
-        let proxy_sockets = match &config.proxy {
-            Some(p) => Some(ProxySockets::bind(p).await.map_err(StartError::Proxy)?),
-            None => None,
-        };
-        // Peers dial the sidecar at the advertised IP when it is bound to every interface.
-        let proxy_addr = match &proxy_sockets {
-            Some(s) => {
-                let proxy_bind = config.proxy.as_ref().map(|p| p.bind).unwrap_or(config.gossip.bind);
-                let bound = s.quic_addr().map_err(bind_err("--proxy-bind", proxy_bind))?;
-                Some(if bound.ip().is_unspecified() {
-                    SocketAddr::new(config.node.advertise, bound.port())
-                } else {
-                    bound
-                })
-            }
-            None => None,
-        };
-        let aliases: Vec<(String, std::net::IpAddr)> = proxy_sockets
-            .as_ref()
-            .map(|s| s.listen_addrs().into_iter().map(|(a, l)| (a, l.ip())).collect())
-            .unwrap_or_default();
-        if let (Some(p), false) = (&config.proxy, aliases.is_empty()) {
-            if let Some(path) = &p.hosts_file {
-                crate::proxy::vip::write_hosts(path, &aliases, &config.dns.namespace)
-                    .map_err(|source| StartError::HostsFile { path: path.clone(), source })?;
-            }
-        }
-
+        let sockets = Sockets::bind(&config).await?;
+        write_hosts_file(&config, &sockets.aliases)?;
         let metrics = Arc::new(Metrics::default());
         let generation = unix_ms();
         let name = config.node.name.to_string();
-        let record = NodeRecord {
-            name: config.node.name.clone(),
-            zone: config.node.zone.clone(),
-            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-            advertise: config.node.advertise,
-            proxy: proxy_addr,
-            started_unix_ms: generation,
-        };
-        let initial = vec![(keys::NODE.to_owned(), encode_value(&record))];
-        let gossip = spawn_gossip(&config.gossip, &name, generation, gossip_socket, initial, metrics.clone())
-            .instrument(info_span!("gossip", node = %name))
-            .await?;
+        let gossip = start_gossip(&config, generation, sockets.gossip, sockets.proxy_addr, &metrics).await?;
         let gossip_addr = gossip.advertise_addr();
-        let publisher = Publisher::new(
-            gossip.writer(),
-            config.node.name.clone(),
-            config.node.advertise,
-            config.proxy.is_some(),
-            config.api.limits,
-        );
-        for spec in &config.services {
-            publisher
-                .register(spec, Origin::Config)
-                .await
-                .map_err(|source| StartError::Register { service: spec.name.to_string(), source })?;
-        }
+        let publisher = register_services(&config, &gossip).await?;
 
         let cancel = CancellationToken::new();
         let (registry, registry_tasks) = spawn_registry(gossip.view(), metrics.clone(), cancel.child_token());
         let health = spawn_health(publisher.clone(), metrics.clone(), cancel.child_token());
         let draining = Arc::new(AtomicBool::new(false));
-        let access_log = match config.proxy.as_ref().and_then(|p| p.access_log.as_ref()) {
-            Some(path) => {
-                let target = crate::proxy::access_log::Target::from_path(path);
-                Some(
-                    crate::proxy::access_log::start(target, metrics.clone(), cancel.clone())
-                        .await
-                        .map_err(|source| StartError::AccessLog { path: path.clone(), source })?,
-                )
-            }
-            None => None,
-        };
-        let proxy = match (proxy_sockets, &config.proxy) {
-            (Some(sockets), Some(pcfg)) => {
+        let access_log = open_access_log(&config, &metrics, &cancel).await?;
+        let proxy = match (sockets.proxy, &config.proxy) {
+            (Some(proxy_sockets), Some(pcfg)) => {
                 let caller = pcfg.identity.clone().map(|service| Caller {
                     service,
                     node: config.node.name.clone(),
@@ -221,38 +153,25 @@ impl Agent {
                     caller,
                     access_log: access_log.clone(),
                 };
-                Some(spawn_proxy(sockets, pcfg, deps, cancel.child_token()))
+                Some(spawn_proxy(proxy_sockets, pcfg, deps, cancel.child_token()))
             }
             _ => None,
         };
         let mut dns_config = config.dns.clone();
-        dns_config.aliases = aliases;
-        let dns = spawn_dns(dns_sockets, dns_config, registry.clone(), metrics.clone(), cancel.child_token());
-        let agent_json = AgentJson {
-            name: name.clone(),
-            cluster: config.gossip.cluster.clone(),
-            namespace: config.dns.namespace.clone(),
-            address: config.node.advertise.to_string(),
-            gossip_address: gossip_addr.to_string(),
-            dns_address: dns_addr.to_string(),
-            api_address: api_addr.to_string(),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            generation,
-            encrypted: config.gossip.keyring.is_some(),
-            draining: false,
-            instances: Vec::new(),
-            open_files: crate::rlimit::open_files(),
-        };
+        dns_config.aliases = sockets.aliases;
+        let dns = spawn_dns(sockets.dns, dns_config, registry.clone(), metrics.clone(), cancel.child_token());
+        let (dns_addr, api_addr) = (sockets.dns_addr, sockets.api_addr);
+        let addrs = [gossip_addr, dns_addr, api_addr];
         let state = ApiState {
             registry: registry.clone(),
             publisher: publisher.clone(),
             metrics: metrics.clone(),
-            agent: Arc::new(agent_json),
+            agent: Arc::new(agent_json(&config, generation, addrs)),
             draining: draining.clone(),
             access: Arc::new(config.api.clone()),
             keyring: gossip.keyring(),
         };
-        let api = spawn_api(api_listener, state, cancel.child_token());
+        let api = spawn_api(sockets.api, state, cancel.child_token());
         info!(node = %name, gossip = %gossip_addr, dns = %dns_addr, api = %api_addr, "agent started");
         Ok(Agent {
             name,
@@ -437,5 +356,141 @@ impl Parts {
         }
         let Parts { dns, api, health, registry, .. } = self;
         tokio::join!(dns.abort(), api.abort(), health.abort(), registry.abort());
+    }
+}
+
+/// Every socket of the agent, bound before anything starts, so that an address in use
+/// fails at start naming its setting.
+struct Sockets {
+    gossip: UdpSocket,
+    dns: DnsSockets,
+    dns_addr: SocketAddr,
+    api: TcpListener,
+    api_addr: SocketAddr,
+    proxy: Option<ProxySockets>,
+    /// Where peers dial the sidecar (the advertised IP when it is bound to every
+    /// interface).
+    proxy_addr: Option<SocketAddr>,
+    /// Each upstream's alias and VIP.
+    aliases: Vec<(String, std::net::IpAddr)>,
+}
+
+impl Sockets {
+    async fn bind(config: &Config) -> Result<Sockets, StartError> {
+        let bind_err = |setting, addr| move |source| StartError::Bind { setting, addr, source };
+        let gossip = UdpSocket::bind(config.gossip.bind).await.map_err(bind_err("--bind", config.gossip.bind))?;
+        let dns = DnsSockets::bind(config.dns.listen).await.map_err(bind_err("--dns-listen", config.dns.listen))?;
+        let api = TcpListener::bind(config.api.listen).await.map_err(bind_err("--api-listen", config.api.listen))?;
+        let local = |r: std::io::Result<SocketAddr>, setting, addr| r.map_err(bind_err(setting, addr));
+        let dns_addr = local(dns.local_addr(), "--dns-listen", config.dns.listen)?;
+        let api_addr = local(api.local_addr(), "--api-listen", config.api.listen)?;
+        let proxy = match &config.proxy {
+            Some(p) => Some(ProxySockets::bind(p).await.map_err(StartError::Proxy)?),
+            None => None,
+        };
+        let proxy_addr = match &proxy {
+            Some(s) => {
+                let proxy_bind = config.proxy.as_ref().map(|p| p.bind).unwrap_or(config.gossip.bind);
+                let bound = s.quic_addr().map_err(bind_err("--proxy-bind", proxy_bind))?;
+                Some(if bound.ip().is_unspecified() {
+                    SocketAddr::new(config.node.advertise, bound.port())
+                } else {
+                    bound
+                })
+            }
+            None => None,
+        };
+        let aliases = proxy
+            .as_ref()
+            .map(|s| s.listen_addrs().into_iter().map(|(a, l)| (a, l.ip())).collect())
+            .unwrap_or_default();
+        Ok(Sockets { gossip, dns, dns_addr, api, api_addr, proxy, proxy_addr, aliases })
+    }
+}
+
+/// Writes the upstreams' aliases into `--hosts-file`, when one is set.
+fn write_hosts_file(config: &Config, aliases: &[(String, std::net::IpAddr)]) -> Result<(), StartError> {
+    let Some(path) = config.proxy.as_ref().and_then(|p| p.hosts_file.as_ref()) else { return Ok(()) };
+    if aliases.is_empty() {
+        return Ok(());
+    }
+    crate::proxy::vip::write_hosts(path, aliases, &config.dns.namespace)
+        .map_err(|source| StartError::HostsFile { path: path.clone(), source })
+}
+
+/// Starts gossip with this node's record set before the first datagram.
+async fn start_gossip(
+    config: &Config,
+    generation: u64,
+    socket: UdpSocket,
+    proxy: Option<SocketAddr>,
+    metrics: &Arc<Metrics>,
+) -> Result<Gossip, StartError> {
+    let name = config.node.name.to_string();
+    let record = NodeRecord {
+        name: config.node.name.clone(),
+        zone: config.node.zone.clone(),
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        advertise: config.node.advertise,
+        proxy,
+        started_unix_ms: generation,
+    };
+    let initial = vec![(keys::NODE.to_owned(), encode_value(&record))];
+    let gossip = spawn_gossip(&config.gossip, &name, generation, socket, initial, metrics.clone())
+        .instrument(info_span!("gossip", node = %name))
+        .await?;
+    Ok(gossip)
+}
+
+/// The write path, with the config's instances registered through it.
+async fn register_services(config: &Config, gossip: &Gossip) -> Result<Publisher, StartError> {
+    let publisher = Publisher::new(
+        gossip.writer(),
+        config.node.name.clone(),
+        config.node.advertise,
+        config.proxy.is_some(),
+        config.api.limits,
+    );
+    for spec in &config.services {
+        publisher
+            .register(spec, Origin::Config)
+            .await
+            .map_err(|source| StartError::Register { service: spec.name.to_string(), source })?;
+    }
+    Ok(publisher)
+}
+
+/// Opens `--access-log`, when one is set.
+async fn open_access_log(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    cancel: &CancellationToken,
+) -> Result<Option<crate::proxy::access_log::AccessLog>, StartError> {
+    let Some(path) = config.proxy.as_ref().and_then(|p| p.access_log.as_ref()) else { return Ok(None) };
+    let target = crate::proxy::access_log::Target::from_path(path);
+    let log = crate::proxy::access_log::start(target, metrics.clone(), cancel.clone())
+        .await
+        .map_err(|source| StartError::AccessLog { path: path.clone(), source })?;
+    Ok(Some(log))
+}
+
+/// What `/v1/agent/self` says about this agent; `addrs` are its gossip, DNS and API
+/// addresses.
+fn agent_json(config: &Config, generation: u64, addrs: [SocketAddr; 3]) -> AgentJson {
+    let [gossip, dns, api] = addrs;
+    AgentJson {
+        name: config.node.name.to_string(),
+        cluster: config.gossip.cluster.clone(),
+        namespace: config.dns.namespace.clone(),
+        address: config.node.advertise.to_string(),
+        gossip_address: gossip.to_string(),
+        dns_address: dns.to_string(),
+        api_address: api.to_string(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        generation,
+        encrypted: config.gossip.keyring.is_some(),
+        draining: false,
+        instances: Vec::new(),
+        open_files: crate::rlimit::open_files(),
     }
 }

@@ -13,24 +13,32 @@ fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
 /// Renders all metrics as Prometheus text.
 pub fn render_prometheus(m: &Metrics) -> String {
     let mut out = String::with_capacity(4096);
+    for part in [render_gossip, render_replica, render_dns, render_health, render_api, render_proxy] {
+        part(&mut out, m);
+    }
+    out
+}
+
+/// Gossip: datagrams, bytes, drops by reason, the keyring.
+fn render_gossip(out: &mut String, m: &Metrics) {
     let g = &m.gossip;
-    metric(&mut out, "murmur_gossip_packets_sent_total", "counter", "Gossip datagrams sent.", g.packets_sent.get());
+    metric(out, "murmur_gossip_packets_sent_total", "counter", "Gossip datagrams sent.", g.packets_sent.get());
     metric(
-        &mut out,
+        out,
         "murmur_gossip_seals_total",
         "counter",
         "Gossip datagrams sealed with the cluster key since start (each took one nonce).",
         g.seals.get(),
     );
     metric(
-        &mut out,
+        out,
         "murmur_gossip_packets_received_total",
         "counter",
         "Gossip datagrams received.",
         g.packets_received.get(),
     );
-    metric(&mut out, "murmur_gossip_sent_bytes_total", "counter", "Gossip bytes sent.", g.bytes_sent.get());
-    metric(&mut out, "murmur_gossip_received_bytes_total", "counter", "Gossip bytes received.", g.bytes_received.get());
+    metric(out, "murmur_gossip_sent_bytes_total", "counter", "Gossip bytes sent.", g.bytes_sent.get());
+    metric(out, "murmur_gossip_received_bytes_total", "counter", "Gossip bytes received.", g.bytes_received.get());
     let _ = writeln!(
         out,
         "# HELP murmur_gossip_dropped_packets_total Gossip datagrams dropped, by reason.\n\
@@ -45,40 +53,38 @@ pub fn render_prometheus(m: &Metrics) -> String {
         g.replayed.get()
     );
     metric(
-        &mut out,
+        out,
         "murmur_gossip_capped_messages_total",
         "counter",
         "Messages not sent to an address that is neither a live member nor a seed, past its allowance.",
         g.capped.get(),
     );
     metric(
-        &mut out,
+        out,
         "murmur_gossip_tombstones",
         "gauge",
         "Removed keys remembered until --tombstone-grace passes, over every member.",
         g.tombstones.get(),
     );
     metric(
-        &mut out,
+        out,
         "murmur_gossip_keyring_epoch",
         "gauge",
         "Epoch of the gossip keyring this agent applies; a rotation has reached every agent when all report the same.",
         g.keyring_epoch.get(),
     );
+    metric(out, "murmur_gossip_keyring_keys", "gauge", "Keys in this agent's gossip keyring.", g.keyring_keys.get());
     metric(
-        &mut out,
-        "murmur_gossip_keyring_keys",
-        "gauge",
-        "Keys in this agent's gossip keyring.",
-        g.keyring_keys.get(),
-    );
-    metric(
-        &mut out,
+        out,
         "murmur_gossip_bad_values_total",
         "counter",
         "Gossip values skipped because they did not decode.",
         g.bad_values.get(),
     );
+}
+
+/// Members by status and the replica.
+fn render_replica(out: &mut String, m: &Metrics) {
     let mm = &m.members;
     let _ = writeln!(
         out,
@@ -88,14 +94,12 @@ pub fn render_prometheus(m: &Metrics) -> String {
         mm.dead.get(),
         mm.left.get()
     );
-    metric(
-        &mut out,
-        "murmur_registry_instances",
-        "gauge",
-        "Service instances in the local replica.",
-        mm.instances.get(),
-    );
-    metric(&mut out, "murmur_registry_snapshots_total", "counter", "Registry snapshots built.", mm.snapshots.get());
+    metric(out, "murmur_registry_instances", "gauge", "Service instances in the local replica.", mm.instances.get());
+    metric(out, "murmur_registry_snapshots_total", "counter", "Registry snapshots built.", mm.snapshots.get());
+}
+
+/// The DNS stub: queries by type and code, forwarding, the rate limit.
+fn render_dns(out: &mut String, m: &Metrics) {
     let _ = writeln!(out, "# HELP murmur_dns_queries_total DNS queries answered, by type and response code.\n# TYPE murmur_dns_queries_total counter");
     for q in QType::ALL {
         for r in Rcode::ALL {
@@ -108,21 +112,25 @@ pub fn render_prometheus(m: &Metrics) -> String {
             );
         }
     }
-    metric(&mut out, "murmur_dns_forwarded_total", "counter", "DNS queries forwarded upstream.", m.dns.forwarded.get());
+    metric(out, "murmur_dns_forwarded_total", "counter", "DNS queries forwarded upstream.", m.dns.forwarded.get());
     metric(
-        &mut out,
+        out,
         "murmur_dns_forward_failures_total",
         "counter",
         "Forwarded DNS queries no upstream answered.",
         m.dns.forward_failures.get(),
     );
     metric(
-        &mut out,
+        out,
         "murmur_dns_rate_limited_total",
         "counter",
         "UDP DNS queries dropped unanswered because their source socket was over the rate limit.",
         m.dns.rate_limited.get(),
     );
+}
+
+/// Health checks and the state changes they publish.
+fn render_health(out: &mut String, m: &Metrics) {
     let _ = writeln!(
         out,
         "# HELP murmur_health_checks_total Health checks run, by result.\n# TYPE murmur_health_checks_total counter\n\
@@ -131,19 +139,23 @@ pub fn render_prometheus(m: &Metrics) -> String {
         m.health.failed.get()
     );
     metric(
-        &mut out,
+        out,
         "murmur_health_transitions_total",
         "counter",
         "Health state changes published.",
         m.health.transitions.get(),
     );
     metric(
-        &mut out,
+        out,
         "murmur_health_damped_total",
         "counter",
         "Health state changes of a flapping check held back (the instance is held critical until it settles).",
         m.health.damped.get(),
     );
+}
+
+/// Admin API requests by status class.
+fn render_api(out: &mut String, m: &Metrics) {
     let _ = writeln!(
         out,
         "# HELP murmur_api_requests_total Admin API requests, by status class.\n# TYPE murmur_api_requests_total counter\n\
@@ -152,15 +164,25 @@ pub fn render_prometheus(m: &Metrics) -> String {
         m.api.client_errors.get(),
         m.api.server_errors.get()
     );
-    render_proxy(&mut out, m);
-    out
 }
 
+/// `# HELP` and `# TYPE` of a metric whose samples follow.
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// The sidecar: per upstream, per endpoint, and the inbound listener.
 fn render_proxy(out: &mut String, m: &Metrics) {
     let ups = m.proxy.upstreams();
-    let header = |out: &mut String, name: &str, kind: &str, help: &str| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    };
+    render_upstreams(out, &ups);
+    render_endpoints(out, &ups);
+    render_inbound(out, m);
+}
+
+type Upstreams = [(String, std::sync::Arc<super::proxy::UpstreamStats>)];
+
+/// Counters and gauges of each upstream.
+fn render_upstreams(out: &mut String, ups: &Upstreams) {
     type UpField = fn(&super::proxy::UpstreamStats) -> u64;
     let per_upstream: [(&str, &str, &str, UpField); 9] = [
         ("murmur_proxy_accepted_total", "counter", "App connections accepted by an upstream.", |u| u.accepted.get()),
@@ -193,10 +215,14 @@ fn render_proxy(out: &mut String, m: &Metrics) {
     ];
     for (name, kind, help, f) in per_upstream {
         header(out, name, kind, help);
-        for (alias, u) in &ups {
+        for (alias, u) in ups {
             let _ = writeln!(out, "{name}{{upstream=\"{alias}\"}} {}", f(u));
         }
     }
+}
+
+/// Each endpoint of each upstream: counters, failures by cause, latency summaries.
+fn render_endpoints(out: &mut String, ups: &Upstreams) {
     let eps: Vec<(String, String, std::sync::Arc<super::proxy::EndpointStats>)> = ups
         .iter()
         .flat_map(|(alias, u)| u.endpoints().into_iter().map(move |(id, e)| (alias.clone(), id, e)))
@@ -254,6 +280,10 @@ fn render_proxy(out: &mut String, m: &Metrics) {
             let _ = writeln!(out, "{name}_count{{{labels}}} {}", q.count);
         }
     }
+}
+
+/// The access log's drops and the inbound listener.
+fn render_inbound(out: &mut String, m: &Metrics) {
     metric(
         out,
         "murmur_proxy_access_log_dropped_total",
