@@ -130,17 +130,7 @@ impl Zone {
         let full = qname.to_lowercase().to_ascii();
         let full = full.trim_end_matches('.');
         if let Some(&vip) = self.aliases.get(full) {
-            return match address_rdata(
-                vip,
-                matches!(qtype, RecordType::A | RecordType::ANY),
-                matches!(qtype, RecordType::AAAA | RecordType::ANY),
-            ) {
-                Some(rdata) => Outcome::Answer {
-                    answers: vec![Record::from_rdata(qname.clone(), self.ttl, rdata)],
-                    additionals: vec![],
-                },
-                None => Outcome::NoData(self.soa(snapshot)),
-            };
+            return self.alias_answer(snapshot, qname, qtype, vip);
         }
         let relative = if full == self.origin_text {
             ""
@@ -150,61 +140,99 @@ impl Zone {
             return Outcome::Forward;
         };
         let labels: Vec<&str> = if relative.is_empty() { Vec::new() } else { relative.split('.').collect() };
-        let nx = || Outcome::NxDomain(self.soa(snapshot));
-        let nodata = || Outcome::NoData(self.soa(snapshot));
         match labels.as_slice() {
-            [] => match qtype {
-                RecordType::SOA => Outcome::Answer { answers: vec![self.soa(snapshot)], additionals: vec![] },
-                _ => nodata(),
-            },
-            // An empty non-terminal: `_svc._tcp.ns` names exist below it (RFC 8020).
-            ["_tcp"] => nodata(),
-            [svc_label, "_tcp"] => {
-                let Some(svc) = svc_label.strip_prefix('_').and_then(|s| ServiceName::new(s).ok()) else {
-                    return nx();
-                };
-                if !snapshot.knows_service(&svc) {
-                    return nx();
-                }
-                if qtype != RecordType::SRV && qtype != RecordType::ANY {
-                    return nodata();
-                }
-                let instances = snapshot.lookup(&svc, &Query::default());
-                self.records(snapshot, qname, &svc, instances, RecordType::SRV, arrange)
+            [] if qtype == RecordType::SOA => {
+                Outcome::Answer { answers: vec![self.soa(snapshot)], additionals: vec![] }
             }
-            [svc_label] => {
-                let Ok(svc) = ServiceName::new(svc_label) else {
-                    return nx();
-                };
-                if !snapshot.knows_service(&svc) {
-                    return nx();
-                }
-                let instances = snapshot.lookup(&svc, &Query::default());
-                self.records(snapshot, qname, &svc, instances, qtype, arrange)
-            }
-            [filter, svc_label] => {
-                let Ok(svc) = ServiceName::new(svc_label) else {
-                    return nx();
-                };
-                if !snapshot.knows_service(&svc) {
-                    return nx();
-                }
-                if let Some(inst) = InstanceId::new(filter).ok().and_then(|id| snapshot.instance(&svc, &id)) {
-                    return self.records(snapshot, qname, &svc, vec![inst], qtype, arrange);
-                }
-                let Ok(tag) = Tag::new(filter) else {
-                    return nx();
-                };
-                let all =
-                    Query { health: crate::registry::HealthFilter::All, tag: Some(tag.clone()), ..Default::default() };
-                if snapshot.lookup(&svc, &all).is_empty() {
-                    return nx();
-                }
-                let healthy = snapshot.lookup(&svc, &Query { tag: Some(tag), ..Default::default() });
-                self.records(snapshot, qname, &svc, healthy, qtype, arrange)
-            }
-            _ => nx(),
+            // The apex has only its SOA; `_tcp` is an empty non-terminal: `_svc._tcp.ns`
+            // names exist below it (RFC 8020).
+            [] | ["_tcp"] => Outcome::NoData(self.soa(snapshot)),
+            [svc_label, "_tcp"] => self.srv_answer(snapshot, qname, qtype, svc_label, arrange),
+            [svc_label] => self.service_answer(snapshot, qname, qtype, svc_label, arrange),
+            [filter, svc_label] => self.filtered_answer(snapshot, qname, qtype, filter, svc_label, arrange),
+            _ => Outcome::NxDomain(self.soa(snapshot)),
         }
+    }
+
+    /// A proxy-mode alias: its VIP, as A (or AAAA).
+    fn alias_answer(&self, snapshot: &Snapshot, qname: &Name, qtype: RecordType, vip: IpAddr) -> Outcome {
+        let a = matches!(qtype, RecordType::A | RecordType::ANY);
+        let aaaa = matches!(qtype, RecordType::AAAA | RecordType::ANY);
+        match address_rdata(vip, a, aaaa) {
+            Some(rdata) => Outcome::Answer {
+                answers: vec![Record::from_rdata(qname.clone(), self.ttl, rdata)],
+                additionals: vec![],
+            },
+            None => Outcome::NoData(self.soa(snapshot)),
+        }
+    }
+
+    /// The service a label names, when the replica knows it.
+    fn known(snapshot: &Snapshot, label: &str) -> Option<ServiceName> {
+        ServiceName::new(label).ok().filter(|svc| snapshot.knows_service(svc))
+    }
+
+    /// `_svc._tcp.<ns>`: SRV records of the healthy instances.
+    fn srv_answer(
+        &self,
+        snapshot: &Snapshot,
+        qname: &Name,
+        qtype: RecordType,
+        label: &str,
+        arrange: Arrange<'_>,
+    ) -> Outcome {
+        let Some(svc) = label.strip_prefix('_').and_then(|s| Self::known(snapshot, s)) else {
+            return Outcome::NxDomain(self.soa(snapshot));
+        };
+        if qtype != RecordType::SRV && qtype != RecordType::ANY {
+            return Outcome::NoData(self.soa(snapshot));
+        }
+        let instances = snapshot.lookup(&svc, &Query::default());
+        self.records(snapshot, qname, &svc, instances, RecordType::SRV, arrange)
+    }
+
+    /// `svc.<ns>`: the healthy instances.
+    fn service_answer(
+        &self,
+        snapshot: &Snapshot,
+        qname: &Name,
+        qtype: RecordType,
+        label: &str,
+        arrange: Arrange<'_>,
+    ) -> Outcome {
+        let Some(svc) = Self::known(snapshot, label) else {
+            return Outcome::NxDomain(self.soa(snapshot));
+        };
+        let instances = snapshot.lookup(&svc, &Query::default());
+        self.records(snapshot, qname, &svc, instances, qtype, arrange)
+    }
+
+    /// `x.svc.<ns>`: instance `x` (healthy or not), else the healthy instances tagged
+    /// `x`; NXDOMAIN when no instance, healthy or not, carries the tag.
+    fn filtered_answer(
+        &self,
+        snapshot: &Snapshot,
+        qname: &Name,
+        qtype: RecordType,
+        filter: &str,
+        label: &str,
+        arrange: Arrange<'_>,
+    ) -> Outcome {
+        let Some(svc) = Self::known(snapshot, label) else {
+            return Outcome::NxDomain(self.soa(snapshot));
+        };
+        if let Some(inst) = InstanceId::new(filter).ok().and_then(|id| snapshot.instance(&svc, &id)) {
+            return self.records(snapshot, qname, &svc, vec![inst], qtype, arrange);
+        }
+        let Ok(tag) = Tag::new(filter) else {
+            return Outcome::NxDomain(self.soa(snapshot));
+        };
+        let all = Query { health: crate::registry::HealthFilter::All, tag: Some(tag.clone()), ..Default::default() };
+        if snapshot.lookup(&svc, &all).is_empty() {
+            return Outcome::NxDomain(self.soa(snapshot));
+        }
+        let healthy = snapshot.lookup(&svc, &Query { tag: Some(tag), ..Default::default() });
+        self.records(snapshot, qname, &svc, healthy, qtype, arrange)
     }
 
     fn records(

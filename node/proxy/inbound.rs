@@ -228,74 +228,94 @@ async fn serve_stream(
     cert: Option<CertificateDer<'static>>,
     ctx: Arc<InboundContext>,
 ) {
-    let (frame, early) = match read_frame(&mut recv, HEADER_TIMEOUT).await {
-        Ok((Frame::Open(open), early)) => (open, early),
-        Ok((other, _)) => {
-            refuse(send, &ctx, RefuseCode::BadHeader, format!("expected an open frame, got {other:?}")).await;
-            return;
-        }
-        Err(super::header::HeaderError::Frame(e)) => {
-            refuse(send, &ctx, e.refuse_code(), e.to_string()).await;
-            return;
-        }
-        Err(e) => {
-            ctx.metrics.proxy.inbound.refuse("no_header");
-            debug!(error = %e, "no header");
-            return;
-        }
+    let (frame, early) = match read_open(&mut recv, &ctx).await {
+        Ok(open) => open,
+        Err(Some((code, msg))) => return refuse(send, &ctx, code, msg).await,
+        Err(None) => return,
     };
     let inst = match decide(&frame, cert.as_ref(), &ctx) {
         Ok(i) => i,
         Err((code, msg)) => return refuse(send, &ctx, code, msg).await,
     };
     let target = std::net::SocketAddr::new(inst.record.address, inst.record.port);
-    if frame.transport == Transport::Udp {
-        let bind: std::net::SocketAddr =
-            if target.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
-        let app = match tokio::net::UdpSocket::bind(bind).await {
-            Ok(a) if a.connect(target).await.is_ok() => a,
-            _ => {
-                return refuse(send, &ctx, RefuseCode::AppUnreachable, format!("{target}: cannot reach it over UDP"))
-                    .await
-            }
-        };
-        if ctx.flows.inbound_len() >= MAX_INBOUND_FLOWS {
-            return refuse(send, &ctx, RefuseCode::AppUnreachable, "too many UDP flows on this sidecar".into()).await;
+    match frame.transport {
+        Transport::Udp => serve_udp_stream(conn, send, recv, target, &ctx).await,
+        Transport::Tcp => serve_tcp_stream(send, recv, &early, target, &ctx).await,
+    }
+}
+
+/// The stream's open frame and the bytes that came after it; else the refusal to send
+/// (`None`: no header arrived, the stream is dropped).
+async fn read_open(
+    recv: &mut RecvStream,
+    ctx: &InboundContext,
+) -> Result<(Open, Vec<u8>), Option<(RefuseCode, String)>> {
+    match read_frame(recv, HEADER_TIMEOUT).await {
+        Ok((Frame::Open(open), early)) => Ok((open, early)),
+        Ok((other, _)) => Err(Some((RefuseCode::BadHeader, format!("expected an open frame, got {other:?}")))),
+        Err(super::header::HeaderError::Frame(e)) => Err(Some((e.refuse_code(), e.to_string()))),
+        Err(e) => {
+            ctx.metrics.proxy.inbound.refuse("no_header");
+            debug!(error = %e, "no header");
+            Err(None)
         }
-        // Registered before the ack, so the caller's first datagram finds its flow.
-        let from_caller = ctx.flows.register(&conn, u64::from(recv.id()), true);
-        let mut send = send;
-        if send.write_all(&Frame::Ack.encode()).await.is_err() {
-            return;
-        }
-        let stats = &ctx.metrics.proxy.inbound;
-        stats.streams.inc();
-        stats.active.inc();
-        super::udp::serve_inbound_flow(
-            conn,
-            recv,
-            send,
-            app,
-            ctx.flows.clone(),
-            from_caller,
-            INBOUND_UDP_IDLE,
-            &stats.dropped_datagrams,
-        )
-        .await;
-        stats.active.dec();
+    }
+}
+
+/// A UDP flow: a socket connected to the app, registered before the ack so that the
+/// caller's first datagram finds it, then datagrams both ways until idle.
+async fn serve_udp_stream(
+    conn: Connection,
+    send: SendStream,
+    recv: RecvStream,
+    target: std::net::SocketAddr,
+    ctx: &Arc<InboundContext>,
+) {
+    let bind: std::net::SocketAddr = if target.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
+    let app = match tokio::net::UdpSocket::bind(bind).await {
+        Ok(a) if a.connect(target).await.is_ok() => a,
+        _ => return refuse(send, ctx, RefuseCode::AppUnreachable, format!("{target}: cannot reach it over UDP")).await,
+    };
+    if ctx.flows.inbound_len() >= MAX_INBOUND_FLOWS {
+        return refuse(send, ctx, RefuseCode::AppUnreachable, "too many UDP flows on this sidecar".into()).await;
+    }
+    let from_caller = ctx.flows.register(&conn, u64::from(recv.id()), true);
+    let mut send = send;
+    if send.write_all(&Frame::Ack.encode()).await.is_err() {
         return;
     }
+    let stats = &ctx.metrics.proxy.inbound;
+    stats.streams.inc();
+    stats.active.inc();
+    super::udp::serve_inbound_flow(
+        conn,
+        recv,
+        send,
+        app,
+        ctx.flows.clone(),
+        from_caller,
+        INBOUND_UDP_IDLE,
+        &stats.dropped_datagrams,
+    )
+    .await;
+    stats.active.dec();
+}
+
+/// A TCP connection to the app, acked, then spliced to the stream; a failure resets
+/// both sides.
+async fn serve_tcp_stream(
+    send: SendStream,
+    recv: RecvStream,
+    early: &[u8],
+    target: std::net::SocketAddr,
+    ctx: &InboundContext,
+) {
     let app = match tokio::time::timeout(APP_CONNECT_TIMEOUT, TcpStream::connect(target)).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return refuse(send, &ctx, RefuseCode::AppUnreachable, format!("{target}: {e}")).await,
+        Ok(Err(e)) => return refuse(send, ctx, RefuseCode::AppUnreachable, format!("{target}: {e}")).await,
         Err(_) => {
-            return refuse(
-                send,
-                &ctx,
-                RefuseCode::AppUnreachable,
-                format!("{target}: no accept in {APP_CONNECT_TIMEOUT:?}"),
-            )
-            .await
+            let why = format!("{target}: no accept in {APP_CONNECT_TIMEOUT:?}");
+            return refuse(send, ctx, RefuseCode::AppUnreachable, why).await;
         }
     };
     let _ = app.set_nodelay(true);
@@ -308,7 +328,7 @@ async fn serve_stream(
     stats.streams.inc();
     stats.active.inc();
     let mut recv = recv;
-    let result = splice_quic((&app_r, &mut app_w), (&mut recv, &mut send), &early, INBOUND_IDLE, None, None).await;
+    let result = splice_quic((&app_r, &mut app_w), (&mut recv, &mut send), early, INBOUND_IDLE, None, None).await;
     stats.active.dec();
     if let Err(e) = result {
         // Reset both sides: a clean close would pass a cut-off reply off as whole.

@@ -305,54 +305,18 @@ impl Upstream {
         transport: Transport,
         attempts: &mut Attempts,
     ) -> Option<(Connected, Arc<Instance>, Arc<EndpointStats>)> {
-        let stats = &self.stats;
-        let snapshot = self.registry.snapshot();
-        let mut endpoints = snapshot.lookup(&self.spec.service, &Query::default());
-        drop(snapshot);
-        // With mutual TLS, only a sidecar can be checked for the service (its certificate
-        // must name it); an endpoint without one is whatever address a key holder or a
-        // local process registered, and would get the app's bytes in the clear.
-        if self.verify_identity && !self.spec.plaintext {
-            let before = endpoints.len();
-            endpoints.retain(|e| e.sidecar && e.host.proxy.is_some());
-            stats.plaintext_skipped.add((before - endpoints.len()) as u64);
-        }
-        if endpoints.is_empty() {
-            stats.no_endpoints.inc();
-            attempts.no_endpoints = true;
-            return None;
-        }
+        let endpoints = self.candidates(attempts)?;
         let mut tried = vec![false; endpoints.len()];
-        let mut connected = None;
         for attempt in 0..=self.spec.retries {
-            let now = Instant::now();
-            if tried.iter().all(|&t| t) {
+            if tried.iter().all(|&t| t) || !self.may_attempt(attempt) {
                 break;
-            }
-            if attempt == 0 {
-                self.lock().budget.deposit(now);
-            } else if !self.lock().budget.try_withdraw(now) {
-                stats.budget_exhausted.inc();
-                break;
-            } else {
-                stats.retries.inc();
             }
             let Some(i) = self.pick(&endpoints, &tried) else { break };
             tried[i] = true;
             attempts.tries += 1;
             let ep = &endpoints[i];
-            let ep_stats = stats.endpoint(ep.id.as_str());
-            // Written once per endpoint (an instance id keeps its address), not formatted
-            // on every attempt.
-            if let Ok(mut via) = ep_stats.via.lock() {
-                if via.is_empty() {
-                    *via = match (ep.sidecar, ep.host.proxy, transport) {
-                        (true, Some(p), _) => format!("quic {p}"),
-                        (_, _, Transport::Udp) => format!("udp {}:{}", ep.address, ep.port),
-                        _ => format!("tcp {}:{}", ep.address, ep.port),
-                    };
-                }
-            }
+            let ep_stats = self.stats.endpoint(ep.id.as_str());
+            note_via(&ep_stats, ep, transport);
             let start = Instant::now();
             let result = tokio::time::timeout(self.spec.connect_timeout, self.connect(ep, transport))
                 .await
@@ -363,44 +327,89 @@ impl Upstream {
                         detail: "connect timeout".into(),
                     })
                 });
-            let elapsed = start.elapsed();
             match result {
                 Ok(c) => {
-                    // The balancer's estimate leaves out a one-off QUIC handshake: it would
-                    // make a freshly dialled endpoint look slow for the EWMA's whole decay.
-                    let handshake = match &c {
-                        Connected::Quic { handshake, .. } => *handshake,
-                        _ => Duration::ZERO,
-                    };
-                    self.record(
-                        ep,
-                        Outcome::Success,
-                        endpoints.len(),
-                        Some(elapsed.saturating_sub(handshake)),
-                        &ep_stats,
-                    );
-                    ep_stats.connect_latency.record(elapsed);
-                    connected = Some((c, ep.clone(), ep_stats));
-                    break;
+                    self.connected(ep, &c, endpoints.len(), start.elapsed(), &ep_stats);
+                    return Some((c, ep.clone(), ep_stats));
                 }
                 Err(f) => {
-                    ep_stats.failure(f.cause);
-                    attempts.last_failure = Some(f.cause);
-                    self.release(&ep.id);
-                    debug!(upstream = %self.spec.alias, endpoint = %ep.id, cause = f.cause.as_str(), detail = %f.detail, "attempt failed");
-                    // Only local-origin failures count against the endpoint: a refusal
-                    // (draining, unknown service, not allowed) says nothing of its health,
-                    // and must not use up the ejection share during a rolling deploy.
-                    if f.cause != FailureCause::Refused {
-                        self.record(ep, Outcome::Failure, endpoints.len(), None, &ep_stats);
-                    }
-                    if !f.retryable {
+                    let retryable = f.retryable;
+                    self.attempt_failed(ep, f, endpoints.len(), attempts, &ep_stats);
+                    if !retryable {
                         break;
                     }
                 }
             }
         }
-        connected
+        None
+    }
+
+    /// The endpoints an attempt may pick from: the service's healthy instances, with
+    /// mutual TLS only those behind a sidecar (its certificate must name the service;
+    /// an endpoint without one is whatever address a key holder or a local process
+    /// registered, and would get the app's bytes in the clear). `None`, counted, when
+    /// there are none.
+    fn candidates(&self, attempts: &mut Attempts) -> Option<Vec<Arc<Instance>>> {
+        let mut endpoints = self.registry.snapshot().lookup(&self.spec.service, &Query::default());
+        if self.verify_identity && !self.spec.plaintext {
+            let before = endpoints.len();
+            endpoints.retain(|e| e.sidecar && e.host.proxy.is_some());
+            self.stats.plaintext_skipped.add((before - endpoints.len()) as u64);
+        }
+        if endpoints.is_empty() {
+            self.stats.no_endpoints.inc();
+            attempts.no_endpoints = true;
+            return None;
+        }
+        Some(endpoints)
+    }
+
+    /// Whether attempt number `attempt` may go: the first always (it pays into the
+    /// retry budget), a retry while the budget lasts.
+    fn may_attempt(&self, attempt: u32) -> bool {
+        let now = Instant::now();
+        if attempt == 0 {
+            self.lock().budget.deposit(now);
+        } else if !self.lock().budget.try_withdraw(now) {
+            self.stats.budget_exhausted.inc();
+            return false;
+        } else {
+            self.stats.retries.inc();
+        }
+        true
+    }
+
+    /// Records a connection that reached its ack after `elapsed`.
+    fn connected(&self, ep: &Instance, c: &Connected, endpoints: usize, elapsed: Duration, ep_stats: &EndpointStats) {
+        // The balancer's estimate leaves out a one-off QUIC handshake: it would make a
+        // freshly dialled endpoint look slow for the EWMA's whole decay.
+        let handshake = match c {
+            Connected::Quic { handshake, .. } => *handshake,
+            _ => Duration::ZERO,
+        };
+        self.record(ep, Outcome::Success, endpoints, Some(elapsed.saturating_sub(handshake)), ep_stats);
+        ep_stats.connect_latency.record(elapsed);
+    }
+
+    /// Records a failed attempt.
+    fn attempt_failed(
+        &self,
+        ep: &Instance,
+        f: Failure,
+        endpoints: usize,
+        attempts: &mut Attempts,
+        ep_stats: &EndpointStats,
+    ) {
+        ep_stats.failure(f.cause);
+        attempts.last_failure = Some(f.cause);
+        self.release(&ep.id);
+        debug!(upstream = %self.spec.alias, endpoint = %ep.id, cause = f.cause.as_str(), detail = %f.detail, "attempt failed");
+        // Only local-origin failures count against the endpoint: a refusal (draining,
+        // unknown service, not allowed) says nothing of its health, and must not use up
+        // the ejection share during a rolling deploy.
+        if f.cause != FailureCause::Refused {
+            self.record(ep, Outcome::Failure, endpoints, None, ep_stats);
+        }
     }
 
     fn pick(&self, endpoints: &[Arc<Instance>], tried: &[bool]) -> Option<usize> {
@@ -585,4 +594,17 @@ fn peer_serves(conn: &quinn::Connection, service: &str) -> bool {
 fn reset(client: TcpStream) {
     let _ = client.set_linger(Some(Duration::ZERO));
     drop(client);
+}
+/// Writes how `ep` is reached into its stats, once per endpoint (an instance id keeps
+/// its address), not on every attempt.
+fn note_via(ep_stats: &EndpointStats, ep: &Instance, transport: Transport) {
+    if let Ok(mut via) = ep_stats.via.lock() {
+        if via.is_empty() {
+            *via = match (ep.sidecar, ep.host.proxy, transport) {
+                (true, Some(p), _) => format!("quic {p}"),
+                (_, _, Transport::Udp) => format!("udp {}:{}", ep.address, ep.port),
+                _ => format!("tcp {}:{}", ep.address, ep.port),
+            };
+        }
+    }
 }

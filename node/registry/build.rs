@@ -143,63 +143,77 @@ impl SnapshotBuilder {
     /// decode among the nodes decoded this time.
     pub fn build(&mut self, view: &ClusterView, version: u64) -> (Snapshot, Vec<BadValue>) {
         let mut bad = Vec::new();
-        // The nodes gone, new or changed since the last view: the chunks of the map both
-        // views share are skipped, and a node whose view is the same `Arc` is unchanged.
         let last = std::mem::replace(&mut self.last, view.nodes.clone());
-        let mut changed: Vec<(&str, Option<(Member, NodePart)>)> = Vec::new();
-        for diff in last.diff(&view.nodes, Arc::ptr_eq) {
-            match diff {
-                Diff::Gone(name, _) => changed.push((name, None)),
-                Diff::New(name, node) | Diff::Changed(name, _, node) => {
-                    changed.push((name, Some(decode_node(node, &mut bad))));
-                }
-            }
-        }
-        // Each touched service loses the changed nodes' old instances and gains their
-        // new ones; every other service keeps its lists, the same `Arc`s.
         let mut edits: BTreeMap<ServiceName, ServiceEdit> = BTreeMap::new();
-        for (name, mut part) in changed {
-            let old = self.nodes.remove(name);
-            let old_member = old.as_ref().and_then(|_| self.members.get(name).cloned());
-            let before = old.as_ref().zip(old_member.as_ref()).map(|(part, m)| (m, part.ever_alive));
-            // An instance the change left as it was (another key of its node changed)
-            // keeps its `Arc` and its place: its service is not touched, and its
-            // watchers are not woken.
-            if let (Some(old), Some((_, new))) = (&old, &mut part) {
-                if old.status == new.status {
-                    for inst in &mut new.instances {
-                        if let Some(same) = old.instances.iter().find(|o| ***o == **inst) {
-                            *inst = same.clone();
-                        }
+        for (name, part) in changed_nodes(&last, &view.nodes, &mut bad) {
+            self.apply_node(name, part, &mut edits);
+        }
+        self.apply_edits(edits, version);
+        let snapshot = Snapshot {
+            version,
+            members: self.members.clone(),
+            services: self.services.clone(),
+            down: self.down.clone(),
+            service_index: self.service_index.clone(),
+            catalog_index: self.catalog_index,
+        };
+        (snapshot, bad)
+    }
+
+    /// Puts a node's new state (`None`: gone) in place of its old one, and notes in
+    /// `edits` the instances its services lose and gain.
+    fn apply_node(
+        &mut self,
+        name: &str,
+        mut part: Option<(Member, NodePart)>,
+        edits: &mut BTreeMap<ServiceName, ServiceEdit>,
+    ) {
+        let old = self.nodes.remove(name);
+        let old_member = old.as_ref().and_then(|_| self.members.get(name).cloned());
+        let before = old.as_ref().zip(old_member.as_ref()).map(|(part, m)| (m, part.ever_alive));
+        // An instance the change left as it was (another key of its node changed) keeps
+        // its `Arc` and its place: its service is not touched, and its watchers are not
+        // woken.
+        if let (Some(old), Some((_, new))) = (&old, &mut part) {
+            if old.status == new.status {
+                for inst in &mut new.instances {
+                    if let Some(same) = old.instances.iter().find(|o| ***o == **inst) {
+                        *inst = same.clone();
                     }
                 }
             }
-            let kept = |inst: &Arc<Instance>, other: Option<&NodePart>| {
-                other.is_some_and(|p| p.instances.iter().any(|i| Arc::ptr_eq(i, inst)))
-            };
-            if let Some(old) = &old {
-                self.counts.add(old, -1);
-                for inst in old.instances.iter().filter(|i| !kept(i, part.as_ref().map(|(_, p)| p))) {
-                    edits.entry(inst.service.clone()).or_default().list(old.status).0.push(inst.clone());
-                }
-            }
-            let Some((member, mut part)) = part else {
-                note_status(before, None, &mut self.changes);
-                self.members.remove(name);
-                continue;
-            };
-            part.ever_alive = note_status(before, Some(&member), &mut self.changes);
-            self.counts.add(&part, 1);
-            for inst in part.instances.iter().filter(|i| !kept(i, old.as_ref())) {
-                edits.entry(inst.service.clone()).or_default().list(part.status).1.push(inst.clone());
-            }
-            // A health flip changes no member: the members' chunk is copied only when
-            // one did change.
-            if old_member.as_ref() != Some(&member) {
-                self.members.insert(name.to_owned(), member);
-            }
-            self.nodes.insert(name.to_owned(), part);
         }
+        let kept = |inst: &Arc<Instance>, other: Option<&NodePart>| {
+            other.is_some_and(|p| p.instances.iter().any(|i| Arc::ptr_eq(i, inst)))
+        };
+        if let Some(old) = &old {
+            self.counts.add(old, -1);
+            for inst in old.instances.iter().filter(|i| !kept(i, part.as_ref().map(|(_, p)| p))) {
+                edits.entry(inst.service.clone()).or_default().list(old.status).0.push(inst.clone());
+            }
+        }
+        let Some((member, mut part)) = part else {
+            note_status(before, None, &mut self.changes);
+            self.members.remove(name);
+            return;
+        };
+        part.ever_alive = note_status(before, Some(&member), &mut self.changes);
+        self.counts.add(&part, 1);
+        for inst in part.instances.iter().filter(|i| !kept(i, old.as_ref())) {
+            edits.entry(inst.service.clone()).or_default().list(part.status).1.push(inst.clone());
+        }
+        // A health flip changes no member: the members' chunk is copied only when one
+        // did change.
+        if old_member.as_ref() != Some(&member) {
+            self.members.insert(name.to_owned(), member);
+        }
+        self.nodes.insert(name.to_owned(), part);
+    }
+
+    /// Applies the services' edits: each touched service loses the changed nodes' old
+    /// instances and gains their new ones; every other service keeps its lists, the
+    /// same `Arc`s.
+    fn apply_edits(&mut self, edits: BTreeMap<ServiceName, ServiceEdit>, version: u64) {
         for (service, edit) in edits {
             if edit.changes_catalog() {
                 self.catalog_index = version;
@@ -212,15 +226,6 @@ impl SnapshotBuilder {
                 self.service_index.remove(&service);
             }
         }
-        let snapshot = Snapshot {
-            version,
-            members: self.members.clone(),
-            services: self.services.clone(),
-            down: self.down.clone(),
-            service_index: self.service_index.clone(),
-            catalog_index: self.catalog_index,
-        };
-        (snapshot, bad)
     }
 
     /// The status changes since the last call, oldest first.
@@ -286,6 +291,26 @@ fn note_status(old: Option<(&Member, bool)>, new: Option<&Member>, changes: &mut
         changes.push(StatusChange { name: new.name.clone(), generation: new.generation, what });
     }
     was_alive || new.status == MemberStatus::Alive
+}
+
+/// The nodes gone (`None`), new or changed between two views, decoded: the chunks of
+/// the map both views share are skipped, and a node whose view is the same `Arc` is
+/// unchanged.
+fn changed_nodes<'a>(
+    last: &'a SharedMap<String, Arc<NodeView>>,
+    now: &'a SharedMap<String, Arc<NodeView>>,
+    bad: &mut Vec<BadValue>,
+) -> Vec<(&'a str, Option<(Member, NodePart)>)> {
+    let mut changed = Vec::new();
+    for diff in last.diff(now, Arc::ptr_eq) {
+        match diff {
+            Diff::Gone(name, _) => changed.push((name.as_str(), None)),
+            Diff::New(name, node) | Diff::Changed(name, _, node) => {
+                changed.push((name.as_str(), Some(decode_node(node, bad))))
+            }
+        }
+    }
+    changed
 }
 
 fn decode_node(node: &Arc<NodeView>, bad: &mut Vec<BadValue>) -> (Member, NodePart) {
