@@ -38,8 +38,9 @@ async fn tcp_query(server: SocketAddr, name: &str, qtype: RecordType) -> Message
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_agents_resolve_through_dns_and_api() {
-    let (ports, apps) = tcp_apps(10, 3).await;
-    let mesh = TestMesh::start(10, 3, |i| {
+    let block = common::block("three_agents_resolve_through_dns_and_api");
+    let (ports, apps) = tcp_apps(block, 3).await;
+    let mesh = TestMesh::start(block, 3, |i| {
         vec![format!(
             "orders:{},tags={},interval=200ms,timeout=150ms",
             ports[i],
@@ -49,7 +50,7 @@ async fn three_agents_resolve_through_dns_and_api() {
     .await;
     mesh.converge(3).await;
     let dns = mesh.agent(2).dns_addr();
-    let want: Vec<IpAddr> = (0..3).map(|i| ip(10, i)).collect();
+    let want: Vec<IpAddr> = (0..3).map(|i| ip(block, i)).collect();
     eventually("all three orders instances in DNS", || async {
         let mut got = a_records(dns, "orders.test.local.").await;
         got.sort();
@@ -59,7 +60,7 @@ async fn three_agents_resolve_through_dns_and_api() {
     // The same query asked again from one socket is served from one UDP socket's cache,
     // which hands out the rotations of one random order in turn: every instance still
     // comes first (a cache that kept one order would answer the same one each time).
-    let client = tokio::net::UdpSocket::bind((ip(10, 9), 0)).await.expect("bind");
+    let client = tokio::net::UdpSocket::bind((ip(block, 9), 0)).await.expect("bind");
     let ask = question(0x0707, OpCode::Query, "orders.test.local.").to_vec().expect("encode");
     let mut firsts = std::collections::BTreeSet::new();
     for _ in 0..12 {
@@ -82,7 +83,7 @@ async fn three_agents_resolve_through_dns_and_api() {
             assert_eq!(target.len(), 1, "target {} resolves", srv.target);
         }
     }
-    assert_eq!(a_records(dns, "canary.orders.test.local.").await, vec![ip(10, 0)]);
+    assert_eq!(a_records(dns, "canary.orders.test.local.").await, vec![ip(block, 0)]);
     let miss = query(dns, "nothing.test.local.", RecordType::A, T).await.expect("reply");
     assert_eq!(miss.metadata.response_code, ResponseCode::NXDomain);
     assert!(miss.authorities.iter().any(|r| matches!(r.data, RData::SOA(_))), "NXDOMAIN carries an SOA");
@@ -109,7 +110,7 @@ async fn three_agents_resolve_through_dns_and_api() {
     let canary: Vec<InstanceJson> =
         serde_json::from_str(&api.get("/v1/services/orders?tag=canary").await.expect("lookup")).expect("json");
     assert_eq!(canary.len(), 1);
-    assert_eq!(canary[0].address, ip(10, 0).to_string());
+    assert_eq!(canary[0].address, ip(block, 0).to_string());
     assert_eq!(canary[0].health, "passing");
     assert!(api.get("/health").await.is_ok());
     let metrics = api.get("/metrics").await.expect("metrics");
@@ -124,8 +125,10 @@ async fn three_agents_resolve_through_dns_and_api() {
     )
     .await
     .expect("register");
-    eventually("billing in agent 2's DNS", || async { a_records(dns, "billing.test.local.").await == vec![ip(10, 0)] })
-        .await;
+    eventually("billing in agent 2's DNS", || async {
+        a_records(dns, "billing.test.local.").await == vec![ip(block, 0)]
+    })
+    .await;
     api0.delete("/v1/services/billing/billing-1").await.expect("deregister");
     eventually("billing gone", || async { a_records(dns, "billing.test.local.").await.is_empty() }).await;
 
@@ -156,10 +159,11 @@ async fn three_agents_resolve_through_dns_and_api() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_apps_and_dead_agents_leave_answers() {
-    let (ports, apps) = tcp_apps(11, 4).await;
+    let block = common::block("dead_apps_and_dead_agents_leave_answers");
+    let (ports, apps) = tcp_apps(block, 4).await;
     let mut apps: Vec<_> = apps.into_iter().map(Some).collect();
     let mut mesh =
-        TestMesh::start(11, 4, |i| vec![format!("web:{},interval=200ms,timeout=150ms,failures=2", ports[i])]).await;
+        TestMesh::start(block, 4, |i| vec![format!("web:{},interval=200ms,timeout=150ms,failures=2", ports[i])]).await;
     mesh.converge(4).await;
     let dns = mesh.agent(0).dns_addr();
     eventually("4 web instances", || async { a_records(dns, "web.test.local.").await.len() == 4 }).await;
@@ -168,24 +172,25 @@ async fn dead_apps_and_dead_agents_leave_answers() {
     if let Some(app) = apps[1].take() {
         app.abort();
     }
-    let app_gone =
-        eventually("dead app out of DNS", || async { !a_records(dns, "web.test.local.").await.contains(&ip(11, 1)) })
-            .await;
+    let app_gone = eventually("dead app out of DNS", || async {
+        !a_records(dns, "web.test.local.").await.contains(&ip(block, 1))
+    })
+    .await;
     let api = ApiClient::new(mesh.agent(0).api_addr());
     let all: Vec<InstanceJson> =
         serde_json::from_str(&api.get("/v1/services/web?all=true").await.expect("all")).expect("json");
-    let sick = all.iter().find(|i| i.address == ip(11, 1).to_string()).expect("still listed with all=true");
+    let sick = all.iter().find(|i| i.address == ip(block, 1).to_string()).expect("still listed with all=true");
     assert_eq!(sick.health, "critical");
     // It comes back when the app does.
-    let listener = tokio::net::TcpListener::bind((ip(11, 1), ports[1])).await.expect("rebind app port");
-    eventually("app back in DNS", || async { a_records(dns, "web.test.local.").await.contains(&ip(11, 1)) }).await;
+    let listener = tokio::net::TcpListener::bind((ip(block, 1), ports[1])).await.expect("rebind app port");
+    eventually("app back in DNS", || async { a_records(dns, "web.test.local.").await.contains(&ip(block, 1)) }).await;
     drop(listener);
 
     // An agent crashes: the others detect it and drop its instance.
     let crashed = mesh.agents[3].take().expect("agent 3 runs");
     crashed.kill().await;
     let agent_gone = eventually("crashed agent out of DNS", || async {
-        !a_records(dns, "web.test.local.").await.contains(&ip(11, 3))
+        !a_records(dns, "web.test.local.").await.contains(&ip(block, 3))
     })
     .await;
     let reader = mesh.agent(0).registry();
@@ -219,10 +224,11 @@ async fn answering_upstream(ip: IpAddr) -> (SocketAddr, tokio::task::JoinHandle<
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_first_upstream_costs_its_timeout_once_not_on_every_query() {
+    let block = common::block("a_dead_first_upstream_costs_its_timeout_once_not_on_every_query");
     // The first upstream swallows everything; the second answers.
-    let blackhole = tokio::net::UdpSocket::bind((ip(23, 90), 0)).await.expect("bind the blackhole");
-    let (good, upstream) = answering_upstream(ip(23, 91)).await;
-    let mut cfg = config(23, 0, None, &[], &[]);
+    let blackhole = tokio::net::UdpSocket::bind((ip(block, 90), 0)).await.expect("bind the blackhole");
+    let (good, upstream) = answering_upstream(ip(block, 91)).await;
+    let mut cfg = config(block, 0, None, &[], &[]);
     cfg.dns.upstreams = vec![blackhole.local_addr().expect("addr"), good];
     let agent = Agent::start(cfg).await.expect("agent");
     let dns = agent.dns_addr();
@@ -246,12 +252,13 @@ async fn a_dead_first_upstream_costs_its_timeout_once_not_on_every_query() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registrations_past_the_caps_are_refused_and_replicas_do_not_grow() {
+    let block = common::block("registrations_past_the_caps_are_refused_and_replicas_do_not_grow");
     let key = murmur::gossip::Keyring::generate_base64();
-    let mut cfg = config(24, 0, Some(&key), &[], &["own:80,check=none".into()]);
+    let mut cfg = config(block, 0, Some(&key), &[], &["own:80,check=none".into()]);
     cfg.api.limits.instances = 5;
     cfg.api.limits.attribute_bytes = 1_000;
     let a = Agent::start(cfg).await.expect("agent a");
-    let b = Agent::start(config(24, 1, Some(&key), &[a.gossip_addr()], &[])).await.expect("agent b");
+    let b = Agent::start(config(block, 1, Some(&key), &[a.gossip_addr()], &[])).await.expect("agent b");
     let api = ApiClient::new(a.api_addr());
     // The config's instance counts: 4 more fit, the fifth API one does not.
     for i in 0..4 {
@@ -277,7 +284,7 @@ async fn registrations_past_the_caps_are_refused_and_replicas_do_not_grow() {
     a.kill().await;
 
     // The rate: a burst of 100, then 50 a second.
-    let mut cfg = config(24, 2, None, &[], &[]);
+    let mut cfg = config(block, 2, None, &[], &[]);
     cfg.api.limits.instances = 1_000;
     let c = Agent::start(cfg).await.expect("agent c");
     let mut codes = std::collections::BTreeMap::new();
@@ -310,7 +317,8 @@ async fn raw_status(addr: SocketAddr, request: String) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_refuses_rebound_names_web_pages_and_changes_without_the_token() {
-    let mut cfg = config(21, 0, None, &[], &[]);
+    let block = common::block("the_api_refuses_rebound_names_web_pages_and_changes_without_the_token");
+    let mut cfg = config(block, 0, None, &[], &[]);
     cfg.api.token = murmur::Config::from_layer(
         murmur::config::Layer {
             api_token: Some("s3cret".into()),
@@ -372,13 +380,14 @@ fn flapping_app(addr: SocketAddr, half: Duration) -> tokio::task::JoinHandle<()>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flapping_check_is_held_critical_at_its_source() {
+    let block = common::block("a_flapping_check_is_held_critical_at_its_source");
     // A port to flap: bound once to learn a free one, then opened and closed.
-    let probe = std::net::TcpListener::bind((ip(20, 0), 0)).expect("bind");
+    let probe = std::net::TcpListener::bind((ip(block, 0), 0)).expect("bind");
     let addr = probe.local_addr().expect("addr");
     drop(probe);
     let app = flapping_app(addr, Duration::from_millis(300));
     let spec = format!("flap:{},interval=100ms,timeout=80ms,failures=1,successes=1", addr.port());
-    let mesh = TestMesh::start(20, 2, |i| if i == 0 { vec![spec.clone()] } else { vec![] }).await;
+    let mesh = TestMesh::start(block, 2, |i| if i == 0 { vec![spec.clone()] } else { vec![] }).await;
     mesh.converge(2).await;
     // Left alone, this check would flip about three times a second; damped, three falls
     // are published and then the instance is held critical while it flaps.
@@ -406,7 +415,8 @@ async fn a_flapping_check_is_held_critical_at_its_source() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_leave_drains_then_leaves() {
-    let mut mesh = TestMesh::start(12, 3, |i| vec![format!("api:{},check=none", 8000 + i)]).await;
+    let block = common::block("graceful_leave_drains_then_leaves");
+    let mut mesh = TestMesh::start(block, 3, |i| vec![format!("api:{},check=none", 8000 + i)]).await;
     mesh.converge(3).await;
     let dns = mesh.agent(0).dns_addr();
     eventually("3 api instances", || async { a_records(dns, "api.test.local.").await.len() == 3 }).await;
@@ -415,7 +425,7 @@ async fn graceful_leave_drains_then_leaves() {
     // Draining: out of answers while the agent is still a live member.
     let reader = mesh.agent(0).registry();
     eventually("draining instance out of DNS", || async {
-        !a_records(dns, "api.test.local.").await.contains(&ip(12, 2))
+        !a_records(dns, "api.test.local.").await.contains(&ip(block, 2))
     })
     .await;
     let api = ApiClient::new(mesh.agent(0).api_addr());
@@ -435,6 +445,7 @@ async fn graceful_leave_drains_then_leaves() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_agent_on_a_new_address_replaces_its_old_self() {
+    let block = common::block("a_restarted_agent_on_a_new_address_replaces_its_old_self");
     // A failure detector so slow (suspicions of ten seconds and more) that only the
     // generation rule can explain a quick replacement.
     let mut mesh = TestMesh::start_with(
@@ -451,12 +462,12 @@ async fn a_restarted_agent_on_a_new_address_replaces_its_old_self() {
     eventually("3 db instances", || async { a_records(dns, "db.test.local.").await.len() == 3 }).await;
     mesh.agents[2].take().expect("agent 2 runs").kill().await;
     // Same name, new address (block 13, slot 50), new generation.
-    let mut cfg = config(13, 50, Some(&mesh.key), &[mesh.seed()], &["db:5434,check=none".into()]);
+    let mut cfg = config(block, 50, Some(&mesh.key), &[mesh.seed()], &["db:5434,check=none".into()]);
     cfg.node.name = "agent-2".parse().expect("valid name");
     let restarted = Agent::start(cfg).await.expect("restart");
     let took = eventually("new address in, old address out", || async {
         let got = a_records(dns, "db.test.local.").await;
-        got.contains(&ip(13, 50)) && !got.contains(&ip(13, 2)) && got.len() == 3
+        got.contains(&ip(block, 50)) && !got.contains(&ip(block, 2)) && got.len() == 3
     })
     .await;
     eprintln!("restart on a new address replaced the old one after {took:?}");
@@ -469,14 +480,15 @@ async fn a_restarted_agent_on_a_new_address_replaces_its_old_self() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_with_another_key_cannot_join_or_inject() {
-    let mesh = TestMesh::start(14, 2, |_| vec![]).await;
+    let block = common::block("a_node_with_another_key_cannot_join_or_inject");
+    let mesh = TestMesh::start(block, 2, |_| vec![]).await;
     mesh.converge(2).await;
     let other_key = murmur::gossip::Keyring::generate_base64();
-    let intruder = Agent::start(config(14, 9, Some(&other_key), &[mesh.seed()], &["evil:1,check=none".into()]))
+    let intruder = Agent::start(config(block, 9, Some(&other_key), &[mesh.seed()], &["evil:1,check=none".into()]))
         .await
         .expect("start");
     let insecure =
-        Agent::start(config(14, 10, None, &[mesh.seed()], &["evil:2,check=none".into()])).await.expect("start");
+        Agent::start(config(block, 10, None, &[mesh.seed()], &["evil:2,check=none".into()])).await.expect("start");
     let metrics = mesh.agent(0).metrics();
     eventually("foreign datagrams dropped and counted", || async { metrics.gossip.undecryptable.get() >= 4 }).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -494,12 +506,13 @@ async fn a_node_with_another_key_cannot_join_or_inject() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_at_every_port_is_counted_and_changes_nothing() {
-    let mesh = TestMesh::start(15, 2, |i| vec![format!("cache:{},check=none", 6379 + i)]).await;
+    let block = common::block("garbage_at_every_port_is_counted_and_changes_nothing");
+    let mesh = TestMesh::start(block, 2, |i| vec![format!("cache:{},check=none", 6379 + i)]).await;
     mesh.converge(2).await;
     let agent = mesh.agent(0);
     let dns = agent.dns_addr();
     eventually("2 cache instances", || async { a_records(dns, "cache.test.local.").await.len() == 2 }).await;
-    let sock = tokio::net::UdpSocket::bind((ip(15, 99), 0)).await.expect("bind");
+    let sock = tokio::net::UdpSocket::bind((ip(block, 99), 0)).await.expect("bind");
     let mut garbage: Vec<Vec<u8>> =
         vec![vec![], vec![0xA7], vec![0xA7, 1, 0, 0, 0, 0], vec![0xA7, 0, 1, 2, 3], b"GET / HTTP/1.1\r\n\r\n".to_vec()];
     let mut x: u32 = 12345;
@@ -543,9 +556,10 @@ async fn garbage_at_every_port_is_counted_and_changes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_truncates_tcp_carries_and_other_names_are_forwarded() {
+    let block = common::block("udp_truncates_tcp_carries_and_other_names_are_forwarded");
     // Upstream: an agent serving another namespace; the agent under test forwards to it.
     let up_cfg = {
-        let mut c = config(16, 0, None, &[], &["far:80,check=none".into()]);
+        let mut c = config(block, 0, None, &[], &["far:80,check=none".into()]);
         c.dns.namespace = "upstream.test".into();
         c
     };
@@ -579,7 +593,7 @@ async fn udp_truncates_tcp_carries_and_other_names_are_forwarded() {
     let ureader = upstream.registry();
     eventually("upstream has far", || async { !ureader.snapshot().services.is_empty() }).await;
     let fwd = query(dns, "far.upstream.test.", RecordType::A, WAIT).await.expect("forwarded");
-    assert_eq!(addresses(&fwd), vec![ip(16, 0)]);
+    assert_eq!(addresses(&fwd), vec![ip(block, 0)]);
     assert!(!fwd.metadata.authoritative);
     let nx = query(dns, "nothing.upstream.test.", RecordType::A, WAIT).await.expect("forwarded");
     assert_eq!(nx.metadata.response_code, ResponseCode::NXDomain);
@@ -590,16 +604,17 @@ async fn udp_truncates_tcp_carries_and_other_names_are_forwarded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seeds_are_retried_until_one_answers_and_dead_nodes_are_forgotten() {
+    let block = common::block("seeds_are_retried_until_one_answers_and_dead_nodes_are_forgotten");
     let key = murmur::gossip::Keyring::generate_base64();
     // The seed's address is fixed (its own 127.x address, so the port is not shared)
     // and nobody listens there yet.
-    let seed_addr = SocketAddr::new(ip(17, 0), 7946);
-    let mut early_cfg = config(17, 1, Some(&key), &[seed_addr], &[]);
+    let seed_addr = SocketAddr::new(ip(block, 0), 7946);
+    let mut early_cfg = config(block, 1, Some(&key), &[seed_addr], &[]);
     early_cfg.gossip.dead_grace = Duration::from_secs(2);
     let early = Agent::start(early_cfg).await.expect("early agent");
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(early.registry().snapshot().members.len(), 1);
-    let mut seed_cfg = config(17, 0, Some(&key), &[], &[]);
+    let mut seed_cfg = config(block, 0, Some(&key), &[], &[]);
     seed_cfg.gossip.bind = seed_addr;
     seed_cfg.gossip.advertise = seed_addr;
     let seed = Agent::start(seed_cfg).await.expect("seed agent");
@@ -630,9 +645,10 @@ async fn capture(sock: &tokio::net::UdpSocket, d: Duration) -> Vec<(Vec<u8>, Soc
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replayed_datagram_is_answered_at_most_once_and_never_amplified() {
+    let block = common::block("a_replayed_datagram_is_answered_at_most_once_and_never_amplified");
     // A tap posing as agent 0's seed captures its sealed join requests; a second socket,
     // a stranger to agent 1, replays one of them to agent 1 a thousand times.
-    let tap = tokio::net::UdpSocket::bind((ip(22, 99), 0)).await.expect("bind the tap");
+    let tap = tokio::net::UdpSocket::bind((ip(block, 99), 0)).await.expect("bind the tap");
     let tap_addr = tap.local_addr().expect("addr");
     let mesh = TestMesh::start_with(
         22,
@@ -644,7 +660,7 @@ async fn a_replayed_datagram_is_answered_at_most_once_and_never_amplified() {
     mesh.converge(2).await;
     let captured = capture(&tap, Duration::from_millis(1500)).await;
     let (datagram, _) = captured.into_iter().max_by_key(|(d, _)| d.len()).expect("a captured join request");
-    let replayer = tokio::net::UdpSocket::bind((ip(22, 98), 0)).await.expect("bind the replayer");
+    let replayer = tokio::net::UdpSocket::bind((ip(block, 98), 0)).await.expect("bind the replayer");
     let target = mesh.agent(1).gossip_addr();
     let m = mesh.agent(1).metrics();
     replayer.send_to(&datagram, target).await.expect("replay");
@@ -685,10 +701,11 @@ async fn a_replayed_datagram_is_answered_at_most_once_and_never_amplified() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn captured_gossip_reveals_nothing_and_replays_change_nothing() {
+    let block = common::block("captured_gossip_reveals_nothing_and_replays_change_nothing");
     // A listener posing as a seed that never answers: an agent asks its seeds to let it
     // join until one does, so it captures real sealed datagrams, and it replays them
     // from its own address, as an attacker on the path would.
-    let tap = tokio::net::UdpSocket::bind((ip(18, 99), 0)).await.expect("bind the tap");
+    let tap = tokio::net::UdpSocket::bind((ip(block, 99), 0)).await.expect("bind the tap");
     let tap_addr = tap.local_addr().expect("addr");
     let mesh = TestMesh::start_with(
         18,
@@ -702,7 +719,7 @@ async fn captured_gossip_reveals_nothing_and_replays_change_nothing() {
     let early_syn = early.iter().map(|(d, _)| d.clone()).next().expect("agent 0 asks its seeds to join");
     let key = mesh.key.clone();
     let (second, during) = tokio::join!(
-        Agent::start(config(18, 1, Some(&key), &[mesh.seed(), tap_addr], &["secretsvc:7001,check=none".into()])),
+        Agent::start(config(block, 1, Some(&key), &[mesh.seed(), tap_addr], &["secretsvc:7001,check=none".into()])),
         capture(&tap, Duration::from_millis(600))
     );
     let second = second.expect("agent 1 starts");
@@ -737,7 +754,7 @@ async fn captured_gossip_reveals_nothing_and_replays_change_nothing() {
     let old_state = answers.iter().max_by_key(|d| d.len()).expect("an answer").clone();
     // Control: the answer carries membership. A fresh agent with the key and no seeds learns
     // of agent 1 from that one replayed datagram.
-    let fresh = Agent::start(config(18, 2, Some(&key), &[], &[])).await.expect("agent 2 starts");
+    let fresh = Agent::start(config(block, 2, Some(&key), &[], &[])).await.expect("agent 2 starts");
     tap.send_to(&old_state, fresh.gossip_addr()).await.expect("replay");
     let (snap, ok) = fresh.registry().wait_for(WAIT, |s| s.members.values().any(|m| m.name == "agent-1")).await;
     assert!(ok, "the replayed answer carried agent 1's state: {:?}", snap.members);
@@ -778,7 +795,7 @@ async fn captured_gossip_reveals_nothing_and_replays_change_nothing() {
 
 /// Sends `bytes` to `dns` from a fresh socket; the reply, if one comes within 300 ms.
 async fn raw_udp(dns: SocketAddr, bytes: &[u8]) -> Option<Message> {
-    let sock = tokio::net::UdpSocket::bind((ip(19, 9), 0)).await.expect("bind");
+    let sock = tokio::net::UdpSocket::bind((dns.ip(), 0)).await.expect("bind");
     sock.send_to(bytes, dns).await.expect("send");
     let mut buf = vec![0u8; 4096];
     let n = tokio::time::timeout(Duration::from_millis(300), sock.recv(&mut buf)).await.ok()?.ok()?;
@@ -793,7 +810,8 @@ fn question(id: u16, op: OpCode, name: &str) -> Message {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_udp_stub_answers_malformed_and_unusual_queries_as_a_resolver_expects() {
-    let mut cfg = config(19, 0, None, &[], &["web:80,check=none".into()]);
+    let block = common::block("the_udp_stub_answers_malformed_and_unusual_queries_as_a_resolver_expects");
+    let mut cfg = config(block, 0, None, &[], &["web:80,check=none".into()]);
     cfg.dns.rate_limit = 50;
     let agent = Agent::start(cfg).await.expect("agent");
     let dns = agent.dns_addr();
@@ -820,7 +838,7 @@ async fn the_udp_stub_answers_malformed_and_unusual_queries_as_a_resolver_expect
     edns.set_max_payload(4096);
     q.set_edns(edns.clone());
     let r = raw_udp(dns, &q.to_vec().expect("encode")).await.expect("reply");
-    assert_eq!(addresses(&r), vec![ip(19, 0)]);
+    assert_eq!(addresses(&r), vec![ip(block, 0)]);
     assert_eq!(r.edns.as_ref().map(|e| e.max_payload()), Some(1232));
     edns.set_version(1);
     q.set_edns(edns);
@@ -830,7 +848,7 @@ async fn the_udp_stub_answers_malformed_and_unusual_queries_as_a_resolver_expect
 
     // One socket asking 200 times at once is answered 50 times (the rate limit's burst,
     // plus what refills while it asks); a fresh socket is still answered.
-    let flood = tokio::net::UdpSocket::bind((ip(19, 8), 0)).await.expect("bind");
+    let flood = tokio::net::UdpSocket::bind((ip(block, 8), 0)).await.expect("bind");
     for id in 0..200u16 {
         flood
             .send_to(&question(id, OpCode::Query, "web.test.local.").to_vec().expect("encode"), dns)
@@ -853,18 +871,20 @@ async fn the_udp_stub_answers_malformed_and_unusual_queries_as_a_resolver_expect
 /// and an instance whose app dies leaves at the next refresh.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_http_sd_lists_every_healthy_instance() {
-    let (ports, apps, mesh) = web_mesh(25).await;
+    let block = common::block("prometheus_http_sd_lists_every_healthy_instance");
+    let (ports, apps, mesh) = web_mesh(block).await;
     let api = mesh.agent(1).api_addr();
     let config = format!(
         "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: web\n    http_sd_configs:\n      \
          - url: http://{api}/v1/prometheus/targets?service=web\n        refresh_interval: 1s\n"
     );
-    let Some(prometheus) = Scraper::prometheus("prometheus_http_sd_lists_every_healthy_instance", ip(25, 99), &config)
+    let Some(prometheus) =
+        Scraper::prometheus("prometheus_http_sd_lists_every_healthy_instance", ip(block, 99), &config)
     else {
         mesh.stop().await;
         return;
     };
-    let address = |i: usize| SocketAddr::new(ip(25, i), ports[i]).to_string();
+    let address = |i: usize| SocketAddr::new(ip(block, i), ports[i]).to_string();
     let discovered = |targets: &[serde_json::Map<String, serde_json::Value>]| {
         let mut got: Vec<String> =
             targets.iter().filter_map(|t| t.get("__address__")?.as_str().map(str::to_owned)).collect();
@@ -910,12 +930,13 @@ async fn every_member_keyring(a: &Agent, pred: impl Fn(&[[u8; 32]]) -> bool) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_cluster_rotates_its_gossip_key_and_then_refuses_the_old_one() {
+    let block = common::block("a_running_cluster_rotates_its_gossip_key_and_then_refuses_the_old_one");
     use murmur::gossip::{load_keyring_file, KeyChange, Keyring, KeyringError};
     let dir = std::env::temp_dir().join(format!("murmur-rotation-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let file_of = |name: &str| dir.join(format!("{name}.keyring"));
     let mut mesh =
-        TestMesh::start_with(46, 5, |_| vec![], |c| c.gossip.key_file = Some(file_of(c.node.name.as_str()))).await;
+        TestMesh::start_with(block, 5, |_| vec![], |c| c.gossip.key_file = Some(file_of(c.node.name.as_str()))).await;
     mesh.converge(5).await;
     let old = Keyring::decode_key("old", &mesh.key).expect("the mesh's key");
     let new_b64 = Keyring::generate_base64();
@@ -980,7 +1001,7 @@ async fn a_running_cluster_rotates_its_gossip_key_and_then_refuses_the_old_one()
     }
 
     // A member that still holds only the old key is refused.
-    let stale = Agent::start(config(46, 9, Some(&mesh.key), &[mesh.seed()], &["stale:1,check=none".into()]))
+    let stale = Agent::start(config(block, 9, Some(&mesh.key), &[mesh.seed()], &["stale:1,check=none".into()]))
         .await
         .expect("start");
     let metrics = mesh.agent(0).metrics();
@@ -1002,7 +1023,7 @@ async fn a_running_cluster_rotates_its_gossip_key_and_then_refuses_the_old_one()
 
     // A restart with the old key in its flags comes back with the file's key.
     mesh.agents[3].take().expect("running").kill().await;
-    let mut restart = common::layer(46, 3, Some(&mesh.key), &[mesh.seed()], &[]);
+    let mut restart = common::layer(block, 3, Some(&mesh.key), &[mesh.seed()], &[]);
     restart.gossip_key_file = Some(file_of("agent-3"));
     let cfg = murmur::Config::from_layer(restart, "").expect("valid config");
     mesh.agents[3] = Some(Agent::start(cfg).await.expect("restart"));

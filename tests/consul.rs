@@ -58,9 +58,10 @@ fn check_statuses(entry: &ServiceEntryJson) -> Vec<(String, String)> {
 /// service wakes its watchers and not another's, and the index never goes back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consul_endpoints_answer_in_consuls_shape_and_block_per_service() {
-    let (web_ports, web_apps) = tcp_apps(27, 2).await;
-    let (db_port, db_app) = tcp_app(ip(27, 1)).await;
-    let mesh = TestMesh::start(27, 2, |i| {
+    let block = common::block("consul_endpoints_answer_in_consuls_shape_and_block_per_service");
+    let (web_ports, web_apps) = tcp_apps(block, 2).await;
+    let (db_port, db_app) = tcp_app(ip(block, 1)).await;
+    let mesh = TestMesh::start(block, 2, |i| {
         let tag = if i == 0 { "canary" } else { "stable" };
         let mut s = vec![format!("web:{},tags={tag},interval=200ms,timeout=150ms,attr.build=b{i}", web_ports[i])];
         if i == 1 {
@@ -99,7 +100,7 @@ async fn consul_endpoints_answer_in_consuls_shape_and_block_per_service() {
     assert_eq!(canary.len(), 1, "{canary:?}");
     let c = &canary[0];
     assert_eq!((c.node.as_str(), c.datacenter.as_str(), c.service_name.as_str()), ("agent-0", dc.as_str(), "web"));
-    assert_eq!(c.service_address, ip(27, 0).to_string());
+    assert_eq!(c.service_address, ip(block, 0).to_string());
     assert_eq!(c.service_port, web_ports[0]);
     assert_eq!(c.service_meta.get("build").map(String::as_str), Some("b0"));
     assert_eq!(c.service_weights.passing, 1);
@@ -192,7 +193,8 @@ async fn consul_endpoints_answer_in_consuls_shape_and_block_per_service() {
 /// killed instance leaves the targets, in about a second: its watch was woken.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vmagent_consul_sd_discovers_instances_and_follows_their_health() {
-    let (ports, apps, mesh) = web_mesh(28).await;
+    let block = common::block("vmagent_consul_sd_discovers_instances_and_follows_their_health");
+    let (ports, apps, mesh) = web_mesh(block).await;
     let api = mesh.agent(1).api_addr();
     let config = format!(
         "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: web\n    consul_sd_configs:\n      \
@@ -200,11 +202,11 @@ async fn vmagent_consul_sd_discovers_instances_and_follows_their_health() {
          - source_labels: [__meta_consul_health]\n        regex: passing\n        action: keep\n"
     );
     let name = "vmagent_consul_sd_discovers_instances_and_follows_their_health";
-    let Some(vmagent) = Scraper::vmagent(name, ip(28, 99), &config) else {
+    let Some(vmagent) = Scraper::vmagent(name, ip(block, 99), &config) else {
         mesh.stop().await;
         return;
     };
-    let address = |i: usize| SocketAddr::new(ip(28, i), ports[i]).to_string();
+    let address = |i: usize| SocketAddr::new(ip(block, i), ports[i]).to_string();
     let label = |targets: &[serde_json::Map<String, serde_json::Value>], i: usize, name: &str| {
         targets
             .iter()
@@ -303,6 +305,7 @@ print("registered", flush=True)
 /// could come from any web page.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_consul_reads_the_catalog_and_blocks_until_a_change() {
+    let block = common::block("python_consul_reads_the_catalog_and_blocks_until_a_change");
     let python = "python3";
     let has_client = std::process::Command::new(python).args(["-c", "import consul"]).output();
     if !has_client.is_ok_and(|o| o.status.success()) {
@@ -312,7 +315,7 @@ async fn python_consul_reads_the_catalog_and_blocks_until_a_change() {
         );
         return;
     }
-    let (_, apps, mesh) = web_mesh(29).await;
+    let (_, apps, mesh) = web_mesh(block).await;
     let api = mesh.agent(1).api_addr();
     eventually("agent 1 sees three passing instances", || async {
         get(api, "/v1/health/service/web?passing", Duration::from_secs(5)).await.json::<Vec<ServiceEntryJson>>().len()
@@ -363,8 +366,9 @@ async fn put(api: SocketAddr, path: &str, body: &str) -> (u16, String) {
 /// what murmur cannot honour is refused with a reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consul_registration_ttl_checks_and_deregister_after() {
-    let (app_port, app) = tcp_app(ip(26, 0)).await;
-    let mesh = TestMesh::start(26, 2, |_| Vec::new()).await;
+    let block = common::block("consul_registration_ttl_checks_and_deregister_after");
+    let (app_port, app) = tcp_app(ip(block, 0)).await;
+    let mesh = TestMesh::start(block, 2, |_| Vec::new()).await;
     mesh.converge(2).await;
     let (api, peer) = (mesh.agent(0).api_addr(), mesh.agent(1).api_addr());
     let t = Duration::from_secs(5);
@@ -406,7 +410,7 @@ async fn consul_registration_ttl_checks_and_deregister_after() {
     // the instance's: it passes because the check's own target is probed.
     let body = format!(
         r#"{{"name": "probe", "port": 1, "check": {{"tcp": "{}:{app_port}", "interval": "200ms"}}}}"#,
-        ip(26, 0)
+        ip(block, 0)
     );
     assert_eq!(put(api, "/v1/agent/service/register", &body).await.0, 200);
     eventually("the TCP check of its own target passes", || async {

@@ -3,6 +3,9 @@
 //! wrong key, garbage datagrams, a restart on a new address, config errors, and the
 //! embedded example. Every process is killed when its guard drops.
 
+#[path = "common/wait.rs"]
+mod wait;
+
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
@@ -69,15 +72,8 @@ fn agent(block: u8, i: u8, key: &str, seeds: &[String], extra: &[&str]) -> Proc 
     Proc { child, api, dns, gossip }
 }
 
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while start.elapsed() < WAIT {
-        if cond() {
-            return start.elapsed();
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!("timed out after {WAIT:?} waiting for {what}");
+fn wait_until(what: &str, cond: impl FnMut() -> bool) -> Duration {
+    wait::until(what, WAIT, cond)
 }
 
 fn rt() -> tokio::runtime::Runtime {

@@ -82,8 +82,9 @@ impl ProxyMesh {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traffic_reaches_both_instances_and_big_transfers_are_byte_exact() {
+    let block = common::block("traffic_reaches_both_instances_and_big_transfers_are_byte_exact");
     let ca = Ca::generate().expect("ca");
-    let mesh = proxy_mesh(30, 2, "", "echo:80", &ca, &ca).await;
+    let mesh = proxy_mesh(block, 2, "", "echo:80", &ca, &ca).await;
     // The alias resolves to the VIP through the client's stub, bare and in the namespace.
     for name in ["echo.", "echo.test.local."] {
         let reply = query(mesh.client.dns_addr(), name, RecordType::A, Duration::from_secs(2)).await.expect("dns");
@@ -167,9 +168,10 @@ fn load(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_backend_app_or_agent_under_load_fails_nothing() {
+    let block = common::block("killing_a_backend_app_or_agent_under_load_fails_nothing");
     let ca = Ca::generate().expect("ca");
     // Round robin, so calls certainly reach the app and the agent that die.
-    let mut mesh = proxy_mesh(31, 3, "", "echo:80,balance=rr", &ca, &ca).await;
+    let mut mesh = proxy_mesh(block, 3, "", "echo:80,balance=rr", &ca, &ca).await;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let traffic = load(mesh.vip, stop.clone());
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -211,11 +213,13 @@ async fn killing_a_backend_app_or_agent_under_load_fails_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn foreign_certificates_and_callers_outside_allow_are_refused() {
+    let block = common::block("foreign_certificates_and_callers_outside_allow_are_refused");
+    let second = common::block("foreign_certificates_and_callers_outside_allow_are_refused/second");
     let ca = Ca::generate().expect("ca");
     let other = Ca::generate().expect("other ca");
     // A client that trusts the cluster CA but presents a certificate from another CA:
     // the server refuses it.
-    let mesh = proxy_mesh(32, 1, "", "echo:80,retries=0", &ca, &ca).await;
+    let mesh = proxy_mesh(block, 1, "", "echo:80,retries=0", &ca, &ca).await;
     let backend = mesh.backends[0].as_ref().expect("backend");
     let peer = own_echo(backend).await;
     let mut roots = rustls::RootCertStore::empty();
@@ -253,7 +257,7 @@ async fn foreign_certificates_and_callers_outside_allow_are_refused() {
     mesh.stop().await;
 
     // A caller the instance does not allow: refused with a reason, never retried.
-    let mesh = proxy_mesh(33, 1, ",allow=billing", "echo:80", &ca, &ca).await;
+    let mesh = proxy_mesh(second, 1, ",allow=billing", "echo:80", &ca, &ca).await;
     assert!(call(mesh.vip, b"x").await.is_err());
     let backend = mesh.backends[0].as_ref().expect("backend");
     let refused = backend.metrics().proxy.inbound.refused();
@@ -266,9 +270,10 @@ async fn foreign_certificates_and_callers_outside_allow_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_cannot_rewrite_or_shadow_a_configured_instance() {
+    let block = common::block("the_api_cannot_rewrite_or_shadow_a_configured_instance");
     let ca = Ca::generate().expect("ca");
     // `echo` allows only `billing`; the client calls as `web`.
-    let mesh = proxy_mesh(41, 1, ",allow=billing", "echo:80,retries=0", &ca, &ca).await;
+    let mesh = proxy_mesh(block, 1, ",allow=billing", "echo:80,retries=0", &ca, &ca).await;
     let backend = mesh.backends[0].as_ref().expect("backend");
     let configured = backend.publisher().local().borrow()[0].clone();
     let (id, port) = (configured.record.instance.to_string(), configured.record.port);
@@ -301,8 +306,9 @@ async fn the_api_cannot_rewrite_or_shadow_a_configured_instance() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_breaker_rejects_past_its_cap_and_drain_finishes_open_transfers() {
+    let block = common::block("the_breaker_rejects_past_its_cap_and_drain_finishes_open_transfers");
     let ca = Ca::generate().expect("ca");
-    let mut mesh = proxy_mesh(34, 2, "", "echo:80,max-connections=2", &ca, &ca).await;
+    let mut mesh = proxy_mesh(block, 2, "", "echo:80,max-connections=2", &ca, &ca).await;
     // Two long-lived connections fill the cap; a third is closed at once.
     let mut held = Vec::new();
     for _ in 0..2 {
@@ -363,7 +369,7 @@ async fn pair(block: u8, ca: &Ca, service: &str, port: u16, upstream: &str) -> (
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_upstreams_ride_quic_datagrams_and_idle_flows_expire() {
     let ca = Ca::generate().expect("ca");
-    let block = 35;
+    let block = common::block("udp_upstreams_ride_quic_datagrams_and_idle_flows_expire");
     let (app_port, app_task) = udp_pong(ip(block, 1)).await;
     let (client, backend) = pair(block, &ca, "cache", app_port, "cache:53,proto=udp,idle-timeout=500ms").await;
     let reader = client.registry();
@@ -443,9 +449,10 @@ async fn exchange(conn: &quinn::Connection, bytes: &[u8]) -> murmur_protocol::Fr
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_headers_get_an_error_frame_and_a_counted_reason() {
+    let block = common::block("bad_headers_get_an_error_frame_and_a_counted_reason");
     use murmur_protocol::{Frame, Open, RefuseCode, Transport};
     let ca = Ca::generate().expect("ca");
-    let mesh = proxy_mesh(36, 1, "", "echo:80", &ca, &ca).await;
+    let mesh = proxy_mesh(block, 1, "", "echo:80", &ca, &ca).await;
     let backend = mesh.backends[0].as_ref().expect("backend");
     let peer = own_echo(backend).await;
     let conn = raw_client(&ca, &["web"], peer.host.proxy.expect("sidecar"), peer.host.node.as_str()).await;
@@ -481,9 +488,10 @@ async fn bad_headers_get_an_error_frame_and_a_counted_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outlier_detection_ejects_what_health_checks_do_not_see() {
+    let block = common::block("outlier_detection_ejects_what_health_checks_do_not_see");
     let ca = Ca::generate().expect("ca");
     // No health check: only real traffic can tell that an app died.
-    let mut mesh = proxy_mesh(37, 2, ",check=none", "echo:80,balance=rr", &ca, &ca).await;
+    let mut mesh = proxy_mesh(block, 2, ",check=none", "echo:80,balance=rr", &ca, &ca).await;
     if let Some(app) = mesh.apps[0].take() {
         app.abort();
     }
@@ -508,9 +516,10 @@ async fn outlier_detection_ejects_what_health_checks_do_not_see() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_whose_certificate_does_not_name_the_service_gets_none_of_its_traffic() {
+    let block = common::block("a_member_whose_certificate_does_not_name_the_service_gets_none_of_its_traffic");
     let ca = Ca::generate().expect("ca");
     // Backend 2 registers `echo` but its certificate names only `other`.
-    let mesh = proxy_mesh_with(38, 2, "", "echo:80", &ca, &ca, |i| if i == 1 { "echo" } else { "other" }).await;
+    let mesh = proxy_mesh_with(block, 2, "", "echo:80", &ca, &ca, |i| if i == 1 { "echo" } else { "other" }).await;
     for _ in 0..30 {
         assert_eq!(call(mesh.vip, b"x").await.expect("call"), "echo-a", "only the genuine instance answers");
     }
@@ -525,11 +534,12 @@ async fn a_member_whose_certificate_does_not_name_the_service_gets_none_of_its_t
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_holder_without_a_certificate_gets_none_of_a_services_traffic() {
+    let block = common::block("a_key_holder_without_a_certificate_gets_none_of_a_services_traffic");
     let ca = Ca::generate().expect("ca");
-    let mesh = proxy_mesh(40, 1, "", "echo:80", &ca, &ca).await;
+    let mesh = proxy_mesh(block, 1, "", "echo:80", &ca, &ca).await;
     // A member with the gossip key but no certificate (so no sidecar) registers `echo` at
     // an address of its own, at the highest weight, and counts what reaches it.
-    let trap = tokio::net::TcpListener::bind((ip(40, 9), 0)).await.expect("bind");
+    let trap = tokio::net::TcpListener::bind((ip(block, 9), 0)).await.expect("bind");
     let port = trap.local_addr().expect("addr").port();
     let hits = Arc::new(AtomicU64::new(0));
     let counted = hits.clone();
@@ -540,7 +550,7 @@ async fn a_key_holder_without_a_certificate_gets_none_of_a_services_traffic() {
         }
     });
     let spec = format!("echo:{port},check=none,weight=65535");
-    let intruder = Agent::start(config(40, 9, Some(&mesh.key), &[mesh.client.gossip_addr()], &[spec]))
+    let intruder = Agent::start(config(block, 9, Some(&mesh.key), &[mesh.client.gossip_addr()], &[spec]))
         .await
         .expect("intruder agent");
     let (_, ok) = mesh
@@ -562,8 +572,9 @@ async fn a_key_holder_without_a_certificate_gets_none_of_a_services_traffic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_holding_twenty_thousand_streams_cannot_lock_out_other_callers() {
+    let block = common::block("a_peer_holding_twenty_thousand_streams_cannot_lock_out_other_callers");
     let ca = Ca::generate().expect("ca");
-    let mesh = proxy_mesh(42, 1, "", "echo:80", &ca, &ca).await;
+    let mesh = proxy_mesh(block, 1, "", "echo:80", &ca, &ca).await;
     let backend = mesh.backends[0].as_ref().expect("backend");
     let peer = own_echo(backend).await;
     let (addr, node) = (peer.host.proxy.expect("sidecar"), peer.host.node.to_string());
@@ -628,7 +639,7 @@ async fn one_shot(from: IpAddr, vip: SocketAddr, msg: &[u8]) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resolver_opening_a_flow_per_query_neither_runs_out_nor_locks_out_inbound_flows() {
     let ca = Ca::generate().expect("ca");
-    let block = 43;
+    let block = common::block("a_resolver_opening_a_flow_per_query_neither_runs_out_nor_locks_out_inbound_flows");
     let key = murmur::gossip::Keyring::generate_base64();
     let (port_a, app_a) = udp_pong(ip(block, 0)).await;
     let (port_b, app_b) = udp_pong(ip(block, 1)).await;
@@ -675,7 +686,7 @@ async fn a_resolver_opening_a_flow_per_query_neither_runs_out_nor_locks_out_inbo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reset_behind_the_sidecars_reaches_the_app_as_a_reset() {
     let ca = Ca::generate().expect("ca");
-    let block = 39;
+    let block = common::block("a_reset_behind_the_sidecars_reaches_the_app_as_a_reset");
     // An app that sends part of a reply, then dies with a reset.
     let app = tokio::net::TcpListener::bind((ip(block, 1), 0)).await.expect("bind");
     let port = app.local_addr().expect("addr").port();
@@ -716,6 +727,7 @@ fn presented(conn: &quinn::Connection) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reloaded_certificate_is_presented_to_new_connections_and_bad_files_change_nothing() {
+    let block = common::block("a_reloaded_certificate_is_presented_to_new_connections_and_bad_files_change_nothing");
     use murmur::proxy::TlsFiles;
     use murmur::tls::ca::{cert_pem, key_pem};
     use murmur::tls::TlsMaterial;
@@ -728,13 +740,13 @@ async fn a_reloaded_certificate_is_presented_to_new_connections_and_bad_files_ch
         std::fs::write(&files.cert, cert_pem(&id.cert)).expect("write cert");
         std::fs::write(&files.key, key_pem(&id.key)).expect("write key");
     };
-    let mut cfg = config(39, 0, None, &[], &["echo:80,check=none".into()]);
+    let mut cfg = config(block, 0, None, &[], &["echo:80,check=none".into()]);
     with_proxy(&mut cfg, 39, &ca, Some("echo"), &["echo"], &[]);
     let node = cfg.node.name.clone();
     let echo: murmur_protocol::ServiceName = "echo".parse().expect("name");
     let first = ca.issue(&node, std::slice::from_ref(&echo)).expect("issue");
     write(&first);
-    let peer = SocketAddr::new(ip(39, 0), 7947);
+    let peer = SocketAddr::new(ip(block, 0), 7947);
     if let Some(p) = cfg.proxy.as_mut() {
         p.bind = peer;
         p.tls = TlsMaterial::load(&files.ca, &files.cert, &files.key).expect("load");
@@ -775,7 +787,7 @@ async fn a_reloaded_certificate_is_presented_to_new_connections_and_bad_files_ch
 /// with its cause.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_access_log_has_a_line_per_connection() {
-    let block = 44;
+    let block = common::block("the_access_log_has_a_line_per_connection");
     let ca = Ca::generate().expect("ca");
     let key = murmur::gossip::Keyring::generate_base64();
     let log = std::env::temp_dir().join(format!("murmur-access-{}.log", std::process::id()));

@@ -91,17 +91,18 @@ const CALLS: u64 = 6;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_the_cluster_live_in_a_real_browser() {
+    let block = common::block("the_dashboard_shows_the_cluster_live_in_a_real_browser");
     let name = "the_dashboard_shows_the_cluster_live_in_a_real_browser";
     if Command::new("chromedriver").arg("--version").output().is_err() {
         assert!(std::env::var_os("CI").is_none(), "chromium and chromedriver must be installed in CI (.ci/run)");
         eprintln!("SKIPPED {name}: no chromedriver (apt-get install chromium chromium-driver)");
         return;
     }
-    let (ports, mut apps) = tcp_apps(45, 3).await;
+    let (ports, mut apps) = tcp_apps(block, 3).await;
     // Agent 0 proxies `echo`, which agents 1 and 2 serve through their sidecars.
     let mut echo_ports = vec![0];
     for i in 1..3 {
-        let (port, app) = echo_app(ip(45, i), "echo").await;
+        let (port, app) = echo_app(ip(block, i), "echo").await;
         echo_ports.push(port);
         apps.push(app);
     }
@@ -130,7 +131,7 @@ async fn the_dashboard_shows_the_cluster_live_in_a_real_browser() {
         .wait_for(WAIT, |s| s.lookup(&"echo".parse().expect("name"), &Default::default()).len() == 2)
         .await;
     assert!(ok, "agent 0 never saw both echo instances");
-    let vip = SocketAddr::from(([127, 201, 45, 1], 80));
+    let vip = SocketAddr::from(([127, 201, block, 1], 80));
     for _ in 0..CALLS {
         assert_eq!(call(vip, b"ping").await.expect("a call through the sidecar"), "echo", "the greeting");
     }

@@ -4,9 +4,14 @@
 
 #![allow(dead_code)]
 
+pub mod blocks;
+pub mod wait;
+
+pub use blocks::block;
+
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use murmur::config::{spec::parse_service_spec, Layer};
 use murmur::gossip::Keyring;
@@ -114,20 +119,13 @@ impl TestMesh {
     }
 }
 
-/// Polls `cond` every 10 ms until it holds; panics after [`WAIT`]. Returns the time it took.
-pub async fn eventually<F, Fut>(what: &str, mut cond: F) -> Duration
+/// Polls `cond` until it holds; panics after [`WAIT`]. Returns the time it took.
+pub async fn eventually<F, Fut>(what: &str, cond: F) -> Duration
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let start = Instant::now();
-    while start.elapsed() < WAIT {
-        if cond().await {
-            return start.elapsed();
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out after {WAIT:?} waiting for {what}");
+    wait::until_async(what, WAIT, cond).await
 }
 
 /// Three converged agents in `block`, each registering an instance of `web` on a TCP app

@@ -1,4 +1,4 @@
-//! The apps of the scenarios in tests/chaos.rs: an echo server; a client that resolves
+//! The apps of the scenarios in tests/chaos/: an echo server; a client that resolves
 //! its upstream with the standard resolver (getaddrinfo, through the host's
 //! /etc/resolv.conf, which `ip netns exec` replaces with /etc/netns/NAME/resolv.conf)
 //! and checks every transfer byte for byte; one that holds a connection open; and one
