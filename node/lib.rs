@@ -14,6 +14,8 @@
 //! [`registry::RegistryReader`], register through its [`local::Publisher`]; see
 //! `examples/embedded.rs`.
 
+#![warn(missing_docs)]
+
 pub mod agent;
 pub mod api;
 pub mod cli;

@@ -20,6 +20,7 @@ const POLL: Duration = Duration::from_millis(250);
 pub enum KeyringCommand {
     /// List every key, how many live members hold it and seal with it, and each member.
     List {
+        /// Which agent to ask, and how.
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -43,6 +44,7 @@ pub struct ChangeArgs {
     /// How long to wait for every live member to report the change; 0 returns at once.
     #[arg(long, default_value = "30s", value_name = "DURATION")]
     pub wait: String,
+    /// Which agent to ask, and how.
     #[command(flatten)]
     pub api: ApiArgs,
 }

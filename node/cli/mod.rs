@@ -105,6 +105,7 @@ pub enum Command {
         /// Only members with this status (exit status 3 when there is none).
         #[arg(long, value_enum)]
         status: Option<StatusFilter>,
+        /// Which agent to ask, and how.
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -115,6 +116,7 @@ pub enum Command {
         /// With NAME: include critical and draining instances.
         #[arg(long)]
         all: bool,
+        /// Which agent to ask, and how.
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -125,11 +127,13 @@ pub enum Command {
         /// Stop after this many lines (default: run until interrupted).
         #[arg(long)]
         count: Option<u64>,
+        /// Which agent to ask, and how.
         #[command(flatten)]
         api: ApiArgs,
     },
     /// Rotate the gossip key at run time: list, install, use, remove.
     Keyring {
+        /// What to do.
         #[command(subcommand)]
         command: KeyringCommand,
     },
@@ -138,6 +142,7 @@ pub enum Command {
     Resolve {
         /// Service name, or TAG.SERVICE.
         name: String,
+        /// Which agent to ask, and how.
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -151,11 +156,13 @@ pub enum Command {
     },
     /// Manage the cluster CA for mutual TLS between sidecars.
     Ca {
+        /// What to do.
         #[command(subcommand)]
         command: CaCommand,
     },
     /// Issue certificates from the cluster CA.
     Cert {
+        /// What to do.
         #[command(subcommand)]
         command: CertCommand,
     },

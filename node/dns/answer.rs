@@ -147,8 +147,8 @@ impl Zone {
             // The apex has only its SOA; `_tcp` is an empty non-terminal: `_svc._tcp.ns`
             // names exist below it (RFC 8020).
             [] | ["_tcp"] => Outcome::NoData(self.soa(snapshot)),
-            [svc_label, "_tcp"] => self.srv_answer(snapshot, qname, qtype, svc_label, arrange),
-            [svc_label] => self.service_answer(snapshot, qname, qtype, svc_label, arrange),
+            [svc_label, "_tcp"] => self.service_answer(snapshot, qname, qtype, svc_label, true, arrange),
+            [svc_label] => self.service_answer(snapshot, qname, qtype, svc_label, false, arrange),
             [filter, svc_label] => self.filtered_answer(snapshot, qname, qtype, filter, svc_label, arrange),
             _ => Outcome::NxDomain(self.soa(snapshot)),
         }
@@ -172,36 +172,25 @@ impl Zone {
         ServiceName::new(label).ok().filter(|svc| snapshot.knows_service(svc))
     }
 
-    /// `_svc._tcp.<ns>`: SRV records of the healthy instances.
-    fn srv_answer(
-        &self,
-        snapshot: &Snapshot,
-        qname: &Name,
-        qtype: RecordType,
-        label: &str,
-        arrange: Arrange<'_>,
-    ) -> Outcome {
-        let Some(svc) = label.strip_prefix('_').and_then(|s| Self::known(snapshot, s)) else {
-            return Outcome::NxDomain(self.soa(snapshot));
-        };
-        if qtype != RecordType::SRV && qtype != RecordType::ANY {
-            return Outcome::NoData(self.soa(snapshot));
-        }
-        let instances = snapshot.lookup(&svc, &Query::default());
-        self.records(snapshot, qname, &svc, instances, RecordType::SRV, arrange)
-    }
-
-    /// `svc.<ns>`: the healthy instances.
+    /// `svc.<ns>`: the healthy instances; with `srv`, `_svc._tcp.<ns>`: their SRV
+    /// records.
     fn service_answer(
         &self,
         snapshot: &Snapshot,
         qname: &Name,
         qtype: RecordType,
         label: &str,
+        srv: bool,
         arrange: Arrange<'_>,
     ) -> Outcome {
-        let Some(svc) = Self::known(snapshot, label) else {
+        let service = if srv { label.strip_prefix('_') } else { Some(label) };
+        let Some(svc) = service.and_then(|s| Self::known(snapshot, s)) else {
             return Outcome::NxDomain(self.soa(snapshot));
+        };
+        let qtype = match (srv, qtype) {
+            (false, qtype) => qtype,
+            (true, RecordType::SRV | RecordType::ANY) => RecordType::SRV,
+            (true, _) => return Outcome::NoData(self.soa(snapshot)),
         };
         let instances = snapshot.lookup(&svc, &Query::default());
         self.records(snapshot, qname, &svc, instances, qtype, arrange)

@@ -107,11 +107,17 @@ pub struct MemberMetrics {
 /// DNS query types we count; everything else is `Other`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QType {
+    /// IPv4 addresses.
     A,
+    /// IPv6 addresses.
     Aaaa,
+    /// Service records (targets and ports).
     Srv,
+    /// The zone's start of authority.
     Soa,
+    /// Everything at a name.
     Any,
+    /// Any other type.
     Other,
 }
 
@@ -132,11 +138,17 @@ impl QType {
 /// DNS response codes we count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rcode {
+    /// An answer (possibly empty).
     NoError,
+    /// The name does not exist.
     NxDomain,
+    /// The server failed to answer.
     ServFail,
+    /// The query was refused.
     Refused,
+    /// The query was malformed.
     FormErr,
+    /// Any other code.
     Other,
 }
 

@@ -102,11 +102,7 @@ fn kill_and_cut(serf: bool, tag: &str, subnet: u8) -> KillAndCut {
     const HOSTS: usize = 5;
     let mut net = Net::of(serf, tag, subnet, HOSTS);
     let who = net.who();
-    for i in 0..HOSTS {
-        net.start(i);
-    }
-    let all: Vec<usize> = (0..HOSTS).collect();
-    let t = net.until_all_see(&all, &all, "every host to see every host");
+    let t = net.start_all();
     eprintln!("{who}: 5 hosts converged in {t:?}");
     net.kill(4);
     let killed = net.until_all_see(&[0, 1, 2, 3], &[0, 1, 2, 3], "host 4 dropped after kill -9");
@@ -133,11 +129,8 @@ fn loss(serf: bool, tag: &str, subnet: u8) -> Vec<(u32, usize)> {
     const HOSTS: usize = 5;
     let mut net = Net::of(serf, tag, subnet, HOSTS);
     let who = net.who();
-    for i in 0..HOSTS {
-        net.start(i);
-    }
+    net.start_all();
     let all: Vec<usize> = (0..HOSTS).collect();
-    net.until_all_see(&all, &all, "every host to see every host");
     let secs = chaos_secs();
     let mut results = Vec::new();
     for percent in [10, 30, 50] {
@@ -363,11 +356,7 @@ fn a_delayed_network_causes_no_false_dead_verdicts() {
         return;
     }
     let _ = netem(&net, 0, &["del", "dev", "eth0", "root"]);
-    for i in 0..HOSTS {
-        net.start(i);
-    }
-    let all: Vec<usize> = (0..HOSTS).collect();
-    net.until_all_see(&all, &all, "every host to see every host");
+    net.start_all();
     // 100 ms ± 20 ms on every host's outgoing packets: 200 ms round trips, reordered.
     for i in 0..HOSTS {
         let out = netem(&net, i, &["add", "dev", "eth0", "root", "netem", "delay", "100ms", "20ms"]).expect("tc runs");

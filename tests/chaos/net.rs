@@ -263,6 +263,16 @@ impl Net {
         self.agents[i] = Some(child);
     }
 
+    /// Starts every host's agent and waits until every host sees every host; returns
+    /// how long that took.
+    pub(crate) fn start_all(&mut self) -> Duration {
+        for i in 0..self.hosts {
+            self.start(i);
+        }
+        let all: Vec<usize> = (0..self.hosts).collect();
+        self.until_all_see(&all, &all, "every host to see every host")
+    }
+
     /// kill -9 of host `i`'s agent.
     pub(crate) fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.agents[i].take() {
