@@ -7,8 +7,11 @@
 //! admin API ([`api`]) write only through one narrow [`local::Publisher`].
 //!
 //! Data flows one way: [`config`] → [`gossip`] → [`registry`] → readers ([`dns`],
-//! [`api`]). [`agent`] is the only module that knows every part; it owns start-up and
-//! the shutdown order. [`metrics`] is a leaf everyone writes and the API reads.
+//! [`api`]). [`config`] reads the settings (one table: file < env < flags); each part
+//! builds and checks its own config from them and runs its tasks behind a handle
+//! ([`task::Tasks`]). [`agent`] is the only module that knows every part; it composes
+//! the configs and the handles, and owns start-up and the shutdown order. [`metrics`]
+//! is a leaf everyone writes and the API reads; [`error`] and [`task`] are leaves too.
 //!
 //! Embedding: build a [`Config`], start an [`agent::Agent`], read its
 //! [`registry::RegistryReader`], register through its [`local::Publisher`]; see

@@ -215,8 +215,9 @@ async fn the_image_runs_a_three_node_mesh_from_the_podman_kube_file() {
         eprintln!("\n*** SKIPPED {test}: building and running images needs root ***\n");
         return;
     }
-    if !have("podman") || !have("runc") {
-        return skipped(test, "podman and runc (apt-get install podman runc)");
+    // `podman play kube` builds its pause image with catatonit.
+    if !have("podman") || !have("runc") || !have("catatonit") {
+        return skipped(test, "podman, runc and catatonit (apt-get install podman runc catatonit)");
     }
     let dir = std::env::temp_dir().join(format!("murmur-image-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");

@@ -108,7 +108,7 @@ macro_rules! settings {
         }
 
         /// Every setting once the layers are stacked and defaults applied; the values
-        /// are checked against each other when the [`Config`](super::Config) is built.
+        /// are checked against each other when the [`Config`](crate::Config) is built.
         #[derive(Debug, Clone)]
         pub struct Settings {
             $( $(#[doc = $doc])* pub $field: resolved!(type $ty $(, $default)?), )*
