@@ -54,6 +54,7 @@ pub enum Origin {
 
 /// Why a registration change was refused.
 #[derive(Debug, Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum PublishError {
     /// The instance is not registered here.
     #[error("instance `{0}` is not registered on this agent")]

@@ -14,6 +14,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a call to the agent failed.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum ClientError {
     /// No agent answers at that address.
     #[error("cannot reach the agent API at {0}: {1} (is `murmur agent` running? set --api)")]

@@ -31,6 +31,7 @@ pub const MAX_IN_FLIGHT_PER_SOURCE: u32 = 32;
 
 /// Why a query was not forwarded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ForwardError {
     /// Too many forwards in flight, overall or from this client socket.
     Busy,

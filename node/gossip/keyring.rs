@@ -102,6 +102,7 @@ impl Clone for Keyring {
 
 /// Why a datagram did not open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum OpenError {
     /// Shorter than a nonce and a tag.
     Short,

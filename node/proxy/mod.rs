@@ -74,6 +74,7 @@ const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ProxyError {
     /// A socket could not be bound (the OS error is the source).
     #[error("{setting}: cannot bind {addr}")]

@@ -35,6 +35,7 @@ const CLOSE_STALE: u32 = 1;
 
 /// Why no stream could be had.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PoolError {
     /// The connection attempt could not start (bad address, endpoint closed).
     #[error("cannot connect to {addr}")]
