@@ -86,7 +86,7 @@ impl Config {
         if s.upstreams.is_none() && s.proxy_bind.is_none() && s.tls_cert.is_none() {
             return Ok(None);
         }
-        let tls = tls_material(s, name)?;
+        let (tls, tls_files) = tls_material(s, name)?;
         // The identity to call as: the flag, else the first service, else the one service
         // the certificate names (a caller-only task needs no flag).
         let named = if tls.is_mutual() { tls.services_named() } else { Vec::new() };
@@ -124,12 +124,6 @@ impl Config {
         if upstreams.len() as u64 > u64::from(vip_count) {
             return Err(ConfigError::new("--vip-range", "has fewer addresses than there are upstreams"));
         }
-        let tls_files = match (&s.tls_ca, &s.tls_cert, &s.tls_key) {
-            (Some(ca), Some(cert), Some(key)) => {
-                Some(TlsFiles { ca: ca.clone(), cert: cert.clone(), key: key.clone() })
-            }
-            _ => None,
-        };
         Ok(Some(Config {
             bind: s.proxy_bind.unwrap_or(SocketAddr::new(advertise, DEFAULT_PROXY_PORT)),
             tls,
@@ -144,15 +138,18 @@ impl Config {
     }
 }
 
-/// The sidecar's TLS: the three files, or with `--insecure` a throwaway certificate.
-fn tls_material(s: &Settings, name: &NodeName) -> Result<TlsMaterial, ConfigError> {
+/// The sidecar's TLS and the files it was read from: the three files, or with
+/// `--insecure` a throwaway certificate (no files).
+fn tls_material(s: &Settings, name: &NodeName) -> Result<(TlsMaterial, Option<TlsFiles>), ConfigError> {
     match (&s.tls_ca, &s.tls_cert, &s.tls_key) {
-        (Some(ca), Some(cert), Some(key)) => TlsMaterial::load(ca, cert, key).map_err(|e| {
-            let (flag, message) = load_error(&e);
-            ConfigError::new(flag, message)
-        }),
+        (Some(ca), Some(cert), Some(key)) => {
+            let files = TlsFiles { ca: ca.clone(), cert: cert.clone(), key: key.clone() };
+            let tls = TlsMaterial::load(ca, cert, key).map_err(|e| ConfigError::new(e.setting().flag(), chain(&e)))?;
+            Ok((tls, Some(files)))
+        }
         (None, None, None) if s.insecure => {
-            TlsMaterial::insecure(name).map_err(|e| ConfigError::new("--tls-cert", chain(&e)))
+            let tls = TlsMaterial::insecure(name).map_err(|e| ConfigError::new("--tls-cert", chain(&e)))?;
+            Ok((tls, None))
         }
         (None, None, None) => Err(ConfigError::new(
             "--tls-cert",
@@ -161,9 +158,4 @@ fn tls_material(s: &Settings, name: &NodeName) -> Result<TlsMaterial, ConfigErro
         )),
         _ => Err(ConfigError::new("--tls-cert", "give all three of --tls-ca, --tls-cert and --tls-key")),
     }
-}
-
-/// The flag a TLS load error is about, and the error with its causes on one line.
-fn load_error(e: &LoadError) -> (&'static str, String) {
-    (e.setting().flag(), chain(e))
 }
