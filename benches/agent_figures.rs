@@ -14,8 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::{agent_command, keygen, metric, rss_mb, write_json};
 use hickory_proto::rr::RecordType;
-use murmur::cli::ApiClient;
-use murmur::dns::client::{addresses, query};
+use murmur::client::{addresses, query, ApiClient};
 
 /// Agents, unless `MURMUR_BENCH_AGENTS` says otherwise (6-200).
 const DEFAULT_AGENTS: u8 = 10;

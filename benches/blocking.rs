@@ -16,9 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::write_json;
-use murmur::config::{Layer, ServiceSpec};
-use murmur::local::Origin;
-use murmur::Config;
+use murmur::{Config, Layer, Origin, ServiceSpec};
 use murmur_protocol::{InstanceId, ServiceName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -82,7 +80,7 @@ async fn main() {
     let spec = |n: u16| {
         let mut spec = ServiceSpec::new(service.clone(), 10_000 + n);
         spec.id = Some(InstanceId::new(&format!("svc-{n}")).expect("id"));
-        spec.check.kind = murmur::config::CheckKind::None;
+        spec.check.kind = murmur::CheckKind::None;
         spec
     };
     for n in 0..INSTANCES {

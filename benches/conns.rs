@@ -167,11 +167,11 @@ async fn main() {
     assert_eq!(failed, 0, "requests failed during the hold");
     drop(conns);
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let upstreams = murmur::cli::ApiClient::new((CLIENT.parse::<IpAddr>().expect("ip"), 8500).into())
+    let upstreams = murmur::client::ApiClient::new((CLIENT.parse::<IpAddr>().expect("ip"), 8500).into())
         .get("/v1/upstreams")
         .await
         .unwrap_or_default();
-    let active = serde_json::from_str::<Vec<murmur::api::types::UpstreamJson>>(&upstreams)
+    let active = serde_json::from_str::<Vec<murmur::client::UpstreamJson>>(&upstreams)
         .ok()
         .map(|ups| ups.iter().map(|u| u.active).sum::<u64>());
     show(format!("0 (all closed, 5 s later; the client sidecar counts {active:?} active)"), &mut rows);

@@ -25,9 +25,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use hickory_proto::op::{Message, Query};
 use hickory_proto::rr::{Name, RecordType};
-use murmur::api::types::MemberJson;
-use murmur::cli::ApiClient;
-use murmur::dns::client::{addresses, query};
+use murmur::client::{addresses, query, ApiClient, MemberJson};
 
 use common::{agent_command, keygen, metric, write_json, Proc};
 
@@ -168,7 +166,7 @@ async fn main() {
     let key = keygen();
     let mut report = serde_json::Map::new();
     // The same phases with the stub's per-source rate limit off, then at its default.
-    let default = murmur::config::Settings::resolve(Default::default()).dns_rate_limit;
+    let default = murmur::Settings::resolve(Default::default()).dns_rate_limit;
     let settings = [("no rate limit".to_owned(), 0), (format!("default rate limit ({default}/s per socket)"), default)];
     for (setting, limit) in settings {
         println!("{setting}:");

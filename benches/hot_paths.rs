@@ -18,9 +18,8 @@ use std::str::FromStr;
 use std::time::Instant;
 
 use hickory_proto::rr::{Name, RecordType};
-use murmur::dns::answer::Zone;
-use murmur::gossip::{ClusterView, FrameCodec, Keyring, NodeView};
-use murmur::registry::{build_snapshot, HealthFilter, MemberStatus, Query, SnapshotBuilder};
+use murmur::internals::{build_snapshot, ClusterView, FrameCodec, NodeView, SnapshotBuilder, Zone};
+use murmur::{HealthFilter, Keyring, MemberStatus, Query};
 use murmur_protocol::{encode_value, Frame, Health, HealthRecord, NodeName, Open, ServiceName, Tag, Transport};
 use std::sync::Arc;
 
@@ -142,7 +141,7 @@ fn main() {
     let codec = FrameCodec::new(Some(key));
     for size in [1024usize, 16 * 1024] {
         let message = vec![0x5a; size];
-        let now = murmur::clock::unix_ms();
+        let now = murmur::internals::unix_ms();
         let sealed = codec.seal(&message, 7, now);
         assert!(sealed.iter().all(|d| codec.open(d, now).is_ok()), "what is sealed opens");
         let kb = size / 1024;

@@ -215,7 +215,7 @@ async fn main() {
         .collect(),
         "client",
     );
-    let api = murmur::cli::ApiClient::new((client_ip, 8500).into());
+    let api = murmur::client::ApiClient::new((client_ip, 8500).into());
     let start = Instant::now();
     loop {
         let ready = api.get("/v1/services").await.map(|t| t.matches("\"healthy\":1").count() >= 3).unwrap_or(false);

@@ -20,10 +20,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::cluster;
-use murmur::gossip::swim::{Identity, MapStore, Store, Swim, SwimConfig};
-use murmur::gossip::{ClusterView, NodeView};
-use murmur::registry::SnapshotBuilder;
-use murmur::shared::SharedMap;
+use murmur::internals::swim::{Identity, MapStore, Store, Swim, SwimConfig};
+use murmur::internals::{ClusterView, NodeView, SharedMap, SnapshotBuilder};
 use murmur_protocol::swim::{Entry, Status};
 
 /// RSS added since the last row, printed as one table row.
@@ -91,7 +89,7 @@ fn main() {
             name: m.name.to_string(),
             generation: m.generation,
             gossip_addr: m.addr,
-            status: murmur::gossip::MemberStatus::Alive,
+            status: murmur::MemberStatus::Alive,
             is_self: false,
             values: core.store().values(&m.name),
         };
@@ -113,7 +111,7 @@ fn main() {
         }
     }
     drop(arrived);
-    let snapshot: murmur::registry::Snapshot = snapshot;
+    let snapshot: murmur::Snapshot = snapshot;
     assert_eq!(snapshot.members.len(), nodes);
     meter.row("registry builder and snapshot", nodes);
     println!("| **total** | **{:.1} MB** | **{:.0} B** |", meter.total, meter.total * 1024.0 * 1024.0 / nodes as f64);

@@ -22,9 +22,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use murmur::gossip::Config as GossipConfig;
-use murmur::gossip::{spawn_gossip, Gossip, Keyring, MemberStatus};
-use murmur::metrics::Metrics;
+use murmur::internals::{spawn_gossip, Gossip, GossipConfig, Metrics};
+use murmur::{Keyring, MemberStatus};
 use murmur_protocol::{
     encode_value, keys, Health, HealthRecord, InstanceId, InstanceRecord, Key, NodeName, NodeRecord, ServiceName,
 };
@@ -141,7 +140,7 @@ async fn simulate(n: usize, interval: Duration, deadline: Duration, cap_mb: f64)
     let cpu0 = cpu_seconds();
     let started = Instant::now();
     let mut nodes: Vec<Option<Gossip>> = Vec::with_capacity(n);
-    let defaults = murmur::config::Settings::resolve(Default::default());
+    let defaults = murmur::Settings::resolve(Default::default());
     for i in 0..n {
         let addr = SocketAddr::new(ip(i), 7946);
         let config = GossipConfig {
@@ -153,7 +152,7 @@ async fn simulate(n: usize, interval: Duration, deadline: Duration, cap_mb: f64)
             key_file: None,
             interval,
             probe_interval: defaults.probe_interval,
-            probe_timeout: murmur::gossip::DEFAULT_PROBE_TIMEOUT,
+            probe_timeout: murmur::internals::DEFAULT_PROBE_TIMEOUT,
             indirect_probes: defaults.indirect_probes,
             suspicion_mult: defaults.suspicion_mult,
             retransmit_mult: defaults.retransmit_mult,
@@ -184,7 +183,8 @@ async fn simulate(n: usize, interval: Duration, deadline: Duration, cap_mb: f64)
     }
     let spawn_s = started.elapsed().as_secs_f64();
     let views: Vec<_> = nodes.iter().flatten().map(Gossip::view).collect();
-    let alive = |v: &murmur::gossip::ClusterView| v.nodes.values().filter(|m| m.status == MemberStatus::Alive).count();
+    let alive =
+        |v: &murmur::internals::ClusterView| v.nodes.values().filter(|m| m.status == MemberStatus::Alive).count();
     let converge = until(deadline, cap_mb, || {
         let seen: usize = views.iter().map(|v| alive(&v.borrow())).sum();
         seen as f64 / (n * n) as f64

@@ -7,11 +7,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use hickory_proto::rr::RecordType;
-use murmur::config::{spec::parse_service_spec, Layer};
-use murmur::dns::client::{addresses, query};
-use murmur::gossip::Keyring;
-use murmur::registry::Query;
-use murmur::Agent;
+use murmur::client::{addresses, query};
+use murmur::{parse_service_spec, Agent, Keyring, Layer, Query};
 
 fn config(i: u8, key: &str, seed: Option<SocketAddr>) -> anyhow::Result<murmur::Config> {
     let ip: IpAddr = format!("127.0.1.{}", 10 + i).parse()?;
@@ -41,7 +38,7 @@ async fn main() -> anyhow::Result<()> {
     // An app on the third agent's address registers itself (no health check here: the
     // example has no app listening).
     let spec = parse_service_spec("inventory:9090,check=none,tags=v1")?;
-    let id = third.publisher().register(&spec, murmur::local::Origin::Config).await?;
+    let id = third.publisher().register(&spec, murmur::Origin::Config).await?;
     println!("registered {id} on {}", third.name());
 
     let service = "inventory".parse()?;

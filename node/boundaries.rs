@@ -118,5 +118,17 @@ fn imports_follow_the_map() {
             }
         }
     }
+    // Outside the crate, the tests and the example use the documented API only; the
+    // hidden `internals` is for the benches and fuzz targets.
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut outside = Vec::new();
+    sources(&manifest.join("tests"), &mut outside);
+    sources(&manifest.join("examples"), &mut outside);
+    assert!(outside.len() > 5, "found the tests and the example");
+    for file in &outside {
+        if std::fs::read_to_string(file).unwrap_or_default().contains("murmur::internals") {
+            broken.push(format!("{} uses murmur::internals: tests and examples use the public API", file.display()));
+        }
+    }
     assert!(broken.is_empty(), "imports cross the map:\n{}", broken.join("\n"));
 }

@@ -9,11 +9,8 @@ use std::time::Duration;
 use common::{config, eventually, ip, status, tcp_apps, web_mesh, Scraper, TestMesh, WAIT};
 use hickory_proto::op::{Message, MessageType, OpCode, Query as DnsQuery, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
-use murmur::api::types::{InstanceJson, MemberJson, ServiceSummaryJson};
-use murmur::cli::{ApiClient, ClientError};
-use murmur::dns::client::{addresses, query};
-use murmur::registry::MemberStatus;
-use murmur::Agent;
+use murmur::client::{addresses, query, ApiClient, ClientError, InstanceJson, MemberJson, ServiceSummaryJson};
+use murmur::{Agent, MemberStatus};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const T: Duration = Duration::from_secs(2);
@@ -253,7 +250,7 @@ async fn a_dead_first_upstream_costs_its_timeout_once_not_on_every_query() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registrations_past_the_caps_are_refused_and_replicas_do_not_grow() {
     let block = common::block("registrations_past_the_caps_are_refused_and_replicas_do_not_grow");
-    let key = murmur::gossip::Keyring::generate_base64();
+    let key = murmur::Keyring::generate_base64();
     let mut cfg = config(block, 0, Some(&key), &[], &["own:80,check=none".into()]);
     cfg.api.limits.instances = 5;
     cfg.api.limits.attribute_bytes = 1_000;
@@ -276,7 +273,7 @@ async fn registrations_past_the_caps_are_refused_and_replicas_do_not_grow() {
     assert!(matches!(&refused, Err(ClientError::Status(413, m)) if m.contains("--max-attribute-bytes")), "{refused:?}");
     assert_eq!(status(api.put("/v1/services/junk/junk-0", "{\"port\":82,\"check\":\"none\"}".into()).await), 200);
     // The other agent's replica holds the 5, and stays there.
-    let count = |s: &murmur::registry::Snapshot| s.services.values().map(|l| l.len()).sum::<usize>();
+    let count = |s: &murmur::Snapshot| s.services.values().map(|l| l.len()).sum::<usize>();
     let (snap, ok) = b.registry().wait_for(WAIT, |s| count(s) == 5).await;
     assert!(ok, "b sees a's 5 instances: {}", count(&snap));
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -320,7 +317,7 @@ async fn the_api_refuses_rebound_names_web_pages_and_changes_without_the_token()
     let block = common::block("the_api_refuses_rebound_names_web_pages_and_changes_without_the_token");
     let mut cfg = config(block, 0, None, &[], &[]);
     cfg.api.token = murmur::Config::from_layer(
-        murmur::config::Layer {
+        murmur::Layer {
             api_token: Some("s3cret".into()),
             insecure: Some(true),
             name: Some("t".into()),
@@ -483,7 +480,7 @@ async fn a_node_with_another_key_cannot_join_or_inject() {
     let block = common::block("a_node_with_another_key_cannot_join_or_inject");
     let mesh = TestMesh::start(block, 2, |_| vec![]).await;
     mesh.converge(2).await;
-    let other_key = murmur::gossip::Keyring::generate_base64();
+    let other_key = murmur::Keyring::generate_base64();
     let intruder = Agent::start(config(block, 9, Some(&other_key), &[mesh.seed()], &["evil:1,check=none".into()]))
         .await
         .expect("start");
@@ -605,7 +602,7 @@ async fn udp_truncates_tcp_carries_and_other_names_are_forwarded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seeds_are_retried_until_one_answers_and_dead_nodes_are_forgotten() {
     let block = common::block("seeds_are_retried_until_one_answers_and_dead_nodes_are_forgotten");
-    let key = murmur::gossip::Keyring::generate_base64();
+    let key = murmur::Keyring::generate_base64();
     // The seed's address is fixed (its own 127.x address, so the port is not shared)
     // and nobody listens there yet.
     let seed_addr = SocketAddr::new(ip(block, 0), 7946);
@@ -763,7 +760,7 @@ async fn captured_gossip_reveals_nothing_and_replays_change_nothing() {
     // Agent 1 deregisters its instance (declared in its config, so not through the API);
     // agent 0 sees it go.
     let id = "agent-1-7001".parse().expect("id");
-    second.publisher().deregister(&id, murmur::local::Origin::Config).await.expect("deregister");
+    second.publisher().deregister(&id, murmur::Origin::Config).await.expect("deregister");
     let (snap, ok) =
         mesh.agent(0).registry().wait_for(WAIT, |s| s.services.values().map(|v| v.len()).sum::<usize>() == 1).await;
     assert!(ok, "agent 0 saw the deregistration: {:?}", snap.services);
@@ -931,7 +928,7 @@ async fn every_member_keyring(a: &Agent, pred: impl Fn(&[[u8; 32]]) -> bool) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_cluster_rotates_its_gossip_key_and_then_refuses_the_old_one() {
     let block = common::block("a_running_cluster_rotates_its_gossip_key_and_then_refuses_the_old_one");
-    use murmur::gossip::{load_keyring_file, KeyChange, Keyring, KeyringError};
+    use murmur::{load_keyring_file, KeyChange, Keyring, KeyringError};
     let dir = std::env::temp_dir().join(format!("murmur-rotation-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let file_of = |name: &str| dir.join(format!("{name}.keyring"));

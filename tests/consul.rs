@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::{eventually, ip, tcp_app, tcp_apps, web_mesh, Scraper, TestMesh};
-use murmur::api::consul_types::{AgentSelfJson, CatalogServiceJson, ServiceEntryJson};
+use murmur::client::{AgentSelfJson, CatalogServiceJson, ServiceEntryJson};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 /// A reply: status, headers (names lowercased) and body.
@@ -353,10 +353,10 @@ async fn python_consul_reads_the_catalog_and_blocks_until_a_change() {
 
 /// `PUT path` with a JSON body: the status and the body.
 async fn put(api: SocketAddr, path: &str, body: &str) -> (u16, String) {
-    let r = murmur::cli::ApiClient::new(api).put(path, body.to_owned()).await;
+    let r = murmur::client::ApiClient::new(api).put(path, body.to_owned()).await;
     match r {
         Ok(body) => (200, body),
-        Err(murmur::cli::ClientError::Status(code, body)) => (code, body),
+        Err(murmur::client::ClientError::Status(code, body)) => (code, body),
         Err(e) => panic!("PUT {path}: {e}"),
     }
 }

@@ -14,12 +14,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use hickory_proto::rr::RecordType;
-use murmur::api::types::MemberJson;
-use murmur::cli::ApiClient;
-use murmur::config::from_env;
-use murmur::dns::client::{addresses, query};
-use murmur::gossip::Keyring;
-use murmur::Config;
+use murmur::client::{addresses, query, ApiClient, MemberJson};
+use murmur::{Config, Keyring, Layer};
 use serde_json::Value;
 
 fn repo(path: &str) -> PathBuf {
@@ -64,7 +60,7 @@ fn name_values(list: &Value) -> BTreeMap<String, String> {
 /// Checks that `env`, the MURMUR_* settings of an example, is what the agent accepts.
 fn accepted(example: &str, env: BTreeMap<String, String>) {
     assert!(env.len() >= 8, "{example}: found the settings: {env:?}");
-    if let Err(e) = from_env(&env) {
+    if let Err(e) = Layer::from_env(&env) {
         panic!("{example}: the agent refuses its settings: {e}");
     }
 }
@@ -333,7 +329,7 @@ fn the_podman_kube_file_gives_each_node_settings_the_agent_accepts() {
     for pod in &docs {
         let agent = &pod["spec"]["containers"][0];
         let env: BTreeMap<String, String> = name_values(&agent["env"]);
-        let layer = from_env(&env).expect("settings the agent accepts");
+        let layer = Layer::from_env(&env).expect("settings the agent accepts");
         Config::from_layer(layer, "").expect("a whole config");
     }
 }

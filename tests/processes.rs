@@ -12,10 +12,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use hickory_proto::rr::RecordType;
-use murmur::api::consul_types::AgentSelfJson;
-use murmur::api::types::MemberJson;
-use murmur::cli::ApiClient;
-use murmur::dns::client::{addresses, query};
+use murmur::client::{addresses, query, AgentSelfJson, ApiClient, MemberJson};
 
 const WAIT: Duration = Duration::from_secs(20);
 

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use common::{call, config, echo_app, eventually, ip, status, with_proxy, WAIT};
 use hickory_proto::rr::RecordType;
-use murmur::dns::client::{addresses, query};
-use murmur::tls::Ca;
+use murmur::client::{addresses, query};
+use murmur::pki::Ca;
 use murmur::Agent;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -44,7 +44,7 @@ async fn proxy_mesh_with(
     client_ca: &Ca,
     cert_service: impl Fn(usize) -> &'static str,
 ) -> ProxyMesh {
-    let key = murmur::gossip::Keyring::generate_base64();
+    let key = murmur::Keyring::generate_base64();
     let mut cfg = config(block, 0, Some(&key), &[], &["web:1,check=none".into()]);
     with_proxy(&mut cfg, block, client_ca, None, &["web"], &[upstream]);
     let client = Agent::start(cfg).await.expect("client agent");
@@ -231,11 +231,11 @@ async fn foreign_certificates_and_callers_outside_allow_are_refused() {
         .with_root_certificates(roots)
         .with_client_auth_cert(vec![foreign.cert], foreign.key)
         .expect("client auth");
-    tls.alpn_protocols = vec![murmur::tls::ALPN.to_vec()];
+    tls.alpn_protocols = vec![murmur::pki::ALPN.to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic");
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
     endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
-    let server_name = murmur::tls::node_server_name(peer.host.node.as_str());
+    let server_name = murmur::pki::node_server_name(peer.host.node.as_str());
     let attempt = async {
         let conn = endpoint
             .connect(peer.host.proxy.expect("sidecar"), &server_name)
@@ -277,7 +277,7 @@ async fn the_api_cannot_rewrite_or_shadow_a_configured_instance() {
     let backend = mesh.backends[0].as_ref().expect("backend");
     let configured = backend.publisher().local().borrow()[0].clone();
     let (id, port) = (configured.record.instance.to_string(), configured.record.port);
-    let api = murmur::cli::ApiClient::new(backend.api_addr());
+    let api = murmur::client::ApiClient::new(backend.api_addr());
     // Replacing it (its allow list lost), repointing it, removing it: refused.
     let path = format!("/v1/services/echo/{id}");
     assert_eq!(status(api.put(&path, format!("{{\"port\":{port},\"check\":\"none\"}}")).await), 409);
@@ -356,7 +356,7 @@ async fn the_breaker_rejects_past_its_cap_and_drain_finishes_open_transfers() {
 /// A client agent (`web`, calling `upstream`) and one backend agent serving `service` at
 /// `port` on its own address (no health check), both in proxy mode under `ca`.
 async fn pair(block: u8, ca: &Ca, service: &str, port: u16, upstream: &str) -> (Agent, Agent) {
-    let key = murmur::gossip::Keyring::generate_base64();
+    let key = murmur::Keyring::generate_base64();
     let mut cfg = config(block, 1, Some(&key), &[], &[format!("{service}:{port},check=none")]);
     with_proxy(&mut cfg, block, ca, None, &[service], &[]);
     let backend = Agent::start(cfg).await.expect("backend");
@@ -398,7 +398,7 @@ async fn udp_upstreams_ride_quic_datagrams_and_idle_flows_expire() {
     big.send_to(&vec![7u8; 8000], vip).await.expect("send");
     let up = client.metrics().proxy.upstreams()[0].1.clone();
     eventually("oversize datagram counted", || async {
-        up.endpoints().iter().any(|(_, e)| e.failures(murmur::metrics::proxy::FailureCause::DatagramTooLarge) > 0)
+        up.endpoints().iter().any(|(_, e)| e.failures(murmur::FailureCause::DatagramTooLarge) > 0)
     })
     .await;
     let inbound = backend.metrics();
@@ -414,7 +414,7 @@ async fn udp_upstreams_ride_quic_datagrams_and_idle_flows_expire() {
 /// A raw QUIC client with a certificate of `ca` naming `services`, connected to `peer`.
 /// The backend's own `echo` instance, once its snapshot lists it (it may trail the
 /// client's by one coalescing window).
-async fn own_echo(backend: &Agent) -> Arc<murmur::registry::Instance> {
+async fn own_echo(backend: &Agent) -> Arc<murmur::Instance> {
     let echo = "echo".parse().expect("name");
     let (snap, ok) = backend.registry().wait_for(WAIT, |s| !s.lookup(&echo, &Default::default()).is_empty()).await;
     assert!(ok, "the backend sees its own instance");
@@ -422,7 +422,7 @@ async fn own_echo(backend: &Agent) -> Arc<murmur::registry::Instance> {
 }
 
 async fn raw_client(ca: &Ca, services: &[&str], peer: SocketAddr, server_node: &str) -> quinn::Connection {
-    use murmur::tls::TlsMaterial;
+    use murmur::pki::TlsMaterial;
     let names: Vec<murmur_protocol::ServiceName> = services.iter().map(|s| s.parse().expect("name")).collect();
     let tls = TlsMaterial::Mutual {
         ca: vec![ca.cert_der().expect("der")],
@@ -432,7 +432,7 @@ async fn raw_client(ca: &Ca, services: &[&str], peer: SocketAddr, server_node: &
         quinn::crypto::rustls::QuicClientConfig::try_from(tls.client_config().expect("client config")).expect("quic");
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
     endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
-    endpoint.connect(peer, &murmur::tls::node_server_name(server_node)).expect("connect").await.expect("handshake")
+    endpoint.connect(peer, &murmur::pki::node_server_name(server_node)).expect("connect").await.expect("handshake")
 }
 
 async fn exchange(conn: &quinn::Connection, bytes: &[u8]) -> murmur_protocol::Frame {
@@ -499,17 +499,12 @@ async fn outlier_detection_ejects_what_health_checks_do_not_see() {
         call(mesh.vip, b"x").await.expect("every call succeeds (retried on the live endpoint)");
     }
     let up = mesh.client.metrics().proxy.upstreams()[0].1.clone();
-    let dead =
-        up.endpoints().into_iter().find(|(_, e)| e.failures(murmur::metrics::proxy::FailureCause::AppUnreachable) > 0);
+    let dead = up.endpoints().into_iter().find(|(_, e)| e.failures(murmur::FailureCause::AppUnreachable) > 0);
     let (id, dead) = dead.expect("the dead endpoint was tried");
     assert_eq!(dead.ejections.get(), 1, "{id} ejected once");
-    assert_eq!(
-        dead.failures(murmur::metrics::proxy::FailureCause::AppUnreachable),
-        5,
-        "then never tried again while ejected"
-    );
+    assert_eq!(dead.failures(murmur::FailureCause::AppUnreachable), 5, "then never tried again while ejected");
     assert_eq!(up.failed.get(), 0);
-    let json = murmur::cli::ApiClient::new(mesh.client.api_addr()).get("/v1/upstreams").await.expect("api");
+    let json = murmur::client::ApiClient::new(mesh.client.api_addr()).get("/v1/upstreams").await.expect("api");
     assert!(json.contains("\"state\":\"ejected\""), "{json}");
     mesh.stop().await;
 }
@@ -524,8 +519,7 @@ async fn a_member_whose_certificate_does_not_name_the_service_gets_none_of_its_t
         assert_eq!(call(mesh.vip, b"x").await.expect("call"), "echo-a", "only the genuine instance answers");
     }
     let up = mesh.client.metrics().proxy.upstreams()[0].1.clone();
-    let impostor =
-        up.endpoints().into_iter().find(|(_, e)| e.failures(murmur::metrics::proxy::FailureCause::Identity) > 0);
+    let impostor = up.endpoints().into_iter().find(|(_, e)| e.failures(murmur::FailureCause::Identity) > 0);
     assert!(impostor.is_some(), "the impostor was tried and refused for its certificate");
     let served = mesh.backends[1].as_ref().expect("impostor").metrics().proxy.inbound.streams.get();
     assert_eq!(served, 0, "no stream ever reached the impostor");
@@ -640,7 +634,7 @@ async fn one_shot(from: IpAddr, vip: SocketAddr, msg: &[u8]) -> bool {
 async fn a_resolver_opening_a_flow_per_query_neither_runs_out_nor_locks_out_inbound_flows() {
     let ca = Ca::generate().expect("ca");
     let block = common::block("a_resolver_opening_a_flow_per_query_neither_runs_out_nor_locks_out_inbound_flows");
-    let key = murmur::gossip::Keyring::generate_base64();
+    let key = murmur::Keyring::generate_base64();
     let (port_a, app_a) = udp_pong(ip(block, 0)).await;
     let (port_b, app_b) = udp_pong(ip(block, 1)).await;
     // A calls B's `b-udp`, B calls A's `a-udp`, each on its own VIP range.
@@ -728,14 +722,14 @@ fn presented(conn: &quinn::Connection) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reloaded_certificate_is_presented_to_new_connections_and_bad_files_change_nothing() {
     let block = common::block("a_reloaded_certificate_is_presented_to_new_connections_and_bad_files_change_nothing");
-    use murmur::proxy::TlsFiles;
-    use murmur::tls::ca::{cert_pem, key_pem};
-    use murmur::tls::TlsMaterial;
+    use murmur::pki::TlsMaterial;
+    use murmur::pki::{cert_pem, key_pem};
+    use murmur::TlsFiles;
     let ca = Ca::generate().expect("ca");
     let dir = std::env::temp_dir().join(format!("murmur-tls-reload-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let files = TlsFiles { ca: dir.join("ca.pem"), cert: dir.join("cert.pem"), key: dir.join("key.pem") };
-    let write = |id: &murmur::tls::Identity| {
+    let write = |id: &murmur::pki::Identity| {
         std::fs::write(&files.ca, ca.cert_pem()).expect("write ca");
         std::fs::write(&files.cert, cert_pem(&id.cert)).expect("write cert");
         std::fs::write(&files.key, key_pem(&id.key)).expect("write key");
@@ -770,9 +764,9 @@ async fn a_reloaded_certificate_is_presented_to_new_connections_and_bad_files_ch
     write(&stranger);
     let err = agent.reload_tls().expect_err("a certificate for another node");
     assert!(
-        matches!(err, murmur::proxy::ReloadError::Check(murmur::tls::CheckError::WrongNode { .. })),
+        matches!(err, murmur::ReloadError::Check(murmur::pki::CheckError::WrongNode { .. })),
         "{}",
-        murmur::error::chain(&err)
+        murmur::error_chain(&err)
     );
     std::fs::write(&files.cert, "not a certificate").expect("write");
     assert!(agent.reload_tls().is_err());
@@ -789,7 +783,7 @@ async fn a_reloaded_certificate_is_presented_to_new_connections_and_bad_files_ch
 async fn the_access_log_has_a_line_per_connection() {
     let block = common::block("the_access_log_has_a_line_per_connection");
     let ca = Ca::generate().expect("ca");
-    let key = murmur::gossip::Keyring::generate_base64();
+    let key = murmur::Keyring::generate_base64();
     let log = std::env::temp_dir().join(format!("murmur-access-{}.log", std::process::id()));
     let _ = std::fs::remove_file(&log);
     let mut cfg = config(block, 0, Some(&key), &[], &["web:1,check=none".into()]);

@@ -106,7 +106,7 @@ async fn the_dashboard_shows_the_cluster_live_in_a_real_browser() {
         echo_ports.push(port);
         apps.push(app);
     }
-    let ca = murmur::tls::Ca::generate().expect("a CA");
+    let ca = murmur::pki::Ca::generate().expect("a CA");
     let mut mesh = TestMesh::start_with(
         45,
         3,

@@ -10,8 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use murmur::gossip::{ClusterView, NodeView};
-use murmur::registry::MemberStatus;
+use murmur::internals::{ClusterView, NodeView};
+use murmur::MemberStatus;
 use murmur_protocol::{
     encode_value, keys, Health, HealthRecord, InstanceId, InstanceRecord, Key, NodeName, NodeRecord, ServiceName, Tag,
 };

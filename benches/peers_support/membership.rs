@@ -185,13 +185,13 @@ fn new_instance_visible(n: usize) -> Vec<f64> {
             assert!(sent.elapsed() < WAIT, "the new instance never reached every stub: {seen:?}");
             for (i, s) in seen.iter_mut().enumerate().filter(|(_, s)| s.is_none()) {
                 let stub = format!("{}:8600", Tool::Murmur.ip(i)).parse().expect("an address");
-                let q = murmur::dns::client::query(
+                let q = murmur::client::query(
                     stub,
                     "fresh.murmur.local.",
                     hickory_proto::rr::RecordType::A,
                     Duration::from_millis(500),
                 );
-                if q.await.is_ok_and(|m| !murmur::dns::client::addresses(&m).is_empty()) {
+                if q.await.is_ok_and(|m| !murmur::client::addresses(&m).is_empty()) {
                     *s = Some(sent.elapsed().as_secs_f64() * 1000.0);
                 }
             }

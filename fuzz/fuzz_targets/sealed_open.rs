@@ -5,7 +5,8 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use murmur::gossip::{FrameCodec, Keyring};
+use murmur::internals::FrameCodec;
+use murmur::Keyring;
 
 const NOW: u64 = 1_800_000_000_000;
 

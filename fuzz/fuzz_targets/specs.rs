@@ -3,8 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use murmur::config::spec::{parse_duration, parse_service_spec};
-use murmur::config::upstream::{parse_upstream_spec, parse_vip_range};
+use murmur::internals::{parse_duration, parse_vip_range};
+use murmur::{parse_service_spec, parse_upstream_spec};
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use murmur::gossip::swim::{Identity, MapStore, Swim, SwimConfig};
+use murmur::internals::swim::{Identity, MapStore, Swim, SwimConfig};
 use murmur_protocol::swim::{encode_message, Body, Entry, Message, Status};
 
 fuzz_target!(|data: &[u8]| {

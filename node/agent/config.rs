@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, ToSocketAddrs};
 use murmur_protocol::limits::MAX_ZONE_LEN;
 use murmur_protocol::NodeName;
 
-use crate::config::{from_env, from_file, AgentArgs, ConfigError, Env, Layer, ServiceSpec, Settings};
+use crate::config::{from_file, AgentArgs, ConfigError, Env, Layer, ServiceSpec, Settings};
 use crate::{api, dns, gossip, proxy};
 
 /// Who this node is.
@@ -61,7 +61,7 @@ impl Config {
             Some(p) => from_file(&p)?,
             None => Layer::default(),
         };
-        let merged = file.stack(from_env(env)?).stack(args.to_layer()?);
+        let merged = file.stack(Layer::from_env(env)?).stack(args.to_layer()?);
         let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
         Config::from_layer(merged, &resolv)
     }
@@ -165,8 +165,8 @@ mod tests {
             "name = \"from-file\"\nnamespace = \"file.local\"\ninsecure = true\n[dns]\nlisten = \"127.0.0.1:1\"\nttl = \"5s\"\n",
         )
         .expect("valid toml");
-        let env =
-            from_env(&env(&[("MURMUR_NAME", "from-env"), ("MURMUR_DNS_LISTEN", "127.0.0.1:2")])).expect("valid env");
+        let env = Layer::from_env(&env(&[("MURMUR_NAME", "from-env"), ("MURMUR_DNS_LISTEN", "127.0.0.1:2")]))
+            .expect("valid env");
         let flags = AgentArgs::parse(["--name", "from-flag"]).expect("valid flags");
         let merged = file.stack(env).stack(flags.to_layer().expect("valid flags"));
         let c = Config::from_layer(merged, "").expect("valid config");
@@ -181,11 +181,11 @@ mod tests {
     fn the_dns_rate_limit_comes_from_every_source() {
         let file = from_toml("insecure = true\nname = \"n\"\n[dns]\nrate_limit = 10\n").expect("valid toml");
         assert_eq!(Config::from_layer(file.clone(), "").expect("valid").dns.rate_limit, 10);
-        let from_vars = from_env(&env(&[("MURMUR_DNS_RATE_LIMIT", "20")])).expect("valid env");
+        let from_vars = Layer::from_env(&env(&[("MURMUR_DNS_RATE_LIMIT", "20")])).expect("valid env");
         assert_eq!(Config::from_layer(file.clone().stack(from_vars.clone()), "").expect("valid").dns.rate_limit, 20);
         let flags = AgentArgs::parse(["--dns-rate-limit", "0"]).expect("valid").to_layer().expect("valid flags");
         assert_eq!(Config::from_layer(file.stack(from_vars).stack(flags), "").expect("valid").dns.rate_limit, 0);
-        let err = from_env(&env(&[("MURMUR_DNS_RATE_LIMIT", "-1")])).expect_err("negative");
+        let err = Layer::from_env(&env(&[("MURMUR_DNS_RATE_LIMIT", "-1")])).expect_err("negative");
         assert_eq!(err.field, "MURMUR_DNS_RATE_LIMIT");
     }
 
@@ -199,7 +199,7 @@ mod tests {
             from_toml(&format!("insecure = true\nname = \"n\"\n[api]\ntoken_file = {:?}\n", path)).expect("valid toml");
         let api = Config::from_layer(file.clone(), "").expect("valid").api;
         assert!(api.token.as_ref().is_some_and(|t| t.matches("from-file")));
-        let vars = from_env(&env(&[("MURMUR_API_TOKEN", "from-env"), ("MURMUR_API_HOSTS", "Mesh.Internal.")]))
+        let vars = Layer::from_env(&env(&[("MURMUR_API_TOKEN", "from-env"), ("MURMUR_API_HOSTS", "Mesh.Internal.")]))
             .expect("valid env");
         let both = Config::from_layer(file.stack(vars.clone()), "").expect_err("both");
         assert_eq!(both.field, "--api-token");
@@ -258,7 +258,7 @@ mod tests {
         assert_eq!(err.field, "dns.listen");
         let err = from_toml("bogus = 1").expect_err("unknown key");
         assert!(err.message.contains("bogus"), "{err}");
-        let err = from_env(&env(&[("MURMUR_BIND", "x")])).expect_err("bad env");
+        let err = Layer::from_env(&env(&[("MURMUR_BIND", "x")])).expect_err("bad env");
         assert_eq!(err.field, "MURMUR_BIND");
         let err = from_toml("[[service]]\nname = \"a\"\nport = 1\ncheck = \"ftp\"").expect_err("bad check");
         assert_eq!(err.field, "service[0].check");
@@ -268,7 +268,7 @@ mod tests {
     fn keys_and_services_from_every_source() {
         let k = key();
         let c = Config::from_layer(
-            from_env(&env(&[
+            Layer::from_env(&env(&[
                 ("MURMUR_NAME", "n1"),
                 ("MURMUR_GOSSIP_KEYS", &format!("{k},{k}")),
                 ("MURMUR_SERVICES", "web:80,tags=a;db:5432,check=none"),

@@ -9,7 +9,7 @@ mod keyring;
 pub mod types;
 mod ui;
 
-pub use config::{ApiToken, Config};
+pub use config::Config;
 pub use keyring::PATH as KEYRING_PATH;
 
 use std::net::SocketAddr;

@@ -5,6 +5,7 @@
 
 mod client;
 pub mod keyring;
+mod run;
 mod table;
 mod watch;
 
@@ -15,6 +16,7 @@ use thiserror::Error;
 
 pub use client::{ApiClient, ClientError, Reply};
 pub use keyring::KeyringCommand;
+pub use run::run;
 pub use table::Table;
 pub use watch::watch;
 

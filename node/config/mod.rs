@@ -16,12 +16,6 @@ pub mod upstream;
 pub use error::{within, ConfigError};
 pub use file::{from_file, from_toml};
 pub use flags::AgentArgs;
-pub use kinds::{Advertise, Shape};
-pub use settings::{Env, Layer, ProcessEnv, Setting, Settings, SETTINGS};
+pub use settings::{Env, Layer, ProcessEnv, Settings};
 pub use spec::{CheckKind, CheckSpec, ServiceSpec};
 pub use upstream::{OutlierConfig, Policy, Proto, UpstreamSpec};
-
-/// Reads the `MURMUR_*` variables into a layer.
-pub fn from_env(env: &dyn Env) -> Result<Layer, ConfigError> {
-    Layer::from_env(env)
-}

@@ -102,6 +102,8 @@ macro_rules! settings {
     )*) => {
         /// A partial configuration from one source. `None` means "not set here"; a list
         /// set in a higher layer replaces the lower one's rather than extending it.
+        // The field docs are also `--help`, where `[,key=value]` means optional, not a link.
+        #[allow(rustdoc::broken_intra_doc_links)]
         #[derive(Debug, Default, Clone)]
         pub struct Layer {
             $( $(#[doc = $doc])* pub $field: Option<$ty>, )*
@@ -109,6 +111,7 @@ macro_rules! settings {
 
         /// Every setting once the layers are stacked and defaults applied; the values
         /// are checked against each other when the [`Config`](crate::Config) is built.
+        #[allow(rustdoc::broken_intra_doc_links)]
         #[derive(Debug, Clone)]
         pub struct Settings {
             $( $(#[doc = $doc])* pub $field: resolved!(type $ty $(, $default)?), )*

@@ -32,7 +32,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, Instrument};
 
 pub use answer::{Outcome, Zone};
-pub use config::{parse_resolv_conf, Config};
+#[cfg(test)]
+pub use config::parse_resolv_conf;
+pub use config::Config;
 
 use answer::Arrange;
 use cache::{Labels, Lookup, ResponseCache};

@@ -24,9 +24,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-pub use config::{Config, DEFAULT_PROBE_TIMEOUT, MAX_DEAD_GRACE, MAX_DRAIN};
+pub use config::{Config, DEFAULT_PROBE_TIMEOUT};
 pub use frame::{FrameCodec, Reject, MAX_DATAGRAM};
-pub use keyring::{key_base64, key_id_hex, load_file as load_keyring_file, KeyError, KeyFileError, Keyring, KEY_LEN};
+pub use keyring::{key_base64, key_id_hex, load_file as load_keyring_file, KeyFileError, Keyring, KEY_LEN};
 pub use rotation::{KeyChange, KeyringError, KeyringReport, MemberKeys};
 
 use crate::clock::unix_ms;

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
 
 use damping::Damping;
-pub use probe::{probe, ProbeResult};
+pub use probe::probe;
 pub use threshold::Thresholds;
 
 use crate::config::{CheckKind, CheckSpec};

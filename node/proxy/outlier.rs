@@ -164,6 +164,7 @@ impl<E: Clone + Eq + Hash> OutlierDetector<E> {
     }
 
     /// How many times `ep` has been ejected.
+    #[cfg(test)]
     pub fn times_ejected(&self, ep: &E) -> u32 {
         self.endpoints.get(ep).map(|s| s.times_ejected).unwrap_or(0)
     }

@@ -66,20 +66,10 @@ fn tag(flow: u64, payload: &[u8]) -> Bytes {
 }
 
 impl FlowTable {
-    /// Flows carried now, on every connection.
-    pub fn len(&self) -> usize {
-        self.flows.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
     /// Flows remote sidecars opened to this one (its own calls out are not counted: they
     /// have their own cap, per upstream).
     pub fn inbound_len(&self) -> usize {
         self.flows.lock().unwrap_or_else(|p| p.into_inner()).values().filter(|r| r.inbound).count()
-    }
-
-    /// Whether no flow is carried.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// Routes datagrams of `flow` on `conn` to the returned receiver; `inbound` when a

@@ -16,8 +16,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub use crate::shared::SharedMap;
-pub use build::{build_snapshot, BadValue, Counts, SnapshotBuilder, StatusChange};
-pub use snapshot::{HealthFilter, Host, Instance, Member, MemberStatus, Query, Snapshot};
+pub use build::{build_snapshot, BadValue, SnapshotBuilder};
+#[cfg(test)]
+pub use snapshot::Host;
+pub use snapshot::{HealthFilter, Instance, Member, MemberStatus, Query, Snapshot};
 
 use crate::gossip::ClusterView;
 use crate::metrics::Metrics;

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use libtest_mimic::{Arguments, Trial};
 
-use murmur::api::types::InstanceJson;
+use murmur::client::InstanceJson;
 use net::*;
 
 /// The harness (`harness = false`, libtest-mimic): the scenarios are listed here so that

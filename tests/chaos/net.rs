@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::apps::Report;
-use murmur::api::types::{InstanceJson, MemberJson, UpstreamJson};
+use murmur::client::{InstanceJson, MemberJson, UpstreamJson};
 
 /// Every wait is bounded by this.
 pub(crate) const WAIT: Duration = Duration::from_secs(30);

@@ -13,10 +13,7 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use murmur::config::{spec::parse_service_spec, Layer};
-use murmur::gossip::Keyring;
-use murmur::Agent;
-use murmur::Config;
+use murmur::{parse_service_spec, Agent, Config, Keyring, Layer};
 
 /// Every wait in the tests is bounded by this.
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -104,7 +101,7 @@ impl TestMesh {
             let (snap, ok) = agent
                 .registry()
                 .wait_for(WAIT, |s| {
-                    s.members.values().filter(|m| m.status == murmur::registry::MemberStatus::Alive).count() == alive
+                    s.members.values().filter(|m| m.status == murmur::MemberStatus::Alive).count() == alive
                 })
                 .await;
             assert!(ok, "{} sees {:?}", agent.name(), snap.members);
@@ -174,14 +171,14 @@ pub async fn tcp_apps(block: u8, n: usize) -> (Vec<u16>, Vec<tokio::task::JoinHa
 pub fn with_proxy(
     cfg: &mut Config,
     block: u8,
-    ca: &murmur::tls::Ca,
+    ca: &murmur::pki::Ca,
     identity: Option<&str>,
     services: &[&str],
     upstreams: &[&str],
 ) {
-    use murmur::config::upstream::parse_upstream_spec;
-    use murmur::proxy::Config as ProxyConfig;
-    use murmur::tls::TlsMaterial;
+    use murmur::parse_upstream_spec;
+    use murmur::pki::TlsMaterial;
+    use murmur::ProxyConfig;
     let services: Vec<murmur_protocol::ServiceName> =
         services.iter().map(|s| s.parse().expect("valid service")).collect();
     let tls = TlsMaterial::Mutual {
@@ -256,10 +253,10 @@ pub async fn call(vip: SocketAddr, payload: &[u8]) -> std::io::Result<String> {
 
 /// The HTTP status of an API call: 200 for a success, the code of a refusal; panics when
 /// the agent could not be reached at all.
-pub fn status(r: Result<String, murmur::cli::ClientError>) -> u16 {
+pub fn status(r: Result<String, murmur::client::ClientError>) -> u16 {
     match r {
         Ok(_) => 200,
-        Err(murmur::cli::ClientError::Status(code, _)) => code,
+        Err(murmur::client::ClientError::Status(code, _)) => code,
         Err(e) => panic!("{e}"),
     }
 }
@@ -340,7 +337,7 @@ impl Scraper {
 
     /// The targets it has discovered: each one's discovered labels (none while it starts).
     pub async fn targets(&self) -> Vec<serde_json::Map<String, serde_json::Value>> {
-        let Ok(body) = murmur::cli::ApiClient::new(self.web).get("/api/v1/targets").await else { return Vec::new() };
+        let Ok(body) = murmur::client::ApiClient::new(self.web).get("/api/v1/targets").await else { return Vec::new() };
         let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) else { return Vec::new() };
         v["data"]["activeTargets"]
             .as_array()
