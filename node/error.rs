@@ -10,7 +10,7 @@ pub enum TaskError {
     /// It ended on its own, without an error (its input closed).
     #[error("stopped unexpectedly")]
     Stopped,
-    /// It panicked.
+    /// It panicked: a bug; the join error carries the panic.
     #[error("panicked")]
     Panicked(#[source] tokio::task::JoinError),
     /// It failed; the part's own error is the source.

@@ -62,7 +62,7 @@ pub use gossip::{load_keyring_file, KeyChange, KeyFileError, Keyring, KeyringErr
 pub use local::{Origin, Publisher};
 pub use metrics::proxy::FailureCause;
 pub use proxy::{Config as ProxyConfig, ReloadError, TlsFiles};
-pub use registry::{HealthFilter, Instance, MemberStatus, Query, RegistryReader, Snapshot};
+pub use registry::{HealthFilter, Host, Instance, Member, MemberStatus, Query, RegistryReader, Snapshot};
 
 /// Certificates for the sidecars' mutual TLS: the cluster CA, the identities it issues,
 /// and the names a peer's certificate must carry.

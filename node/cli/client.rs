@@ -35,7 +35,7 @@ pub struct ApiClient {
 
 /// A reply's body and its `X-Consul-Index`, when it has one.
 pub struct Reply {
-    /// The body.
+    /// The body as the agent sent it (JSON for every `/v1` path).
     pub body: String,
     /// The index a blocking query waits past.
     pub index: Option<u64>,
@@ -73,7 +73,7 @@ impl ApiClient {
         self.send("PUT", path, json).await
     }
 
-    /// `DELETE path`.
+    /// `DELETE path`; the body of the reply.
     pub async fn delete(&self, path: &str) -> Result<String, ClientError> {
         Ok(self.call("DELETE", path, None, Duration::ZERO).await?.body)
     }

@@ -216,11 +216,11 @@ pub struct ServiceSpec {
     pub id: Option<InstanceId>,
     /// The address the app listens on; `None` means the advertised address.
     pub address: Option<IpAddr>,
-    /// Tags.
+    /// Tags (`tags=a+b`), for `TAG.service` names and tag queries.
     pub tags: Vec<Tag>,
-    /// Attributes.
+    /// Attributes (`attr.KEY=VALUE`), for attribute queries.
     pub attributes: BTreeMap<AttrKey, String>,
-    /// Balancing weight.
+    /// Its share of traffic relative to other instances (`weight=N`, default 1).
     pub weight: u16,
     /// The health check.
     pub check: CheckSpec,

@@ -36,7 +36,7 @@ pub enum Policy {
     /// Power of two choices on load.
     #[default]
     P2c,
-    /// Round robin.
+    /// Each endpoint in turn, whatever its load.
     RoundRobin,
 }
 
@@ -53,7 +53,7 @@ pub struct OutlierConfig {
     pub interval: Duration,
     /// Base ejection time, multiplied by the times ejected.
     pub base_ejection: Duration,
-    /// Longest ejection.
+    /// The longest an endpoint stays ejected, however often it was before.
     pub max_ejection: Duration,
     /// Largest share of endpoints ejected at once, percent.
     pub max_ejected_percent: u32,
@@ -92,13 +92,13 @@ pub struct UpstreamSpec {
     pub connect_timeout: Duration,
     /// Close a connection (or expire a UDP flow) idle this long.
     pub idle_timeout: Duration,
-    /// Endpoint selection.
+    /// How an endpoint is picked for each new connection (`balance=`).
     pub policy: Policy,
     /// Cap on concurrent connections.
     pub max_connections: u32,
     /// Cap on connections waiting for an ack.
     pub max_pending: u32,
-    /// Outlier detection.
+    /// When an endpoint is ejected for failing, and for how long.
     pub outlier: OutlierConfig,
     /// Whether endpoints without a sidecar may be called in plain TCP (or UDP) when this
     /// sidecar uses mutual TLS (`plaintext=allow`). Off by default: any holder of the

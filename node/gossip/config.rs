@@ -17,16 +17,17 @@ pub const MAX_DEAD_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Longest drain period accepted.
 pub const MAX_DRAIN: Duration = Duration::from_secs(600);
 
-/// Gossip settings.
+/// What gossip needs to run: where it listens and announces itself, whom it joins, its
+/// keys, and the SWIM timings; built and checked by `from_settings`.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Cluster id.
+    /// The cluster's name: agents with another one ignore each other's messages.
     pub cluster: String,
     /// UDP address to bind.
     pub bind: SocketAddr,
     /// Gossip address announced to peers.
     pub advertise: SocketAddr,
-    /// Seeds, `HOST:PORT`.
+    /// Agents to join at start, `HOST:PORT`, resolved again on every attempt.
     pub seeds: Vec<String>,
     /// Keys; `None` only with `insecure`.
     pub keyring: Option<Keyring>,

@@ -81,13 +81,13 @@ impl Default for Latency {
 /// Quantiles of a [`Latency`], in microseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Quantiles {
-    /// Samples.
+    /// How many samples the quantiles are of.
     pub count: u64,
-    /// Median.
+    /// The median, µs.
     pub p50: u64,
-    /// 99th percentile.
+    /// The 99th percentile, µs.
     pub p99: u64,
-    /// Maximum.
+    /// The largest sample, µs.
     pub max: u64,
     /// Sum of all samples (mean × count).
     pub sum: u64,

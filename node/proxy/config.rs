@@ -13,11 +13,11 @@ use crate::tls::{CheckError, LoadError, TlsMaterial};
 /// The PEM files of a sidecar's mutual TLS.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
-    /// `--tls-ca`.
+    /// The cluster CA (`--tls-ca`): every certificate in it is trusted.
     pub ca: std::path::PathBuf,
-    /// `--tls-cert`.
+    /// This node's certificate (`--tls-cert`), issued by that CA.
     pub cert: std::path::PathBuf,
-    /// `--tls-key`.
+    /// The certificate's private key (`--tls-key`).
     pub key: std::path::PathBuf,
 }
 

@@ -53,7 +53,7 @@ pub struct InboundContext {
     pub draining: Arc<AtomicBool>,
     /// Whether peers are authenticated (mutual TLS); when not, callers are not checked.
     pub mutual: bool,
-    /// Metrics.
+    /// Where inbound streams, refusals and bytes are counted.
     pub metrics: Arc<Metrics>,
     /// UDP flows carried as QUIC datagrams.
     pub flows: Arc<super::udp::FlowTable>,

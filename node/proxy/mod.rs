@@ -262,13 +262,13 @@ impl Proxy {
 
 /// What the proxy needs from the rest of the agent.
 pub struct ProxyDeps {
-    /// The replica.
+    /// The registry replica, for the endpoints of each upstream.
     pub registry: RegistryReader,
     /// This agent's instances.
     pub local: watch::Receiver<Arc<Vec<LocalInstance>>>,
     /// Set while draining.
     pub draining: Arc<AtomicBool>,
-    /// Metrics.
+    /// Where the proxy counts its connections, failures and latencies.
     pub metrics: Arc<Metrics>,
     /// Who calls; `None` when there are no upstreams.
     pub caller: Option<Caller>,

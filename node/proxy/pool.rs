@@ -83,7 +83,8 @@ struct Pooled {
 
 type Slot = Arc<tokio::sync::Mutex<Vec<Pooled>>>;
 
-/// The pool.
+/// QUIC connections to peer sidecars, at most one per peer generation, shared by
+/// every upstream: a new stream rides an open connection instead of a new handshake.
 pub struct Pool {
     endpoint: Endpoint,
     /// Replaced when the TLS material is (certificate rotation).

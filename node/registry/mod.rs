@@ -17,9 +17,7 @@ use tracing::{info, warn};
 
 pub use crate::shared::SharedMap;
 pub use build::{build_snapshot, BadValue, SnapshotBuilder};
-#[cfg(test)]
-pub use snapshot::Host;
-pub use snapshot::{HealthFilter, Instance, Member, MemberStatus, Query, Snapshot};
+pub use snapshot::{HealthFilter, Host, Instance, Member, MemberStatus, Query, Snapshot};
 
 use crate::gossip::ClusterView;
 use crate::metrics::Metrics;

@@ -15,9 +15,9 @@ pub use crate::gossip::MemberStatus;
 /// One agent of the cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
-    /// Node name.
+    /// Its node name, unique in the cluster (`--name`).
     pub name: String,
-    /// Gossip address.
+    /// Where its gossip listens (UDP): what probes and syncs are sent to.
     pub gossip_addr: SocketAddr,
     /// Address from its node record (what DNS answers use).
     pub advertise: Option<IpAddr>,
@@ -25,9 +25,9 @@ pub struct Member {
     pub status: MemberStatus,
     /// Incarnation (start time, unix ms).
     pub generation: u64,
-    /// Zone.
+    /// Its `--zone`, when it set one: queries can prefer instances of a zone.
     pub zone: Option<String>,
-    /// Agent version.
+    /// The murmur version it runs, from its node record (absent until that arrives).
     pub agent_version: Option<String>,
     /// Instances it registers.
     pub instances: usize,
@@ -70,29 +70,29 @@ pub struct Host {
 /// One service instance with its health.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Instance {
-    /// Service.
+    /// The service it is an instance of.
     pub service: ServiceName,
-    /// Instance id.
+    /// Its id, unique on its node (`<node>-<port>` unless the spec set `id=`).
     pub id: InstanceId,
     /// The node that registers it, its zone and its sidecar.
     pub host: Arc<Host>,
-    /// Address.
+    /// Where the app listens: what DNS answers and what callers connect to.
     pub address: IpAddr,
-    /// Port.
+    /// The app's port (SRV answers carry it).
     pub port: u16,
     /// Whether a sidecar fronts it.
     pub sidecar: bool,
-    /// Tags.
+    /// Its tags: `TAG.service.<namespace>` names and `Query::tag` select on them.
     pub tags: Vec<Tag>,
-    /// Attributes.
+    /// Its attributes (`attr.KEY=VALUE`), which `Query::attribute` selects on.
     pub attributes: BTreeMap<AttrKey, String>,
-    /// Weight.
+    /// Its share of traffic relative to the other instances (SRV weight, balancing).
     pub weight: u16,
-    /// Health.
+    /// What its node's health check last decided.
     pub health: Health,
-    /// Since when, unix ms.
+    /// When `health` last changed, unix ms.
     pub health_since_unix_ms: u64,
-    /// Last check output.
+    /// What the last check printed or returned, for people reading the API.
     pub health_output: String,
 }
 
@@ -111,7 +111,7 @@ pub enum HealthFilter {
 /// A lookup of one service.
 #[derive(Debug, Clone, Default)]
 pub struct Query {
-    /// Health filter.
+    /// Which instances by health (default: passing and warning only).
     pub health: HealthFilter,
     /// Only instances with this tag.
     pub tag: Option<Tag>,
