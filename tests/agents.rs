@@ -6,7 +6,7 @@ mod common;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use common::{config, eventually, ip, status, tcp_apps, web_mesh, Scraper, TestMesh, WAIT};
+use common::{config, eventually, ip, status, tcp_apps, TestMesh, WAIT};
 use hickory_proto::op::{Message, MessageType, OpCode, Query as DnsQuery, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
 use murmur::client::{addresses, query, ApiClient, ClientError, InstanceJson, MemberJson, ServiceSummaryJson};
@@ -861,62 +861,6 @@ async fn the_udp_stub_answers_malformed_and_unusual_queries_as_a_resolver_expect
     assert!(agent.metrics().dns.rate_limited.get() >= 140);
     assert!(!a_records(dns, "web.test.local.").await.is_empty(), "a fresh socket was held back");
     agent.kill().await;
-}
-
-/// Prometheus itself (Debian's package; .ci/run installs it) discovers scrape targets
-/// with `http_sd_configs` pointed at an agent: every healthy instance with its labels,
-/// and an instance whose app dies leaves at the next refresh.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn prometheus_http_sd_lists_every_healthy_instance() {
-    let block = common::block("prometheus_http_sd_lists_every_healthy_instance");
-    let (ports, apps, mesh) = web_mesh(block).await;
-    let api = mesh.agent(1).api_addr();
-    let config = format!(
-        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: web\n    http_sd_configs:\n      \
-         - url: http://{api}/v1/prometheus/targets?service=web\n        refresh_interval: 1s\n"
-    );
-    let Some(prometheus) =
-        Scraper::prometheus("prometheus_http_sd_lists_every_healthy_instance", ip(block, 99), &config)
-    else {
-        mesh.stop().await;
-        return;
-    };
-    let address = |i: usize| SocketAddr::new(ip(block, i), ports[i]).to_string();
-    let discovered = |targets: &[serde_json::Map<String, serde_json::Value>]| {
-        let mut got: Vec<String> =
-            targets.iter().filter_map(|t| t.get("__address__")?.as_str().map(str::to_owned)).collect();
-        got.sort();
-        got
-    };
-    let mut all: Vec<String> = (0..3).map(address).collect();
-    all.sort();
-    eventually("Prometheus discovers all three instances", || async { discovered(&prometheus.targets().await) == all })
-        .await;
-    let targets = prometheus.targets().await;
-    let canary = targets
-        .iter()
-        .find(|t| t.get("__address__").and_then(|a| a.as_str()) == Some(address(0).as_str()))
-        .expect("the canary is a target");
-    let label = |name: &str| canary.get(name).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
-    assert_eq!(label("__meta_murmur_service"), "web");
-    assert_eq!(label("__meta_murmur_tags"), ",canary,");
-    assert_eq!(label("__meta_murmur_health"), "passing");
-    assert_eq!(label("__meta_murmur_attribute_build"), "b0");
-    assert_eq!(label("__meta_murmur_node"), mesh.agent(0).name());
-    // The app behind instance 1 dies: its check fails, and it leaves the targets.
-    apps[1].abort();
-    let gone = eventually("the dead instance leaves Prometheus's targets", || async {
-        let got = discovered(&prometheus.targets().await);
-        got.len() == 2 && !got.contains(&address(1))
-    })
-    .await;
-    eprintln!(
-        "a dead instance left Prometheus's targets {gone:?} after its app died (check every 200 ms, refresh 1 s; Prometheus passes discovery updates on at most every 5 s)"
-    );
-    for app in apps {
-        app.abort();
-    }
-    mesh.stop().await;
 }
 
 /// Whether every member agent `a` knows gossips a keyring that satisfies `pred`.

@@ -1,15 +1,46 @@
-//! The Consul-compatible API: its shape, blocking queries per service, and the real
-//! Consul clients users run against it (Prometheus's `consul_sd_configs`, python-consul).
+//! The Consul-compatible API: its shape and blocking queries per service, and the real
+//! clients users point at murmur's discovery: vmagent's `consul_sd_configs`, py-consul,
+//! and Prometheus's `http_sd_configs`. The clients' tests show as ignored when the
+//! client is missing (they fail under CI, whose .ci/run installs them).
 
 mod common;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use common::trials::{self, trial};
 use common::{eventually, ip, tcp_app, tcp_apps, web_mesh, Scraper, TestMesh};
 use murmur::client::{AgentSelfJson, CatalogServiceJson, ServiceEntryJson};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+
+fn main() -> ExitCode {
+    use trials::{block_on, nothing, program, python_module};
+    trials::run(vec![
+        trial("consul_endpoints_answer_in_consuls_shape_and_block_per_service", nothing(), false, || {
+            block_on(consul_endpoints_answer_in_consuls_shape_and_block_per_service())
+        }),
+        trial("consul_registration_ttl_checks_and_deregister_after", nothing(), false, || {
+            block_on(consul_registration_ttl_checks_and_deregister_after())
+        }),
+        trial(
+            "vmagent_consul_sd_discovers_instances_and_follows_their_health",
+            program("vmagent", "victoria-metrics"),
+            false,
+            || block_on(vmagent_consul_sd_discovers_instances_and_follows_their_health()),
+        ),
+        trial(
+            "python_consul_reads_the_catalog_and_blocks_until_a_change",
+            python_module("consul", "py-consul"),
+            false,
+            || block_on(python_consul_reads_the_catalog_and_blocks_until_a_change()),
+        ),
+        trial("prometheus_http_sd_lists_every_healthy_instance", program("prometheus", "prometheus"), false, || {
+            block_on(prometheus_http_sd_lists_every_healthy_instance())
+        }),
+    ])
+}
 
 /// A reply: status, headers (names lowercased) and body.
 struct Reply {
@@ -56,7 +87,6 @@ fn check_statuses(entry: &ServiceEntryJson) -> Vec<(String, String)> {
 /// Two agents; agent 1's Consul endpoints list agent 0's and its own instances in
 /// Consul's shape, refuse what they do not do, and block per service: a change of one
 /// service wakes its watchers and not another's, and the index never goes back.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consul_endpoints_answer_in_consuls_shape_and_block_per_service() {
     let block = common::block("consul_endpoints_answer_in_consuls_shape_and_block_per_service");
     let (web_ports, web_apps) = tcp_apps(block, 2).await;
@@ -191,7 +221,6 @@ async fn consul_endpoints_answer_in_consuls_shape_and_block_per_service() {
 /// read (Prometheus's `__meta_consul_*` labels). Consul discovery lists critical
 /// instances too; the scrape config keeps the passing ones, as users write it, so a
 /// killed instance leaves the targets, in about a second: its watch was woken.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vmagent_consul_sd_discovers_instances_and_follows_their_health() {
     let block = common::block("vmagent_consul_sd_discovers_instances_and_follows_their_health");
     let (ports, apps, mesh) = web_mesh(block).await;
@@ -201,11 +230,7 @@ async fn vmagent_consul_sd_discovers_instances_and_follows_their_health() {
          - server: '{api}'\n        services: [web]\n    relabel_configs:\n      \
          - source_labels: [__meta_consul_health]\n        regex: passing\n        action: keep\n"
     );
-    let name = "vmagent_consul_sd_discovers_instances_and_follows_their_health";
-    let Some(vmagent) = Scraper::vmagent(name, ip(block, 99), &config) else {
-        mesh.stop().await;
-        return;
-    };
+    let vmagent = Scraper::vmagent(ip(block, 99), &config);
     let address = |i: usize| SocketAddr::new(ip(block, i), ports[i]).to_string();
     let label = |targets: &[serde_json::Map<String, serde_json::Value>], i: usize, name: &str| {
         targets
@@ -303,18 +328,9 @@ print("registered", flush=True)
 /// Debian's python3-consul 0.7.1 is older than Consul 1.0 and sends its changes (check
 /// reports, deregistrations) as GET, which Consul 1.0 and murmur refuse: a change by GET
 /// could come from any web page.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_consul_reads_the_catalog_and_blocks_until_a_change() {
     let block = common::block("python_consul_reads_the_catalog_and_blocks_until_a_change");
     let python = "python3";
-    let has_client = std::process::Command::new(python).args(["-c", "import consul"]).output();
-    if !has_client.is_ok_and(|o| o.status.success()) {
-        assert!(std::env::var_os("CI").is_none(), "py-consul must be installed in CI (.ci/run installs it)");
-        eprintln!(
-            "SKIPPED python_consul_reads_the_catalog_and_blocks_until_a_change: no py-consul (pip install py-consul)"
-        );
-        return;
-    }
     let (_, apps, mesh) = web_mesh(block).await;
     let api = mesh.agent(1).api_addr();
     eventually("agent 1 sees three passing instances", || async {
@@ -364,7 +380,6 @@ async fn put(api: SocketAddr, path: &str, body: &str) -> (u16, String) {
 /// Consul's registration body (keys in any case), TTL checks reported by the app,
 /// expiring, and `DeregisterCriticalServiceAfter`; a check probing its own address;
 /// what murmur cannot honour is refused with a reason.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consul_registration_ttl_checks_and_deregister_after() {
     let block = common::block("consul_registration_ttl_checks_and_deregister_after");
     let (app_port, app) = tcp_app(ip(block, 0)).await;
@@ -440,5 +455,55 @@ async fn consul_registration_ttl_checks_and_deregister_after() {
     assert_eq!(put(api, "/v1/agent/check/pass/service:nosuch", "").await.0, 404);
     assert_eq!(put(api, "/v1/agent/service/deregister/nosuch", "").await.0, 404);
     app.abort();
+    mesh.stop().await;
+}
+
+/// Prometheus itself (Debian's package; .ci/run installs it) discovers scrape targets
+/// with `http_sd_configs` pointed at an agent: every healthy instance with its labels,
+/// and an instance whose app dies leaves at the next refresh.
+async fn prometheus_http_sd_lists_every_healthy_instance() {
+    let block = common::block("prometheus_http_sd_lists_every_healthy_instance");
+    let (ports, apps, mesh) = web_mesh(block).await;
+    let api = mesh.agent(1).api_addr();
+    let config = format!(
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: web\n    http_sd_configs:\n      \
+         - url: http://{api}/v1/prometheus/targets?service=web\n        refresh_interval: 1s\n"
+    );
+    let prometheus = Scraper::prometheus(ip(block, 99), &config);
+    let address = |i: usize| SocketAddr::new(ip(block, i), ports[i]).to_string();
+    let discovered = |targets: &[serde_json::Map<String, serde_json::Value>]| {
+        let mut got: Vec<String> =
+            targets.iter().filter_map(|t| t.get("__address__")?.as_str().map(str::to_owned)).collect();
+        got.sort();
+        got
+    };
+    let mut all: Vec<String> = (0..3).map(address).collect();
+    all.sort();
+    eventually("Prometheus discovers all three instances", || async { discovered(&prometheus.targets().await) == all })
+        .await;
+    let targets = prometheus.targets().await;
+    let canary = targets
+        .iter()
+        .find(|t| t.get("__address__").and_then(|a| a.as_str()) == Some(address(0).as_str()))
+        .expect("the canary is a target");
+    let label = |name: &str| canary.get(name).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+    assert_eq!(label("__meta_murmur_service"), "web");
+    assert_eq!(label("__meta_murmur_tags"), ",canary,");
+    assert_eq!(label("__meta_murmur_health"), "passing");
+    assert_eq!(label("__meta_murmur_attribute_build"), "b0");
+    assert_eq!(label("__meta_murmur_node"), mesh.agent(0).name());
+    // The app behind instance 1 dies: its check fails, and it leaves the targets.
+    apps[1].abort();
+    let gone = eventually("the dead instance leaves Prometheus's targets", || async {
+        let got = discovered(&prometheus.targets().await);
+        got.len() == 2 && !got.contains(&address(1))
+    })
+    .await;
+    eprintln!(
+        "a dead instance left Prometheus's targets {gone:?} after its app died (check every 200 ms, refresh 1 s; Prometheus passes discovery updates on at most every 5 s)"
+    );
+    for app in apps {
+        app.abort();
+    }
     mesh.stop().await;
 }

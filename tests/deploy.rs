@@ -6,34 +6,66 @@
 //! - as root with podman: the image is built FROM scratch by deploy/image/build.sh, the
 //!   podman kube file starts three nodes that converge and answer DNS, and a node
 //!   stopped with SIGTERM drains, leaves and exits 0.
+//!
+//! A test whose tool is missing shows as ignored, saying why (and fails under CI, whose
+//! .ci/run installs them); the image test is ignored without root.
+
+#[path = "common/trials.rs"]
+mod trials;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use hickory_proto::rr::RecordType;
 use murmur::client::{addresses, query, ApiClient, MemberJson};
 use murmur::{Config, Keyring, Layer};
 use serde_json::Value;
+use trials::{trial, Needs};
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
-fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
-}
-
-fn have(tool: &str) -> bool {
-    Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success())
-}
-
-/// Says loudly that `test` did not run for want of `what`; CI must have it.
-fn skipped(test: &str, what: &str) {
-    assert!(std::env::var_os("CI").is_none(), "CI must provide {what} (.ci/run installs it)");
-    eprintln!("\n*** SKIPPED {test}: {what} is needed ***\n");
+fn main() -> ExitCode {
+    let pyyaml = || trials::python_module("yaml", "pyyaml");
+    let podman = || -> Needs {
+        // `podman play kube` builds its pause image with catatonit.
+        trials::program("podman", "podman")
+            .and(trials::program("runc", "runc"))
+            .and(trials::program("catatonit", "catatonit"))
+    };
+    trials::run(vec![
+        trial(
+            "the_ecs_task_definition_runs_murmur_beside_the_app_with_secrets_and_the_stub_as_resolver",
+            trials::nothing(),
+            false,
+            the_ecs_task_definition_runs_murmur_beside_the_app_with_secrets_and_the_stub_as_resolver,
+        ),
+        trial(
+            "the_kubernetes_pod_runs_murmur_as_a_native_sidecar",
+            pyyaml(),
+            false,
+            the_kubernetes_pod_runs_murmur_as_a_native_sidecar,
+        ),
+        trial(
+            "the_systemd_unit_passes_systemd_analyze_verify",
+            trials::program("systemd-analyze", "systemd"),
+            false,
+            the_systemd_unit_passes_systemd_analyze_verify,
+        ),
+        trial("the_image_runs_a_three_node_mesh_from_the_podman_kube_file", podman(), true, || {
+            trials::block_on(the_image_runs_a_three_node_mesh_from_the_podman_kube_file())
+        }),
+        trial(
+            "the_podman_kube_file_gives_each_node_settings_the_agent_accepts",
+            pyyaml(),
+            false,
+            the_podman_kube_file_gives_each_node_settings_the_agent_accepts,
+        ),
+    ])
 }
 
 /// Parses the YAML documents of `path` with Python's yaml module, as JSON values.
@@ -44,10 +76,6 @@ fn yaml(path: &Path) -> Option<Vec<Value>> {
         panic!("{} is not valid YAML: {}", path.display(), String::from_utf8_lossy(&out.stderr));
     }
     Some(serde_json::from_slice(&out.stdout).expect("python printed JSON"))
-}
-
-fn python_yaml() -> bool {
-    Command::new("python3").args(["-c", "import yaml"]).output().is_ok_and(|o| o.status.success())
 }
 
 /// A list of `{"name": ..., "value": ...}` (an ECS or Kubernetes `env`) as a map.
@@ -73,7 +101,6 @@ fn secret_value(name: &str) -> String {
     }
 }
 
-#[test]
 fn the_ecs_task_definition_runs_murmur_beside_the_app_with_secrets_and_the_stub_as_resolver() {
     let text = std::fs::read_to_string(repo("deploy/ecs/task-definition.json")).expect("the example");
     let task: Value = serde_json::from_str(&text).expect("valid JSON");
@@ -110,11 +137,7 @@ fn the_ecs_task_definition_runs_murmur_beside_the_app_with_secrets_and_the_stub_
     accepted("ECS", env);
 }
 
-#[test]
 fn the_kubernetes_pod_runs_murmur_as_a_native_sidecar() {
-    if !python_yaml() {
-        return skipped("the_kubernetes_pod_runs_murmur_as_a_native_sidecar", "python3 with yaml (pip install pyyaml)");
-    }
     let docs = yaml(&repo("deploy/kubernetes/pod.yaml")).expect("python3 runs");
     let pod = docs.iter().find(|d| d["kind"] == "Pod").expect("a pod");
     assert!(docs.iter().any(|d| d["kind"] == "Service" && d["spec"]["clusterIP"] == "None"), "a headless seed service");
@@ -140,11 +163,7 @@ fn the_kubernetes_pod_runs_murmur_as_a_native_sidecar() {
     accepted("Kubernetes", env);
 }
 
-#[test]
 fn the_systemd_unit_passes_systemd_analyze_verify() {
-    if !have("systemd-analyze") {
-        return skipped("the_systemd_unit_passes_systemd_analyze_verify", "systemd-analyze (apt-get install systemd)");
-    }
     // The unit runs /usr/local/bin/murmur; verify checks that it exists, so the copy
     // verified points at the binary under test, and nothing else differs.
     let unit = std::fs::read_to_string(repo("deploy/systemd/murmur.service")).expect("the unit");
@@ -204,17 +223,7 @@ async fn alive_members(api: SocketAddr) -> Option<Vec<MemberJson>> {
     serde_json::from_str(&body).ok()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_image_runs_a_three_node_mesh_from_the_podman_kube_file() {
-    let test = "the_image_runs_a_three_node_mesh_from_the_podman_kube_file";
-    if !is_root() {
-        eprintln!("\n*** SKIPPED {test}: building and running images needs root ***\n");
-        return;
-    }
-    // `podman play kube` builds its pause image with catatonit.
-    if !have("podman") || !have("runc") || !have("catatonit") {
-        return skipped(test, "podman, runc and catatonit (apt-get install podman runc catatonit)");
-    }
     let dir = std::env::temp_dir().join(format!("murmur-image-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let hard = Command::new("sh").args(["-c", "ulimit -Hn"]).output().expect("sh runs");
@@ -306,7 +315,6 @@ fn logs(podman: &Podman, i: u8) -> String {
         .unwrap_or_default()
 }
 
-#[test]
 fn the_podman_kube_file_gives_each_node_settings_the_agent_accepts() {
     let text = std::fs::read_to_string(repo("deploy/podman/mesh.yaml")).expect("the kube file");
     let text = text.replace("@GOSSIP_KEY@", &Keyring::generate_base64());
@@ -315,9 +323,6 @@ fn the_podman_kube_file_gives_each_node_settings_the_agent_accepts() {
         for port in [":7946", ":8600", ":8500", ":8080"] {
             assert!(text.contains(&format!("127.47.0.{i}{port}")), "node-{i} has {port}");
         }
-    }
-    if !python_yaml() {
-        return skipped("the_podman_kube_file_gives_each_node_settings_the_agent_accepts", "python3 with yaml");
     }
     let dir = std::env::temp_dir().join(format!("murmur-kube-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");

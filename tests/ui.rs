@@ -2,19 +2,30 @@
 //! chromedriver's WebDriver protocol; .ci/run installs both): it lists the members and
 //! instances and counts the calls made through a sidecar per endpoint, turns a killed
 //! agent's row dead and drops its endpoint without a reload, filters from the keyboard,
-//! and is saved as a screenshot.
+//! and is saved as a screenshot. Ignored, saying so, without chromedriver (and failing
+//! under CI, whose .ci/run installs it).
 
 mod common;
 
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use common::trials::{self, trial};
 use common::{call, echo_app, ip, tcp_apps, with_proxy, TestMesh, WAIT};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn main() -> ExitCode {
+    trials::run(vec![trial(
+        "the_dashboard_shows_the_cluster_live_in_a_real_browser",
+        trials::program("chromedriver", "chromium chromium-driver"),
+        false,
+        || trials::block_on(the_dashboard_shows_the_cluster_live_in_a_real_browser()),
+    )])
+}
 
 /// chromedriver in a process group of its own with the browser it starts: the whole
 /// group is killed on drop, so a failing test leaves no browser behind.
@@ -89,15 +100,8 @@ fn free_port() -> u16 {
 /// Calls made through agent 0's sidecar before the page is read.
 const CALLS: u64 = 6;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_the_cluster_live_in_a_real_browser() {
     let block = common::block("the_dashboard_shows_the_cluster_live_in_a_real_browser");
-    let name = "the_dashboard_shows_the_cluster_live_in_a_real_browser";
-    if Command::new("chromedriver").arg("--version").output().is_err() {
-        assert!(std::env::var_os("CI").is_none(), "chromium and chromedriver must be installed in CI (.ci/run)");
-        eprintln!("SKIPPED {name}: no chromedriver (apt-get install chromium chromium-driver)");
-        return;
-    }
     let (ports, mut apps) = tcp_apps(block, 3).await;
     // Agent 0 proxies `echo`, which agents 1 and 2 serve through their sidecars.
     let mut echo_ports = vec![0];

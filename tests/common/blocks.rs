@@ -24,7 +24,7 @@ pub const BLOCKS: &[(u8, &str)] = &[
     (22, "agents::a_replayed_datagram_is_answered_at_most_once_and_never_amplified"),
     (23, "agents::a_dead_first_upstream_costs_its_timeout_once_not_on_every_query"),
     (24, "agents::registrations_past_the_caps_are_refused_and_replicas_do_not_grow"),
-    (25, "agents::prometheus_http_sd_lists_every_healthy_instance"),
+    (25, "consul::prometheus_http_sd_lists_every_healthy_instance"),
     (26, "consul::consul_registration_ttl_checks_and_deregister_after"),
     (27, "consul::consul_endpoints_answer_in_consuls_shape_and_block_per_service"),
     (28, "consul::vmagent_consul_sd_discovers_instances_and_follows_their_health"),

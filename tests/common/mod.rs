@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod blocks;
+pub mod trials;
 pub mod wait;
 
 pub use blocks::block;
@@ -274,10 +275,10 @@ pub struct Scraper {
 }
 
 impl Scraper {
-    /// Prometheus on a free port of `ip` with `config` (YAML); `None`, said loudly,
-    /// without the binary.
-    pub fn prometheus(test: &str, ip: IpAddr, config: &str) -> Option<Scraper> {
-        Self::start(test, "prometheus", "prometheus", ip, config, |dir, cfg, web| {
+    /// Prometheus on a free port of `ip` with `config` (YAML). The test list checks
+    /// that the binary is there ([`trials::program`]).
+    pub fn prometheus(ip: IpAddr, config: &str) -> Scraper {
+        Self::start("prometheus", ip, config, |dir, cfg, web| {
             vec![
                 format!("--config.file={}", cfg.display()),
                 format!("--storage.tsdb.path={}", dir.join("data").display()),
@@ -286,10 +287,10 @@ impl Scraper {
         })
     }
 
-    /// vmagent on a free port of `ip` with `config` (YAML); `None`, said loudly, without
-    /// the binary.
-    pub fn vmagent(test: &str, ip: IpAddr, config: &str) -> Option<Scraper> {
-        Self::start(test, "vmagent", "victoria-metrics", ip, config, |dir, cfg, web| {
+    /// vmagent on a free port of `ip` with `config` (YAML); the test list checks that
+    /// the binary is there.
+    pub fn vmagent(ip: IpAddr, config: &str) -> Scraper {
+        Self::start("vmagent", ip, config, |dir, cfg, web| {
             vec![
                 format!("-promscrape.config={}", cfg.display()),
                 format!("-httpListenAddr={web}"),
@@ -305,18 +306,11 @@ impl Scraper {
     }
 
     fn start(
-        test: &str,
         program: &str,
-        package: &str,
         ip: IpAddr,
         config: &str,
         args: impl Fn(&std::path::Path, &std::path::Path, SocketAddr) -> Vec<String>,
-    ) -> Option<Scraper> {
-        if std::process::Command::new(program).arg("--version").output().is_err() {
-            assert!(std::env::var_os("CI").is_none(), "{program} must be installed in CI (.ci/run installs it)");
-            eprintln!("SKIPPED {test}: no `{program}` binary (apt-get install {package})");
-            return None;
-        }
+    ) -> Scraper {
         let dir = std::env::temp_dir().join(format!("murmur-{program}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let config_file = dir.join("scrape.yml");
@@ -332,7 +326,7 @@ impl Scraper {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("{program} starts: {e}"));
-        Some(Scraper { child, dir, web })
+        Scraper { child, dir, web }
     }
 
     /// The targets it has discovered: each one's discovered labels (none while it starts).
