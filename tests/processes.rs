@@ -3,6 +3,8 @@
 //! wrong key, garbage datagrams, a restart on a new address, config errors, and the
 //! embedded example. Every process is killed when its guard drops.
 
+#[path = "common/blocks.rs"]
+mod blocks;
 #[path = "common/wait.rs"]
 mod wait;
 
@@ -35,8 +37,9 @@ impl Drop for Proc {
     }
 }
 
+/// Address `i` of a test's own block (tests/common/blocks.rs).
 fn ip(block: u8, i: u8) -> IpAddr {
-    IpAddr::from([127, 30, block, 10 + i])
+    IpAddr::from([127, block, 0, 10 + i])
 }
 
 /// Starts `murmur agent` as agent `i` of `block`, on its own address with the usual
@@ -108,12 +111,13 @@ fn free_port(ip: IpAddr) -> u16 {
 
 #[test]
 fn a_mesh_of_processes_joins_resolves_and_survives_failures() {
+    let n = blocks::block("a_mesh_of_processes_joins_resolves_and_survives_failures");
     let rt = rt();
     let key = keygen();
     // The seed listens on 127.0.0.1 so the others can name it `localhost`.
     let seed_port = free_port("127.0.0.1".parse().expect("ip"));
     let seed_addr = format!("127.0.0.1:{seed_port}");
-    let app = rt.block_on(tokio::net::TcpListener::bind((ip(1, 2), 0))).expect("app");
+    let app = rt.block_on(tokio::net::TcpListener::bind((ip(n, 2), 0))).expect("app");
     let app_port = app.local_addr().expect("addr").port();
     let mut procs = vec![agent(
         1,
@@ -123,7 +127,7 @@ fn a_mesh_of_processes_joins_resolves_and_survives_failures() {
         &["--bind", &seed_addr, "--advertise", "127.0.0.1", "--service", "web:8080,check=none"],
     )];
     let seed = vec![format!("localhost:{seed_port}")];
-    procs.push(agent(1, 1, &key, &seed, &["--service", "web:8081,check=none,tags=blue"]));
+    procs.push(agent(n, 1, &key, &seed, &["--service", "web:8081,check=none,tags=blue"]));
     procs.push(agent(
         1,
         2,
@@ -131,7 +135,7 @@ fn a_mesh_of_processes_joins_resolves_and_survives_failures() {
         &seed,
         &["--service", &format!("web:{app_port},interval=200ms,timeout=100ms,failures=2")],
     ));
-    procs.push(agent(1, 3, &key, &seed, &["--service", "web:8083,check=none"]));
+    procs.push(agent(n, 3, &key, &seed, &["--service", "web:8083,check=none"]));
     let names = |n: usize| alive(&rt, procs[n].api).len();
     let joined = wait_until("four members everywhere", || (0..4).all(|n| names(n) == 4));
     eprintln!("4 processes converged in {joined:?}");
@@ -153,20 +157,20 @@ fn a_mesh_of_processes_joins_resolves_and_survives_failures() {
 
     // The app behind agent 2 dies: its instance leaves the answers.
     drop(app);
-    let t = wait_until("dead app out of DNS", || !dns_a(&rt, dns, "web.proc.local.").contains(&ip(1, 2)));
+    let t = wait_until("dead app out of DNS", || !dns_a(&rt, dns, "web.proc.local.").contains(&ip(n, 2)));
     eprintln!("dead app left DNS after {t:?}");
 
     // kill -9 of agent 3: the others detect it.
     let _ = procs[3].child.kill();
-    let t = wait_until("killed agent out of DNS", || !dns_a(&rt, dns, "web.proc.local.").contains(&ip(1, 3)));
+    let t = wait_until("killed agent out of DNS", || !dns_a(&rt, dns, "web.proc.local.").contains(&ip(n, 3)));
     eprintln!("kill -9'd agent left DNS after {t:?}");
-    wait_until("killed agent not alive", || !alive(&rt, procs[0].api).contains(&"p1-3".to_owned()));
+    wait_until("killed agent not alive", || !alive(&rt, procs[0].api).contains(&format!("p{n}-3").to_owned()));
 
     // Restart agent 3 at once on a new address: the new address replaces the old.
-    let mut restarted = agent(1, 9, &key, &seed, &["--name", "p1-3", "--service", "web:8083,check=none"]);
+    let mut restarted = agent(n, 9, &key, &seed, &["--name", &format!("p{n}-3"), "--service", "web:8083,check=none"]);
     let t = wait_until("restarted agent on its new address", || {
         let got = dns_a(&rt, dns, "web.proc.local.");
-        got.contains(&ip(1, 9)) && !got.contains(&ip(1, 3))
+        got.contains(&ip(n, 9)) && !got.contains(&ip(n, 3))
     });
     eprintln!("restart on a new address appeared after {t:?}");
 
@@ -178,21 +182,22 @@ fn a_mesh_of_processes_joins_resolves_and_survives_failures() {
     wait_until("left", || {
         api_get(&rt, procs[0].api, "/v1/members")
             .and_then(|t| serde_json::from_str::<Vec<MemberJson>>(&t).ok())
-            .is_some_and(|m| m.iter().any(|m| m.name == "p1-3" && m.status == "left"))
+            .is_some_and(|m| m.iter().any(|m| m.name == format!("p{n}-3") && m.status == "left"))
     });
     drop(procs);
 }
 
 #[test]
 fn wrong_keys_and_garbage_do_not_get_in() {
+    let n = blocks::block("wrong_keys_and_garbage_do_not_get_in");
     let rt = rt();
     let key = keygen();
-    let a = agent(2, 0, &key, &[], &["--service", "db:5432,check=none"]);
-    let b = agent(2, 1, &key, &[a.gossip.to_string()], &[]);
+    let a = agent(n, 0, &key, &[], &["--service", "db:5432,check=none"]);
+    let b = agent(n, 1, &key, &[a.gossip.to_string()], &[]);
     wait_until("two members", || alive(&rt, b.api).len() == 2);
-    let intruder = agent(2, 2, &keygen(), &[a.gossip.to_string()], &["--service", "evil:1,check=none"]);
+    let intruder = agent(n, 2, &keygen(), &[a.gossip.to_string()], &["--service", "evil:1,check=none"]);
     wait_until("intruder running", || api_get(&rt, intruder.api, "/health").is_some());
-    let sock = std::net::UdpSocket::bind((ip(2, 50), 0)).expect("bind");
+    let sock = std::net::UdpSocket::bind((ip(n, 50), 0)).expect("bind");
     for len in [0usize, 1, 6, 40, 1000, 60_000] {
         let junk: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
         let _ = sock.send_to(&junk, a.gossip);
@@ -210,14 +215,18 @@ fn wrong_keys_and_garbage_do_not_get_in() {
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
         .expect("counter present");
     assert!(undecryptable > 0, "{metrics}");
-    assert_eq!(dns_a(&rt, a.dns, "db.proc.local."), vec![ip(2, 0)], "still answering");
+    assert_eq!(dns_a(&rt, a.dns, "db.proc.local."), vec![ip(n, 0)], "still answering");
     let me: AgentSelfJson = serde_json::from_str(&api_get(&rt, a.api, "/v1/agent/self").expect("self")).expect("json");
     assert!(me.murmur.encrypted);
-    assert_eq!((me.config.node_name.as_str(), me.murmur.name.as_str()), ("p2-0", "p2-0"));
+    assert_eq!(
+        (me.config.node_name.as_str(), me.murmur.name.as_str()),
+        (format!("p{n}-0").as_str(), format!("p{n}-0").as_str())
+    );
 }
 
 #[test]
 fn bad_config_exits_2_naming_the_field() {
+    let n = blocks::block("bad_config_exits_2_naming_the_field");
     let key = keygen();
     type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
     let cases: Vec<Case> = vec![
@@ -245,7 +254,7 @@ fn bad_config_exits_2_naming_the_field() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("lisen"));
     std::fs::remove_dir_all(&dir).expect("clean up");
     // A port in use names its setting.
-    let taken = std::net::TcpListener::bind((ip(3, 0), 0)).expect("bind");
+    let taken = std::net::TcpListener::bind((ip(n, 0), 0)).expect("bind");
     let api = taken.local_addr().expect("addr").to_string();
     let out = Command::new(bin())
         .args([
@@ -253,9 +262,9 @@ fn bad_config_exits_2_naming_the_field() {
             "--name",
             "x",
             "--bind",
-            &format!("{}:0", ip(3, 0)),
+            &format!("{}:0", ip(n, 0)),
             "--dns-listen",
-            &format!("{}:0", ip(3, 0)),
+            &format!("{}:0", ip(n, 0)),
         ])
         .args(["--api-listen", &api])
         .env("MURMUR_GOSSIP_KEYS", &key)
@@ -282,6 +291,7 @@ fn keygen_makes_a_32_byte_key_and_the_example_runs() {
 
 #[test]
 fn proxy_mode_with_certificates_from_the_cli() {
+    let n = blocks::block("proxy_mode_with_certificates_from_the_cli");
     use std::io::{BufRead, Read, Write};
     let rt = rt();
     let key = keygen();
@@ -290,8 +300,8 @@ fn proxy_mode_with_certificates_from_the_cli() {
     assert!(cli(&["ca", "init", "--dir", &d("ca")]).status.success());
     let again = cli(&["ca", "init", "--dir", &d("ca")]);
     assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("already holds a CA"));
-    for (name, svc) in [("p5-0", "web"), ("p5-1", "echo")] {
-        let out = cli(&["cert", "issue", "--ca-dir", &d("ca"), "--name", name, "--service", svc, "--out", &d(name)]);
+    for (name, svc) in [(format!("p{n}-0"), "web"), (format!("p{n}-1"), "echo")] {
+        let out = cli(&["cert", "issue", "--ca-dir", &d("ca"), "--name", &name, "--service", svc, "--out", &d(&name)]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
     let tls = |name: &str| {
@@ -305,7 +315,7 @@ fn proxy_mode_with_certificates_from_the_cli() {
         ]
     };
     // The backend app: a greeting, then an echo.
-    let app = std::net::TcpListener::bind((ip(5, 1), 0)).expect("app");
+    let app = std::net::TcpListener::bind((ip(n, 1), 0)).expect("app");
     let app_port = app.local_addr().expect("addr").port();
     std::thread::spawn(move || {
         for s in app.incoming() {
@@ -317,13 +327,15 @@ fn proxy_mode_with_certificates_from_the_cli() {
             }
         }
     });
-    let server_tls = tls("p5-1");
-    let mut server_args: Vec<&str> = vec!["--proxy-bind", "127.30.5.11:7947"];
+    let server_tls = tls(&format!("p{n}-1"));
+    let proxy_bind = SocketAddr::new(ip(n, 1), 7947).to_string();
+    let vip_range = format!("127.202.{n}.0/24");
+    let mut server_args: Vec<&str> = vec!["--proxy-bind", &proxy_bind];
     let svc = format!("echo:{app_port},interval=200ms,timeout=100ms");
     server_args.extend(["--service", &svc]);
     server_args.extend(server_tls.iter().map(String::as_str));
-    let server = agent(5, 1, &key, &[], &server_args);
-    let client_tls = tls("p5-0");
+    let server = agent(n, 1, &key, &[], &server_args);
+    let client_tls = tls(&format!("p{n}-0"));
     let hosts = d("hosts");
     std::fs::write(&hosts, "127.0.0.1 localhost\n").expect("hosts file");
     let mut client_args: Vec<&str> = vec![
@@ -332,18 +344,18 @@ fn proxy_mode_with_certificates_from_the_cli() {
         "--upstream",
         "echo:80",
         "--vip-range",
-        "127.202.5.0/24",
+        &vip_range,
         "--hosts-file",
         &hosts,
     ];
     client_args.extend(client_tls.iter().map(String::as_str));
-    let client = agent(5, 0, &key, &[server.gossip.to_string()], &client_args);
+    let client = agent(n, 0, &key, &[server.gossip.to_string()], &client_args);
     wait_until("the client sees a healthy echo", || {
         api_get(&rt, client.api, "/v1/services")
             .is_some_and(|t| t.contains("\"name\":\"echo\",\"instances\":1,\"healthy\":1"))
     });
     let vip = dns_a(&rt, client.dns, "echo.");
-    assert_eq!(vip, vec!["127.202.5.1".parse::<IpAddr>().expect("ip")], "the alias answers its VIP");
+    assert_eq!(vip, vec![IpAddr::from([127, 202, n, 1])], "the alias answers its VIP");
     let mut s = std::net::TcpStream::connect((vip[0], 80)).expect("connect to the VIP");
     s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
     let mut r = std::io::BufReader::new(s.try_clone().expect("clone"));
@@ -356,9 +368,9 @@ fn proxy_mode_with_certificates_from_the_cli() {
     assert_eq!(&back, b"ping");
     let out = cli(&["stats", "--api", &client.api.to_string()]);
     let table = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && table.contains("echo") && table.contains("quic 127.30.5.11:7947"), "{table}");
+    assert!(out.status.success() && table.contains("echo") && table.contains(&format!("quic {proxy_bind}")), "{table}");
     let text = std::fs::read_to_string(&hosts).expect("hosts");
-    assert_eq!(text, "127.0.0.1 localhost\n127.202.5.1 echo echo.proc.local # murmur\n");
+    assert_eq!(text, format!("127.0.0.1 localhost\n127.202.{n}.1 echo echo.proc.local # murmur\n"));
     let mut client = client;
     assert!(Command::new("kill").args(["-TERM", &client.child.id().to_string()]).status().expect("kill").success());
     assert!(client.child.wait().expect("wait").success());
@@ -450,11 +462,12 @@ fn gauge(rt: &tokio::runtime::Runtime, api: SocketAddr, name: &str) -> Option<u6
 
 #[test]
 fn registration_churn_leaves_no_tombstones_and_no_memory_behind() {
+    let n = blocks::block("registration_churn_leaves_no_tombstones_and_no_memory_behind");
     let rt = rt();
     let key = keygen();
-    let seed = SocketAddr::new(ip(4, 0), 7946).to_string();
+    let seed = SocketAddr::new(ip(n, 0), 7946).to_string();
     let fast = ["--registration-rate", "100000", "--tombstone-grace", "1s", "--service", "web:80,check=none"];
-    let agents = [agent(4, 0, &key, &[], &fast), agent(4, 1, &key, std::slice::from_ref(&seed), &fast)];
+    let agents = [agent(n, 0, &key, &[], &fast), agent(n, 1, &key, std::slice::from_ref(&seed), &fast)];
     wait_until("two members", || agents.iter().all(|a| alive(&rt, a.api).len() == 2));
     let settled = |what: &str| {
         wait_until(what, || agents.iter().all(|a| gauge(&rt, a.api, "murmur_gossip_tombstones") == Some(0)));
@@ -491,13 +504,14 @@ fn registration_churn_leaves_no_tombstones_and_no_memory_behind() {
 
 #[test]
 fn the_open_files_limit_is_raised_at_start_and_reported() {
+    let n = blocks::block("the_open_files_limit_is_raised_at_start_and_reported");
     let rt = rt();
-    let (ip, api) = (ip(5, 0), SocketAddr::new(ip(5, 0), 8500));
+    let (ip, api) = (ip(n, 0), SocketAddr::new(ip(n, 0), 8500));
     // A shell sets the limits most systems start a service with, then becomes the agent.
     let child = Command::new("sh")
         .args(["-c", "ulimit -Sn 1024 && ulimit -Hn 4096 && exec \"$0\" \"$@\""])
         .arg(bin())
-        .args(["agent", "--insecure", "--name", "p5-0", "--bind", &format!("{ip}:7946")])
+        .args(["agent", "--insecure", "--name", &format!("p{n}-0"), "--bind", &format!("{ip}:7946")])
         .args(["--dns-listen", &format!("{ip}:8600"), "--api-listen", &api.to_string()])
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
@@ -520,10 +534,11 @@ fn status_of(args: &[&str]) -> (i32, String) {
 
 #[test]
 fn the_cli_tells_scripts_what_happened_by_its_exit_status() {
+    let n = blocks::block("the_cli_tells_scripts_what_happened_by_its_exit_status");
     let rt = rt();
     let key = keygen();
-    let a = agent(7, 0, &key, &[], &["--service", "web:8080,check=none"]);
-    let b = agent(7, 1, &key, &[a.gossip.to_string()], &[]);
+    let a = agent(n, 0, &key, &[], &["--service", "web:8080,check=none"]);
+    let b = agent(n, 1, &key, &[a.gossip.to_string()], &[]);
     wait_until("two members", || alive(&rt, b.api).len() == 2);
     // Membership comes first and a's instances a little after (up to 160 ms measured
     // on an idle machine): wait for them in b's replica, through the API rather than
@@ -547,7 +562,7 @@ fn the_cli_tells_scripts_what_happened_by_its_exit_status() {
     let (code, json) = with(&["members", "--status", "alive", "--json"]);
     let members: Vec<MemberJson> = serde_json::from_str(&json).expect("--json is JSON");
     assert_eq!((code, members.len()), (0, 2));
-    assert_eq!(status_of(&["members", "--api", "127.30.7.99:1"]).0, 1, "no agent there");
+    assert_eq!(status_of(&["members", "--api", &SocketAddr::new(ip(n, 89), 1).to_string()]).0, 1, "no agent there");
     assert_eq!(with(&["members", "--status", "bogus"]).0, 2, "bad usage");
     let help = String::from_utf8_lossy(&cli(&["--help"]).stdout).into_owned();
     assert!(help.contains("3  nothing found"), "--help documents the exit status: {help}");

@@ -9,6 +9,13 @@
 /// [`block`] for theirs, or the file that keeps its addresses itself.
 pub const BLOCKS: &[(u8, &str)] = &[
     (0, "127.0.x.y: the demo, examples/embedded.rs, servers bound to 127.0.0.1"),
+    (1, "processes::a_mesh_of_processes_joins_resolves_and_survives_failures"),
+    (2, "processes::wrong_keys_and_garbage_do_not_get_in"),
+    (3, "processes::bad_config_exits_2_naming_the_field"),
+    (4, "processes::registration_churn_leaves_no_tombstones_and_no_memory_behind"),
+    (5, "processes::proxy_mode_with_certificates_from_the_cli"),
+    (6, "processes::the_open_files_limit_is_raised_at_start_and_reported"),
+    (7, "processes::the_cli_tells_scripts_what_happened_by_its_exit_status"),
     (10, "agents::three_agents_resolve_through_dns_and_api"),
     (11, "agents::dead_apps_and_dead_agents_leave_answers"),
     (12, "agents::graceful_leave_drains_then_leaves"),
@@ -29,7 +36,6 @@ pub const BLOCKS: &[(u8, &str)] = &[
     (27, "consul::consul_endpoints_answer_in_consuls_shape_and_block_per_service"),
     (28, "consul::vmagent_consul_sd_discovers_instances_and_follows_their_health"),
     (29, "consul::python_consul_reads_the_catalog_and_blocks_until_a_change"),
-    (30, "tests/processes.rs (127.30.<n>.x, one <n> per test)"),
     (31, "proxy::killing_a_backend_app_or_agent_under_load_fails_nothing"),
     (32, "proxy::foreign_certificates_and_callers_outside_allow_are_refused"),
     (33, "proxy::foreign_certificates_and_callers_outside_allow_are_refused/second"),
@@ -60,7 +66,7 @@ pub const BLOCKS: &[(u8, &str)] = &[
     (69, "benches/conns.rs"),
     (90, "benches/scale_sim.rs (127.90.x.y and up, one /16 per 65,536 agents)"),
     (201, "proxy-mode VIP ranges of the proxy and dashboard tests (127.201.<block>.x)"),
-    (202, "the second VIP range of a proxy test (127.202.<block>.x)"),
+    (202, "the second VIP range of a proxy test or a process test (127.202.<block>.x)"),
 ];
 
 /// The block test `test` owns (its function name; `name/second` for a second one).
