@@ -258,6 +258,9 @@ mod tests {
         assert_eq!(err.field, "dns.listen");
         let err = from_toml("bogus = 1").expect_err("unknown key");
         assert!(err.message.contains("bogus"), "{err}");
+        let err = from_toml("dns = 5").expect_err("a section given a value");
+        assert_eq!(err.field, "dns", "{err}");
+        assert!(err.message.contains("must be a table"), "{err}");
         let err = Layer::from_env(&env(&[("MURMUR_BIND", "x")])).expect_err("bad env");
         assert_eq!(err.field, "MURMUR_BIND");
         let err = from_toml("[[service]]\nname = \"a\"\nport = 1\ncheck = \"ftp\"").expect_err("bad check");

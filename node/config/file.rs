@@ -50,8 +50,15 @@ fn check_keys(table: &toml::Table, prefix: &str) -> Result<(), ConfigError> {
             continue;
         }
         let inner = format!("{key}.");
+        let is_section = SETTINGS.iter().any(|s| s.toml.starts_with(&inner));
         match v.as_table() {
-            Some(t) if SETTINGS.iter().any(|s| s.toml.starts_with(&inner)) => check_keys(t, &inner)?,
+            Some(t) if is_section => check_keys(t, &inner)?,
+            None if is_section => {
+                return Err(ConfigError::new(
+                    key,
+                    format!("must be a table (`[{k}]` with its keys below), not a value"),
+                ))
+            }
             _ => return Err(ConfigError::new("config file", format!("unknown key `{key}`"))),
         }
     }
@@ -88,19 +95,16 @@ pub(super) fn file_service(field: &str, i: usize, value: &toml::Value) -> Result
         value.clone().try_into().map_err(|e: toml::de::Error| ConfigError::new(&item, e.message().to_owned()))?;
     let at = |k: &str| format!("{item}.{k}");
     let duration = |k: &str, v: &str| parse_duration(v).map_err(|m| ConfigError::new(at(k), m));
-    let name = ServiceName::new(&s.name).map_err(|e| ConfigError::new(at("name"), e.to_string()))?;
+    let name = ServiceName::new(&s.name).map_err(|e| ConfigError::new(at("name"), e))?;
     let mut spec = ServiceSpec::new(name, s.port);
     if let Some(id) = s.id {
-        spec.id = Some(InstanceId::new(&id).map_err(|e| ConfigError::new(at("id"), e.to_string()))?);
+        spec.id = Some(InstanceId::new(&id).map_err(|e| ConfigError::new(at("id"), e))?);
     }
     spec.address = s.address.map(|a| parse_field(&at("address"), &a)).transpose()?;
-    spec.tags = s
-        .tags
-        .iter()
-        .map(|t| Tag::new(t).map_err(|e| ConfigError::new(at("tags"), e.to_string())))
-        .collect::<Result<_, _>>()?;
+    spec.tags =
+        s.tags.iter().map(|t| Tag::new(t).map_err(|e| ConfigError::new(at("tags"), e))).collect::<Result<_, _>>()?;
     for (k, v) in s.attributes {
-        let key = AttrKey::new(&k).map_err(|e| ConfigError::new(at("attributes"), e.to_string()))?;
+        let key = AttrKey::new(&k).map_err(|e| ConfigError::new(at("attributes"), e))?;
         spec.attributes.insert(key, v);
     }
     if let Some(w) = s.weight {
@@ -109,7 +113,7 @@ pub(super) fn file_service(field: &str, i: usize, value: &toml::Value) -> Result
     spec.allow = s
         .allow
         .iter()
-        .map(|a| ServiceName::new(a).map_err(|e| ConfigError::new(at("allow"), e.to_string())))
+        .map(|a| ServiceName::new(a).map_err(|e| ConfigError::new(at("allow"), e)))
         .collect::<Result<_, _>>()?;
     if let Some(c) = s.check {
         spec.check.kind = parse_check_kind(&c).map_err(|m| ConfigError::new(at("check"), m))?;

@@ -141,7 +141,7 @@ pub(super) struct Service;
 impl Kind for Service {
     type Value = ServiceName;
     fn parse(field: &str, text: &str) -> Result<ServiceName, ConfigError> {
-        ServiceName::new(text).map_err(|e| ConfigError::new(field, e.to_string()))
+        ServiceName::new(text).map_err(|e| ConfigError::new(field, e))
     }
 }
 

@@ -110,15 +110,13 @@ fn keyring(s: &Settings) -> Result<Option<Keyring>, ConfigError> {
     };
     let keys = s.gossip_keys.as_deref().unwrap_or_default();
     match from_file {
-        Some(record) => {
-            Ok(Some(Keyring::from_record(&record).map_err(|e| ConfigError::new("--gossip-key-file", e.to_string()))?))
-        }
+        Some(record) => Ok(Some(Keyring::from_record(&record).map_err(|e| ConfigError::new("--gossip-key-file", e))?)),
         None if keys.is_empty() && s.insecure => Ok(None),
         None if keys.is_empty() => Err(ConfigError::new(
             "--gossip-key",
             "no gossip key: make one with `murmur keygen` and give it to every agent \
              (with --gossip-key-file, to start the file with), or pass --insecure to run an open cluster",
         )),
-        None => Ok(Some(Keyring::from_base64(keys).map_err(|e| ConfigError::new("--gossip-key", e.to_string()))?)),
+        None => Ok(Some(Keyring::from_base64(keys).map_err(|e| ConfigError::new("--gossip-key", e))?)),
     }
 }
