@@ -13,7 +13,6 @@ use murmur::Cli;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    murmur::run_command(Cli::parse()).await
+fn main() -> ExitCode {
+    murmur::run_command(Cli::parse())
 }

@@ -390,10 +390,14 @@ fn summarize(
     for (what, ok) in goals {
         let _ = writeln!(md, "- {what}: {}", goal(ok));
     }
+    let murmur_threads = match std::env::var("MURMUR_THREADS") {
+        Ok(n) => format!("{n} thread(s) each (MURMUR_THREADS)"),
+        Err(_) => "their default of one thread each (proxy mode)".to_owned(),
+    };
     let _ = writeln!(
         md,
-        "\nEach HAProxy runs {} thread(s); wrk one thread; murmur's sidecars two tokio workers each.",
-        haproxy_threads
+        "\nEach HAProxy runs {haproxy_threads} thread(s); wrk one thread; murmur's sidecars {murmur_threads}; a \
+         baseline wrapper may set its own."
     );
     let goals_json: serde_json::Map<String, serde_json::Value> =
         goals.iter().map(|(w, ok)| ((*w).to_owned(), serde_json::Value::Bool(*ok))).collect();

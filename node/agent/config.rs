@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, ToSocketAddrs};
 use murmur_protocol::limits::MAX_ZONE_LEN;
 use murmur_protocol::NodeName;
 
-use crate::config::{from_file, AgentArgs, ConfigError, Env, Layer, ServiceSpec, Settings};
+use crate::config::{from_file, within, AgentArgs, ConfigError, Env, Layer, ServiceSpec, Settings};
 use crate::{api, dns, gossip, proxy};
 
 /// Who this node is.
@@ -50,6 +50,9 @@ pub struct Config {
     pub proxy: Option<proxy::Config>,
     /// Logging.
     pub log: LogConfig,
+    /// Worker threads of the runtime the agent runs on (`--threads`, or its default); the
+    /// binary builds that runtime before starting the agent, an embedder builds its own.
+    pub threads: usize,
 }
 
 impl Config {
@@ -77,7 +80,23 @@ impl Config {
         let services = services(&s, &node.name, api.limits.instances)?;
         let proxy = proxy::Config::from_settings(&s, &node.name, node.advertise, &services)?;
         let log = LogConfig { json: s.log_json, filter: s.log_filter };
-        Ok(Config { node, gossip, dns, api, services, proxy, log })
+        let threads = match s.threads {
+            Some(n) => within("--threads", n, 1, 256, "1 and 256")?,
+            None => default_threads(proxy.is_some()),
+        };
+        Ok(Config { node, gossip, dns, api, services, proxy, log, threads })
+    }
+}
+
+/// Worker threads when `--threads` is not set. A sidecar (proxy mode) serves one task's
+/// traffic: on one thread no task wakes another across cores, which cost a third of its
+/// CPU per request on two cores. An agent without the proxy answers every app of its
+/// host, and its DNS stub reads one socket per core.
+fn default_threads(proxy_mode: bool) -> usize {
+    if proxy_mode {
+        1
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
     }
 }
 
@@ -148,6 +167,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::config::upstream::parse_upstream_spec;
     use crate::config::{from_toml, spec};
     use crate::dns::parse_resolv_conf;
 
@@ -175,6 +195,21 @@ mod tests {
         assert_eq!(c.dns.namespace, "file.local");
         assert_eq!(c.dns.ttl, 5);
         assert_eq!(c.dns.rate_limit, 2000);
+    }
+
+    #[test]
+    fn a_sidecar_runs_one_thread_and_a_plain_agent_one_per_core_unless_told() {
+        let plain = Layer { insecure: Some(true), name: Some("n".into()), ..Default::default() };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(Config::from_layer(plain.clone(), "").expect("valid").threads, cores);
+        let upstreams = Some(vec![parse_upstream_spec("web:80").expect("spec")]);
+        let sidecar =
+            Layer { upstreams, proxy_identity: Some("app".parse().expect("a service name")), ..plain.clone() };
+        assert_eq!(Config::from_layer(sidecar.clone(), "").expect("valid").threads, 1);
+        let told = Layer { threads: Some(3), ..sidecar };
+        assert_eq!(Config::from_layer(told, "").expect("valid").threads, 3);
+        let err = Config::from_layer(Layer { threads: Some(0), ..plain }, "").expect_err("no thread");
+        assert_eq!(err.field, "--threads", "{err}");
     }
 
     #[test]

@@ -23,9 +23,12 @@ fn init_logs(json: bool, default_filter: &str) {
 }
 
 /// Runs one command line: what `murmur` does with its arguments, returning its exit
-/// status (listed in `murmur --help`).
-pub async fn run(cli: Cli) -> ExitCode {
-    let result = match cli.command {
+/// status (listed in `murmur --help`). Builds the runtime each command runs on: an
+/// agent's has `--threads` workers (its config is read first, so a bad one exits 2
+/// before anything starts); the demo's has one per core, as it runs five agents and
+/// their traffic in one process; every other command needs one thread.
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
         Command::Agent(args) => {
             let config = match Config::load(&args, &ProcessEnv) {
                 Ok(c) => c,
@@ -34,21 +37,55 @@ pub async fn run(cli: Cli) -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            init_logs(config.log.json, &config.log.filter);
-            match crate::rlimit::raise_open_files() {
-                (limit, None) => tracing::debug!(soft = ?limit.soft, hard = ?limit.hard, "open files limit"),
-                (limit, Some(e)) => tracing::warn!(
-                    soft = ?limit.soft,
-                    hard = ?limit.hard,
-                    error = %e,
-                    "could not raise the open files limit to the hard limit; each proxied connection takes two"
-                ),
-            }
-            match Agent::start(config).await {
-                Ok(agent) => agent.run_until_signal().await.map_err(anyhow::Error::new),
-                Err(e) => Err(anyhow::Error::new(e)),
-            }
+            let threads = config.threads;
+            on_runtime(Some(threads), async move { exit_status(run_agent(config).await) })
         }
+        Command::Demo => on_runtime(None, async {
+            init_logs(false, "warn");
+            exit_status(crate::demo::run().await)
+        }),
+        command => on_runtime(Some(1), run_tool(command)),
+    }
+}
+
+/// Runs `main` on a runtime with `threads` workers (one: a current-thread runtime;
+/// `None`: one per core).
+fn on_runtime(threads: Option<usize>, main: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    let built = match threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build(),
+        None => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+    };
+    match built {
+        Ok(runtime) => runtime.block_on(main),
+        Err(e) => {
+            eprintln!("murmur: cannot start the async runtime: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Starts the agent and runs it until SIGTERM or SIGINT.
+async fn run_agent(config: Config) -> anyhow::Result<()> {
+    init_logs(config.log.json, &config.log.filter);
+    match crate::rlimit::raise_open_files() {
+        (limit, None) => tracing::debug!(soft = ?limit.soft, hard = ?limit.hard, "open files limit"),
+        (limit, Some(e)) => tracing::warn!(
+            soft = ?limit.soft,
+            hard = ?limit.hard,
+            error = %e,
+            "could not raise the open files limit to the hard limit; each proxied connection takes two"
+        ),
+    }
+    let agent = Agent::start(config).await?;
+    agent.run_until_signal().await?;
+    Ok(())
+}
+
+/// Every command but `agent` and `demo`.
+async fn run_tool(command: Command) -> ExitCode {
+    let result = match command {
+        Command::Agent(_) | Command::Demo => unreachable_command(),
         Command::Members { status, api } => return cli_exit(members(&api, status).await),
         Command::Services { name, all, api } => return cli_exit(services(name.as_deref(), all, &api).await),
         Command::Resolve { name, api } => return cli_exit(resolve(&name, &api).await),
@@ -98,11 +135,17 @@ pub async fn run(cli: Cli) -> ExitCode {
                 return ExitCode::from(2);
             }
         },
-        Command::Demo => {
-            init_logs(false, "warn");
-            crate::demo::run().await
-        }
     };
+    exit_status(result)
+}
+
+/// `agent` and `demo` build their own runtime in [`run`] and never reach [`run_tool`].
+fn unreachable_command() -> anyhow::Result<()> {
+    Err(anyhow::anyhow!("this command runs on its own runtime"))
+}
+
+/// 0, or 1 with the error and its causes on stderr.
+fn exit_status(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -270,6 +270,10 @@ settings! {
     /// [,id=ID][,addr=IP][,attr.KEY=VALUE][,allow=a+b]; repeatable; exec must come last.
     /// The variable separates specs with `;`.
     services: Vec<ServiceSpec> as Specs<ServiceSpec>, "--service", "MURMUR_SERVICES", "service", "SPEC";
+    /// Worker threads of the agent's runtime, 1-256 (default: 1 in proxy mode, where the
+    /// agent is one task's sidecar, as linkerd2-proxy runs on one core; else one per core,
+    /// for an agent that answers a whole host's lookups).
+    threads: usize as Parsed<usize>, "--threads", "MURMUR_THREADS", "threads", "N";
     /// Log as JSON lines.
     log_json: bool as Switch = "false", "--log-json", "MURMUR_LOG_JSON", "log.json", "";
     /// Log filter, as RUST_LOG (which wins over it); hickory logs every query at info.
