@@ -40,11 +40,10 @@ pub fn run(cli: Cli) -> ExitCode {
             let threads = config.threads;
             on_runtime(Some(threads), async move { exit_status(run_agent(config).await) })
         }
-        Command::Demo => on_runtime(None, async {
-            init_logs(false, "warn");
-            exit_status(crate::demo::run().await)
-        }),
-        command => on_runtime(Some(1), run_tool(command)),
+        command => {
+            let threads = if matches!(command, Command::Demo) { None } else { Some(1) };
+            on_runtime(threads, run_tool(command))
+        }
     }
 }
 
@@ -82,10 +81,14 @@ async fn run_agent(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every command but `agent` and `demo`.
+/// Every command but `agent`.
 async fn run_tool(command: Command) -> ExitCode {
     let result = match command {
-        Command::Agent(_) | Command::Demo => unreachable_command(),
+        Command::Agent(_) => unreachable_command(),
+        Command::Demo => {
+            init_logs(false, "warn");
+            crate::demo::run().await
+        }
         Command::Members { status, api } => return cli_exit(members(&api, status).await),
         Command::Services { name, all, api } => return cli_exit(services(name.as_deref(), all, &api).await),
         Command::Resolve { name, api } => return cli_exit(resolve(&name, &api).await),
@@ -139,7 +142,8 @@ async fn run_tool(command: Command) -> ExitCode {
     exit_status(result)
 }
 
-/// `agent` and `demo` build their own runtime in [`run`] and never reach [`run_tool`].
+/// `agent` reads its config before its runtime is built, in [`run`], and never reaches
+/// [`run_tool`].
 fn unreachable_command() -> anyhow::Result<()> {
     Err(anyhow::anyhow!("this command runs on its own runtime"))
 }

@@ -19,24 +19,26 @@ pub fn nothing() -> Needs {
     Ok(())
 }
 
-/// `program` on the PATH, from Debian's `package`.
-pub fn program(program: &str, package: &str) -> Needs {
-    let found = Command::new("sh").args(["-c", &format!("command -v {program}")]).output();
-    if found.is_ok_and(|o| o.status.success()) {
+/// `Ok` when `program` with `args` runs and succeeds, else `missing`.
+fn succeeds(program: &str, args: &[&str], missing: String) -> Needs {
+    let ran = Command::new(program).args(args).output();
+    if ran.is_ok_and(|o| o.status.success()) {
         Ok(())
     } else {
-        Err(format!("no `{program}` (apt-get install {package})"))
+        Err(missing)
     }
+}
+
+/// `program` on the PATH, from Debian's `package`.
+pub fn program(program: &str, package: &str) -> Needs {
+    let lookup = format!("command -v {program}");
+    succeeds("sh", &["-c", &lookup], format!("no `{program}` (apt-get install {package})"))
 }
 
 /// Python 3 with `module`, from PyPI's `package`.
 pub fn python_module(module: &str, package: &str) -> Needs {
-    let found = Command::new("python3").args(["-c", &format!("import {module}")]).output();
-    if found.is_ok_and(|o| o.status.success()) {
-        Ok(())
-    } else {
-        Err(format!("no python3 module `{module}` (pip install {package})"))
-    }
+    let import = format!("import {module}");
+    succeeds("python3", &["-c", &import], format!("no python3 module `{module}` (pip install {package})"))
 }
 
 /// Whether this runs as root.
